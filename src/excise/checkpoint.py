@@ -1,0 +1,170 @@
+"""Checkpoints: weights in safetensors plus a JSON sidecar, sha256-checked, written atomically.
+
+``model.safetensors`` holds the state dict; ``model.json`` beside it holds the model's registry name
+and arguments, the data set, the request (if any), the seed, metrics, library versions and the
+sha256 of the weights file. Writes go to a temporary file in the same directory and are renamed into
+place, so a crash never leaves a half-written checkpoint, and an existing file is never replaced
+unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from excise.models import create_model, model_spec
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, or does not match what it claims to be."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that changes results, recorded with every output."""
+    import numpy
+    import sklearn
+
+    import excise
+
+    return {
+        "excise": excise.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+    """Call ``write(tmp_path)`` and rename the result onto ``path``; refuse to replace unless asked."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{str(path)!r} exists; refusing to overwrite it (pass overwrite=True / --overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite=overwrite)
+
+
+def sidecar_path(weights_path: str | Path) -> Path:
+    return Path(weights_path).with_suffix(".json")
+
+
+def save_checkpoint(
+    path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None, *, overwrite: bool = False
+) -> Path:
+    """Write ``path`` (``.safetensors``) and its ``.json`` sidecar. Returns the weights path."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"checkpoint path {str(path)!r} must end in .safetensors")
+    sidecar = sidecar_path(path)
+    for target in (path, sidecar):
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{str(target)!r} exists; refusing to overwrite it (pass --overwrite)")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)), overwrite=overwrite)
+    record = {
+        "format": FORMAT_VERSION,
+        "model": model_spec(model),
+        "sha256": sha256_file(path),
+        "versions": versions(),
+        **(meta or {}),
+    }
+    atomic_write_text(sidecar, json.dumps(record, indent=2, default=str), overwrite=overwrite)
+    return path
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def sha256(self) -> str:
+        return self.meta["sha256"]
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    sidecar = sidecar_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not sidecar.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} has no sidecar {str(sidecar)!r} (model name, args, sha256)")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"sidecar {str(sidecar)!r} is not valid JSON: {err}") from err
+    for key in ("format", "model", "sha256"):
+        if key not in meta:
+            raise CheckpointError(f"sidecar {str(sidecar)!r} lacks the field {key!r}")
+    if meta["format"] != FORMAT_VERSION:
+        raise CheckpointError(f"sidecar {str(sidecar)!r} has format {meta['format']!r}; expected {FORMAT_VERSION}")
+    return meta
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Rebuild the model from the sidecar and load the weights, after checking their sha256."""
+    path = Path(path)
+    meta = read_meta(path)
+    actual = sha256_file(path)
+    if actual != meta["sha256"]:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or was replaced: its sha256 is {actual[:16]}…, "
+            f"the sidecar records {meta['sha256'][:16]}…"
+        )
+    spec = meta["model"]
+    try:
+        model = create_model(spec["name"], **spec.get("kwargs", {}))
+    except (KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"sidecar of {str(path)!r} names a model that cannot be built: {err}") from err
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: {err}") from err
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights in {str(path)!r} do not match model {spec['name']!r}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"weights in {str(path)!r} do not fit model {spec['name']!r}: {err}") from err
+    model.eval()
+    return Checkpoint(model, meta, path)

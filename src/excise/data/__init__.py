@@ -1,0 +1,8 @@
+"""Data sets: bundled (digits, MNIST subset), synthetic multi-target canvases, and local-directory loaders
+for CIFAR-10/100 and CelebA. Nothing here downloads."""
+
+from excise.data import digits as _digits  # noqa: F401  (registers)
+from excise.data.base import DatasetBundle, LabeledData
+from excise.data.registry import list_datasets, load_dataset, register_dataset
+
+__all__ = ["DatasetBundle", "LabeledData", "list_datasets", "load_dataset", "register_dataset"]

@@ -1,0 +1,188 @@
+"""In-memory labelled data: the one container every dataset, split and method works on.
+
+Everything excise trains on fits in memory on the machines it targets (digits, MNIST-scale sets,
+CIFAR at 32x32), so a dataset is a handful of aligned tensors. Batches are fetched with
+``__getitems__`` so a :class:`torch.utils.data.DataLoader` (and later a ``DistributedSampler``)
+gathers a whole batch with one indexing op instead of collating thousands of single samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Task = Literal["multiclass", "multilabel"]
+TASKS: tuple[str, ...] = ("multiclass", "multilabel")
+
+
+@dataclass
+class LabeledData(torch.utils.data.Dataset):
+    """Aligned tensors of one data set (or a view of one).
+
+    Attributes:
+        inputs: ``N x C x H x W`` float tensor (or ``N x ...`` for other modalities).
+        targets: ``N`` long class indices (``multiclass``) or ``N x K`` float multi-hot (``multilabel``).
+        classes: names of the target classes (index ``i`` names class ``i``).
+        task: ``"multiclass"`` (softmax, one label) or ``"multilabel"`` (sigmoid, several targets).
+        subclass_targets: optional ``N`` long fine labels inside the coarse ``targets``
+            (CIFAR-100 fine labels inside CIFAR-20 super-classes).
+        subclasses: names of the fine classes; ``subclass_parent[j]`` is the coarse class of fine class ``j``.
+        label_mask: optional ``N x K`` bool: which target columns this view is *about*. A retain view of a
+            ``target`` request masks out the forgotten target (train on the remaining labels only); the
+            forget view selects only the forgotten target. ``None`` means every column counts.
+        source_indices: index of each row in the data set this view was taken from.
+        extras: per-sample aligned tensors a task may need later (masks, boxes), subset together.
+        name: the registry name of the data set, for records.
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    classes: tuple[str, ...]
+    task: Task = "multiclass"
+    subclass_targets: Tensor | None = None
+    subclasses: tuple[str, ...] | None = None
+    subclass_parent: tuple[int, ...] | None = None
+    label_mask: Tensor | None = None
+    source_indices: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    name: str = "unnamed"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is not one of {TASKS}")
+        n = len(self.inputs)
+        self.classes = tuple(str(c) for c in self.classes)
+        if len(self.targets) != n:
+            raise ValueError(f"targets has {len(self.targets)} rows but inputs has {n}")
+        if self.task == "multiclass":
+            if self.targets.dim() != 1:
+                raise ValueError(f"multiclass targets must be 1-D class indices, got shape {tuple(self.targets.shape)}")
+            self.targets = self.targets.long()
+        else:
+            if self.targets.dim() != 2 or self.targets.shape[1] != len(self.classes):
+                raise ValueError(
+                    f"multilabel targets must be N x {len(self.classes)} (one column per class), "
+                    f"got shape {tuple(self.targets.shape)}"
+                )
+            self.targets = self.targets.float()
+        if self.subclass_targets is not None:
+            if len(self.subclass_targets) != n:
+                raise ValueError("subclass_targets must have one entry per sample")
+            if self.subclasses is None or self.subclass_parent is None:
+                raise ValueError("subclass_targets needs subclasses (names) and subclass_parent (coarse index)")
+            self.subclasses = tuple(str(c) for c in self.subclasses)
+            self.subclass_parent = tuple(int(p) for p in self.subclass_parent)
+        if self.label_mask is not None and tuple(self.label_mask.shape) != (n, len(self.classes)):
+            raise ValueError(f"label_mask must be N x K = {n} x {len(self.classes)}")
+        if self.source_indices is None:
+            self.source_indices = torch.arange(n)
+
+    # --- torch Dataset protocol -------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self.batch([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        return self.batch(indices)
+
+    def batch(self, indices: Sequence[int] | Tensor) -> dict[str, Tensor]:
+        """A batch as a dict: ``inputs``, ``targets``, ``index`` and ``label_mask`` when set."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        out = {"inputs": self.inputs[idx], "targets": self.targets[idx], "index": idx}
+        if self.label_mask is not None:
+            out["label_mask"] = self.label_mask[idx]
+        return out
+
+    # --- views -------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, indices: Sequence[int] | Tensor | np.ndarray, **overrides: Any) -> LabeledData:
+        """A view of the given rows; ``source_indices`` keeps pointing at the parent's source."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1)
+        extras = {k: _take(v, idx) for k, v in self.extras.items()}
+        view = replace(
+            self,
+            inputs=self.inputs[idx],
+            targets=self.targets[idx],
+            subclass_targets=None if self.subclass_targets is None else self.subclass_targets[idx],
+            label_mask=None if self.label_mask is None else self.label_mask[idx],
+            source_indices=self.source_indices[idx],
+            extras=extras,
+        )
+        return replace(view, **overrides) if overrides else view
+
+    def with_targets(self, targets: Tensor) -> LabeledData:
+        """The same inputs with other labels (random labels, relabelled forget sets)."""
+        return replace(self, targets=targets)
+
+    def class_index(self, label: str | int) -> int:
+        """Resolve a class given by name or index; unknown labels raise with the known ones listed."""
+        return _resolve_label(label, self.classes, "label")
+
+    def fingerprint(self) -> str:
+        """sha256 over inputs and targets: identifies the exact data a model saw."""
+        h = hashlib.sha256()
+        for t in (self.inputs, self.targets):
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+        if self.label_mask is not None:
+            h.update(self.label_mask.cpu().numpy().tobytes())
+        return h.hexdigest()
+
+
+def _take(value: Any, idx: Tensor) -> Any:
+    if isinstance(value, Tensor):
+        return value[idx]
+    if isinstance(value, list):
+        return [value[i] for i in idx.tolist()]
+    return value
+
+
+def _resolve_label(label: str | int, names: Sequence[str], field_name: str) -> int:
+    if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+        if 0 <= int(label) < len(names):
+            return int(label)
+        raise ValueError(
+            f"{field_name}={label!r} is out of range: expected a class index in [0, {len(names) - 1}] "
+            f"or a name in {list(names)}"
+        )
+    text = str(label)
+    if text in names:
+        return list(names).index(text)
+    if text.isdigit() and text not in names and 0 <= int(text) < len(names):
+        return int(text)
+    raise ValueError(f"{field_name}={label!r} is not a known class; known: {list(names)}")
+
+
+@dataclass
+class DatasetBundle:
+    """A named data set with its train and test parts and how it was built."""
+
+    name: str
+    train: LabeledData
+    test: LabeledData
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> Task:
+        return self.train.task
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.train.classes
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.inputs.shape[1:])
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256((self.train.fingerprint() + self.test.fingerprint()).encode()).hexdigest()

@@ -1,0 +1,99 @@
+"""The one flow: data -> request -> (original, retrained reference) -> method -> evaluation -> record.
+
+The demo, the CLI and the benchmark runner all go through these functions, so a number in a table
+always comes from the same code path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from excise.data.base import DatasetBundle, LabeledData
+from excise.methods import UnlearningMethod, get_method
+from excise.metrics import EvalViews, avg_gap, evaluate
+from excise.models import create_model
+from excise.requests import ForgetRequest
+from excise.training import TrainConfig, seed_everything, train
+
+
+def build_model(bundle: DatasetBundle, model_name: str, seed: int = 0, **kwargs: Any) -> nn.Module:
+    """A fresh model sized for ``bundle`` (input channels and number of classes filled in)."""
+    seed_everything(seed)
+    kwargs.setdefault("in_channels", bundle.input_shape[0])
+    kwargs.setdefault("num_classes", len(bundle.classes))
+    return create_model(model_name, **kwargs)
+
+
+def train_original(
+    bundle: DatasetBundle, model_name: str, recipe: TrainConfig, *, seed: int = 0, **model_kwargs: Any
+) -> tuple[nn.Module, float]:
+    """Train the original model on the full training set; returns the model and its wall time."""
+    model = build_model(bundle, model_name, seed=seed, **model_kwargs)
+    stats = train(model, bundle.train, recipe, seed=seed, description="train original")
+    return model, stats.seconds
+
+
+@dataclass
+class RunRecord:
+    """One (request, method) run: its metrics, its time and how it compares with the retrained model."""
+
+    method: str
+    request: dict[str, Any]
+    metrics: dict[str, float]
+    seconds: float
+    config: dict[str, Any]
+    stats: dict[str, Any] = field(default_factory=dict)
+    avg_gap: float | None = None
+    speedup: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_method(
+    method: UnlearningMethod | str,
+    model: nn.Module,
+    views: EvalViews,
+    recipe: TrainConfig,
+    *,
+    seed: int = 0,
+    reference: RunRecord | None = None,
+) -> tuple[nn.Module, RunRecord]:
+    """Unlearn ``views.request`` from ``model`` with ``method`` and evaluate against ``reference``."""
+    if isinstance(method, str):
+        method = get_method(method)
+    seed_everything(seed)
+    result = method.unlearn(
+        model, views.request, views.forget_set,
+        views.retain_set if method.needs_retain else None, recipe=recipe, seed=seed,
+    )
+    metrics = evaluate(result.model, views, seed=seed)
+    stats = {k: v for k, v in result.stats.items() if _is_plain(v)}
+    record = RunRecord(method.name, views.request.to_dict(), metrics, result.seconds, result.config, stats)
+    if reference is not None:
+        record.avg_gap = avg_gap(metrics, reference.metrics)
+        record.speedup = reference.seconds / max(result.seconds, 1e-9)
+    return result.model, record
+
+
+def evaluate_original(model: nn.Module, views: EvalViews, seed: int = 0) -> RunRecord:
+    start = time.perf_counter()
+    metrics = evaluate(model, views, seed=seed)
+    return RunRecord("original", views.request.to_dict(), metrics, 0.0, {}, {"eval_seconds": time.perf_counter() - start})
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+__all__ = ["RunRecord", "build_model", "evaluate_original", "run_method", "train_original", "LabeledData"]

@@ -1,0 +1,181 @@
+"""The method interface: one small class per unlearning algorithm, a shared base, a registry.
+
+Shaped after ``torch.optim`` (one class per algorithm over a shared base) and scikit-learn estimators
+(hyper-parameters validated at construction, clear errors at the boundary). A method declares:
+
+- ``name``: its registry name; ``paper``: the citation;
+- ``needs_retain``: whether it reads the retain set. A forget-only method is handed an
+  :class:`UnlearnData` that *has no retain set*: reaching for it raises, so no method can use data it
+  did not declare;
+- ``kinds`` and ``tasks``: the request kinds and tasks it serves; anything else is refused before running;
+- ``Config``: a dataclass of hyper-parameters with defaults, validated in ``__post_init__``.
+
+``unlearn`` copies the caller's model, times the run and returns an :class:`UnlearnResult`; the
+caller's model is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from excise.data.base import LabeledData
+from excise.requests import ForgetRequest, RequestError
+from excise.training import TrainConfig, config_from_dict
+
+
+class RetainAccessError(RuntimeError):
+    """A method declared forget-only tried to read retain data."""
+
+
+@dataclass
+class UnlearnData:
+    """What a method may see. ``retain_set`` exists only for methods that declared ``needs_retain``."""
+
+    forget_set: LabeledData
+    request: ForgetRequest
+    recipe: TrainConfig
+    _retain_set: LabeledData | None = field(default=None, repr=False)
+
+    @property
+    def retain_set(self) -> LabeledData:
+        if self._retain_set is None:
+            raise RetainAccessError(
+                "this method is declared forget-only (needs_retain=False) and receives no retain data"
+            )
+        return self._retain_set
+
+    @property
+    def task(self) -> str:
+        return self.forget_set.task
+
+    @property
+    def num_classes(self) -> int:
+        return self.forget_set.num_classes
+
+
+@dataclass
+class UnlearnResult:
+    """The unlearned model, its wall time, and what the method reports about its run."""
+
+    model: nn.Module
+    method: str
+    seconds: float
+    config: dict[str, Any]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NoConfig:
+    """Hyper-parameters of a method that has none."""
+
+
+class UnlearningMethod(ABC):
+    name: ClassVar[str]
+    paper: ClassVar[str]
+    needs_retain: ClassVar[bool]
+    kinds: ClassVar[tuple[str, ...]] = ("samples", "class", "subclass")
+    tasks: ClassVar[tuple[str, ...]] = ("multiclass",)
+    Config: ClassVar[type] = NoConfig
+
+    def __init__(self, config: Any = None, **hyperparameters: Any) -> None:
+        if config is not None and hyperparameters:
+            raise ValueError("pass either a Config object or keyword hyper-parameters, not both")
+        if config is None:
+            config = config_from_dict(self.Config, hyperparameters, f"{self.name!r} method")
+        elif isinstance(config, dict):
+            config = config_from_dict(self.Config, config, f"{self.name!r} method")
+        elif not isinstance(config, self.Config):
+            raise TypeError(f"config must be a {self.Config.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    def check_request(self, request: ForgetRequest, task: str) -> None:
+        """Refuse, before any work, a request kind or task this method cannot serve."""
+        if request.kind not in self.kinds:
+            raise RequestError(
+                f"method {self.name!r} cannot serve kind={request.kind!r} requests; it supports {list(self.kinds)}"
+            )
+        if task not in self.tasks:
+            raise RequestError(f"method {self.name!r} does not support {task} models; it supports {list(self.tasks)}")
+
+    def unlearn(
+        self,
+        model: nn.Module,
+        request: ForgetRequest,
+        forget_set: LabeledData,
+        retain_set: LabeledData | None = None,
+        *,
+        recipe: TrainConfig | None = None,
+        seed: int = 0,
+    ) -> UnlearnResult:
+        """Return an unlearned copy of ``model``. ``retain_set`` is dropped for forget-only methods."""
+        self.check_request(request, forget_set.task)
+        if len(forget_set) == 0:
+            raise RequestError("the forget set is empty: there is nothing to unlearn")
+        if self.needs_retain and retain_set is None:
+            raise ValueError(f"method {self.name!r} needs the retain set (needs_retain=True) but none was given")
+        data = UnlearnData(
+            forget_set=forget_set,
+            request=request,
+            recipe=recipe or TrainConfig(),
+            _retain_set=retain_set if self.needs_retain else None,
+        )
+        working = copy.deepcopy(model)
+        start = time.perf_counter()
+        stats = self._unlearn(working, data, seed) or {}
+        seconds = time.perf_counter() - start
+        unlearned = stats.pop("model", working)
+        unlearned.eval()
+        return UnlearnResult(unlearned, self.name, seconds, self.config_dict(), stats)
+
+    @abstractmethod
+    def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any] | None:
+        """Unlearn in place on ``model`` (already a copy). Return stats; a ``"model"`` key replaces it."""
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config) if is_dataclass(self.config) else {}
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {
+            "name": cls.name,
+            "paper": cls.paper,
+            "data": "forget + retain" if cls.needs_retain else "forget only",
+            "kinds": list(cls.kinds),
+            "tasks": list(cls.tasks),
+            "defaults": asdict(cls.Config()) if is_dataclass(cls.Config) else {},
+        }
+
+
+_METHODS: dict[str, type[UnlearningMethod]] = {}
+
+
+def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
+    """Class decorator: register under ``cls.name``. Adding a method touches one file."""
+    for attr in ("name", "paper", "needs_retain"):
+        if not hasattr(cls, attr):
+            raise TypeError(f"{cls.__name__} must define class attribute {attr!r}")
+    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
+        raise ValueError(f"method {cls.name!r} is already registered")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type[UnlearningMethod]:
+    if name not in _METHODS:
+        raise ValueError(f"method={name!r} is not registered; known methods: {list_methods()}")
+    return _METHODS[name]
+
+
+def get_method(name: str, **hyperparameters: Any) -> UnlearningMethod:
+    """Instantiate a registered method with validated hyper-parameters."""
+    return method_class(name)(**hyperparameters)

@@ -1,0 +1,18 @@
+"""Models by name: ``small_cnn``, ``resnet18`` (CIFAR-style, width multiplier)."""
+
+from torch import nn
+
+from excise.models import cnn as _cnn  # noqa: F401  (registers)
+from excise.models import resnet as _resnet  # noqa: F401  (registers)
+from excise.models.registry import create_model, list_models, model_spec, register_model
+
+
+def final_linear(model: nn.Module) -> nn.Linear:
+    """The classifier head: the last ``nn.Linear`` in module order (found by type, never by name)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to serve as the classifier head")
+    return linears[-1]
+
+
+__all__ = ["create_model", "final_linear", "list_models", "model_spec", "register_model"]

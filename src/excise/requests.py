@@ -1,0 +1,286 @@
+"""Forget requests: what a user asks the model to forget, validated before anything runs.
+
+Four kinds, one type:
+
+- ``samples``: explicit training-set ``indices``, or a random ``fraction`` drawn with ``seed``;
+- ``class``: every training sample of one (or several) classes, ``labels``;
+- ``subclass``: every sample of a fine class inside its super-class (the model predicts the coarse
+  class; CIFAR-100 fine label inside CIFAR-20), ``labels`` name the fine classes;
+- ``target``: one label of a multi-label task, forgotten in every instance that carries it while the
+  instance's other labels are kept. ``split`` returns label masks: the forget view is *about* the
+  forgotten columns, the retain view about the remaining ones.
+
+A request is checked twice: on construction for what it says on its own (kind, fraction, index
+signs), and against a data set in :func:`split` (out-of-range index, unknown class, task mismatch,
+empty forget set). Every refusal names the field, the bad value and what was allowed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from excise.data.base import LabeledData, _resolve_label
+
+KINDS: tuple[str, ...] = ("samples", "class", "subclass", "target")
+
+
+class RequestError(ValueError):
+    """A forget request that cannot be served; the message names the field and what was expected."""
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    kind: str
+    indices: tuple[int, ...] | None = None
+    fraction: float | None = None
+    labels: tuple[str | int, ...] = ()
+    seed: int = 0
+    name: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise RequestError(f"kind={self.kind!r} is not a request kind; allowed: {list(KINDS)}")
+        labels = self.labels
+        if isinstance(labels, (str, int)):
+            labels = (labels,)
+        object.__setattr__(self, "labels", tuple(labels))
+        if self.indices is not None:
+            object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+        if self.kind == "samples":
+            if (self.indices is None) == (self.fraction is None):
+                raise RequestError(
+                    "a 'samples' request needs exactly one of indices (explicit training-set indices) "
+                    f"or fraction (a random share in (0, 1)); got indices={self.indices!r}, "
+                    f"fraction={self.fraction!r}"
+                )
+            if self.labels:
+                raise RequestError(f"labels={list(self.labels)!r} has no meaning for kind='samples'")
+            if self.fraction is not None:
+                if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)):
+                    raise RequestError(f"fraction={self.fraction!r} must be a number in (0, 1)")
+                if not 0.0 < float(self.fraction) < 1.0:
+                    raise RequestError(f"fraction={self.fraction!r} is outside (0, 1)")
+            if self.indices is not None:
+                if len(self.indices) == 0:
+                    raise RequestError("indices=[] is empty: the forget set would be empty")
+                negative = [i for i in self.indices if i < 0]
+                if negative:
+                    raise RequestError(f"indices contains negative values {negative[:5]}; expected >= 0")
+                if len(set(self.indices)) != len(self.indices):
+                    raise RequestError("indices contains duplicates; each sample can be forgotten once")
+        else:
+            if self.indices is not None or self.fraction is not None:
+                raise RequestError(
+                    f"indices/fraction belong to kind='samples'; kind={self.kind!r} names labels instead"
+                )
+            if not self.labels:
+                raise RequestError(f"kind={self.kind!r} needs labels (the class names or indices to forget)")
+
+    # --- constructors ------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> ForgetRequest:
+        if not isinstance(spec, Mapping):
+            raise RequestError(f"a request must be a mapping with a 'kind' key, got {type(spec).__name__}")
+        allowed = {"kind", "indices", "fraction", "labels", "label", "seed", "name"}
+        unknown = sorted(set(spec) - allowed)
+        if unknown:
+            raise RequestError(f"unknown request field(s) {unknown}; allowed: {sorted(allowed)}")
+        if "kind" not in spec:
+            raise RequestError(f"request is missing 'kind'; allowed kinds: {list(KINDS)}")
+        data = dict(spec)
+        if "label" in data:
+            if "labels" in data:
+                raise RequestError("give either 'label' or 'labels', not both")
+            data["labels"] = (data.pop("label"),)
+        if "labels" in data and isinstance(data["labels"], (str, int)):
+            data["labels"] = (data["labels"],)
+        if "labels" in data:
+            data["labels"] = tuple(data["labels"])
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ForgetRequest:
+        """Read a request from a ``.json`` or ``.yaml``/``.yml`` file."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise RequestError(f"request file {str(path)!r} does not exist")
+        text = path.read_text()
+        try:
+            spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            raise RequestError(f"request file {str(path)!r} is not valid {path.suffix[1:].upper()}: {err}") from err
+        return cls.from_dict(spec)
+
+    @classmethod
+    def parse(cls, text: str) -> ForgetRequest:
+        """Parse the CLI shorthand: ``class:3``, ``subclass:7``, ``target:2``, ``samples:0.1``,
+        ``samples:0,5,9``, a path to a JSON/YAML file, or inline JSON."""
+        text = text.strip()
+        if text.startswith("{"):
+            try:
+                return cls.from_dict(json.loads(text))
+            except json.JSONDecodeError as err:
+                raise RequestError(f"request {text!r} is not valid JSON: {err}") from err
+        if Path(text).suffix in (".json", ".yaml", ".yml"):
+            return cls.from_file(text)
+        kind, sep, value = text.partition(":")
+        if not sep or not value:
+            raise RequestError(
+                f"request {text!r} is not of the form KIND:VALUE (e.g. class:3, samples:0.1, "
+                "samples:0,5,9, subclass:7, target:2) nor a .json/.yaml file"
+            )
+        if kind == "samples":
+            if "." in value and "," not in value:
+                try:
+                    return cls(kind="samples", fraction=float(value))
+                except ValueError as err:
+                    raise RequestError(f"fraction={value!r} is not a number") from err
+            try:
+                return cls(kind="samples", indices=tuple(int(v) for v in value.split(",")))
+            except ValueError as err:
+                raise RequestError(f"indices={value!r} must be comma-separated integers") from err
+        return cls(kind=kind, labels=tuple(v.strip() for v in value.split(",")))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["labels"] = list(self.labels)
+        d["indices"] = None if self.indices is None else list(self.indices)
+        return {k: v for k, v in d.items() if v is not None and v != []}
+
+    def describe(self) -> str:
+        if self.name:
+            return self.name
+        if self.kind == "samples":
+            return f"samples:{self.fraction}" if self.fraction is not None else f"samples:{len(self.indices)} idx"
+        return f"{self.kind}:{','.join(str(x) for x in self.labels)}"
+
+
+@dataclass
+class ResolvedRequest:
+    """A request checked against one data set: the class indices it names and its forget rows."""
+
+    request: ForgetRequest
+    forget_indices: np.ndarray
+    label_indices: tuple[int, ...] = ()
+
+
+def resolve(data: LabeledData, request: ForgetRequest) -> ResolvedRequest:
+    """Check ``request`` against ``data`` and find the training rows it names."""
+    n = len(data)
+    if request.kind == "target" and data.task != "multilabel":
+        raise RequestError(
+            f"kind='target' forgets one label of a multi-label task, but data set {data.name!r} is "
+            f"{data.task}; use kind='class' to forget a whole class"
+        )
+    if request.kind in ("class", "subclass") and data.task != "multiclass":
+        raise RequestError(
+            f"kind={request.kind!r} needs a single-label (multiclass) data set; {data.name!r} is multilabel "
+            "— use kind='target' to forget one of its labels"
+        )
+    if request.kind == "samples":
+        if request.indices is not None:
+            bad = [i for i in request.indices if i >= n]
+            if bad:
+                raise RequestError(f"indices {bad[:5]} are out of range: the training set has {n} samples (0..{n - 1})")
+            forget = np.asarray(sorted(request.indices), dtype=np.int64)
+        else:
+            count = int(round(request.fraction * n))
+            if count == 0:
+                raise RequestError(f"fraction={request.fraction} of {n} samples selects no sample")
+            rng = np.random.default_rng(request.seed)
+            forget = np.sort(rng.choice(n, size=count, replace=False))
+        return ResolvedRequest(request, forget)
+    if request.kind == "class":
+        labels = tuple(_resolve_label(lbl, data.classes, "labels") for lbl in request.labels)
+        forget = np.flatnonzero(np.isin(data.targets.numpy(), labels))
+    elif request.kind == "subclass":
+        if data.subclass_targets is None:
+            raise RequestError(
+                f"kind='subclass' needs a data set with super-classes (fine labels inside coarse ones); "
+                f"{data.name!r} has none — try 'digits-super' or 'cifar20'"
+            )
+        labels = tuple(_resolve_label(lbl, data.subclasses, "labels") for lbl in request.labels)
+        forget = np.flatnonzero(np.isin(data.subclass_targets.numpy(), labels))
+    else:
+        labels = tuple(_resolve_label(lbl, data.classes, "labels") for lbl in request.labels)
+        if len(set(labels)) == data.num_classes:
+            raise RequestError("kind='target' cannot forget every target: at least one must remain")
+        forget = np.flatnonzero(data.targets[:, list(labels)].numpy().max(axis=1) > 0.5)
+    if len(forget) == 0:
+        raise RequestError(f"request {request.describe()!r} selects no training sample: the forget set is empty")
+    if request.kind != "target" and len(forget) == n:
+        raise RequestError(f"request {request.describe()!r} selects every training sample: nothing would remain")
+    return ResolvedRequest(request, forget, labels)
+
+
+def split(data: LabeledData, request: ForgetRequest) -> tuple[LabeledData, LabeledData]:
+    """``(forget_set, retain_set)`` of ``data`` for ``request``.
+
+    For ``samples``, ``class`` and ``subclass`` the two sets partition the rows. For ``target`` the
+    forget set is every instance that carries a forgotten target, with ``label_mask`` selecting only the
+    forgotten columns, and the retain set is *every* instance with ``label_mask`` selecting the remaining
+    columns: the other labels of a forgotten instance are still to be known.
+    """
+    resolved = resolve(data, request)
+    if request.kind != "target":
+        keep = np.ones(len(data), dtype=bool)
+        keep[resolved.forget_indices] = False
+        return data.subset(resolved.forget_indices), data.subset(np.flatnonzero(keep))
+    forgotten = torch.zeros(data.num_classes, dtype=torch.bool)
+    forgotten[list(resolved.label_indices)] = True
+    base = data.label_mask if data.label_mask is not None else torch.ones(len(data), data.num_classes, dtype=torch.bool)
+    forget_mask = base & forgotten
+    retain_mask = base & ~forgotten
+    forget_set = data.subset(resolved.forget_indices)
+    forget_set.label_mask = forget_mask[torch.as_tensor(resolved.forget_indices)]
+    retain_set = data.subset(np.arange(len(data)))
+    retain_set.label_mask = retain_mask
+    return forget_set, retain_set
+
+
+def split_test(test: LabeledData, request: ForgetRequest) -> tuple[LabeledData | None, LabeledData]:
+    """Test-set views for a request: ``(test_forget, test_retain)``.
+
+    For class/sub-class requests the test samples of the forgotten (sub)class, and the rest; for
+    ``samples`` there is no forgotten test population (``None``, the whole test set); for ``target``
+    the test instances carrying the target (labels masked as in :func:`split`) and the full test set
+    with the remaining columns.
+    """
+    if request.kind == "samples":
+        return None, test
+    proxy = ForgetRequest(kind=request.kind, labels=request.labels)
+    try:
+        return split(test, proxy)
+    except RequestError as err:
+        if "selects no training sample" in str(err):
+            return None, test
+        raise
+
+
+def apply_sequence(data: LabeledData, requests: Sequence[ForgetRequest]) -> list[tuple[LabeledData, LabeledData]]:
+    """Cumulative ``(forget_set, retain_set)`` after each request of a sequence (sequential unlearning).
+
+    Step ``k``'s forget set is everything asked to be forgotten by requests ``0..k``: the retrained
+    reference for step ``k`` is trained on what remains after all of them.
+    """
+    if not requests:
+        raise RequestError("a request sequence needs at least one request")
+    out = []
+    forgotten = np.zeros(len(data), dtype=bool)
+    for request in requests:
+        if request.kind == "target":
+            raise RequestError("sequential runs of kind='target' are not supported; forget the targets together")
+        forgotten[resolve(data, request).forget_indices] = True
+        if forgotten.all():
+            raise RequestError("the request sequence forgets every training sample: nothing would remain")
+        out.append((data.subset(np.flatnonzero(forgotten)), data.subset(np.flatnonzero(~forgotten))))
+    return out

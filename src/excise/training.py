@@ -1,0 +1,239 @@
+"""The one training loop: original models, retrained references and every fine-tune-style method use it.
+
+Deterministic on CPU for a given seed: the shuffling order comes from a ``torch.Generator`` seeded by
+the caller and parameter initialisation from :func:`seed_everything`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from excise.data.base import LabeledData
+from excise.progress import progress_bar
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a generator for data order."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed={seed!r} must be an integer")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+@dataclass
+class TrainConfig:
+    """A training recipe. Every field is validated; unknown keys are refused in :meth:`from_dict`."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        check_positive_int(self, "epochs", "batch_size")
+        check_nonnegative(self, "lr", "momentum", "weight_decay")
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr!r} must be > 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r} is not one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r} is not one of {SCHEDULES}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
+        return config_from_dict(cls, values or {}, "training")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def config_from_dict(cls: type, values: dict[str, Any], what: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys by name."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{what} config must be a mapping, got {type(values).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def check_positive_int(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def check_nonnegative(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
+            raise ValueError(f"{name}={value!r} must be a number >= 0")
+
+
+def check_fraction(obj: Any, *names: str, closed: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            0 < value <= 1 if closed else 0 < value < 1
+        )
+        if not ok:
+            raise ValueError(f"{name}={value!r} must lie in {'(0, 1]' if closed else '(0, 1)'}")
+
+
+# --- losses ------------------------------------------------------------------------------------
+def per_sample_loss(logits: Tensor, targets: Tensor, task: str, label_mask: Tensor | None = None) -> Tensor:
+    """Loss of each sample: cross-entropy (multiclass) or BCE averaged over the sample's masked labels."""
+    if task == "multiclass":
+        return F.cross_entropy(logits, targets, reduction="none")
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if label_mask is None:
+        return bce.mean(dim=1)
+    mask = label_mask.to(bce.dtype)
+    return (bce * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+
+def batch_loss(model: nn.Module, batch: dict[str, Tensor], task: str) -> Tensor:
+    """Mean loss of a batch dict produced by :meth:`LabeledData.batch`."""
+    logits = model(batch["inputs"])
+    return per_sample_loss(logits, batch["targets"], task, batch.get("label_mask")).mean()
+
+
+# --- loops -------------------------------------------------------------------------------------
+def make_loader(
+    data: LabeledData, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+) -> torch.utils.data.DataLoader:
+    """Batches of ``data`` as dicts; whole batches are gathered by ``LabeledData.__getitems__``."""
+    return torch.utils.data.DataLoader(
+        data,
+        batch_size=min(batch_size, max(len(data), 1)),
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=_identity,
+    )
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+def make_optimizer(params: Iterable[Tensor], name: str, lr: float, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    params = list(params)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer={name!r} is not one of {OPTIMIZERS}")
+
+
+@dataclass
+class TrainStats:
+    steps: int = 0
+    epochs: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+
+StepHook = Callable[[nn.Module, dict[str, Tensor], Tensor], Tensor]
+
+
+def train(
+    model: nn.Module,
+    data: LabeledData,
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    description: str = "train",
+    loss_hook: StepHook | None = None,
+    params: Iterable[Tensor] | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+) -> TrainStats:
+    """Train ``model`` in place on ``data`` with ``config``.
+
+    ``loss_hook(model, batch, loss) -> loss`` lets a method add a term (an l1 penalty, say) without a
+    second loop; ``params`` restricts what the optimizer updates; ``after_step`` runs after each
+    optimizer step (e.g. to re-apply a mask).
+    """
+    if len(data) == 0:
+        raise ValueError("cannot train on an empty data set")
+    generator = torch.Generator().manual_seed(seed)
+    loader = make_loader(data, config.batch_size, shuffle=True, generator=generator)
+    optimizer = make_optimizer(
+        params if params is not None else model.parameters(),
+        config.optimizer, config.lr, config.momentum, config.weight_decay,
+    )
+    total_steps = config.epochs * len(loader)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        if config.schedule == "cosine" else None
+    )
+    stats = TrainStats()
+    start = time.perf_counter()
+    model.train()
+    with progress_bar(description, total_steps) as bar:
+        for epoch in range(config.epochs):
+            running = 0.0
+            for batch in loader:
+                loss = batch_loss(model, batch, data.task)
+                if loss_hook is not None:
+                    loss = loss_hook(model, batch, loss)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                if after_step is not None:
+                    after_step(model)
+                stats.steps += 1
+                running += float(loss.detach())
+                bar.advance(epoch=epoch + 1, loss=float(loss.detach()))
+            stats.losses.append(running / len(loader))
+            stats.epochs += 1
+    model.eval()
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: LabeledData, batch_size: int = 512) -> Tensor:
+    """Logits of ``model`` on every row of ``data``, in eval mode, without changing its mode for good."""
+    was_training = model.training
+    model.eval()
+    outputs = [model(batch["inputs"]) for batch in make_loader(data, batch_size, shuffle=False)]
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def reinitialize(model: nn.Module, seed: int) -> nn.Module:
+    """Fresh parameters for the same architecture (every submodule's ``reset_parameters``)."""
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters") and callable(module.reset_parameters):
+            module.reset_parameters()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+    return model
