@@ -16,7 +16,6 @@ from excise.data.base import DatasetBundle, LabeledData
 from excise.methods import UnlearningMethod, get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.models import create_model
-from excise.requests import ForgetRequest
 from excise.training import TrainConfig, seed_everything, train
 
 
@@ -83,7 +82,8 @@ def run_method(
 def evaluate_original(model: nn.Module, views: EvalViews, seed: int = 0) -> RunRecord:
     start = time.perf_counter()
     metrics = evaluate(model, views, seed=seed)
-    return RunRecord("original", views.request.to_dict(), metrics, 0.0, {}, {"eval_seconds": time.perf_counter() - start})
+    stats = {"eval_seconds": time.perf_counter() - start}
+    return RunRecord("original", views.request.to_dict(), metrics, 0.0, {}, stats)
 
 
 def _is_plain(value: Any) -> bool:

@@ -141,13 +141,15 @@ class ForgetRequest:
         if kind == "samples":
             if "." in value and "," not in value:
                 try:
-                    return cls(kind="samples", fraction=float(value))
+                    fraction = float(value)
                 except ValueError as err:
                     raise RequestError(f"fraction={value!r} is not a number") from err
+                return cls(kind="samples", fraction=fraction)
             try:
-                return cls(kind="samples", indices=tuple(int(v) for v in value.split(",")))
+                indices = tuple(int(v) for v in value.split(","))
             except ValueError as err:
                 raise RequestError(f"indices={value!r} must be comma-separated integers") from err
+            return cls(kind="samples", indices=indices)
         return cls(kind=kind, labels=tuple(v.strip() for v in value.split(",")))
 
     def to_dict(self) -> dict[str, Any]:

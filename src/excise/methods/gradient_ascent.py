@@ -6,6 +6,10 @@ is expressed in passes over the forget set (it scales with the forget-set size) 
 and an optional stopping rule: stop once the forget set's accuracy under the model being unlearned falls
 to ``stop_accuracy`` (checked after every pass). For ``target`` requests the loss is the forgotten target's
 BCE over the instances that carry it (the instance-level migration the Essential Graph paper argues against).
+
+Default lr 1e-3 (SGD, momentum 0.9) for 5 passes, measured on the digits (small_cnn, full class 3):
+lr 1e-3 -> FA 18%, RA 89% (avg gap to retrain 10.7); lr 3e-3 -> FA 1%, RA 70% (gap 16.3);
+lr 1e-2 x 2 passes -> FA 6%, RA 82% (gap 27.8). GA trades retain accuracy for forgetting by nature.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from excise.training import (
 @dataclass
 class GradientAscentConfig:
     epochs: int = 5
-    lr: float = 0.01
+    lr: float = 0.001
     batch_size: int = 64
     max_grad_norm: float = 5.0
     stop_accuracy: float | None = None

@@ -1,0 +1,122 @@
+"""The demo: train on bundled digits, retrain without one class, unlearn it with every method, print the table.
+
+Every number is measured in this run; nothing is scripted. The retrained model is the reference: a
+method is good when its row looks like retrain's (FA near 0, RA/TA high, MIA near retrain's) at a
+fraction of retrain's time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from excise.checkpoint import atomic_write_text, versions
+from excise.data import load_dataset
+from excise.experiment import RunRecord, evaluate_original, run_method, train_original
+from excise.methods import list_methods, method_class
+from excise.metrics import EvalViews
+from excise.requests import ForgetRequest
+from excise.training import TrainConfig
+
+DEMO_RECIPE = TrainConfig(epochs=20, batch_size=64, lr=0.05)
+
+
+def demo_methods(kind: str = "class", task: str = "multiclass") -> list[str]:
+    """Every registered method that serves ``kind`` requests on ``task`` models, retrain excluded."""
+    return [
+        name for name in list_methods()
+        if name != "retrain" and kind in method_class(name).kinds and task in method_class(name).tasks
+    ]
+
+
+def run_demo(
+    *,
+    dataset: str = "digits",
+    request: ForgetRequest | None = None,
+    methods: Sequence[str] | None = None,
+    model: str = "small_cnn",
+    width: int = 32,
+    recipe: TrainConfig = DEMO_RECIPE,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    console: Console | None = None,
+) -> list[RunRecord]:
+    """Run the demo and return its records: original, retrain, then one per method."""
+    console = console or Console()
+    request = request or ForgetRequest(kind="class", labels=("3",))
+    bundle = load_dataset(dataset, seed=seed)
+    methods = list(methods) if methods is not None else demo_methods(request.kind, bundle.task)
+    for name in methods:
+        method_class(name)  # unknown names fail before any training
+    views = EvalViews.from_bundle(bundle, request)
+    console.print(
+        f"[bold]excise demo[/bold] — {dataset}: {len(bundle.train)} train / {len(bundle.test)} test; "
+        f"forget {request.describe()} ({len(views.forget_set)} samples); seed {seed}"
+    )
+    original, train_seconds = train_original(bundle, model, recipe, seed=seed, width=width)
+    records = [evaluate_original(original, views, seed=seed)]
+    records[0].seconds = train_seconds
+    _, reference = run_method("retrain", original, views, recipe, seed=seed)
+    reference.avg_gap, reference.speedup = 0.0, 1.0
+    records.append(reference)
+    records[0].avg_gap = _gap(records[0], reference)
+    for name in methods:
+        try:
+            _, record = run_method(name, original, views, recipe, seed=seed, reference=reference)
+        except Exception as err:  # one failing method must not hide the others' results
+            console.print(f"[red]{name} failed:[/red] {err}")
+            continue
+        records.append(record)
+    console.print(results_table(records, title=f"Forgetting {request.describe()} on {dataset}"))
+    if out_dir is not None:
+        write_results(Path(out_dir) / "demo_results.json", records, {
+            "dataset": dataset, "request": request.to_dict(), "model": model, "width": width,
+            "recipe": recipe.to_dict(), "seed": seed, "data_fingerprint": bundle.fingerprint(),
+        })
+    return records
+
+
+def _gap(record: RunRecord, reference: RunRecord) -> float:
+    from excise.metrics import avg_gap
+
+    return avg_gap(record.metrics, reference.metrics)
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def results_table(records: Sequence[RunRecord], title: str = "") -> Table:
+    table = Table(title=title, title_justify="left")
+    for column, justify in [("method", "left"), ("FA", "right"), ("RA", "right"), ("TA", "right"),
+                            ("MIA", "right"), ("avg gap", "right"), ("time s", "right"), ("speed-up", "right")]:
+        table.add_column(column, justify=justify)
+    for record in records:
+        m = record.metrics
+        speedup = "—" if record.method == "original" or record.speedup is None else f"{record.speedup:.1f}x"
+        table.add_row(
+            record.method, _fmt(m.get("FA")), _fmt(m.get("RA")), _fmt(m.get("TA")), _fmt(m.get("MIA")),
+            _fmt(record.avg_gap), _fmt(record.seconds, ".2f"), speedup,
+        )
+    table.caption = (
+        "FA/RA/TA: forget/retain/test accuracy % (TA on remaining classes); MIA: SVC confidence MIA-efficacy % "
+        "(share of forget set called non-member). Avg gap: mean |Δ| to retrain over FA, RA, TA, MIA "
+        "(lower is better). Time of the original row = its training time."
+    )
+    return table
+
+
+def write_results(path: Path, records: Sequence[RunRecord], config: dict[str, Any]) -> Path:
+    payload = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config,
+        "versions": versions(),
+        "records": [r.to_dict() for r in records],
+    }
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=str), overwrite=True)

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+import torch
+
+from excise.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint, sha256_file
+from excise.models import create_model
+
+
+def _model():
+    torch.manual_seed(0)
+    return create_model("small_cnn", in_channels=1, num_classes=10, width=4)
+
+
+def test_round_trip_restores_weights_and_records_sha256(tmp_path):
+    model = _model()
+    path = save_checkpoint(tmp_path / "m.safetensors", model, {"seed": 3})
+    loaded = load_checkpoint(path)
+    assert loaded.meta["sha256"] == sha256_file(path)
+    assert loaded.meta["seed"] == 3 and "torch" in loaded.meta["versions"]
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_existing_file_is_never_overwritten_without_asking(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", _model())
+    before = path.read_bytes()
+    other = create_model("small_cnn", in_channels=1, num_classes=10, width=4)
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        save_checkpoint(path, other)
+    assert path.read_bytes() == before
+    save_checkpoint(path, other, overwrite=True)
+    assert path.read_bytes() != before
+
+
+def test_corrupt_weights_are_refused(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", _model())
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt or was replaced: its sha256"):
+        load_checkpoint(path)
+
+
+def test_mismatched_architecture_is_refused(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", _model())
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    meta["model"]["kwargs"]["width"] = 8
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="do not fit model 'small_cnn'"):
+        load_checkpoint(path)
+
+
+def test_missing_or_broken_sidecar_is_refused(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", _model())
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="is not valid JSON"):
+        load_checkpoint(path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(CheckpointError, match="has no sidecar"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nothing.safetensors")
+
+
+def test_failed_write_leaves_the_earlier_file_intact(tmp_path):
+    target = tmp_path / "results.json"
+    atomic_write_text(target, "first")
+
+    def explode(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    from excise.checkpoint import atomic_write
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, explode, overwrite=True)
+    assert target.read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind

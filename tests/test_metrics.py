@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from excise.metrics import MiaInputs, avg_gap, run_mia
+from excise.metrics.mia import modified_entropy
+
+
+def test_modified_entropy_matches_song_and_mittal_per_row():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    labels = np.array([0, 1])
+    expected = []
+    for p, y in zip(probs, labels, strict=True):
+        value = -(1 - p[y]) * np.log(p[y])
+        value -= sum(p[i] * np.log(1 - p[i]) for i in range(3) if i != y)
+        expected.append(value)
+    np.testing.assert_allclose(modified_entropy(probs, labels), expected)
+    # Confident and right -> small; confident and wrong -> large.
+    assert modified_entropy(np.array([[0.98, 0.01, 0.01]]), np.array([0]))[0] < 0.1
+    assert modified_entropy(np.array([[0.98, 0.01, 0.01]]), np.array([1]))[0] > 3
+
+
+def _inputs(forget_like: str, seed: int = 0) -> MiaInputs:
+    rng = np.random.default_rng(seed)
+
+    def confident(n):
+        p = np.full((n, 3), 0.005)
+        p[:, 0] = 0.99
+        return p
+
+    def unsure(n):
+        return rng.dirichlet([1, 1, 1], size=n)
+
+    forget = confident(50) if forget_like == "member" else unsure(50)
+    return MiaInputs(confident(200), np.zeros(200, int), unsure(100), np.zeros(100, int), forget, np.zeros(50, int))
+
+
+def test_mia_variants_separate_members_from_non_members():
+    member = run_mia(_inputs("member"))
+    forgotten = run_mia(_inputs("nonmember"))
+    for name in ("svc_confidence", "svc_entropy", "svc_m_entropy", "svc_prob"):
+        assert member[name].value < 0.1, name
+        assert forgotten[name].value > 0.7, name
+    assert member["entropy_logreg"].value > 0.9 and forgotten["entropy_logreg"].value < 0.3
+    assert "closer to retrain" in member["svc_confidence"].direction
+
+
+def test_unknown_mia_variant_and_empty_sets_are_refused():
+    with pytest.raises(ValueError, match=r"unknown MIA variant\(s\) \['lira2'\]"):
+        run_mia(_inputs("member"), ("lira2",))
+    with pytest.raises(ValueError, match="non-empty forget set"):
+        MiaInputs(np.ones((2, 2)) / 2, np.zeros(2, int), np.ones((2, 2)) / 2, np.zeros(2, int),
+                  np.empty((0, 2)), np.empty(0, int))
+
+
+def test_avg_gap_is_mean_absolute_difference():
+    assert avg_gap({"FA": 10, "RA": 90, "TA": 80, "MIA": 50}, {"FA": 0, "RA": 100, "TA": 80, "MIA": 70}) == 10

@@ -1,0 +1,123 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from excise.data import LabeledData
+from excise.requests import ForgetRequest, RequestError, apply_sequence, split, split_test
+
+
+def test_unknown_kind_is_refused_with_allowed_kinds():
+    with pytest.raises(RequestError, match=r"kind='everything'.*allowed: \['samples', 'class', 'subclass', 'target'\]"):
+        ForgetRequest(kind="everything", labels=(1,))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_fraction_outside_unit_interval_is_refused(fraction):
+    with pytest.raises(RequestError, match=rf"fraction={fraction!r} is outside \(0, 1\)"):
+        ForgetRequest(kind="samples", fraction=fraction)
+
+
+def test_samples_needs_exactly_one_of_indices_or_fraction():
+    with pytest.raises(RequestError, match="exactly one of indices"):
+        ForgetRequest(kind="samples")
+    with pytest.raises(RequestError, match="exactly one of indices"):
+        ForgetRequest(kind="samples", indices=(1,), fraction=0.1)
+
+
+def test_empty_and_negative_indices_are_refused():
+    with pytest.raises(RequestError, match="indices=\\[\\] is empty"):
+        ForgetRequest(kind="samples", indices=())
+    with pytest.raises(RequestError, match="negative values \\[-3\\]"):
+        ForgetRequest(kind="samples", indices=(1, -3))
+
+
+def test_out_of_range_index_is_refused_against_the_data(digits):
+    n = len(digits.train)
+    with pytest.raises(RequestError, match=rf"indices \[{n}\] are out of range.*{n} samples"):
+        split(digits.train, ForgetRequest(kind="samples", indices=(0, n)))
+
+
+def test_unknown_class_name_lists_known_classes(digits):
+    with pytest.raises(ValueError, match=r"labels='cat' is not a known class; known: \['0', '1'"):
+        split(digits.train, ForgetRequest(kind="class", labels=("cat",)))
+    with pytest.raises(ValueError, match=r"labels=12 is out of range"):
+        split(digits.train, ForgetRequest(kind="class", labels=(12,)))
+
+
+def test_target_request_on_single_label_task_is_refused(digits):
+    with pytest.raises(RequestError, match="kind='target' forgets one label of a multi-label task.*multiclass"):
+        split(digits.train, ForgetRequest(kind="target", labels=("3",)))
+
+
+def test_subclass_request_needs_super_classes(digits):
+    with pytest.raises(RequestError, match="kind='subclass' needs a data set with super-classes"):
+        split(digits.train, ForgetRequest(kind="subclass", labels=("3",)))
+
+
+def test_empty_forget_set_is_refused():
+    data = LabeledData(torch.zeros(4, 1, 2, 2), torch.tensor([0, 0, 1, 1]), classes=("a", "b", "c"))
+    with pytest.raises(RequestError, match="selects no training sample: the forget set is empty"):
+        split(data, ForgetRequest(kind="class", labels=("c",)))
+
+
+def test_class_split_partitions_the_training_set(digits):
+    forget, retain = split(digits.train, ForgetRequest(kind="class", labels=("3",)))
+    assert (forget.targets == 3).all() and not (retain.targets == 3).any()
+    assert len(forget) + len(retain) == len(digits.train)
+    both = torch.cat([forget.source_indices, retain.source_indices]).sort().values
+    assert torch.equal(both, torch.arange(len(digits.train)))
+
+
+def test_random_fraction_is_seeded(digits):
+    a, _ = split(digits.train, ForgetRequest(kind="samples", fraction=0.1, seed=1))
+    b, _ = split(digits.train, ForgetRequest(kind="samples", fraction=0.1, seed=1))
+    c, _ = split(digits.train, ForgetRequest(kind="samples", fraction=0.1, seed=2))
+    assert torch.equal(a.source_indices, b.source_indices)
+    assert not torch.equal(a.source_indices, c.source_indices)
+    assert len(a) == round(0.1 * len(digits.train))
+
+
+def test_subclass_split_keeps_coarse_targets(digits_super):
+    forget, retain = split(digits_super.train, ForgetRequest(kind="subclass", labels=("8",)))
+    assert (forget.subclass_targets == 8).all()
+    assert (forget.targets == 3).all()  # digit 8 lives in super-class 8 % 5
+    assert (retain.targets == 3).any()  # its sibling digit 3 stays in the same super-class
+    test_forget, test_retain = split_test(digits_super.test, ForgetRequest(kind="subclass", labels=("8",)))
+    assert (test_forget.subclass_targets == 8).all() and not (test_retain.subclass_targets == 8).any()
+
+
+def test_target_split_masks_labels_per_instance():
+    targets = torch.tensor([[1, 1, 0], [0, 1, 1], [1, 0, 1], [0, 0, 1]], dtype=torch.float)
+    data = LabeledData(torch.zeros(4, 1, 2, 2), targets, classes=("a", "b", "c"), task="multilabel")
+    forget, retain = split(data, ForgetRequest(kind="target", labels=("a",)))
+    assert forget.source_indices.tolist() == [0, 2]
+    assert forget.label_mask.tolist() == [[True, False, False]] * 2
+    assert len(retain) == 4  # every instance keeps its other labels
+    assert retain.label_mask.tolist() == [[False, True, True]] * 4
+    with pytest.raises(RequestError, match="cannot forget every target"):
+        split(data, ForgetRequest(kind="target", labels=("a", "b", "c")))
+
+
+def test_request_from_json_yaml_and_cli_shorthand(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"kind": "class", "label": "3"}))
+    (tmp_path / "r.yaml").write_text("kind: samples\nfraction: 0.2\nseed: 4\n")
+    assert ForgetRequest.from_file(tmp_path / "r.json") == ForgetRequest(kind="class", labels=("3",))
+    assert ForgetRequest.from_file(tmp_path / "r.yaml") == ForgetRequest(kind="samples", fraction=0.2, seed=4)
+    assert ForgetRequest.parse("samples:0,5,9").indices == (0, 5, 9)
+    assert ForgetRequest.parse("samples:0.1").fraction == 0.1
+    assert ForgetRequest.parse("target:2").labels == ("2",)
+    with pytest.raises(RequestError, match="unknown request field\\(s\\) \\['colour'\\]"):
+        ForgetRequest.from_dict({"kind": "class", "labels": [1], "colour": "red"})
+    with pytest.raises(RequestError, match="not of the form KIND:VALUE"):
+        ForgetRequest.parse("forget-three")
+    with pytest.raises(RequestError, match="does not exist"):
+        ForgetRequest.from_file(tmp_path / "missing.yaml")
+
+
+def test_sequence_is_cumulative(digits):
+    steps = apply_sequence(digits.train, [ForgetRequest(kind="class", labels=(c,)) for c in (1, 2)])
+    assert set(np.unique(steps[0][0].targets)) == {1}
+    assert set(np.unique(steps[1][0].targets)) == {1, 2}
+    assert not np.isin(steps[1][1].targets.numpy(), [1, 2]).any()
