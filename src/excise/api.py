@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from excise import distributed
 from excise.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from excise.data import DatasetBundle, load_dataset
 from excise.data.registry import dataset_builder
@@ -73,8 +74,11 @@ def train_model(
     }
     if request is not None:
         meta["metrics"] = evaluate(network, EvalViews.from_bundle(bundle, request), seed=seed)
-    path = save_checkpoint(out, network, meta, overwrite=overwrite)
-    return load_checkpoint(path)
+    # Only rank 0 writes; the others wait until the file is complete, then read the same checkpoint.
+    if distributed.is_main():
+        save_checkpoint(out, network, meta, overwrite=overwrite)
+    distributed.barrier()
+    return load_checkpoint(out)
 
 
 def bundle_for(checkpoint: Checkpoint) -> DatasetBundle:
@@ -141,7 +145,10 @@ def unlearn_checkpoint(
             "metrics": record.metrics,
             "unlearn_seconds": record.seconds,
         }
-        path = save_checkpoint(out, model, meta, overwrite=overwrite)
+        path = Path(out)
+        if distributed.is_main():
+            save_checkpoint(out, model, meta, overwrite=overwrite)
+        distributed.barrier()
     return UnlearnOutcome(model, record, path)
 
 

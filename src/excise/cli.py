@@ -15,7 +15,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from excise import api
+from excise import api, distributed
 from excise.progress import set_progress
 from excise.requests import ForgetRequest, RequestError
 from excise.training import TrainConfig
@@ -66,7 +66,10 @@ def metrics_table(metrics: dict[str, float], title: str) -> Table:
 
 @app.callback()
 def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.")) -> None:
-    set_progress(not quiet)
+    # Under torchrun every rank runs the same command; only rank 0 draws progress and writes files.
+    distributed.init_from_env()
+    set_progress(not quiet and distributed.is_main())
+    console.quiet = not distributed.is_main()
 
 
 @app.command("train")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from excise import distributed
 from excise.data.base import LabeledData
 from excise.progress import progress_bar
 
@@ -174,18 +175,32 @@ def train(
 ) -> TrainStats:
     """Train ``model`` in place on ``data`` with ``config``.
 
+    Under ``torchrun`` the same call trains with ``DistributedDataParallel`` and a ``DistributedSampler``
+    (seeded, re-shuffled per epoch) at the same effective batch size; see :mod:`excise.distributed`.
+
     ``loss_hook(model, batch, loss) -> loss`` lets a method add a term (an l1 penalty, say) without a
     second loop; ``params`` restricts what the optimizer updates; ``after_step`` runs after each
     optimizer step (e.g. to re-apply a mask).
     """
     if len(data) == 0:
         raise ValueError("cannot train on an empty data set")
-    generator = torch.Generator().manual_seed(seed)
-    loader = make_loader(data, config.batch_size, shuffle=True, generator=generator)
+    sampler = None
+    if distributed.is_distributed():
+        # Each rank sees batch_size / N samples per step so one DDP step averages the gradient of
+        # batch_size samples, exactly as on one process.
+        sampler = torch.utils.data.DistributedSampler(data, shuffle=True, seed=seed)
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=distributed.per_rank_batch_size(min(config.batch_size, len(data))),
+            sampler=sampler, collate_fn=_identity,
+        )
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        loader = make_loader(data, config.batch_size, shuffle=True, generator=generator)
     optimizer = make_optimizer(
         params if params is not None else model.parameters(),
         config.optimizer, config.lr, config.momentum, config.weight_decay,
     )
+    network = distributed.wrap_model(model)
     total_steps = config.epochs * len(loader)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -196,9 +211,11 @@ def train(
     model.train()
     with progress_bar(description, total_steps) as bar:
         for epoch in range(config.epochs):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             running = 0.0
             for batch in loader:
-                loss = batch_loss(model, batch, data.task)
+                loss = batch_loss(network, batch, data.task)
                 if loss_hook is not None:
                     loss = loss_hook(model, batch, loss)
                 optimizer.zero_grad(set_to_none=True)
@@ -211,8 +228,9 @@ def train(
                 stats.steps += 1
                 running += float(loss.detach())
                 bar.advance(epoch=epoch + 1, loss=float(loss.detach()))
-            stats.losses.append(running / len(loader))
+            stats.losses.append(float(distributed.all_reduce_mean(torch.tensor(running / len(loader)))))
             stats.epochs += 1
+    distributed.sync_buffers(model)
     model.eval()
     stats.seconds = time.perf_counter() - start
     return stats
