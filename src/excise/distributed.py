@@ -127,6 +127,8 @@ def wrap_model(model: nn.Module) -> nn.Module:
     # Conv weight gradients of 1-channel inputs come out with strides DDP's buckets do not copy
     # directly; the copy is correct, only slower, so the warning is noise here.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    # Per-rank buffers are the point here; the suggested replacement still syncs them at init.
+    warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated")
     # broadcast_buffers=False: per-rank BatchNorm statistics on CPU (see module docstring).
     return nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
 
