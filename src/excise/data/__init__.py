@@ -1,7 +1,11 @@
 """Data sets: bundled (digits, MNIST subset), synthetic multi-target canvases, and local-directory loaders
 for CIFAR-10/100 and CelebA. Nothing here downloads."""
 
+from excise.data import celeba as _celeba  # noqa: F401  (registers)
+from excise.data import cifar as _cifar  # noqa: F401  (registers)
 from excise.data import digits as _digits  # noqa: F401  (registers)
+from excise.data import mnist as _mnist  # noqa: F401  (registers)
+from excise.data import multidigits as _multidigits  # noqa: F401  (registers)
 from excise.data.base import DatasetBundle, LabeledData
 from excise.data.registry import list_datasets, load_dataset, register_dataset
 

