@@ -104,15 +104,41 @@ def check_fraction(obj: Any, *names: str, closed: bool = False) -> None:
 
 
 # --- losses ------------------------------------------------------------------------------------
-def per_sample_loss(logits: Tensor, targets: Tensor, task: str, label_mask: Tensor | None = None) -> Tensor:
-    """Loss of each sample: cross-entropy (multiclass) or BCE averaged over the sample's masked labels."""
-    if task == "multiclass":
-        return F.cross_entropy(logits, targets, reduction="none")
+TaskLoss = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+_TASK_LOSSES: dict[str, TaskLoss] = {}
+
+
+def register_task_loss(task: str, loss: TaskLoss) -> None:
+    """Register ``loss(outputs, targets, label_mask) -> per-sample loss`` for a task, so the one training
+    loop (and every method built on it) trains dense or sequence models too."""
+    from excise.data.base import register_task
+
+    register_task(task)
+    _TASK_LOSSES[task] = loss
+
+
+def _multiclass_loss(logits: Tensor, targets: Tensor, label_mask: Tensor | None) -> Tensor:
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def _multilabel_loss(logits: Tensor, targets: Tensor, label_mask: Tensor | None) -> Tensor:
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     if label_mask is None:
         return bce.mean(dim=1)
     mask = label_mask.to(bce.dtype)
     return (bce * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+
+register_task_loss("multiclass", _multiclass_loss)
+register_task_loss("multilabel", _multilabel_loss)
+
+
+def per_sample_loss(logits: Tensor, targets: Tensor, task: str, label_mask: Tensor | None = None) -> Tensor:
+    """Loss of each sample: cross-entropy (multiclass), BCE averaged over the sample's masked labels
+    (multilabel), or a registered task's loss."""
+    if task not in _TASK_LOSSES:
+        raise ValueError(f"task={task!r} has no registered loss; known: {sorted(_TASK_LOSSES)}")
+    return _TASK_LOSSES[task](logits, targets, label_mask)
 
 
 def batch_loss(model: nn.Module, batch: dict[str, Tensor], task: str) -> Tensor:

@@ -11,14 +11,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-Task = Literal["multiclass", "multilabel"]
-TASKS: tuple[str, ...] = ("multiclass", "multilabel")
+Task = str
+# Tasks a LabeledData may carry. Classification tasks are built in; dense and sequence tasks register
+# themselves (with their loss in excise.training and their metrics in excise.metrics) via register_task.
+TASKS: set[str] = {"multiclass", "multilabel"}
+
+
+def register_task(name: str) -> None:
+    """Declare a task name (e.g. ``"segmentation"``) so data sets may carry it."""
+    TASKS.add(name)
 
 
 @dataclass
@@ -55,7 +62,7 @@ class LabeledData(torch.utils.data.Dataset):
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"task={self.task!r} is not one of {TASKS}")
+            raise ValueError(f"task={self.task!r} is not one of {sorted(TASKS)}")
         n = len(self.inputs)
         self.classes = tuple(str(c) for c in self.classes)
         if len(self.targets) != n:
@@ -64,7 +71,7 @@ class LabeledData(torch.utils.data.Dataset):
             if self.targets.dim() != 1:
                 raise ValueError(f"multiclass targets must be 1-D class indices, got shape {tuple(self.targets.shape)}")
             self.targets = self.targets.long()
-        else:
+        elif self.task == "multilabel":
             if self.targets.dim() != 2 or self.targets.shape[1] != len(self.classes):
                 raise ValueError(
                     f"multilabel targets must be N x {len(self.classes)} (one column per class), "

@@ -11,6 +11,7 @@ and the forgotten target's and remaining targets' average precision on the test 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,11 +61,23 @@ def _binary_probs(logits: Tensor) -> np.ndarray:
     return np.stack([1.0 - p, p], axis=1)
 
 
+Evaluator = Callable[..., dict[str, float]]
+_EVALUATORS: dict[str, Evaluator] = {}
+
+
+def register_evaluator(task: str, evaluator: Evaluator) -> None:
+    """Register ``evaluator(model, views, *, mia_variants, seed) -> metrics`` for a task (dense, sequence)."""
+    _EVALUATORS[task] = evaluator
+
+
 def evaluate(
     model: nn.Module, views: EvalViews, *, mia_variants: tuple[str, ...] | None = None, seed: int = 0
 ) -> dict[str, float]:
     """Every metric of ``model`` on ``views``, in percent."""
-    if views.forget_set.task == "multilabel":
+    task = views.forget_set.task
+    if task in _EVALUATORS:
+        return _EVALUATORS[task](model, views, mia_variants=mia_variants, seed=seed)
+    if task == "multilabel":
         return _evaluate_target(model, views, mia_variants, seed)
     forget_logits = predict_logits(model, views.forget_set)
     retain_logits = predict_logits(model, views.retain_set)
