@@ -15,7 +15,8 @@ from excise.metrics import EvalViews  # noqa: E402
 from excise.requests import ForgetRequest  # noqa: E402
 from excise.training import TrainConfig  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Respect OMP_NUM_THREADS: on a loaded machine extra threads oversubscribe the cores badly.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 # The recipe every test model is trained with: ~1 s on 2 CPU cores for the digits.
 RECIPE = TrainConfig(epochs=15, batch_size=64, lr=0.05)

@@ -1,0 +1,179 @@
+"""Sequential unlearning: requests served one after another on the successively unlearned model.
+
+A user rarely asks once. ``run_sequence`` applies a sequence of requests (forget class ``a``, then ``b``,
+then ``c``) with any registered method, each step starting from the previous step's unlearned model, and
+after every step measures the model against the *cumulative* truth: the forget set is everything asked so far
+(:func:`excise.requests.apply_sequence`), the reference is the model retrained on what remains after all of
+those requests, and for class / sub-class requests the test views exclude every class forgotten so far
+(``TA`` on the remaining classes, ``TA_forget`` on the forgotten ones together).
+
+What a method sees at step ``k``: the step's request and the rows it newly forgets (rows an earlier step
+already forgot are not handed over again), the original training recipe, and — only if the method declared
+``needs_retain`` — the cumulative retain set. Forget-only methods receive no retain data at any step.
+
+The method at step ``k`` is seeded with ``seed + k`` (independent random draws per step); references are
+trained with ``seed``, the seed policy of the original model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from excise.data.base import DatasetBundle, LabeledData, _resolve_label
+from excise.experiment import RunRecord, _is_plain, run_method
+from excise.methods import UnlearningMethod, get_method
+from excise.metrics import EvalViews, avg_gap, evaluate
+from excise.progress import progress_bar
+from excise.requests import ForgetRequest, RequestError, apply_sequence, resolve
+from excise.training import TrainConfig, seed_everything
+
+
+@dataclass
+class SequentialRecord:
+    """The state after step ``step`` (1-based) of a sequence, judged against the cumulative reference."""
+
+    step: int
+    request: dict[str, Any]
+    forgotten: list[str]
+    forget_size: int
+    new_samples: int
+    metrics: dict[str, float]
+    seconds: float
+    reference_metrics: dict[str, float] | None = None
+    reference_seconds: float | None = None
+    avg_gap: float | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _test_forget_mask(test: LabeledData, requests: Sequence[ForgetRequest]) -> np.ndarray:
+    """Test rows of every class / sub-class forgotten so far (random-sample requests forget no test row)."""
+    mask = np.zeros(len(test), dtype=bool)
+    for request in requests:
+        if request.kind == "class":
+            labels = [_resolve_label(label, test.classes, "labels") for label in request.labels]
+            mask |= np.isin(test.targets.numpy(), labels)
+        elif request.kind == "subclass":
+            if test.subclass_targets is None or test.subclasses is None:
+                raise RequestError(
+                    f"kind='subclass' needs a test set with sub-classes; {test.name!r} has none"
+                )
+            labels = [_resolve_label(label, test.subclasses, "labels") for label in request.labels]
+            mask |= np.isin(test.subclass_targets.numpy(), labels)
+    return mask
+
+
+def cumulative_views(bundle: DatasetBundle, requests: Sequence[ForgetRequest]) -> list[EvalViews]:
+    """One :class:`EvalViews` per step: cumulative forget/retain sets, test views of the classes so far."""
+    splits = apply_sequence(bundle.train, requests)
+    views = []
+    for k, (forget_set, retain_set) in enumerate(splits):
+        mask = _test_forget_mask(bundle.test, requests[: k + 1])
+        test_forget = bundle.test.subset(np.flatnonzero(mask)) if mask.any() else None
+        test_retain = bundle.test.subset(np.flatnonzero(~mask))
+        views.append(EvalViews(forget_set, retain_set, test_retain, test_forget, requests[k]))
+    return views
+
+
+def _new_rows(train: LabeledData, requests: Sequence[ForgetRequest]) -> list[np.ndarray]:
+    """Training rows each request forgets that no earlier request did; a step with none is refused."""
+    forgotten = np.zeros(len(train), dtype=bool)
+    out = []
+    for k, request in enumerate(requests):
+        rows = resolve(train, request).forget_indices
+        new = rows[~forgotten[rows]]
+        if len(new) == 0:
+            raise RequestError(
+                f"request {k} ({request.describe()!r}) forgets nothing that earlier requests of the sequence "
+                "did not already forget"
+            )
+        forgotten[rows] = True
+        out.append(new)
+    return out
+
+
+def run_sequence(
+    method: UnlearningMethod | str,
+    model: nn.Module,
+    bundle: DatasetBundle,
+    requests: Sequence[ForgetRequest],
+    recipe: TrainConfig,
+    *,
+    seed: int = 0,
+    reference: str | Sequence[RunRecord] | None = "retrain",
+) -> tuple[nn.Module, list[SequentialRecord]]:
+    """Serve ``requests`` one after another with ``method``, starting from ``model`` (never modified).
+
+    ``reference`` is the name of the method producing each step's reference (``"retrain"``: trained from
+    scratch on the cumulative retain set, starting from ``model``'s architecture), a list of precomputed
+    reference records (one per request, e.g. cached), or ``None`` for no comparison. Returns the final model
+    and one :class:`SequentialRecord` per step.
+    """
+    if isinstance(method, str):
+        method = get_method(method)
+    requests = list(requests)
+    for request in requests:
+        if not isinstance(request, ForgetRequest):
+            raise TypeError(f"requests must be ForgetRequest objects, got {type(request).__name__}")
+        method.check_request(request, bundle.train.task)
+    views = cumulative_views(bundle, requests)
+    new_rows = _new_rows(bundle.train, requests)
+    if reference is not None and not isinstance(reference, str):
+        reference = list(reference)
+        if len(reference) != len(requests):
+            raise ValueError(
+                f"reference has {len(reference)} records but the sequence has {len(requests)} requests; "
+                "give one reference record per step, a method name such as 'retrain', or None"
+            )
+    records: list[SequentialRecord] = []
+    current = model
+    with progress_bar(f"sequential {method.name}", len(requests)) as bar:
+        for k, (request, view, rows) in enumerate(zip(requests, views, new_rows, strict=True)):
+            seed_everything(seed + k)
+            result = method.unlearn(
+                current, request, bundle.train.subset(rows),
+                view.retain_set if method.needs_retain else None,
+                recipe=recipe, seed=seed + k,
+            )
+            current = result.model
+            metrics = evaluate(current, view, seed=seed)
+            record = SequentialRecord(
+                step=k + 1,
+                request=request.to_dict(),
+                forgotten=[r.describe() for r in requests[: k + 1]],
+                forget_size=len(view.forget_set),
+                new_samples=len(rows),
+                metrics=metrics,
+                seconds=result.seconds,
+                stats={key: v for key, v in result.stats.items() if _is_plain(v)},
+            )
+            ref = _reference(reference, k, model, view, recipe, seed)
+            if ref is not None:
+                record.reference_metrics = ref.metrics
+                record.reference_seconds = ref.seconds
+                record.avg_gap = avg_gap(metrics, ref.metrics)
+            records.append(record)
+            bar.advance(step=k + 1, FA=metrics["FA"])
+    return current, records
+
+
+def _reference(
+    reference: str | list[RunRecord] | None, k: int, model: nn.Module, view: EvalViews, recipe: TrainConfig,
+    seed: int,
+) -> RunRecord | None:
+    if reference is None:
+        return None
+    if isinstance(reference, str):
+        _, record = run_method(reference, model, view, recipe, seed=seed)
+        return record
+    return reference[k]
+
+
+__all__ = ["SequentialRecord", "cumulative_views", "run_sequence"]

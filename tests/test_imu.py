@@ -1,0 +1,202 @@
+"""IMU on the digits fixtures: it forgets, keeps utility, reads no retain data, weights from the given model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from excise.experiment import evaluate_original, run_method, train_original
+from excise.influence import influence_from_grads, influence_weights, per_sample_grads
+from excise.methods import RetainAccessError, UnlearnData, get_method
+from excise.methods.imu import IMU, IMUConfig, classification_loss
+from excise.metrics import avg_gap
+from excise.requests import ForgetRequest
+from excise.training import TrainConfig
+
+
+def run_imu(model, views, recipe, seed=0, reference=None, **config):
+    return run_method(get_method("imu", **config), model, views, recipe, seed=seed, reference=reference)
+
+
+def test_full_class_forgetting_reaches_retrain_and_keeps_utility(digits_model, class_views, class_reference, recipe):
+    original = evaluate_original(digits_model, class_views).metrics
+    assert original["FA"] > 95
+    _, record = run_imu(digits_model, class_views, recipe, reference=class_reference)
+    m, r = record.metrics, class_reference.metrics
+    assert abs(m["FA"] - r["FA"]) <= 5, (m, r)
+    assert abs(m["RA"] - original["RA"]) <= 3, (m, original)
+    assert abs(m["TA"] - original["TA"]) <= 3, (m, original)
+    # The kept set fits in one batch of 256, so one step per epoch; the class rule stops at FA = 0.
+    assert record.stats["batches_per_epoch"] == 1
+    assert record.stats["stop_reason"] == "stop_accuracy" and record.stats["steps"] <= 10
+    assert record.stats["forget_accuracy_curve"][-1] == 0.0
+    assert record.speedup > 1
+
+
+def test_stop_rule_is_what_ends_class_ascent(digits_model, class_views, recipe):
+    full = get_method("imu", stop_accuracy=None, epochs=4).unlearn(
+        digits_model, class_views.request, class_views.forget_set, recipe=recipe)
+    assert full.stats["stop_reason"] == "epochs" and full.stats["steps"] == 4
+    auto = get_method("imu", epochs=4).unlearn(digits_model, class_views.request, class_views.forget_set,
+                                              recipe=recipe)
+    assert auto.stats["stop_accuracy"] == 0.0
+    # Same seed, same steps up to the stop: the early-stopped run is a prefix of the full one.
+    assert auto.stats["loss_curve"] == full.stats["loss_curve"][: auto.stats["steps"]]
+
+
+def test_random_samples_mia_moves_toward_retrain(digits_model, samples_views, samples_reference, recipe):
+    original = evaluate_original(digits_model, samples_views).metrics
+    _, record = run_imu(digits_model, samples_views, recipe, reference=samples_reference)
+    m, r = record.metrics, samples_reference.metrics
+    assert r["MIA"] > original["MIA"]  # the fixture is meaningful: retrain calls more forget samples non-members
+    assert abs(m["MIA"] - r["MIA"]) < abs(original["MIA"] - r["MIA"]), (m["MIA"], original["MIA"], r["MIA"])
+    assert m["MIA"] > original["MIA"]
+    assert abs(m["RA"] - original["RA"]) <= 3 and abs(m["TA"] - original["TA"]) <= 3, (m, original)
+
+
+def test_samples_stop_threshold_is_relative_to_the_starting_forget_accuracy(digits_model, samples_views, recipe):
+    result = get_method("imu", max_accuracy_drop=0.05).unlearn(
+        digits_model, samples_views.request, samples_views.forget_set, recipe=recipe)
+    start = evaluate_original(digits_model, samples_views).metrics["FA"] / 100
+    assert result.stats["start_forget_accuracy"] == pytest.approx(start)
+    assert result.stats["stop_accuracy"] == pytest.approx(start - 0.05)
+
+
+def test_target_already_reached_leaves_the_model_alone(digits_model, class_views, recipe):
+    result = get_method("imu", stop_accuracy=1.0).unlearn(
+        digits_model, class_views.request, class_views.forget_set, recipe=recipe)
+    assert result.stats["steps"] == 0 and result.stats["stop_reason"] == "stop_accuracy already reached"
+    original = digits_model.state_dict()
+    assert all(torch.equal(v, original[k]) for k, v in result.model.state_dict().items())
+
+
+def test_subclass_request_moves_toward_retrain(digits_super_model, subclass_views, subclass_reference, recipe):
+    original = evaluate_original(digits_super_model, subclass_views)
+    _, record = run_imu(digits_super_model, subclass_views, recipe, reference=subclass_reference)
+    r = subclass_reference.metrics
+    assert record.stats["stop_accuracy"] is None  # no forget-only target for a sub-class: the budget rules
+    assert abs(record.metrics["FA"] - r["FA"]) < abs(original.metrics["FA"] - r["FA"]) - 20
+    assert record.avg_gap < avg_gap(original.metrics, r) / 2
+
+
+class _PoisonedData:
+    """Stands in for the retain set: any use of it fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"IMU read the retain set ({name})")
+
+    def __len__(self):
+        raise AssertionError("IMU read the retain set (len)")
+
+
+def test_retain_set_is_never_read(digits_model, class_views, recipe):
+    method = get_method("imu")
+    assert IMU.needs_retain is False
+    result = method.unlearn(digits_model, class_views.request, class_views.forget_set, _PoisonedData(),
+                            recipe=recipe)
+    assert result.stats["num_kept"] > 0
+    # Calling the algorithm directly with no retain data at all: it must not even try.
+    data = UnlearnData(class_views.forget_set, class_views.request, recipe)
+    with pytest.raises(RetainAccessError):
+        _ = data.retain_set
+    method._unlearn(copy.deepcopy(digits_model), data, 0)
+
+
+def manual_weights(model, forget_set, config: IMUConfig):
+    batch = {"inputs": forget_set.inputs, "targets": forget_set.targets}
+    grads = per_sample_grads(model, None, classification_loss("multiclass"), batch)
+    influence = influence_from_grads(grads, config.damping)
+    chosen = influence_weights(influence.influences, top_fraction=config.top_fraction,
+                               clip_quantile=config.clip_quantile, min_count=config.min_kept)
+    return forget_set.source_indices[chosen.indices].tolist(), chosen.weights
+
+
+def test_influence_weights_come_from_the_model_being_unlearned(digits, digits_model, samples_views, recipe):
+    config = IMUConfig()
+    forget = samples_views.forget_set
+    result = get_method("imu").unlearn(digits_model, samples_views.request, forget, recipe=recipe)
+    indices, weights = manual_weights(copy.deepcopy(digits_model), forget, config)
+    assert result.stats["kept_source_indices"] == indices
+    torch.testing.assert_close(torch.tensor(result.stats["weights"]), weights, rtol=1e-4, atol=1e-7)
+
+    # A differently trained model gets other weights: the pre-computation really reads the given model.
+    other, _ = train_original(digits, "small_cnn", TrainConfig(epochs=3, batch_size=64, lr=0.05), seed=1, width=16)
+    other_result = get_method("imu").unlearn(other, samples_views.request, forget, recipe=recipe)
+    other_indices, other_weights = manual_weights(other, forget, config)
+    assert other_result.stats["kept_source_indices"] == other_indices
+    assert other_result.stats["kept_source_indices"] != result.stats["kept_source_indices"] or not torch.allclose(
+        torch.tensor(other_result.stats["weights"]), torch.tensor(result.stats["weights"]))
+
+
+def test_only_the_head_moves_and_bn_modes_differ(digits_model, class_views, recipe):
+    original = digits_model.state_dict()
+
+    def changed(bn_mode):
+        result = get_method("imu", bn_mode=bn_mode).unlearn(
+            digits_model, class_views.request, class_views.forget_set, recipe=recipe)
+        state = result.model.state_dict()
+        assert all(p.requires_grad for p in result.model.parameters())  # flags restored
+        return {k for k in state if not torch.equal(state[k], original[k])}
+
+    batch, train, evalmode = changed("batch"), changed("train"), changed("eval")
+    assert batch == {"fc.weight", "fc.bias"}
+    assert evalmode <= {"fc.weight", "fc.bias"} and "fc.weight" in evalmode
+    # The official behaviour: train-mode forwards let the backbone's BatchNorm statistics drift.
+    assert {"fc.weight", "fc.bias"} < train
+    assert any(k.endswith("running_mean") for k in train)
+    assert not any(k.startswith("features") and k.endswith("weight") for k in train)
+    # The caller's model is untouched.
+    assert all(torch.equal(v, original[k]) for k, v in digits_model.state_dict().items())
+
+
+def test_explicit_head_selects_the_updated_parameters(digits_model, class_views, recipe):
+    result = get_method("imu", head="features.7").unlearn(
+        digits_model, class_views.request, class_views.forget_set, recipe=recipe)
+    assert result.stats["head"] == ["features.7.weight"]
+    state, original = result.model.state_dict(), digits_model.state_dict()
+    assert {k for k in state if not torch.equal(state[k], original[k])} == {"features.7.weight"}
+    with pytest.raises(ValueError, match="head='classifier'"):
+        get_method("imu", head="classifier").unlearn(
+            digits_model, class_views.request, class_views.forget_set, recipe=recipe)
+
+
+def test_deterministic_with_a_seed(digits_model, samples_views, recipe):
+    runs = [get_method("imu", top_fraction=0.5, batch_size=16).unlearn(
+        digits_model, samples_views.request, samples_views.forget_set, recipe=recipe, seed=3) for _ in range(2)]
+    a, b = (r.model.state_dict() for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert runs[0].stats["steps"] > 10  # several shuffled batches per epoch, so the seed matters
+    other = get_method("imu", top_fraction=0.5, batch_size=16).unlearn(
+        digits_model, samples_views.request, samples_views.forget_set, recipe=recipe, seed=4)
+    assert not torch.equal(other.model.state_dict()["fc.weight"], a["fc.weight"])
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"bn_mode": "frozen"}, "bn_mode"),
+        ({"top_fraction": 0.0}, "top_fraction"),
+        ({"clip_quantile": 1.5}, "clip_quantile"),
+        ({"damping": 0.0}, "damping"),
+        ({"lr": 0.0}, "lr"),
+        ({"epochs": 0}, "epochs"),
+        ({"alpha": -1.0}, "alpha"),
+        ({"min_kept": 0}, "min_kept"),
+        ({"head": ""}, "head"),
+        ({"stop_accuracy": "never"}, "stop_accuracy"),
+        ({"stop_accuracy": 1.5}, "stop_accuracy"),
+        ({"max_accuracy_drop": 0.0}, "max_accuracy_drop"),
+        ({"top_data": 0.1}, "top_data"),
+    ],
+)
+def test_bad_config_names_the_field(options, field):
+    with pytest.raises(ValueError, match=field):
+        get_method("imu", **options)
+
+
+def test_refuses_target_requests(digits_model, digits, recipe):
+    request = ForgetRequest(kind="target", labels=("3",))
+    with pytest.raises(ValueError, match="target"):
+        get_method("imu").unlearn(digits_model, request, digits.train, recipe=recipe)

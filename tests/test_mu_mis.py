@@ -1,0 +1,340 @@
+"""MU-Mis on the digits fixtures: the loss, its double-backprop gradient, the stopping rule, forgetting."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from excise.experiment import evaluate_original, run_method
+from excise.methods import RetainAccessError, UnlearnData, get_method, list_methods, method_class
+from excise.methods.mu_mis import (
+    DoubleBackpropError,
+    SensitivityStop,
+    draw_irrelevant,
+    irrelevant_sensitivity,
+    logit_input_gradients,
+    mu_mis_loss,
+)
+from excise.metrics import avg_gap
+from excise.requests import ForgetRequest, RequestError
+
+from .conftest import RECIPE
+
+# Class requests stop on the forget accuracy and cap at class_max_passes; one pass for plumbing tests.
+ONE_PASS = {"class_max_passes": 1}
+
+
+# --- the loss and its gradient --------------------------------------------------------------------
+class TinyNet(nn.Module):
+    """Conv + eval-mode BatchNorm + smooth activation + linear head: small enough for finite differences."""
+
+    def __init__(self, act: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.act = act if act is not None else nn.Tanh()
+        self.fc = nn.Linear(3 * 4 * 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.bn(self.conv(x))).flatten(1))
+
+
+def _tiny(seed: int = 0, act: nn.Module | None = None) -> TinyNet:
+    torch.manual_seed(seed)
+    net = TinyNet(act).double()
+    with torch.no_grad():  # non-trivial running statistics, so eval-mode BN is not the identity
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def test_input_gradients_are_per_sample_and_match_autograd_of_one_sample():
+    net = _tiny()
+    x = torch.randn(5, 1, 4, 4, dtype=torch.float64)
+    classes = torch.tensor([0, 3, 1, 2, 0])
+    batched = logit_input_gradients(net, x, classes, create_graph=False)
+    for i in range(5):
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        (alone,) = torch.autograd.grad(net(xi)[0, classes[i]], xi)
+        torch.testing.assert_close(batched[i:i + 1], alone)
+
+
+def test_loss_is_the_squared_norm_gap_of_eq3():
+    net = _tiny()
+    x = torch.randn(6, 1, 4, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    other = torch.tensor([1, 2, 3, 0, 2, 3])
+    loss, t_sq, o_sq = mu_mis_loss(net, x, y, other, irrelevant_weight=0.5)
+    g_t = logit_input_gradients(net, x, y, create_graph=False)
+    g_o = logit_input_gradients(net, x, other, create_graph=False)
+    torch.testing.assert_close(t_sq, g_t.flatten(1).pow(2).sum(1))
+    torch.testing.assert_close(o_sq, g_o.flatten(1).pow(2).sum(1))
+    torch.testing.assert_close(loss.detach(), (t_sq - 0.5 * o_sq).mean())
+
+
+def test_loss_gradient_matches_finite_differences():
+    """Double backprop (create_graph=True) gives the true d loss / d weights, checked in float64."""
+    net = _tiny(seed=1)
+    x = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3])
+    other = torch.tensor([2, 3, 0, 1])
+    params = [p for p in net.parameters()]
+    loss, _, _ = mu_mis_loss(net, x, y, other)
+    grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+    eps = 1e-6
+    checked = 0
+    for p, g in zip(params, grads, strict=True):
+        flat, gflat = p.data.view(-1), g.view(-1)
+        for i in range(0, flat.numel(), max(1, flat.numel() // 6)):
+            original = flat[i].item()
+            flat[i] = original + eps
+            plus = mu_mis_loss(net, x, y, other)[0].item()
+            flat[i] = original - eps
+            minus = mu_mis_loss(net, x, y, other)[0].item()
+            flat[i] = original
+            numeric = (plus - minus) / (2 * eps)
+            assert gflat[i].item() == pytest.approx(numeric, rel=1e-5, abs=1e-7), (p.shape, i)
+            checked += 1
+    assert checked > 20
+    # The weights-gradient is non-trivial (double backprop is really happening).
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_irrelevant_class_is_never_the_true_class_and_is_seeded():
+    y = torch.randint(0, 10, (5000,), generator=torch.Generator().manual_seed(0))
+    c = draw_irrelevant(y, 10, torch.Generator().manual_seed(1))
+    assert not (c == y).any()
+    assert set(c.tolist()) == set(range(10))
+    # Uniform over the other nine classes: every (y, c') pair appears at about 1/9 of y's count.
+    for label in range(10):
+        counts = torch.bincount(c[y == label], minlength=10).float()
+        share = counts / counts.sum()
+        assert share[label] == 0
+        assert ((share[torch.arange(10) != label] - 1 / 9).abs() < 0.05).all()
+    torch.testing.assert_close(c, draw_irrelevant(y, 10, torch.Generator().manual_seed(1)))
+
+
+def test_inplace_op_that_breaks_double_backprop_is_refused_naming_the_module(digits, class_views):
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inplace = True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mul_(2.0) if self.inplace else x * 2.0
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.Sigmoid(), Scale(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)
+    )
+    with pytest.raises(DoubleBackpropError, match=r"module\(s\) '2' \(Scale\(inplace=True\)\)"):
+        get_method("mu_mis").unlearn(model, class_views.request, class_views.forget_set)
+
+
+def test_functional_inplace_op_is_refused_with_a_pointer_to_forward(class_views):
+    class Bad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 8 * 8, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.sigmoid(self.conv(x))
+            h += 1.0  # overwrites sigmoid's saved output
+            return self.fc(h.flatten(1))
+
+    with pytest.raises(DoubleBackpropError, match="functional in-place ops"):
+        get_method("mu_mis").unlearn(Bad(), class_views.request, class_views.forget_set)
+
+
+def test_relu_inplace_is_harmless_and_accepted(digits_model, class_views):
+    """``nn.ReLU(inplace=True)`` does not break double backprop; refusing it would be wrong."""
+    model = copy.deepcopy(digits_model)
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = True
+    method = get_method("mu_mis", **ONE_PASS)
+    a = method.unlearn(model, class_views.request, class_views.forget_set, seed=0)
+    b = method.unlearn(digits_model, class_views.request, class_views.forget_set, seed=0)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)
+
+
+def test_model_detaching_its_input_is_refused(class_views):
+    class Detached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.detach().flatten(1))
+
+    with pytest.raises(DoubleBackpropError, match="do not depend differentiably on its input"):
+        get_method("mu_mis").unlearn(Detached(), class_views.request, class_views.forget_set)
+
+
+# --- the stopping rule ------------------------------------------------------------------------------
+def test_stop_rule_does_not_fire_at_step_zero_although_ratio_is_above_delta():
+    rule = SensitivityStop(delta=0.9, max_steps=100)
+    assert rule.update(0, 5.0) is None  # ratio 1.0 > 0.9, but nothing has dipped yet
+    assert rule.update(1, 5.5) is None  # rising without a dip is not a recovery
+    assert rule.update(2, 4.6) is None  # 0.92: not below delta, so still no dip
+    assert not rule.dipped
+
+
+def test_stop_rule_fires_after_dip_and_recovery():
+    rule = SensitivityStop(delta=0.9, max_steps=100)
+    values = [10.0, 9.5, 8.0, 6.0, 7.5, 8.9, 9.1]  # ratios 1, .95, .8, .6, .75, .89, .91
+    reasons = [rule.update(step, v) for step, v in enumerate(values)]
+    assert reasons == [None] * 6 + ["recovered"]
+    assert rule.dipped and rule.min_ratio == pytest.approx(0.6)
+    assert rule.ratios == pytest.approx([v / 10.0 for v in values])
+
+
+def test_stop_rule_cap_fires_when_the_sensitivity_never_recovers():
+    rule = SensitivityStop(delta=0.9, max_steps=5)
+    reasons = [rule.update(step, v) for step, v in enumerate([10.0, 8.0, 6.0, 5.0, 4.0, 3.0])]
+    assert reasons == [None] * 5 + ["max_steps"]
+
+
+def test_stop_rule_refuses_bad_delta_and_divergence():
+    with pytest.raises(ValueError, match=r"delta=1.5 must lie in \(0, 1\)"):
+        SensitivityStop(delta=1.5)
+    with pytest.raises(ValueError, match="max_steps=0 must be a positive integer"):
+        SensitivityStop(max_steps=0)
+    rule = SensitivityStop()
+    rule.update(0, 1.0)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        rule.update(1, float("nan"))
+
+
+# --- the method on the digits fixtures --------------------------------------------------------------
+def test_registered_forget_only_multiclass():
+    assert "mu_mis" in list_methods()
+    cls = method_class("mu_mis")
+    assert cls.needs_retain is False
+    assert set(cls.kinds) == {"samples", "class", "subclass"}
+    assert cls.tasks == ("multiclass",)
+    assert "2402.15109" in cls.paper
+
+
+def test_bad_hyperparameters_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"delta=1.0 must lie in \(0, 1\)"):
+        get_method("mu_mis", delta=1.0)
+    with pytest.raises(ValueError, match="optimizer='rmsprop' is not one of"):
+        get_method("mu_mis", optimizer="rmsprop")
+    with pytest.raises(ValueError, match="max_passes=0 must be a positive integer"):
+        get_method("mu_mis", max_passes=0)
+    with pytest.raises(ValueError, match="irrelevant_weight=-1 must be a number >= 0"):
+        get_method("mu_mis", irrelevant_weight=-1)
+    with pytest.raises(ValueError, match=r"class_stop_accuracy=2 must lie in \[0, 1\] or be None"):
+        get_method("mu_mis", class_stop_accuracy=2)
+    with pytest.raises(RequestError, match="cannot serve kind='target'"):
+        get_method("mu_mis").check_request(ForgetRequest(kind="target", labels=("1",)), "multilabel")
+
+
+class _Untouchable:
+    """A retain set whose every attribute access fails: proof that nobody reads it."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"retain set attribute {name!r} was read")
+
+    def __len__(self) -> int:
+        raise AssertionError("retain set length was read")
+
+
+def test_retain_set_is_never_read(digits_model, class_views):
+    method = get_method("mu_mis", **ONE_PASS)
+    seen = {}
+    original = method._unlearn
+
+    def spy(model, data: UnlearnData, seed):
+        seen["data"] = data
+        return original(model, data, seed)
+
+    method._unlearn = spy
+    method.unlearn(digits_model, class_views.request, class_views.forget_set, _Untouchable())
+    assert seen["data"]._retain_set is None
+    with pytest.raises(RetainAccessError, match="forget-only"):
+        _ = seen["data"].retain_set
+
+
+@pytest.fixture(scope="module")
+def class_run(digits_model, class_views, class_reference):
+    return run_method("mu_mis", digits_model, class_views, RECIPE, seed=0, reference=class_reference)[1]
+
+
+def test_full_class_forgetting_reaches_retrain_forget_accuracy(
+    digits_model, class_views, class_reference, class_run
+):
+    original = evaluate_original(digits_model, class_views).metrics
+    assert original["FA"] > 95
+    assert abs(class_run.metrics["FA"] - class_reference.metrics["FA"]) <= 5
+    # The forgotten class's unseen test digits are forgotten too, not only the training rows.
+    assert class_run.metrics["TA_forget"] <= 10
+    assert class_run.stats["stop_reason"] in ("recovered", "forget_accuracy", "max_steps")
+    assert class_run.stats["steps"] == len(class_run.stats["loss_curve"])
+    assert len(class_run.stats["sensitivity_ratio_curve"]) == class_run.stats["steps"] + 1
+    assert class_run.stats["sensitivity_ratio_curve"][0] == 1.0
+    # Closer to the retrained model than the untouched original is, by a wide margin.
+    assert class_run.avg_gap < 0.2 * avg_gap(original, class_reference.metrics)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured: with the paper's irrelevant_weight=1 the width-16 digits CNN loses ~6 points of RA/TA "
+    "(RA 93.9, TA 92.3 at FA 4.4); see the mu_mis module docstring",
+)
+def test_full_class_forgetting_keeps_retain_and_test_accuracy_within_3_points(
+    digits_model, class_views, class_run
+):
+    original = evaluate_original(digits_model, class_views).metrics
+    assert class_run.metrics["RA"] >= original["RA"] - 3
+    assert class_run.metrics["TA"] >= original["TA"] - 3
+
+
+def test_random_samples_mia_moves_toward_retrain(digits_model, samples_views, samples_reference):
+    """Headline MIA = SVC confidence MIA-efficacy (share of forget samples called non-member)."""
+    original = evaluate_original(digits_model, samples_views).metrics
+    _, record = run_method("mu_mis", digits_model, samples_views, RECIPE, seed=0, reference=samples_reference)
+    target = samples_reference.metrics["MIA"]
+    assert abs(record.metrics["MIA"] - target) < abs(original["MIA"] - target)
+    assert record.metrics["RA"] >= original["RA"] - 3
+    assert record.metrics["TA"] >= original["TA"] - 3
+
+
+def test_same_seed_same_model_and_stats(digits_model, class_views):
+    def run(seed):
+        result = get_method("mu_mis", max_passes=1, class_stop_accuracy=None).unlearn(
+            digits_model, class_views.request, class_views.forget_set, seed=seed
+        )
+        return result
+
+    a, b, c = run(3), run(3), run(4)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert a.stats["sensitivity_ratio_curve"] == b.stats["sensitivity_ratio_curve"]
+    assert a.stats["stop_reason"] == "max_steps" and a.stats["steps"] == 3  # 137 rows, batch 64
+    assert a.stats["loss_curve"] != c.stats["loss_curve"]
+
+
+def test_bn_running_statistics_are_left_untouched(digits_model, class_views):
+    method = get_method("mu_mis", **ONE_PASS)
+    result = method.unlearn(digits_model, class_views.request, class_views.forget_set)
+    for (name, before), after in zip(digits_model.named_buffers(), result.model.buffers(), strict=True):
+        assert torch.equal(before, after), name
+
+
+def test_sensitivity_monitor_matches_its_definition(digits_model, class_views):
+    x, y = class_views.forget_set.inputs[:20], class_views.forget_set.targets[:20]
+    other = draw_irrelevant(y, 10, torch.Generator().manual_seed(0))
+    model = copy.deepcopy(digits_model).eval()
+    expected = logit_input_gradients(model, x, other, create_graph=False).flatten(1).norm(dim=1).mean()
+    assert irrelevant_sensitivity(model, x, other, batch_size=7) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_subclass_request_is_served(digits_super_model, subclass_views):
+    original = evaluate_original(digits_super_model, subclass_views).metrics
+    _, record = run_method("mu_mis", digits_super_model, subclass_views, RECIPE, seed=0)
+    assert record.stats["stop_reason"] in ("recovered", "max_steps")  # the class-accuracy stop is class-only
+    assert record.metrics["FA"] < original["FA"]
