@@ -1,0 +1,176 @@
+"""Small helpers shared by several unlearning methods. Not a method: the leading underscore keeps this
+module out of the auto-import in ``excise.methods``. Append only (several methods depend on it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from excise.data.base import LabeledData
+from excise.training import SCHEDULES, make_loader, per_sample_loss
+
+
+# --- data ----------------------------------------------------------------------------------------
+def concat_labeled(*parts: LabeledData, name: str | None = None) -> LabeledData:
+    """Rows of several views of one data set, in order (inputs, targets, label masks, source indices).
+
+    Sub-class labels and extras are dropped: the union is for training or importance estimation, which
+    only read inputs and targets.
+    """
+    if not parts:
+        raise ValueError("concat_labeled needs at least one LabeledData")
+    first = parts[0]
+    masks = [p.label_mask for p in parts]
+    if any(m is None for m in masks) and not all(m is None for m in masks):
+        raise ValueError("cannot concatenate views where only some carry a label_mask")
+    return LabeledData(
+        inputs=torch.cat([p.inputs for p in parts]),
+        targets=torch.cat([p.targets for p in parts]),
+        classes=first.classes,
+        task=first.task,
+        label_mask=None if masks[0] is None else torch.cat(masks),
+        source_indices=torch.cat([p.source_indices for p in parts]),
+        name=name or first.name,
+    )
+
+
+# --- importance ----------------------------------------------------------------------------------
+def diagonal_fisher(
+    model: nn.Module,
+    data: LabeledData,
+    *,
+    batch_size: int = 64,
+    per_sample: bool = False,
+) -> dict[str, Tensor]:
+    """Diagonal (empirical) Fisher information of the training loss w.r.t. every named parameter.
+
+    ``per_sample=False`` is the estimator of the Selective Synaptic Dampening code (itself adapted from
+    Avalanche's EWC): the *mini-batch mean* gradient is squared and the squares are averaged over the
+    ``ceil(N / batch_size)`` batches, taken in the data's order. It depends on the batch size and on
+    how classes mix inside a batch. ``per_sample=True`` is the textbook empirical Fisher
+    ``mean_i (d loss_i / d theta)^2`` (per-sample gradients via ``torch.func.vmap``), independent of both.
+
+    Computed in eval mode (BatchNorm running statistics, no dropout) and restored afterwards; the model's
+    ``.grad`` fields are not touched. Uses the observed labels (empirical, not the model's predictions).
+    """
+    was_training = model.training
+    model.eval()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    totals = {n: torch.zeros_like(p) for n, p in named}
+    loader = make_loader(data, batch_size, shuffle=False)
+    count = 0
+    try:
+        for batch in loader:
+            if per_sample:
+                squares = _per_sample_squared_grads(model, named, batch, data.task)
+                for n in totals:
+                    totals[n] += squares[n]
+                count += len(batch["inputs"])
+            else:
+                logits = model(batch["inputs"])
+                loss = per_sample_loss(logits, batch["targets"], data.task, batch.get("label_mask")).mean()
+                grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+                for (n, _), g in zip(named, grads, strict=True):
+                    if g is not None:
+                        totals[n] += g.detach().pow(2)
+                count += 1
+    finally:
+        model.train(was_training)
+    return {n: t / max(count, 1) for n, t in totals.items()}
+
+
+def _per_sample_squared_grads(
+    model: nn.Module, named: list[tuple[str, Tensor]], batch: dict[str, Tensor], task: str
+) -> dict[str, Tensor]:
+    from torch.func import functional_call, grad, vmap
+
+    params = {n: p.detach() for n, p in named}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    mask = batch.get("label_mask")
+
+    def loss_of(p: dict[str, Tensor], x: Tensor, y: Tensor, m: Tensor | None) -> Tensor:
+        logits = functional_call(model, (p, buffers), (x.unsqueeze(0),))
+        return per_sample_loss(logits, y.unsqueeze(0), task, None if m is None else m.unsqueeze(0)).sum()
+
+    if mask is None:
+        g = vmap(lambda x, y: grad(loss_of)(params, x, y, None))(batch["inputs"], batch["targets"])
+    else:
+        g = vmap(lambda x, y, m: grad(loss_of)(params, x, y, m))(batch["inputs"], batch["targets"], mask)
+    return {n: v.pow(2).sum(0) for n, v in g.items()}
+
+
+# --- distillation ----------------------------------------------------------------------------------
+def kl_to_teacher(student_logits: Tensor, teacher_probs: Tensor, temperature: float = 1.0) -> Tensor:
+    """Per-sample ``KL(teacher || student)`` at ``temperature``: ``sum_k t_k (log t_k - log s_k)``.
+
+    ``teacher_probs`` are already softened (``softmax(teacher_logits / T)``), so a caller can mix several
+    teachers' distributions per sample before calling.
+    """
+    log_student = F.log_softmax(student_logits / temperature, dim=1)
+    return F.kl_div(log_student, teacher_probs, reduction="none").sum(dim=1)
+
+
+# --- BatchNorm -----------------------------------------------------------------------------------
+BN_MODES: tuple[str, ...] = ("train", "eval")
+
+
+def set_train_mode(model: nn.Module, bn_mode: str = "train") -> nn.Module:
+    """``model.train()``, except that with ``bn_mode="eval"`` every BatchNorm layer stays in eval mode: its
+    running statistics are used and left unchanged while its affine weights still train."""
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode={bn_mode!r} is not one of {BN_MODES}")
+    model.train()
+    if bn_mode == "eval":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    return model
+
+
+# --- paired loaders --------------------------------------------------------------------------------
+def endless_batches(data: LabeledData, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, Tensor]]:
+    """Shuffled batches of ``data`` without end, reshuffled at every pass.
+
+    For methods that step through one set and draw a companion batch from another (NegGrad+'s forget
+    batch beside each retain batch, as the official code's ``zip(retain_loader, cycle(forget_loader))``).
+    ``itertools.cycle`` would replay the first pass's order forever; this draws a new order each pass.
+    """
+    if len(data) == 0:
+        raise ValueError("cannot draw batches from an empty data set")
+    while True:
+        yield from make_loader(data, batch_size, shuffle=True, generator=generator)
+
+
+def check_schedule(schedule: str | None) -> None:
+    """Validate a method's optional learning-rate schedule override (``None`` = the original recipe's)."""
+    if schedule is not None and schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is not one of {SCHEDULES} (or None: the original recipe's)")
+
+
+@contextmanager
+def keep_bn_running_stats(model: nn.Module) -> Iterator[None]:
+    """Run a train-mode forward whose batch statistics normalise as usual but leave no trace in the BatchNorm
+    running estimates (they are restored on exit); gradients are unaffected.
+
+    For methods that forward forget-only batches next to retain batches (NegGrad+): without this the
+    running estimates absorb the forget class's statistics, which evaluation then uses for every input.
+    """
+    # The forward runs on copies of the buffers and the originals are put back untouched: writing into the
+    # originals would bump their version and break the backward of an earlier forward that saved them.
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None:
+            saved.append((m, m.running_mean, m.running_var, m.num_batches_tracked))
+            m.running_mean = m.running_mean.clone()
+            m.running_var = m.running_var.clone()
+            m.num_batches_tracked = m.num_batches_tracked.clone()
+    try:
+        yield
+    finally:
+        for m, mean, var, count in saved:
+            m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count

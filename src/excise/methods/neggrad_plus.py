@@ -1,0 +1,122 @@
+"""NegGrad+: descend on the retain loss while ascending on the forget loss, in one weighted objective.
+
+Kurmanji, Triantafillou, Hayes and Triantafillou, "Towards Unbounded Machine Unlearning", NeurIPS 2023
+(arXiv 2302.09880), where NegGrad+ is introduced as the strengthened NegGrad baseline; official code
+``meghdadk/SCRUB`` (``thirdparty/repdistiller/helper/loops.py: train_negrad`` and the ``negative_grad``
+cell of ``small_scale_unlearning.ipynb``).
+
+Algorithm (the official code): one epoch is one pass over the retain set; each retain batch is paired with
+the next batch of the forget set (``zip(retain_loader, cycle(forget_loader))``, the forget set is cycled)
+and the model takes one step on
+
+    beta * CE(retain batch) - (1 - beta) * CE(forget batch)
+
+with plain SGD (no momentum, no weight decay) at a constant learning rate, model in train mode (both
+forward passes update the BatchNorm running statistics, as in the official code).
+
+Choices, measured on ``small_cnn`` (width 16) trained 15 epochs at lr 0.05 (cosine), seed 0, 5 epochs
+("gap" = mean |FA, RA, TA, MIA - retrain| in points):
+
+- **BatchNorm running statistics.** The official code forwards each forget-only batch in train mode, so the
+  running estimates absorb the forget class's statistics, and evaluation uses them for every input. On
+  MNIST (4,000 images, full class 3, beta 0.95) that alone cost 19.5 points of RA (77.7; re-estimating the
+  statistics on the retain set gave back 97.2), and on the digits it did much of the "forgetting" (FA 53
+  with it, 100 without, same settings). excise keeps the running estimates of the retain batches only
+  (:func:`~excise.methods._common.keep_bn_running_stats`); the forget forward still normalises with its
+  own batch statistics, so the gradient is the official one.
+- **beta** 0.95, the official small-scale value (re-runs of the large-scale setting use 0.999-0.9999).
+- **learning rate** relative to the original recipe (``lr_scale``), plain SGD as in the paper, annealed
+  with the recipe's schedule (``schedule="constant"`` is the official one). What decides forgetting is the
+  ascent step ``(1 - beta) x lr_scale``: on the digits full class 3, 0.1 left FA at 59-64 (beta 0.95 x 2.0,
+  0.9 x 1.0), 0.2 reached FA 0 (0.95 x 4.0: gap 0.19; 0.9 x 2.0: 0.25; 0.8 x 1.0: 0.29). Default
+  ``lr_scale = 4.0`` (plain SGD at 4 x the recipe's lr is still 0.4 x the step of the recipe's momentum SGD):
+  digits full class 3: FA 0.0 / RA 100 / TA 99.0 / MIA 100, gap 0.19; digits random 10%: gap 0.48;
+  digits sub-class "8" of "3|8": FA 32.8 vs retrain 35.9, MIA 64.1 vs 91.6, gap 8.25;
+  MNIST full class 3: FA 0.0 / RA 96.6 / TA 94.1 / MIA 100, gap 0.53 (beta 0.9 x 2.0: RA 91.5, gap 3.21);
+  MNIST random 10%: FA 97.3 / RA 98.6 / TA 95.1 / MIA 5.0 (retrain 96.5 / 97.5 / 94.1 / 15.0), gap 3.20.
+- **budget** ``epochs`` passes over the retain set (the official unit, it grows with the data); the
+  forget batches come from :func:`excise.methods._common.endless_batches`, reshuffled each pass, where
+  ``itertools.cycle`` replays the first pass's order. Batch size: the recipe's, for both sets.
+- the ascent is unbounded: a non-finite forget loss stops the run with an error naming ``beta`` and
+  ``lr_scale`` rather than returning a broken model.
+
+Cost on the digits (1 core, CPU time): 0.8 s against 1.3 s for the retrain, a 1.6x speed-up (5 retain passes
+with a forget forward each, against 15 epochs).
+
+Reuses :func:`excise.training.train`: the retain pass is the loop, the forget term is a ``loss_hook``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from excise.methods._common import check_schedule, endless_batches, keep_bn_running_stats
+from excise.methods.base import UnlearnData, UnlearningMethod, register_method
+from excise.training import TrainConfig, batch_loss, check_fraction, check_nonnegative, check_positive_int, train
+
+
+@dataclass
+class NegGradPlusConfig:
+    """Hyper-parameters of NegGrad+. The measurements behind the defaults are in the module docstring."""
+
+    epochs: int = 5
+    beta: float = 0.95  # weight of the retain loss; the forget loss gets 1 - beta
+    lr_scale: float = 4.0  # learning rate (plain SGD) = lr_scale x the original recipe's
+    batch_size: int | None = None  # None: the original recipe's, for both sets
+    schedule: str | None = None  # learning-rate schedule; None: the original recipe's ("constant" = official)
+
+    def __post_init__(self) -> None:
+        check_positive_int(self, "epochs")
+        check_fraction(self, "beta", closed=True)
+        check_nonnegative(self, "lr_scale")
+        if self.lr_scale == 0:
+            raise ValueError("lr_scale=0 must be > 0 (the learning rate is lr_scale x the original recipe's)")
+        if self.batch_size is not None:
+            check_positive_int(self, "batch_size")
+        check_schedule(self.schedule)
+
+
+@register_method
+class NegGradPlus(UnlearningMethod):
+    name = "neggrad_plus"
+    paper = "Kurmanji et al., 'Towards Unbounded Machine Unlearning', NeurIPS 2023 (NegGrad+ baseline)"
+    needs_retain = True
+    tasks = ("multiclass", "sequence")  # the loop is the shared one: any task with a registered loss
+    Config = NegGradPlusConfig
+
+    def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
+        cfg = self.config
+        batch_size = cfg.batch_size or data.recipe.batch_size
+        recipe = TrainConfig(
+            epochs=cfg.epochs, batch_size=batch_size, lr=data.recipe.lr * cfg.lr_scale,
+            optimizer="sgd", momentum=0.0, weight_decay=0.0,
+            schedule=self.config.schedule or data.recipe.schedule,
+        )
+        forget_batches = endless_batches(data.forget_set, batch_size, torch.Generator().manual_seed(seed + 1))
+        forget_losses: list[float] = []
+
+        def add_forget_ascent(net: nn.Module, _batch: dict[str, Tensor], retain_loss: Tensor) -> Tensor:
+            with keep_bn_running_stats(net):
+                forget_loss = batch_loss(net, next(forget_batches), data.task)
+            if not torch.isfinite(forget_loss):
+                # Ascent on an unbounded loss: a diverged model must not be returned as a result.
+                raise FloatingPointError(
+                    f"NegGrad+ diverged: the forget loss became {float(forget_loss)}; raise beta (now {cfg.beta}) "
+                    f"or lower lr_scale (now {cfg.lr_scale})"
+                )
+            forget_losses.append(float(forget_loss.detach()))
+            return cfg.beta * retain_loss - (1.0 - cfg.beta) * forget_loss
+
+        stats = train(model, data.retain_set, recipe, seed=seed, description="neggrad+",
+                      loss_hook=add_forget_ascent)
+        return {
+            "steps": stats.steps,
+            "final_loss": stats.losses[-1],
+            "forget_loss_first": forget_losses[0],
+            "forget_loss_last": forget_losses[-1],
+        }
+

@@ -1,0 +1,176 @@
+"""NegGrad+, SalUn, ℓ1-sparse and SCRUB on the shared digits fixtures: they forget, and by their own mechanism."""
+
+import copy
+
+import pytest
+import torch
+
+from excise.experiment import evaluate_original, run_method
+from excise.methods import get_method, list_methods, method_class
+from excise.methods._common import keep_bn_running_stats
+from excise.methods.base import UnlearnData
+from excise.methods.l1_sparse import l1_norm
+from excise.methods.salun import forget_gradient, saliency_mask
+from excise.metrics import avg_gap
+from excise.requests import ForgetRequest, RequestError
+from excise.training import predict_logits
+
+from .conftest import RECIPE
+
+METHODS = ("neggrad_plus", "salun", "l1_sparse", "scrub")
+
+
+def _unlearn(name, model, views, seed=0, **config):
+    return get_method(name, **config).unlearn(
+        model, views.request, views.forget_set, views.retain_set, recipe=RECIPE, seed=seed
+    )
+
+
+def _forget_loss(model, data) -> float:
+    logits = predict_logits(model, data)
+    return float(torch.nn.functional.cross_entropy(logits, data.targets))
+
+
+def test_registered_with_paper_and_retain_declared():
+    assert set(METHODS) <= set(list_methods())
+    for name in METHODS:
+        described = method_class(name).describe()
+        assert "NeurIPS 2023" in described["paper"] or "ICLR 2024" in described["paper"]
+        assert described["data"] == "forget + retain"
+        assert described["kinds"] == ["samples", "class", "subclass"]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_forgets_a_full_class_like_the_retrained_model(name, digits_model, class_views, class_reference):
+    original = evaluate_original(digits_model, class_views).metrics
+    _, record = run_method(name, digits_model, class_views, RECIPE, seed=0, reference=class_reference)
+    m = record.metrics
+    # The retrained model has FA 0 and MIA 100 on class 3; the original has FA 100.
+    assert m["FA"] <= class_reference.metrics["FA"] + 10, m
+    assert m["RA"] >= 97 and m["TA"] >= 94, m
+    assert record.avg_gap < 5 < avg_gap(original, class_reference.metrics)
+
+
+@pytest.mark.parametrize("name", ["salun", "scrub"])
+def test_subclass_forgetting_moves_toward_the_retrained_model(
+    name, digits_super_model, subclass_views, subclass_reference
+):
+    original = evaluate_original(digits_super_model, subclass_views).metrics
+    _, record = run_method(name, digits_super_model, subclass_views, RECIPE, seed=0, reference=subclass_reference)
+    # Retrain keeps 36% of the 8s in super-class "3|8" (they resemble 3s); the original keeps 98%.
+    assert abs(record.metrics["FA"] - subclass_reference.metrics["FA"]) < 10, record.metrics
+    assert record.metrics["RA"] > 97, record.metrics
+    assert record.avg_gap < avg_gap(original, subclass_reference.metrics) / 3
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_refuses_target_requests_by_name(name, digits_model, class_views):
+    with pytest.raises(RequestError, match=f"method '{name}' cannot serve kind='target'"):
+        get_method(name).unlearn(
+            digits_model, ForgetRequest(kind="target", labels=("1",)), class_views.forget_set, class_views.retain_set
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "message"),
+    [
+        ("neggrad_plus", {"beta": 0.0}, r"beta=0.0 must lie in \(0, 1\]"),
+        ("neggrad_plus", {"lr_scale": 0}, "lr_scale=0 must be > 0"),
+        ("salun", {"mask_fraction": 1.5}, r"mask_fraction=1.5 must lie in \(0, 1\]"),
+        ("salun", {"order": "retain_first"}, "order='retain_first' is not one of"),
+        ("l1_sparse", {"no_l1_epochs": 10}, "no_l1_epochs=10 must be an integer smaller than epochs=10"),
+        ("l1_sparse", {"gamma": -1.0}, "gamma=-1.0 must be a number >= 0"),
+        ("scrub", {"max_epochs": 4}, r"max_epochs=4 must be an integer in \[0, epochs=3\]"),
+        ("scrub", {"temperature": 0}, "temperature=0 must be > 0"),
+    ],
+)
+def test_bad_hyperparameters_are_refused_by_name(name, bad, message):
+    with pytest.raises(ValueError, match=message):
+        get_method(name, **bad)
+
+
+def test_salun_changes_only_the_salient_weights(digits_model, class_views):
+    before = {n: p.detach().clone() for n, p in digits_model.named_parameters()}
+    data = UnlearnData(class_views.forget_set, class_views.request, RECIPE)
+    masks = saliency_mask(forget_gradient(digits_model, data), 0.5)
+    result = _unlearn("salun", digits_model, class_views)
+
+    kept = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert kept == pytest.approx(0.5, abs=1e-3) and result.stats["salient_fraction"] == pytest.approx(kept)
+    changed_salient = 0
+    for name, p in result.model.named_parameters():
+        mask = masks[name]
+        assert torch.equal(p.detach()[~mask], before[name][~mask]), f"{name}: an unsalient weight moved"
+        changed_salient += int((p.detach()[mask] != before[name][mask]).sum())
+    assert changed_salient > 0.9 * sum(int(m.sum()) for m in masks.values())
+    # The caller's model is untouched, and the returned model trains freely (the masking hooks are gone).
+    for name, p in digits_model.named_parameters():
+        assert torch.equal(p.detach(), before[name])
+    out = result.model(class_views.forget_set.inputs[:8]).sum()
+    out.backward()
+    first = next(result.model.parameters())
+    assert (first.grad[~masks["features.0.weight"]] != 0).any()
+
+
+def test_neggrad_plus_steps_on_both_sets_and_ascends_on_forget(digits_model, class_views):
+    forget_rows = {tuple(x.flatten().tolist()) for x in class_views.forget_set.inputs}
+    seen = {"forget": 0, "retain": 0}
+
+    def spy(module, args):
+        if module.training:
+            for x in args[0]:
+                seen["forget" if tuple(x.flatten().tolist()) in forget_rows else "retain"] += 1
+
+    handle = digits_model.register_forward_pre_hook(spy)  # copied into the method's working model
+    try:
+        ascent = _unlearn("neggrad_plus", digits_model, class_views)
+    finally:
+        handle.remove()
+    epochs = ascent.config["epochs"]
+    # Every retain sample once per epoch, and one forget batch beside each retain batch.
+    assert seen["retain"] == epochs * len(class_views.retain_set)
+    assert seen["forget"] >= ascent.stats["steps"] * min(RECIPE.batch_size, len(class_views.forget_set)) // 2
+    # beta = 1 drops the forget term: plain descent on retain. The ascent raises the forget loss far above it.
+    descent = _unlearn("neggrad_plus", digits_model, class_views, beta=1.0)
+    assert _forget_loss(ascent.model, class_views.forget_set) > 2 * _forget_loss(descent.model, class_views.forget_set)
+
+
+def test_forget_forward_leaves_batchnorm_running_statistics_alone(digits_model, class_views):
+    # NegGrad+'s forget forward must not fold the forget class into the running estimates, and must not break
+    # the backward of the retain forward taken before it.
+    model = copy.deepcopy(digits_model).train()
+    bn = model.features[1]
+    retain_out = model(class_views.retain_set.inputs[:32])
+    after_retain = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
+    with keep_bn_running_stats(model):
+        forget_out = model(class_views.forget_set.inputs[:32])
+    assert torch.equal(bn.running_mean, after_retain[0]) and torch.equal(bn.running_var, after_retain[1])
+    assert int(bn.num_batches_tracked) == after_retain[2]
+    (retain_out.sum() - forget_out.sum()).backward()
+    assert model.fc.weight.grad is not None
+
+
+def test_l1_penalty_decays_and_shrinks_weights_more_than_plain_finetuning(digits_model, class_views):
+    sparse = _unlearn("l1_sparse", digits_model, class_views)
+    plain = _unlearn("l1_sparse", digits_model, class_views, gamma=0.0)
+    gamma, epochs = sparse.stats["gamma"], sparse.config["epochs"]
+    assert gamma == pytest.approx(sparse.config["l1_prior"] / len(class_views.retain_set))
+    assert sparse.stats["l1_schedule"] == pytest.approx([gamma * (1 - e / epochs) for e in range(epochs)])
+    assert plain.stats["l1_schedule"] == [0.0]
+    with torch.no_grad():
+        assert float(l1_norm(sparse.model)) < 0.9 * float(l1_norm(plain.model))
+        assert float(l1_norm(sparse.model)) < sparse.stats["l1_before"]
+
+
+def test_scrub_student_leaves_the_teacher_on_forget_and_stays_on_retain(digits_model, class_views):
+    result = _unlearn("scrub", digits_model, class_views)
+
+    def kl_to_original(data) -> float:
+        teacher = torch.log_softmax(predict_logits(digits_model, data), dim=1)
+        student = torch.log_softmax(predict_logits(result.model, data), dim=1)
+        return float((teacher.exp() * (teacher - student)).sum(1).mean())
+
+    assert kl_to_original(class_views.forget_set) > 1.0
+    assert kl_to_original(class_views.retain_set) < 0.05
+    kls = result.stats["forget_kl_per_max_epoch"]
+    assert len(kls) == result.config["max_epochs"] and kls[-1] > kls[0]
