@@ -1,0 +1,534 @@
+"""Turn a results store into a report people can read: Markdown plus one self-contained HTML file.
+
+Every number comes from the records of the results file (validated by :mod:`excise.bench.store`); the
+report computes only means, standard deviations and ratios of them. Per scenario:
+
+- a quality table: FA/RA/TA/MIA (and TA_forget, AP for target requests) as mean ± std over seeds with
+  the mean gap to the retrained model of the same seed in brackets, and the average gap;
+- a performance table, measured in the same run as the method: wall time, time ÷ retrain time,
+  speed-up over retrain, time ÷ one forward+backward pass over the forget set (the practical floor of a
+  gradient method), peak RSS and its increase during the method;
+- every MIA variant with its direction and its gap to retrain;
+- failed and skipped cells with their reasons;
+- plots: average gap against time (log scale), per-metric bars with error bars, and for sequential
+  scenarios each metric against the step.
+
+``std`` is the sample standard deviation (ddof=1) over seeds; with one seed only the mean is shown.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from excise.bench.store import latest, read_records, resolve_results_path, status_of
+from excise.checkpoint import atomic_write, atomic_write_text
+
+QUALITY_KEYS = ("FA", "RA", "TA", "TA_forget", "MIA", "forget_AP", "retain_mAP")
+CURVE_KEYS = ("FA", "RA", "TA", "MIA")
+REFERENCE_ROWS = ("original", "retrain")
+
+
+# --- statistics --------------------------------------------------------------------------------
+@dataclass
+class Stat:
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> Stat:
+        vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        if not vals:
+            return cls(None, None, 0)
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+        return cls(mean, std, len(vals))
+
+    def fmt(self, digits: int = 2) -> str:
+        if self.mean is None:
+            return "—"
+        text = f"{self.mean:.{digits}f}"
+        return text if self.std is None else f"{text} ± {self.std:.{digits}f}"
+
+
+@dataclass
+class MethodSummary:
+    label: str
+    name: str
+    records: list[dict[str, Any]]
+    failed: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+
+    def stat(self, path: Sequence[str]) -> Stat:
+        return Stat.of([_get(r, path) for r in self.records])
+
+    def metric(self, name: str, part: str = "value") -> Stat:
+        return self.stat(("metrics", name, part))
+
+    @property
+    def metric_names(self) -> list[str]:
+        names: list[str] = []
+        for record in self.records:
+            names.extend(k for k in record.get("metrics", {}) if k not in names)
+        return names
+
+    def step_stat(self, step: int, name: str) -> Stat:
+        values = []
+        for record in self.records:
+            steps = record.get("steps") or []
+            if step < len(steps):
+                values.append(steps[step]["avg_gap"] if name == "avg_gap"
+                              else _get(steps[step], ("metrics", name, "value")))
+        return Stat.of(values)
+
+    def ratio(self, numerator: str, denominator: str) -> Stat:
+        """Per-seed ratio of two record fields, then mean ± std (not a ratio of means)."""
+        values = []
+        for record in self.records:
+            num, den = record.get(numerator), record.get(denominator)
+            if num is not None and den:
+                values.append(num / den)
+        return Stat.of(values)
+
+
+@dataclass
+class ScenarioSummary:
+    suite: str
+    name: str
+    kind: str
+    request: Any
+    config: dict[str, Any]
+    sizes: dict[str, Any]
+    methods: list[MethodSummary] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r["seed"] for m in self.methods for r in m.records})
+
+    @property
+    def steps(self) -> int:
+        return max((len(r.get("steps") or []) for m in self.methods for r in m.records), default=0)
+
+
+def _get(record: dict[str, Any], path: Sequence[str]) -> Any:
+    value: Any = record
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def summarize(records: list[dict[str, Any]]) -> list[ScenarioSummary]:
+    """Group the latest record of every cell by (suite, scenario) and method, in file order."""
+    scenarios: dict[tuple[str, str], ScenarioSummary] = {}
+    for record in latest(records).values():
+        key = (record["suite"], record["scenario"])
+        if key not in scenarios:
+            config = record.get("config", {}).get("scenario", {})
+            scenarios[key] = ScenarioSummary(record["suite"], record["scenario"], record["kind"],
+                                             record.get("request"), config, record.get("sizes", {}))
+        summary = scenarios[key]
+        method = next((m for m in summary.methods if m.label == record["method"]), None)
+        if method is None:
+            method = MethodSummary(record["method"], record.get("method_name", record["method"]), [], [], [])
+            summary.methods.append(method)
+        {"ok": method.records, "failed": method.failed, "skipped": method.skipped}[status_of(record)].append(record)
+        if status_of(record) == "ok" and record.get("sizes"):
+            summary.sizes = record["sizes"]
+    for summary in scenarios.values():
+        summary.methods.sort(key=_order)
+    return list(scenarios.values())
+
+
+def _order(method: MethodSummary) -> tuple[int, float, str]:
+    if method.label in REFERENCE_ROWS:
+        return (REFERENCE_ROWS.index(method.label), 0.0, method.label)
+    gap = Stat.of([r.get("avg_gap") for r in method.records]).mean
+    return (2, math.inf if gap is None else gap, method.label)
+
+
+# --- tables ------------------------------------------------------------------------------------
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+    def markdown(self) -> str:
+        def cell(text: str) -> str:
+            return text.replace("|", "\\|").replace("\n", " ")
+
+        lines = ["| " + " | ".join(cell(h) for h in self.headers) + " |",
+                 "|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.headers))) + "|"]
+        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
+        if self.caption:
+            lines += ["", f"*{self.caption}*"]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self.rows
+        )
+        caption = f"<p class='caption'>{html.escape(self.caption)}</p>" if self.caption else ""
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{caption}"
+
+
+def _value_gap(method: MethodSummary, name: str) -> str:
+    value = method.metric(name)
+    if value.mean is None:
+        return "—"
+    if method.label == "retrain":
+        return value.fmt()
+    gap = method.metric(name, "gap")
+    return value.fmt() if gap.mean is None else f"{value.fmt()} [{gap.mean:.2f}]"
+
+
+def quality_table(summary: ScenarioSummary) -> Table:
+    present = [k for k in QUALITY_KEYS if any(k in m.metric_names for m in summary.methods)]
+    rows = []
+    for m in summary.methods:
+        if not m.records:
+            continue
+        gap = Stat.of([r.get("avg_gap") for r in m.records])
+        rows.append([m.label, str(len(m.records)), *(_value_gap(m, k) for k in present), gap.fmt()])
+    return Table(
+        ["method", "seeds", *present, "avg gap ↓"], rows,
+        "mean ± std over seeds, in %; [mean |gap| to the retrained model of the same seed, in points]. "
+        "Avg gap = mean |gap| over FA, RA, TA, MIA (lower is better). TA is on the test samples of the remaining "
+        "(sub)classes, TA_forget on those of the forgotten one. MIA = SVC confidence MIA-efficacy (share of the "
+        "forget set called non-member).",
+    )
+
+
+def performance_table(summary: ScenarioSummary) -> Table:
+    rows = []
+    for m in summary.methods:
+        if not m.records or m.label == "original":
+            continue
+        rows.append([
+            m.label,
+            m.stat(("time_s",)).fmt(3),
+            m.ratio("time_s", "retrain_time_s").fmt(3),
+            m.stat(("speedup_vs_retrain",)).fmt(1),
+            "—" if m.label == "retrain" else m.stat(("floor_ratio",)).fmt(1),
+            "—" if m.label == "retrain" else m.stat(("peak_rss_mb",)).fmt(0),
+            "—" if m.label == "retrain" else m.stat(("peak_rss_delta_mb",)).fmt(1),
+        ])
+    return Table(
+        ["method", "time s", "time ÷ retrain", "speed-up ×", "time ÷ fwd+bwd", "peak RSS MB", "ΔRSS MB"], rows,
+        "Measured in the same run and process as the method. time ÷ retrain and speed-up are per-seed ratios "
+        "to the retrained reference's training time; time ÷ fwd+bwd divides by one forward+backward pass over "
+        "the forget set (the practical floor of a gradient method). Peak RSS: whole process, sampled every 5 ms "
+        "plus the kernel high-water mark; ΔRSS: increase over the RSS at the method's start (a lower bound). "
+        "Sequential scenarios: sums over steps.",
+    )
+
+
+def mia_table(summary: ScenarioSummary) -> tuple[Table, dict[str, str]]:
+    names: list[str] = []
+    directions: dict[str, str] = {}
+    for m in summary.methods:
+        for r in m.records:
+            for name, block in r.get("metrics", {}).items():
+                if name.startswith("MIA:") and name not in names:
+                    names.append(name)
+                    directions[name] = block.get("direction", "")
+    rows = [[m.label, *(_value_gap(m, n) for n in names)] for m in summary.methods if m.records]
+    table = Table(["method", *(n.removeprefix("MIA:") for n in names)], rows,
+                  "every MIA variant, value in % (mean ± std) [mean |gap| to retrain]; directions below.")
+    return table, directions
+
+
+def overview_table(summaries: list[ScenarioSummary]) -> Table:
+    labels: list[str] = []
+    for s in summaries:
+        for m in s.methods:
+            if m.label not in labels:
+                labels.append(m.label)
+    labels.sort(key=lambda lbl: (lbl not in REFERENCE_ROWS, REFERENCE_ROWS.index(lbl)
+                                 if lbl in REFERENCE_ROWS else 0, lbl))
+    rows = []
+    for label in labels:
+        cells = [next((x for x in s.methods if x.label == label), None) for s in summaries]
+        if not any(m is not None and (m.records or m.failed) for m in cells):
+            continue  # applies to no scenario here: listed under the table instead
+        row = [label]
+        for s in summaries:
+            m = next((x for x in s.methods if x.label == label), None)
+            if m is None:
+                row.append("")
+            elif not m.records:
+                row.append("skipped" if m.skipped and not m.failed else "failed")
+            else:
+                gap = Stat.of([r.get("avg_gap") for r in m.records]).mean
+                speed = m.stat(("speedup_vs_retrain",)).mean
+                text = "—" if gap is None else f"{gap:.2f}"
+                if speed is not None and label != "original":
+                    text += f" / {speed:.1f}×"
+                row.append(text)
+        rows.append(row)
+    return Table(["method", *(s.name for s in summaries)], rows,
+                 "avg gap to retrain (points, lower is better) / speed-up over retrain, mean over seeds.")
+
+
+# --- plots -------------------------------------------------------------------------------------
+def _figure(width: float = 6.4, height: float = 4.2) -> Any:
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def plot_gap_vs_time(summary: ScenarioSummary) -> bytes | None:
+    points = []
+    for m in summary.methods:
+        if m.label == "original" or not m.records:
+            continue
+        t, g = m.stat(("time_s",)), Stat.of([r.get("avg_gap") for r in m.records])
+        if t.mean is None or g.mean is None or t.mean <= 0:
+            continue
+        points.append((m.label, t, g))
+    if not points:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    for label, t, g in points:
+        ax.errorbar(t.mean, g.mean, xerr=t.std or 0.0, yerr=g.std or 0.0, fmt="*" if label == "retrain" else "o",
+                    ms=10 if label == "retrain" else 6, capsize=3, label=label)
+        ax.annotate(label, (t.mean, g.mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("unlearning time, s (log scale)")
+    ax.set_ylabel("avg gap to retrain, points (lower is better)")
+    ax.set_title(f"{summary.name}: quality vs time")
+    ax.grid(True, which="both", alpha=0.3)
+    return _png(fig)
+
+
+def plot_metric_bars(summary: ScenarioSummary) -> bytes | None:
+    methods = [m for m in summary.methods if m.records]
+    keys = [k for k in CURVE_KEYS if any(k in m.metric_names for m in methods)]
+    if not methods or not keys:
+        return None
+    fig = _figure(max(6.4, 1.1 * len(methods) + 2), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / len(keys)
+    for j, key in enumerate(keys):
+        stats = [m.metric(key) for m in methods]
+        xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(methods))]
+        ax.bar(xs, [s.mean or 0.0 for s in stats], width, yerr=[s.std or 0.0 for s in stats], capsize=2, label=key)
+    ax.set_xticks(range(len(methods)), [m.label for m in methods], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 118)  # head-room so the legend never covers a bar at 100 %
+    ax.set_title(f"{summary.name}: metrics (mean ± std over seeds)")
+    ax.legend(fontsize=8, ncols=len(keys), loc="upper center")
+    return _png(fig)
+
+
+def plot_sequential(summary: ScenarioSummary) -> bytes | None:
+    n_steps = summary.steps
+    if n_steps < 2:
+        return None
+    keys = [*CURVE_KEYS, "avg_gap"]
+    fig = _figure(10, 6)
+    axes = fig.subplots(2, 3).flatten()
+    steps = list(range(1, n_steps + 1))
+    for ax, key in zip(axes, keys, strict=False):
+        for m in summary.methods:
+            stats = [m.step_stat(k, key) for k in range(n_steps)]
+            if all(s.mean is None for s in stats):
+                continue
+            ax.errorbar(steps, [s.mean if s.mean is not None else math.nan for s in stats],
+                        yerr=[s.std or 0.0 for s in stats], marker="o", ms=3, capsize=2, label=m.label,
+                        linestyle="--" if m.label in REFERENCE_ROWS else "-")
+        ax.set_title(key if key != "avg_gap" else "avg gap to retrain")
+        ax.set_xlabel("step (requests forgotten so far)")
+        ax.set_xticks(steps)
+        ax.grid(True, alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[-1].axis("off")
+    axes[-1].legend(handles, labels, loc="center", fontsize=8)
+    fig.suptitle(f"{summary.name}: sequential unlearning (cumulative forget set at each step)")
+    return _png(fig)
+
+
+# --- assembly ----------------------------------------------------------------------------------
+@dataclass
+class ReportFiles:
+    markdown: Path
+    html: Path
+    figures: list[Path]
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.8em 0;font-size:.88em}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}
+th{background:#f3f3f3}
+tr:nth-child(even) td{background:#fafafa}
+.caption{font-size:.85em;color:#555;margin-top:0}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+code{background:#f3f3f3;padding:0 .2em}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+"""
+
+
+class _Doc:
+    """Writes the same content to Markdown and HTML."""
+
+    def __init__(self) -> None:
+        self.md: list[str] = []
+        self.html: list[str] = []
+
+    def heading(self, level: int, text: str) -> None:
+        self.md.append(f"{'#' * level} {text}\n")
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str) -> None:
+        self.md.append(text + "\n")
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def bullets(self, items: list[str]) -> None:
+        if items:
+            self.md.append("\n".join(f"- {i}" for i in items) + "\n")
+            self.html.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+
+    def table(self, table: Table) -> None:
+        self.md.append(table.markdown() + "\n")
+        self.html.append(table.html())
+
+    def image(self, png: bytes, relative: str, alt: str) -> None:
+        self.md.append(f"![{alt}]({relative})\n")
+        encoded = base64.b64encode(png).decode("ascii")
+        self.html.append(f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{encoded}'>")
+
+
+def _describe_request(request: Any) -> str:
+    if isinstance(request, list):
+        return " → ".join(_describe_request(r) for r in request)
+    if not isinstance(request, dict):
+        return str(request)
+    if request.get("kind") == "samples":
+        if "fraction" in request:
+            return f"samples: random {100 * request['fraction']:g}% (request seed {request.get('seed', 0)})"
+        return f"samples: {len(request.get('indices', []))} given indices"
+    return f"{request.get('kind')}: {', '.join(str(x) for x in request.get('labels', []))}"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def build_report(results: str | Path, out_dir: str | Path, *, title: str | None = None) -> ReportFiles:
+    """Write ``report.md``, ``report.html`` (images embedded) and ``figures/*.png`` into ``out_dir``.
+
+    The three report files are derived data and are replaced if they exist.
+    """
+    path = resolve_results_path(results)
+    records = read_records(path)
+    if not records:
+        raise ValueError(f"results file {str(path)!r} holds no records")
+    summaries = summarize(records)
+    out_dir = Path(out_dir)
+    figures_dir = out_dir / "figures"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    suites = sorted({s.suite for s in summaries})
+    doc = _Doc()
+    doc.heading(1, title or f"excise bench report — {', '.join(suites)}")
+    first = records[0]
+    doc.para(
+        f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {path.name} ({len(records)} records, sha256 "
+        f"{digest[:16]}…). Every number below is computed from that file. excise {first['versions'].get('excise')}, "
+        f"torch {first['versions'].get('torch')}, host: {first.get('host', {}).get('platform', '?')}, "
+        f"{first.get('host', {}).get('cpu_count', '?')} CPUs, {first.get('host', {}).get('torch_threads', '?')} "
+        "torch threads."
+        if "versions" in first else f"Generated from {path.name}."
+    )
+    doc.heading(2, "Overview")
+    doc.table(overview_table(summaries))
+    inapplicable = sorted({m.label for s in summaries for m in s.methods}
+                          - {m.label for s in summaries for m in s.methods if m.records or m.failed})
+    if inapplicable:
+        doc.para(f"Registered but applicable to none of these scenarios (skipped everywhere, reasons per "
+                 f"scenario below): {', '.join(inapplicable)}.")
+    figures: list[Path] = []
+    for summary in summaries:
+        doc.heading(2, f"{summary.name} ({summary.kind})" + (f" — suite {summary.suite}" if len(suites) > 1 else ""))
+        cfg = summary.config
+        sizes = summary.sizes
+        doc.para(
+            f"Request: {_describe_request(summary.request)}. Data: {cfg.get('dataset', {}).get('name', '?')} "
+            f"({sizes.get('train', '?')} train / {sizes.get('test', '?')} test; "
+            f"forget set {sizes.get('forget', '?')}). "
+            f"Model: {cfg.get('model', {})}. Recipe: {cfg.get('training', {})}. Seeds: {summary.seeds}."
+        )
+        doc.heading(3, "Quality")
+        doc.table(quality_table(summary))
+        doc.heading(3, "Performance")
+        doc.table(performance_table(summary))
+        table, directions = mia_table(summary)
+        if table.headers[1:]:
+            doc.heading(3, "Membership inference, every variant")
+            doc.table(table)
+            doc.bullets([f"{name.removeprefix('MIA:')}: {direction}" for name, direction in directions.items()])
+        problems = []
+        for m in summary.methods:
+            for r in m.failed:
+                problems.append(f"{m.label} (seed {r['seed']}): {r['status']}")
+            reasons = sorted({r["status"].removeprefix("skipped: ") for r in m.skipped})
+            if reasons:
+                problems.append(f"{m.label}: skipped on seeds {sorted(r['seed'] for r in m.skipped)} — "
+                                + "; ".join(reasons))
+        if problems:
+            doc.heading(3, "Failed and skipped")
+            doc.bullets(problems)
+        plots = [("gap_vs_time", plot_gap_vs_time(summary), "avg gap vs time"),
+                 ("metrics", plot_metric_bars(summary), "metrics with error bars"),
+                 ("sequential", plot_sequential(summary), "sequential unlearning curves")]
+        for kind, png, alt in plots:
+            if png is None:
+                continue
+            name = f"{_slug(summary.suite)}-{_slug(summary.name)}-{kind}.png"
+            figures.append(atomic_write(figures_dir / name, lambda tmp, png=png: tmp.write_bytes(png), overwrite=True))
+            doc.image(png, f"figures/{name}", f"{summary.name}: {alt}")
+    doc.heading(2, "How to read this report")
+    doc.bullets([
+        "Every metric is judged against the model retrained from scratch without the forget set (same recipe, "
+        "same seed): a method is good when it is close to retrain, not when a metric is extreme.",
+        "original = the model before unlearning (the cost of doing nothing); retrain = the reference itself.",
+        "mean ± std over seeds (sample std, ddof=1); the bench seed changes initialisation, data order and "
+        "the methods' randomness; the data split and the forget set are fixed.",
+        "Times are wall-clock on the machine that ran the suite; on a shared machine they carry noise. The "
+        "retrained reference may come from the model cache (an earlier run of the same configuration).",
+        "Peak RSS is process-wide and sampled (5 ms) plus the kernel high-water mark; ΔRSS can be ~0 when the "
+        "allocator reuses memory freed by an earlier cell. GPU memory is not measured.",
+    ])
+    md_path = atomic_write_text(out_dir / "report.md", "\n".join(doc.md), overwrite=True)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or 'excise bench report')}"
+            f"</title><style>{_CSS}</style></head><body>{''.join(doc.html)}</body></html>")
+    html_path = atomic_write_text(out_dir / "report.html", page, overwrite=True)
+    for path in (md_path, html_path, *figures):
+        path.chmod(0o644)  # atomic_write's temporary file is private (0600); a report is meant to be shared
+    return ReportFiles(md_path, html_path, figures)
+
+
+def summary_rows(records: list[dict[str, Any]]) -> Table:
+    """The overview table (avg gap / speed-up per scenario and method), for printing after a run."""
+    return overview_table(summarize(records))

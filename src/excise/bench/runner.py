@@ -1,0 +1,563 @@
+"""The benchmark runner: every (scenario, method, seed) cell of a suite, cached, resumable, recorded.
+
+Per (scenario, seed) the original model and the retrained reference are trained once (through
+:func:`excise.experiment.train_original` and ``run_method("retrain", …)``) and cached as checkpoints under
+a content hash of everything that determines them: data-set spec and data fingerprint, model, recipe,
+seed, request(s) and a hash of the code that trains and evaluates them (:func:`code_version`). Every
+method then runs against the same two models through :func:`excise.experiment.run_method`.
+
+Cells, in order: for each scenario, for each seed, ``original`` (the untouched model judged against the
+reference: the cost of doing nothing), ``retrain`` (the reference itself), then every method. A finished
+cell — ``ok`` or ``failed`` — is never recomputed: on start the runner reads the results store and runs
+only what is missing, so an interrupted run is resumed by running the same command again. A failing
+method is recorded with its error and the suite goes on; ``retry_failed=True`` runs failed cells again.
+If a finished cell's configuration differs from the suite's (the suite file was edited), the run is
+refused rather than silently mixing two configurations in one results file; ``rerun_changed=True``
+recomputes exactly the changed cells instead (their newer records supersede the old ones).
+
+Timing and memory, measured in the same run and process as the method: ``time_s`` is the method's own
+wall time (``UnlearnResult.seconds``: excludes the defensive copy and the evaluation); ``speedup_vs_retrain``
+divides the reference's training time by it (the reference may come from the cache, i.e. an earlier run
+on the same machine: ``reference_cached`` says so); ``floor_ratio`` divides it by one forward+backward
+pass over the forget set (:func:`excise.timing.forward_backward_seconds`, measured right before the
+method); peak RSS is measured as :mod:`excise.bench.memory` describes.
+
+Sequential scenarios run through :func:`excise.sequential.run_sequence`: step ``k`` unlearns the samples
+request ``k`` adds (not yet forgotten by earlier steps) from the model step ``k-1`` returned, and is judged
+on the *cumulative* views (all forgotten so far) against a model retrained from scratch without any of
+them (cached like every reference and handed to ``run_sequence``). A record holds every step; its headline
+numbers are the last step's metrics and the sums of the steps' times (each step would need its own full
+retrain, so the speed-up compares the sum of unlearning times with the sum of retraining times).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+import excise
+from excise.bench.memory import PeakRSS
+from excise.bench.store import RESULTS_FILE, ResultStore, status_of
+from excise.bench.suite import MethodSpec, Scenario, Suite, SuiteError, content_hash
+from excise.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint, versions
+from excise.data import DatasetBundle, load_dataset
+from excise.experiment import RunRecord, build_model, run_method, train_original
+from excise.methods import UnlearningMethod, get_method
+from excise.metrics import DIRECTIONS, EvalViews, MiaInputs, avg_gap, evaluate, run_mia
+from excise.progress import progress_bar
+from excise.requests import ForgetRequest, RequestError, resolve
+from excise.sequential import cumulative_views, run_sequence
+from excise.timing import forward_backward_seconds
+
+EventHook = Callable[[str, dict[str, Any]], None]
+"""``hook(event, info)``; events: ``cell_start``, ``cell_done``, ``cell_reused``, ``train_original``,
+``train_reference``, ``cache_hit``. Used by tests and by callers that want their own logging."""
+
+_CODE_FILES = (
+    "training.py", "requests.py", "experiment.py", "methods/base.py", "methods/retrain.py",
+    "models/*.py", "metrics/*.py",
+)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of the package version, torch version and the source that trains and evaluates the cached models.
+
+    Editing a method other than retrain does not invalidate the cache (those models do not depend on it);
+    editing the training loop, the models, the request splitter or the metrics does.
+    """
+    root = Path(excise.__file__).parent
+    h = hashlib.sha256(f"{excise.__version__}|{torch.__version__}".encode())
+    for pattern in _CODE_FILES:
+        for path in sorted(root.glob(pattern)):
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _mia_directions() -> dict[str, str]:
+    # The directions live on MiaResult; read them from the variants themselves on a tiny synthetic input
+    # rather than copying the strings here, so a new variant brings its own.
+    rng = np.random.default_rng(0)
+
+    def part(n: int) -> tuple[np.ndarray, np.ndarray]:
+        return rng.dirichlet(np.ones(2), n), np.tile([0, 1], n // 2)
+
+    inputs = MiaInputs(*part(40), *part(40), *part(40), seed=0)
+    return {f"MIA:{name}": result.direction for name, result in run_mia(inputs).items()}
+
+
+def metric_direction(name: str) -> str:
+    """How to read ``name``: from ``excise.metrics.DIRECTIONS`` and each MIA variant's ``MiaResult``."""
+    if name in DIRECTIONS:
+        return DIRECTIONS[name]
+    directions = _mia_directions()
+    if name in directions:
+        return directions[name]
+    if name.startswith(("acc:", "AP:")):
+        return "per-target test score; closer to retrain is better"
+    return "closer to retrain is better"
+
+
+def metric_block(metrics: dict[str, float], reference: dict[str, float] | None) -> dict[str, dict[str, Any]]:
+    """``{name: {value, direction, reference, gap}}`` — every metric with how to read it and its gap."""
+    out = {}
+    for name, value in metrics.items():
+        ref = None if reference is None else reference.get(name)
+        gap = None if ref is None or value is None else abs(float(value) - float(ref))
+        out[name] = {"value": value, "direction": metric_direction(name), "reference": ref, "gap": gap}
+    return out
+
+
+def model_sha256(model: nn.Module) -> str:
+    """sha256 of the safetensors serialisation of the state dict (what a checkpoint file would hash to)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return hashlib.sha256(safetensors_bytes(state)).hexdigest()
+
+
+# --- cache -------------------------------------------------------------------------------------
+class ModelCache:
+    """Checkpoints keyed by a content hash; written once, sha256-checked on every load."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, kind: str, payload: dict[str, Any]) -> Path:
+        return self.directory / f"{kind}-{content_hash(payload)[:24]}.safetensors"
+
+    def get_or_build(
+        self, kind: str, payload: dict[str, Any], build: Callable[[], tuple[nn.Module, dict[str, Any]]]
+    ) -> tuple[nn.Module, dict[str, Any], bool]:
+        """``(model, meta, hit)``; ``build() -> (model, meta)`` runs on a miss and its result is stored."""
+        path = self.path(kind, payload)
+        if path.exists():
+            try:
+                read_meta(path)
+            except CheckpointError as err:
+                if "has no sidecar" not in str(err):
+                    raise
+                path.unlink()  # weights written, sidecar not: a run killed between the two writes
+            else:
+                checkpoint = load_checkpoint(path)  # raises if the weights do not match their sha256
+                return checkpoint.model, checkpoint.meta, True
+        model, meta = build()
+        save_checkpoint(path, model, {**meta, "cache_key": payload}, overwrite=True)
+        checkpoint = load_checkpoint(path)
+        return checkpoint.model, checkpoint.meta, False
+
+
+# --- plan --------------------------------------------------------------------------------------
+@dataclass
+class _Step:
+    """One step of a scenario: the request, the cumulative views and the samples it newly forgets."""
+
+    request: ForgetRequest
+    views: EvalViews  # cumulative: everything forgotten up to and including this step
+    delta_views: EvalViews  # what the method unlearns at this step (== views for a single request)
+
+
+@dataclass
+class _Prepared:
+    scenario: Scenario
+    bundle: DatasetBundle
+    steps: list[_Step]
+    fingerprint: str  # of the bundle; computed once (hashing CIFAR takes seconds)
+    skips: dict[str, str] = field(default_factory=dict)  # method label -> reason
+
+
+@dataclass
+class _Cell:
+    scenario: Scenario
+    seed: int
+    label: str
+    method: MethodSpec | None
+    cell_hash: str
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return self.scenario.name, self.label, self.seed
+
+
+@dataclass
+class BenchSummary:
+    """What a run did: how many cells it ran, reused and how they ended."""
+
+    results_path: Path
+    total: int
+    ran: int
+    reused: int
+    failed: list[tuple[str, str, int, str]]
+    skipped: int
+    seconds: float
+
+
+def _prepare(scenario: Scenario, bundle: DatasetBundle) -> list[_Step]:
+    if not scenario.sequential:
+        views = EvalViews.from_bundle(bundle, scenario.requests[0])
+        return [_Step(scenario.requests[0], views, views)]
+    # The same cumulative views excise.sequential.run_sequence judges each step on.
+    cumulative = cumulative_views(bundle, list(scenario.requests))
+    steps = []
+    forgotten = np.zeros(len(bundle.train), dtype=bool)
+    for k, (request, views) in enumerate(zip(scenario.requests, cumulative, strict=True)):
+        rows = resolve(bundle.train, request).forget_indices
+        new = rows[~forgotten[rows]]
+        if len(new) == 0:
+            raise RequestError(f"sequence[{k}] ({request.describe()}) forgets nothing the earlier steps have not")
+        forgotten[rows] = True
+        delta = EvalViews(bundle.train.subset(new), views.retain_set, views.test_retain, views.test_forget, request)
+        steps.append(_Step(request, views, delta))
+    return steps
+
+
+def plan(suite: Suite, *, root: str | None = None) -> dict[str, _Prepared]:
+    """Load every data set, resolve every request and model against it and decide task support — all
+    before anything trains, so a bad label or a model that does not fit the data fails at once."""
+    bundles: dict[str, DatasetBundle] = {}
+    fingerprints: dict[str, str] = {}
+    prepared: dict[str, _Prepared] = {}
+    for i, scenario in enumerate(suite.scenarios):
+        where = f"suite {suite.source}: scenarios[{i}] ({scenario.name})"
+        spec = scenario.dataset
+        key = content_hash(spec.to_dict())
+        try:
+            if key not in bundles:
+                bundles[key] = load_dataset(spec.name, root=root, seed=spec.seed, **spec.options)
+                fingerprints[key] = bundles[key].fingerprint()
+            bundle = bundles[key]
+        except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+            raise SuiteError(f"{where}.dataset: {err}") from err
+        try:
+            steps = _prepare(scenario, bundle)
+        except (RequestError, ValueError) as err:
+            raise SuiteError(f"{where}.{'sequence' if scenario.sequential else 'request'}: {err}") from err
+        try:
+            build_model(bundle, scenario.model.name, seed=0, **scenario.model.kwargs)
+        except (ValueError, TypeError) as err:
+            raise SuiteError(f"{where}.model: {err}") from err
+        item = _Prepared(scenario, bundle, steps, fingerprints[key])
+        for method in suite.methods_for(scenario):
+            reason = suite.skips.get((scenario.name, method.label))
+            if reason is None:
+                # The method's own check (kind, task and anything else it refuses), before any training.
+                instance = get_method(method.name, **method.params)
+                try:
+                    for step in steps:
+                        instance.check_request(step.request, bundle.task)
+                except RequestError as err:
+                    reason = str(err)
+                    if scenario.methods is not None or suite.on_unsupported == "error":
+                        raise SuiteError(f"{where}.methods: {reason}") from err
+            if reason is not None:
+                item.skips[method.label] = reason
+        prepared[scenario.name] = item
+    return prepared
+
+
+# --- running -----------------------------------------------------------------------------------
+def _measured(method: UnlearningMethod, probes: list[PeakRSS]) -> UnlearningMethod:
+    """Wrap this instance's ``unlearn`` so the peak RSS of exactly the method's work is recorded."""
+    inner = method.unlearn
+
+    def unlearn(*args: Any, **kwargs: Any) -> Any:
+        with PeakRSS() as probe:
+            result = inner(*args, **kwargs)
+        probes.append(probe)
+        return result
+
+    method.unlearn = unlearn  # type: ignore[method-assign]
+    return method
+
+
+@lru_cache(maxsize=1)
+def _host() -> dict[str, Any]:
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+
+
+class _GroupModels:
+    """The original model and the reference(s) of one (scenario, seed), trained or read from the cache."""
+
+    def __init__(self, runner: _Runner, item: _Prepared, seed: int) -> None:
+        scenario, bundle = item.scenario, item.bundle
+        base = {
+            "dataset": scenario.dataset.to_dict(), "data_fingerprint": item.fingerprint,
+            "model": scenario.model.to_dict(), "training": scenario.training.to_dict(), "seed": seed,
+            "code": code_version(),
+        }
+        info = {"scenario": scenario.name, "seed": seed}
+
+        def build_original() -> tuple[nn.Module, dict[str, Any]]:
+            runner.emit("train_original", info)
+            model, seconds = train_original(bundle, scenario.model.name, scenario.training, seed=seed,
+                                            **scenario.model.kwargs)
+            return model, {"kind": "original", "train_seconds": seconds, "seed": seed,
+                           "dataset": scenario.dataset.to_dict(), "recipe": scenario.training.to_dict()}
+
+        self.original, meta, hit = runner.cache.get_or_build("original", base, build_original)
+        if hit:
+            runner.emit("cache_hit", {**info, "model": "original"})
+        self.original_sha = meta["sha256"]
+        self.original_seconds = float(meta["train_seconds"])
+        self.original_cached = hit
+        self.references: list[RunRecord] = []
+        self.reference_shas: list[str] = []
+        self.reference_cached: list[bool] = []
+        for k, step in enumerate(item.steps):
+            payload = {**base, "requests": [r.to_dict() for r in scenario.requests[: k + 1]]}
+
+            def build_reference(step: _Step = step, k: int = k) -> tuple[nn.Module, dict[str, Any]]:
+                runner.emit("train_reference", {**info, "step": k})
+                model, record = run_method("retrain", self.original, step.views, scenario.training, seed=seed)
+                return model, {"kind": "retrained", "train_seconds": record.seconds, "metrics": record.metrics,
+                               "seed": seed, "request": step.views.request.to_dict(), "stats": record.stats}
+
+            _, meta, hit = runner.cache.get_or_build("retrain", payload, build_reference)
+            if hit:
+                runner.emit("cache_hit", {**info, "model": "retrain", "step": k})
+            self.references.append(RunRecord("retrain", step.views.request.to_dict(), meta["metrics"],
+                                             float(meta["train_seconds"]), {}, meta.get("stats", {})))
+            self.reference_shas.append(meta["sha256"])
+            self.reference_cached.append(hit)
+
+
+class _Runner:
+    def __init__(self, suite: Suite, out_dir: Path, cache_dir: Path, on_event: EventHook | None) -> None:
+        self.suite = suite
+        self.store = ResultStore(out_dir / RESULTS_FILE)
+        self.cache = ModelCache(cache_dir)
+        self.on_event = on_event
+        self.versions = {**versions(), "excise_code": code_version()[:16]}
+
+    def emit(self, event: str, info: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(event, info)
+
+    # -- records --------------------------------------------------------------------------------
+    def _base_record(self, cell: _Cell, item: _Prepared) -> dict[str, Any]:
+        scenario = cell.scenario
+        method = cell.method
+        return {
+            "suite": self.suite.name, "scenario": scenario.name, "kind": scenario.kind,
+            "request": scenario.request_record(), "method": cell.label,
+            "method_name": method.name if method else cell.label, "seed": cell.seed,
+            "cell_hash": cell.cell_hash,
+            "config": {"scenario": scenario.to_dict(),
+                       "method": method.to_dict() if method else {"label": cell.label, "name": cell.label}},
+            "versions": self.versions, "host": {**_host(), "torch_threads": torch.get_num_threads()},
+            "hashes": {"data": item.fingerprint},
+            "sizes": {"train": len(item.bundle.train), "test": len(item.bundle.test),
+                      "forget": len(item.steps[-1].views.forget_set)},
+        }
+
+    def _step_record(self, k: int, step: _Step, metrics: dict[str, float], reference: RunRecord,
+                     seconds: float | None, floor: float | None, probe: PeakRSS | None,
+                     stats: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "step": k, "request": step.request.to_dict(),
+            "forget_size": len(step.views.forget_set), "unlearned_size": len(step.delta_views.forget_set),
+            "metrics": metric_block(metrics, reference.metrics), "avg_gap": avg_gap(metrics, reference.metrics),
+            "time_s": seconds, "retrain_time_s": reference.seconds,
+            "forward_backward_s": floor,
+            "peak_rss_mb": None if probe is None else probe.peak_mb,
+            "peak_rss_delta_mb": None if probe is None else probe.delta_mb,
+            "stats": stats,
+        }
+
+    def _finish(self, record: dict[str, Any], steps: list[dict[str, Any]], models: _GroupModels) -> None:
+        last = steps[-1]
+        record["metrics"] = last["metrics"]
+        record["avg_gap"] = last["avg_gap"]
+        times = [s["time_s"] for s in steps]
+        record["time_s"] = None if None in times else float(sum(times))
+        record["retrain_time_s"] = float(sum(s["retrain_time_s"] for s in steps))
+        record["speedup_vs_retrain"] = (
+            None if record["time_s"] is None else record["retrain_time_s"] / max(record["time_s"], 1e-9))
+        floors = [s["forward_backward_s"] for s in steps]
+        record["forward_backward_s"] = None if None in floors else float(sum(floors))
+        record["floor_ratio"] = (None if record["time_s"] is None or record["forward_backward_s"] is None
+                                 else record["time_s"] / max(record["forward_backward_s"], 1e-12))
+        peaks = [s["peak_rss_mb"] for s in steps if s["peak_rss_mb"] is not None]
+        deltas = [s["peak_rss_delta_mb"] for s in steps if s["peak_rss_delta_mb"] is not None]
+        record["peak_rss_mb"] = max(peaks) if peaks else None
+        record["peak_rss_delta_mb"] = max(deltas) if deltas else None
+        record["original_train_time_s"] = models.original_seconds
+        record["reference_cached"] = all(models.reference_cached)
+        record["hashes"].update({"original": models.original_sha, "reference": models.reference_shas[-1]})
+        if len(steps) > 1:
+            record["steps"] = steps
+            record["hashes"]["references"] = models.reference_shas
+        else:
+            record["stats"] = steps[0]["stats"]
+
+    # -- cells ----------------------------------------------------------------------------------
+    def run_cell(self, cell: _Cell, item: _Prepared, models: _GroupModels) -> dict[str, Any]:
+        record = self._base_record(cell, item)
+        seed, recipe = cell.seed, cell.scenario.training
+        steps: list[dict[str, Any]] = []
+        if cell.label == "original":
+            for k, step in enumerate(item.steps):
+                metrics = evaluate(models.original, step.views, seed=seed)
+                steps.append(self._step_record(k, step, metrics, models.references[k], None, None, None, {}))
+            self._finish(record, steps, models)
+            record["hashes"]["unlearned"] = models.original_sha
+        elif cell.label == "retrain":
+            for k, step in enumerate(item.steps):
+                ref = models.references[k]
+                steps.append(self._step_record(k, step, ref.metrics, ref, ref.seconds, None, None, ref.stats))
+            self._finish(record, steps, models)
+            record["speedup_vs_retrain"] = 1.0
+            record["hashes"]["unlearned"] = models.reference_shas[-1]
+        else:
+            assert cell.method is not None
+            method_spec = cell.method
+            probes: list[PeakRSS] = []
+            method = _measured(get_method(method_spec.name, **method_spec.params), probes)
+            # The floor depends on the architecture and the rows, not the weights: measure every step's on
+            # the original model, right before the method runs.
+            floors = [forward_backward_seconds(models.original, step.delta_views.forget_set,
+                                               batch_size=recipe.batch_size) for step in item.steps]
+            if cell.scenario.sequential:
+                final, seq = run_sequence(method, models.original, item.bundle, list(cell.scenario.requests), recipe,
+                                          seed=seed, reference=models.references)
+                runs = [(r.metrics, r.seconds, r.stats) for r in seq]
+            else:
+                final, run = run_method(method, models.original, item.steps[0].views, recipe, seed=seed)
+                runs = [(run.metrics, run.seconds, run.stats)]
+            for k, (step, (metrics, seconds, stats)) in enumerate(zip(item.steps, runs, strict=True)):
+                steps.append(self._step_record(k, step, metrics, models.references[k], seconds, floors[k],
+                                               probes[k] if k < len(probes) else None, stats))
+            record["config"]["method"]["resolved"] = method.config_dict()
+            self._finish(record, steps, models)
+            record["hashes"]["unlearned"] = model_sha256(final)
+        record["status"] = "ok"
+        return record
+
+    def failed_record(self, cell: _Cell, item: _Prepared, err: BaseException, stage: str) -> dict[str, Any]:
+        record = self._base_record(cell, item)
+        record["status"] = f"failed: {stage}{type(err).__name__}: {err}"
+        record["error"] = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-8:])
+        return record
+
+    def skipped_record(self, cell: _Cell, item: _Prepared, reason: str) -> dict[str, Any]:
+        record = self._base_record(cell, item)
+        record["status"] = f"skipped: {reason}"
+        return record
+
+
+def _cells(suite: Suite, prepared: dict[str, _Prepared]) -> list[_Cell]:
+    cells = []
+    for scenario in suite.scenarios:
+        for seed in suite.seeds:
+            for label in ("original", "retrain"):
+                cells.append(_Cell(scenario, seed, label, None, suite.cell_hash(scenario, label, seed)))
+            for method in suite.methods_for(scenario):
+                cells.append(_Cell(scenario, seed, method.label, method, suite.cell_hash(scenario, method, seed)))
+    return cells
+
+
+def run_suite(
+    suite: Suite,
+    out_dir: str | Path,
+    *,
+    root: str | None = None,
+    cache_dir: str | Path | None = None,
+    retry_failed: bool = False,
+    rerun_changed: bool = False,
+    on_event: EventHook | None = None,
+) -> BenchSummary:
+    """Run (or resume) ``suite`` into ``out_dir/results.jsonl``; models are cached in ``cache_dir``
+    (default ``out_dir/cache``). ``retry_failed`` runs failed cells again; ``rerun_changed`` recomputes cells
+    whose configuration differs from the stored one (otherwise such a store is refused)."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out={str(out_dir)!r} exists and is not a directory")
+    prepared = plan(suite, root=root)
+    runner = _Runner(suite, out_dir, Path(cache_dir) if cache_dir else out_dir / "cache", on_event)
+    cells = _cells(suite, prepared)
+    done = runner.store.latest()
+    changed = [c for c in cells if (suite.name, *c.key) in done
+               and done[(suite.name, *c.key)]["cell_hash"] != c.cell_hash]
+    if changed and not rerun_changed:
+        first = changed[0]
+        raise SuiteError(
+            f"{runner.store.path} already holds results for {len(changed)} cell(s) of suite {suite.name!r} computed "
+            f"with a different configuration (first: scenario={first.key[0]!r}, method={first.key[1]!r}, "
+            f"seed={first.key[2]}): the suite file changed since. Use a new --out directory (the model cache "
+            "can be shared with --cache), or --rerun-changed to recompute exactly those cells (their new records "
+            "supersede the old ones, so the latest record of every cell matches the suite)"
+        )
+
+    def finished(cell: _Cell) -> bool:
+        record = done.get((suite.name, *cell.key))
+        if record is None or record["cell_hash"] != cell.cell_hash:
+            return False
+        status = status_of(record)
+        if status == "failed":
+            return not retry_failed
+        if status == "skipped":
+            return cell.label in prepared[cell.scenario.name].skips
+        return True
+
+    ran = reused = skipped = 0
+    failed: list[tuple[str, str, int, str]] = []
+    with progress_bar(f"bench {suite.name}", len(cells)) as bar:
+        groups: dict[tuple[str, int], list[_Cell]] = {}
+        for cell in cells:
+            groups.setdefault((cell.scenario.name, cell.seed), []).append(cell)
+        for (scenario_name, seed), group in groups.items():
+            item = prepared[scenario_name]
+            pending = []
+            for cell in group:
+                if finished(cell):
+                    reused += 1
+                    runner.emit("cell_reused", {"scenario": scenario_name, "method": cell.label, "seed": seed})
+                    bar.advance(cell=f"{scenario_name}/{cell.label}/{seed}", status="done earlier")
+                elif cell.label in item.skips:
+                    runner.store.append(runner.skipped_record(cell, item, item.skips[cell.label]))
+                    skipped += 1
+                    bar.advance(cell=f"{scenario_name}/{cell.label}/{seed}", status="skipped")
+                else:
+                    pending.append(cell)
+            if not pending:
+                continue
+            models: _GroupModels | None = None
+            group_error: BaseException | None = None
+            try:
+                models = _GroupModels(runner, item, seed)
+            except Exception as err:  # noqa: BLE001 - recorded per cell; the suite goes on
+                group_error = err
+            for cell in pending:
+                info = {"scenario": scenario_name, "method": cell.label, "seed": seed}
+                runner.emit("cell_start", info)
+                if models is None:
+                    record = runner.failed_record(cell, item, group_error, "original/reference: ")
+                else:
+                    try:
+                        record = runner.run_cell(cell, item, models)
+                    except Exception as err:  # noqa: BLE001 - one failing method must not stop the suite
+                        record = runner.failed_record(cell, item, err, "")
+                record = runner.store.append(record)
+                ran += 1
+                if status_of(record) == "failed":
+                    failed.append((scenario_name, cell.label, seed, record["status"]))
+                bar.advance(cell=f"{scenario_name}/{cell.label}/{seed}", status=status_of(record))
+                runner.emit("cell_done", {**info, "status": record["status"]})
+    return BenchSummary(runner.store.path, len(cells), ran, reused, failed, skipped, time.perf_counter() - start)
+
+
+__all__ = ["BenchSummary", "ModelCache", "code_version", "metric_block", "metric_direction", "plan", "run_suite"]
