@@ -112,12 +112,19 @@ def unlearn_checkpoint(
     reference_path: str | Path | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    graph: str | Path | None = None,
 ) -> UnlearnOutcome:
-    """Unlearn ``request`` from the model at ``model_path``; the input checkpoint is never modified."""
+    """Unlearn ``request`` from the model at ``model_path``; the input checkpoint is never modified.
+
+    ``graph``: an essential-graph file (``excise graph``) for the methods that prune with one."""
     if out is not None:
         out = _check_output(out, overwrite)
         if Path(out).resolve() == Path(model_path).resolve():
             raise ValueError("out must differ from the input model: the original model is never overwritten")
+    if graph is not None:
+        from excise.graph import graph_hyperparameters
+
+        hyperparameters = graph_hyperparameters(method, hyperparameters, graph)
     unlearner = get_method(method, **(hyperparameters or {}))
     original = load_checkpoint(model_path)
     bundle = bundle_for(original)

@@ -1,0 +1,150 @@
+"""Target-level unlearning by pruning the balanced Essential Graph of the forgotten target.
+
+Xu, Zhu, Zhang, Zhou, Zhao, "Towards Efficient Target-Level Machine Unlearning Based on Essential Graph",
+arXiv 2406.10954; official code IMoonKeyBoy/Towards-Efficient-Target-Level-Machine-Unlearning-Based-on-
+Essential-Graph. A multi-label model predicts K targets per instance; forgetting target ``t`` must remove
+the model's ability to predict ``t`` while every instance's other targets are still predicted. No data is
+deleted and nothing is trained: Grad-CAM channel importances of every target on a few training images give
+each target's essential graph (its top ``proportion`` channels per layer), the balanced graph keeps the
+channels in the forgotten target's top set and in no remaining target's, and unlearning zeroes those
+channels (conv filters + the following BatchNorm's affine parameters). The mechanics, the exact scoring
+rule and the choices made where the paper's code is specific to its SE-ResNet live in :mod:`excise.graph`.
+
+Two registered names: ``essential_graph`` (balanced, the paper's method) and ``essential_graph_unbalanced``
+(the paper's ablation without the ``-1`` terms of the remaining targets). The official no-balance script
+also uses fewer layers (the last three convs minus the last); here the ablation keeps the layer set of the
+balanced graph, so the comparison isolates the balancing.
+
+Choices where the paper/code is silent or specific:
+
+- ``num_images``: the official code scores each target on ONE image (the first positive training image,
+  its ``batch_size=1`` loop); ``num_images=n`` averages the signed Grad-CAM weights of the first ``n``
+  positive training instances (a deviation, flagged in the spec). **Default 10**, chosen by the numbers:
+  forgetting each of the 5 targets in turn on 6 ResNet-18s (multidigits, widths 4/8/16, 5-40 epochs), the
+  share of the forgotten target's positives still predicted positive fell from 75% (1 image) to 63% (10
+  images; 58% with 30), mean over models, while the worst remaining-target accuracy drop moved from 3.2 to
+  3.9 points, and the balanced graph beat the unbalanced one on remaining accuracy in 27/30 cases (24/30
+  with one image). One image is a noisy estimate of a target's channels; ten cost 0.1 s more.
+- Data: the scoring images of the remaining targets are training instances, so the method declares
+  ``needs_retain=True``; it reads ``num_images`` instances per target from the retain view (whose rows are
+  every training instance) and nothing else. With a precomputed graph (``graph=FILE``) it reads no data.
+- The graph records the sha256 of the exact weights it was computed on and is refused for another model,
+  for a different target set, or when its ``balanced`` flag disagrees with the method's.
+- Time: the reported unlearning time includes building the graph; ``prune_seconds`` is the zeroing alone
+  (the paper's "cost"), ``graph_seconds`` the scoring.
+
+What to expect (measured by ``benchmarks/essential_graph.py``; multidigits canvases with 3-4 of 5 digit
+classes, ResNet-18 width 8, forgetting digit 0, prevalence 71%): pruning 15 channels takes 0.7 s including
+the graph (315x faster than retraining) but the forgotten target's AP stays at 99.9 (retrain: 73.0, chance)
+and 93% of its positives are still detected; the remaining targets keep their AP (drop <= 0.1) but their
+accuracy drops by up to 7.8 points, because the pruned channels also carry their evidence and shift their
+logits. Channel zeroing lowers the forgotten logit; it does not remove the target's information, which in
+these small networks is spread over most channels (the 10 channels of the last layer contributing most to a
+target hold ~45% of its logit separation). Over 568 (model, target, setting) runs (proportion 0.1-0.5, 3-14
+layers, 1-100 images, widths 4-16, 5-40 epochs) the AP fell below 80 only together with a >= 14-point
+remaining-accuracy loss. The paper reports thresholded accuracy on CelebA with far wider layers (512-1024
+channels); these numbers are what this implementation measures at CPU scale, not a claim about the paper's
+setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from excise.data.base import _resolve_label
+from excise.graph import DEFAULT_NUM_IMAGES, EssentialGraph, GraphError, build_graph, prune
+from excise.methods.base import UnlearnData, UnlearningMethod, register_method
+from excise.training import check_positive_int
+
+__all__ = ["DEFAULT_NUM_IMAGES", "EssentialGraphConfig", "EssentialGraphUnbalanced", "EssentialGraphUnlearning",
+           "forgotten_targets"]
+
+
+@dataclass
+class EssentialGraphConfig:
+    proportion: float = 0.1
+    num_images: int = DEFAULT_NUM_IMAGES
+    num_layers: int = 5
+    layers: tuple[str, ...] | None = None  # explicit conv module names; None: the last num_layers main-path convs
+    balanced: bool = True
+    graph: str | None = None  # a graph file built by `excise graph` / EssentialGraph.save: prune with it
+
+    def __post_init__(self) -> None:
+        if isinstance(self.proportion, bool) or not isinstance(self.proportion, (int, float)) \
+                or not 0 < self.proportion <= 1:
+            raise ValueError(f"proportion={self.proportion!r} must lie in (0, 1] (share of a layer's channels)")
+        check_positive_int(self, "num_images", "num_layers")
+        if not isinstance(self.balanced, bool):
+            raise ValueError(f"balanced={self.balanced!r} must be true or false")
+        if self.layers is not None:
+            if isinstance(self.layers, str) or not all(isinstance(x, str) for x in self.layers) or not self.layers:
+                raise ValueError(f"layers={self.layers!r} must be a non-empty list of conv module names")
+            self.layers = tuple(self.layers)
+        if self.graph is not None:
+            if not isinstance(self.graph, (str, Path)):
+                raise ValueError(f"graph={self.graph!r} must be the path of a graph file")
+            self.graph = str(self.graph)
+            if not Path(self.graph).is_file():
+                raise ValueError(f"graph={self.graph!r} does not exist (build one with `excise graph`)")
+
+
+def forgotten_targets(data: UnlearnData) -> tuple[int, ...]:
+    classes = data.forget_set.classes
+    return tuple(sorted({_resolve_label(label, classes, "labels") for label in data.request.labels}))
+
+
+@register_method
+class EssentialGraphUnlearning(UnlearningMethod):
+    name = "essential_graph"
+    paper = ("Xu et al., 'Towards Efficient Target-Level Machine Unlearning Based on Essential Graph', "
+             "arXiv 2406.10954")
+    needs_retain = True  # reads num_images training instances per remaining target, nothing else
+    kinds = ("target",)
+    tasks = ("multilabel",)
+    Config = EssentialGraphConfig
+
+    def graph_for(self, model: nn.Module, data: UnlearnData) -> EssentialGraph:
+        cfg = self.config
+        forgotten = forgotten_targets(data)
+        if cfg.graph is not None:
+            graph = EssentialGraph.load(cfg.graph)
+            source = f"graph file {cfg.graph!r}"
+            graph.check_model(model, source)
+            graph.check_request(data.forget_set.classes, forgotten, source)
+            if graph.balanced != cfg.balanced:
+                kind = "balanced" if graph.balanced else "unbalanced"
+                raise GraphError(f"{source} is {kind}, but method {self.name!r} runs with balanced={cfg.balanced}")
+            return graph
+        retain = data.retain_set
+        return build_graph(
+            model, retain.targets, retain.inputs, forgotten, classes=retain.classes,
+            proportion=cfg.proportion, num_images=cfg.num_images, layers=cfg.layers,
+            num_layers=cfg.num_layers, balanced=cfg.balanced,
+        )
+
+    def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
+        graph = self.graph_for(model, data)
+        stats = prune(model, graph)
+        return {
+            **stats,
+            "graph_seconds": 0.0 if self.config.graph else graph.seconds,
+            "graph_layers": [layer.name for layer in graph.layers],
+            "graph_from_file": self.config.graph is not None,
+        }
+
+
+@dataclass
+class UnbalancedConfig(EssentialGraphConfig):
+    balanced: bool = False
+
+
+@register_method
+class EssentialGraphUnbalanced(EssentialGraphUnlearning):
+    name = "essential_graph_unbalanced"
+    paper = ("Xu et al., arXiv 2406.10954 — ablation: prune the forgotten target's whole essential graph "
+             "(no balancing against the remaining targets)")
+    Config = UnbalancedConfig

@@ -1,0 +1,409 @@
+"""Essential-Graph target unlearning: the mechanism step by step, then the method on multi-target digits."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from excise.data import LabeledData, load_dataset
+from excise.experiment import run_method, train_original
+from excise.graph import (
+    EssentialGraph,
+    GraphError,
+    build_graph,
+    conv_batchnorm_map,
+    default_layers,
+    gradcam_channel_weights,
+    model_sha256,
+    projection_convs,
+    prune,
+    resolve_layers,
+    select_channels,
+    top_channels,
+)
+from excise.methods import get_method
+from excise.methods.essential_graph import DEFAULT_NUM_IMAGES
+from excise.metrics import EvalViews
+from excise.metrics.accuracy import per_target_accuracy, per_target_ap
+from excise.metrics.inversion import InversionConfig, inversion_scores, target_template
+from excise.models import create_model
+from excise.requests import ForgetRequest, RequestError, split
+from excise.training import TrainConfig, predict_logits
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small convolutions gain nothing from a second thread, and spinning OpenMP threads on a shared machine
+    multiply the wall time; the previous setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- module graph ----------------------------------------------------------------------------------
+class OddNames(nn.Module):
+    """BatchNorms registered before their convs, under unrelated names: name substitution cannot work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm_b = nn.BatchNorm2d(6)
+        self.norm_a = nn.BatchNorm2d(4)
+        self.first = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.second = nn.Conv2d(4, 6, 3, padding=1)
+        self.bare = nn.Conv2d(6, 6, 1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.norm_a(self.first(x)))
+        x = torch.relu(self.norm_b(self.second(x)))
+        x = torch.relu(self.bare(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_conv_to_batchnorm_comes_from_the_module_graph():
+    mapping = conv_batchnorm_map(OddNames())
+    assert mapping == {"first": "norm_a", "second": "norm_b", "bare": None}
+    resnet = create_model("resnet18", in_channels=1, num_classes=4, width=4)
+    mapping = conv_batchnorm_map(resnet)
+    assert mapping["layer4.0.shortcut.0"] == "layer4.0.shortcut.1"
+    assert mapping["layer4.1.conv2"] == "layer4.1.bn2"
+    assert all(bn is not None for bn in mapping.values())
+
+
+def test_a_conv_without_batchnorm_is_refused_by_name():
+    with pytest.raises(GraphError, match=r"conv layer 'bare' cannot be mapped to a BatchNorm.*\['first', 'second'\]"):
+        resolve_layers(OddNames(), ["second", "bare"])
+    with pytest.raises(GraphError, match="'nope', which is not a Conv2d"):
+        resolve_layers(OddNames(), ["nope"])
+
+
+def test_default_layers_are_the_last_main_path_convs():
+    resnet = create_model("resnet18", in_channels=1, num_classes=4, width=4)
+    assert projection_convs(resnet) == {"layer2.0.shortcut.0", "layer3.0.shortcut.0", "layer4.0.shortcut.0"}
+    assert default_layers(resnet) == [
+        "layer3.1.conv2", "layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2",
+    ]
+    assert default_layers(resnet, 2) == ["layer4.1.conv1", "layer4.1.conv2"]
+
+
+# --- importance and selection ----------------------------------------------------------------------
+def test_gradcam_weights_are_signed_spatial_means_of_the_sigmoid_gradient():
+    torch.manual_seed(0)
+    model = OddNames().eval()
+    x = torch.randn(3, 1, 6, 6)
+    weights = gradcam_channel_weights(model, ["first", "second"], x, target=2)
+    # Direct computation for image 1 alone: d sigmoid(out[2]) / d (conv output), mean over space.
+    feats = {}
+    model.first.register_forward_hook(lambda m, i, o: feats.__setitem__("first", o))
+    model.second.register_forward_hook(lambda m, i, o: feats.__setitem__("second", o))
+    out = torch.sigmoid(model(x[1:2])[0, 2])
+    grads = torch.autograd.grad(out, [feats["first"], feats["second"]])
+    torch.testing.assert_close(weights["first"][1], grads[0][0].mean(dim=(1, 2)))
+    torch.testing.assert_close(weights["second"][1], grads[1][0].mean(dim=(1, 2)))
+    assert weights["second"].shape == (3, 6)
+    assert not model.training
+
+
+def test_top_channels_floor_ties_and_sign():
+    w = torch.tensor([0.5, -3.0, 0.5, 0.1, 0.9, 0.2, 0.0, 0.0, 0.0, 0.0])
+    assert top_channels(w, 0.25) == [0, 4]  # int(10 * 0.25) = 2; the tie 0/2 goes to the lower index
+    assert top_channels(w, 0.1) == [4]  # -3.0 has the largest magnitude but a negative sign
+    with pytest.raises(GraphError, match=r"proportion=0.05 selects no channel of layer 'x'"):
+        top_channels(w, 0.05, "x")
+
+
+def test_balanced_scores_follow_the_paper():
+    tops = {0: [0, 1, 2], 1: [2, 3], 2: [1, 4]}
+    scores, pruned = select_channels(tops, 6, forgotten=[0], num_targets=3)
+    assert scores == [3, 2, 2, -1, -1, 0] and pruned == [0]  # in target 0's set and in no other
+    _, pruned = select_channels(tops, 6, forgotten=[0], num_targets=3, balanced=False)
+    assert pruned == [0, 1, 2]
+    # Forgetting two targets: a channel chosen by both forgotten ones and one remaining scores 2K - 1 > K - 1.
+    tops = {0: [0, 1], 1: [1, 2], 2: [1, 2]}
+    scores, pruned = select_channels(tops, 3, forgotten=[0, 1], num_targets=3)
+    assert scores == [3, 5, 2] and pruned == [0, 1]
+
+
+# --- pruning, storage -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    """An untrained resnet and random multi-hot data: enough to exercise storage and pruning."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", in_channels=1, num_classes=3, width=8).eval()
+    inputs = torch.rand(12, 1, 12, 12)
+    targets = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 0]] * 4, dtype=torch.float)
+    return model, inputs, targets
+
+
+def test_pruning_zeroes_exactly_the_selected_channels(tiny):
+    model, inputs, targets = tiny
+    graph = build_graph(model, targets, inputs, [1], classes=("a", "b", "c"), proportion=0.3, balanced=False)
+    assert graph.num_pruned > 0
+    pruned = copy.deepcopy(model)
+    stats = prune(pruned, graph)
+    assert stats["pruned_channels"] == graph.num_pruned
+    modules, before = dict(pruned.named_modules()), dict(model.named_modules())
+    outputs = {}
+    for layer in graph.layers:
+        modules[layer.batchnorm].register_forward_hook(lambda m, i, o, name=layer.name: outputs.__setitem__(name, o))
+    pruned(inputs)
+    for layer in graph.layers:
+        kept = [c for c in range(layer.channels) if c not in layer.pruned]
+        conv, bn = modules[layer.name], modules[layer.batchnorm]
+        assert conv.weight[layer.pruned].abs().sum() == 0
+        assert bn.weight[layer.pruned].abs().sum() == 0 and bn.bias[layer.pruned].abs().sum() == 0
+        torch.testing.assert_close(conv.weight[kept], before[layer.name].weight[kept])
+        torch.testing.assert_close(bn.running_mean, before[layer.batchnorm].running_mean)  # buffers untouched
+        assert outputs[layer.name][:, layer.pruned].abs().max() == 0  # the channel is 0 after its BatchNorm
+    assert model_sha256(model) == graph.model_sha256  # building and pruning a copy left the model alone
+
+
+def test_graph_round_trip_and_refusals(tiny, tmp_path):
+    model, inputs, targets = tiny
+    graph = build_graph(model, targets, inputs, [0], classes=("a", "b", "c"), proportion=0.2, num_images=2)
+    path = graph.save(tmp_path / "g.json")
+    loaded = EssentialGraph.load(path)
+    assert loaded.pruned_channels() == graph.pruned_channels()
+    assert loaded.image_rows == {0: [0, 2], 1: [1, 2], 2: [0, 1]}
+    loaded.check_model(model)
+    other = create_model("resnet18", in_channels=1, num_classes=3, width=8)
+    with pytest.raises(GraphError, match="was built for the model with sha256"):
+        loaded.check_model(other)
+    with pytest.raises(GraphError, match=r"forgets target\(s\) \['a'\], but the request forgets \['b'\]"):
+        loaded.check_request(("a", "b", "c"), [1])
+    with pytest.raises(FileExistsError):
+        graph.save(path)
+    with pytest.raises(GraphError, match="must end in .json"):
+        graph.save(tmp_path / "g.txt")
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    with pytest.raises(GraphError, match="is not an excise essential graph"):
+        EssentialGraph.load(tmp_path / "bad.json")
+    png = graph.plot(tmp_path / "g.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"proportion": 0.0}, "proportion=0.0 must lie in (0, 1]"),
+        ({"proportion": 1.5}, "proportion=1.5"),
+        ({"num_images": 0}, "num_images=0 must be a positive integer"),
+        ({"layers": "layer4.1.conv2"}, "layers='layer4.1.conv2' must be a non-empty list"),
+        ({"graph": "/nonexistent/g.json"}, "graph='/nonexistent/g.json' does not exist"),
+        ({"balanced": "yes"}, "balanced='yes' must be true or false"),
+    ],
+)
+def test_bad_hyperparameters_are_refused(params, message):
+    with pytest.raises(ValueError) as err:
+        get_method("essential_graph", **params)
+    assert message in str(err.value)
+
+
+def test_only_target_requests_on_multilabel_models_are_served():
+    data = LabeledData(torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2]), ("a", "b", "c"))
+    request = ForgetRequest(kind="class", labels=("a",))
+    forget, retain = split(data, request)
+    model = create_model("resnet18", in_channels=1, num_classes=3, width=4)
+    for name in ("essential_graph", "essential_graph_unbalanced", "target_finetune"):
+        with pytest.raises(RequestError, match=f"method '{name}' cannot serve kind='class'"):
+            get_method(name).unlearn(model, request, forget, retain)
+
+
+# --- the method on multi-target digit canvases -------------------------------------------------------
+# Every canvas carries 3-4 of 5 digit classes; a CIFAR-style ResNet-18 (BatchNorm, width 8) learns them all.
+CANVASES = dict(num_classes=5, min_digits=3, max_digits=4, canvas_size=20, num_train=2000, num_test=500)
+CANVAS_RECIPE = TrainConfig(epochs=12, batch_size=128, lr=0.003, optimizer="adam")
+FORGET = "0"
+# The issue's bounds, measured on this fixture at the method's defaults (see the module docstring of
+# excise.methods.essential_graph and benchmarks/essential_graph.py). Strict: a change that meets a bound fails
+# the suite until the marker is removed.
+XFAIL_AP = (
+    "measured: forgotten AP 99.9 after pruning vs 73.0 for the retrained reference (prevalence 70.8). Pruning "
+    "lowers the target's logit but keeps its ranking; over 568 (model, target, setting) runs (proportion 0.1-0.5, "
+    "3-14 layers, 1-100 images, widths 4-16, 5-40 epochs) AP < 80 only came with a >= 14-point remaining-accuracy "
+    "loss"
+)
+XFAIL_COLLAPSE = (
+    "measured: 92.9% of the target's positives still predicted positive at the defaults (proportion 0.1, 5 layers, "
+    "10 images); a collapse below 10% needed 7-10 layers or the unbalanced graph at proportion >= 0.2, which cost "
+    "the remaining targets 6-30 accuracy points on this fixture"
+)
+XFAIL_REMAINING = (
+    "measured: worst remaining-target accuracy drop 7.8 points (AP drop 0.1): the pruned channels also carry "
+    "evidence of the remaining targets, so their logits shift although their ranking is kept"
+)
+
+
+@pytest.fixture(scope="session")
+def canvases():
+    return load_dataset("multidigits", seed=0, **CANVASES)
+
+
+@pytest.fixture(scope="session")
+def canvas_model(canvases):
+    model, _ = train_original(canvases, "resnet18", CANVAS_RECIPE, seed=0, width=8)
+    return model
+
+
+@pytest.fixture(scope="session")
+def target_views(canvases) -> EvalViews:
+    return EvalViews.from_bundle(canvases, ForgetRequest(kind="target", labels=(FORGET,)))
+
+
+@pytest.fixture(scope="session")
+def target_reference(canvas_model, target_views):
+    model, _ = run_method("retrain", canvas_model, target_views, CANVAS_RECIPE, seed=0)
+    return model
+
+
+def protocol(model, test, forgotten: int) -> dict:
+    """Per-target test accuracy and AP, and the forgotten target's accuracy on the instances carrying it."""
+    logits = predict_logits(model, test)
+    positives = test.targets[:, forgotten] > 0.5
+    return {
+        "acc": per_target_accuracy(logits, test.targets),
+        "ap": per_target_ap(logits, test.targets),
+        "recall": 100.0 * float((torch.sigmoid(logits[positives, forgotten]) > 0.5).float().mean()),
+        "positive_probability": float(torch.sigmoid(logits[positives]).mean(0)[forgotten]),
+        "mean_positive_probability": torch.sigmoid(logits).mul(test.targets).sum(0) / test.targets.sum(0),
+    }
+
+
+@pytest.fixture(scope="session")
+def pruned_runs(canvas_model, target_views, canvases):
+    """The original and both graphs' pruned models, with their protocol numbers."""
+    forgotten = canvases.train.class_index(FORGET)
+    out = {"original": (canvas_model, protocol(canvas_model, canvases.test, forgotten), None)}
+    for name in ("essential_graph", "essential_graph_unbalanced"):
+        result = get_method(name).unlearn(canvas_model, target_views.request, target_views.forget_set,
+                                          target_views.retain_set, recipe=CANVAS_RECIPE)
+        out[name] = (result.model, protocol(result.model, canvases.test, forgotten), result)
+    return out
+
+
+def test_the_fixture_is_a_multi_target_problem_the_model_has_learned(canvases, canvas_model, pruned_runs):
+    assert (canvases.train.targets.sum(1) >= 3).all() and (canvases.test.targets.sum(1) >= 3).all()
+    assert any(isinstance(m, nn.BatchNorm2d) for m in canvas_model.modules())
+    original = pruned_runs["original"][1]
+    assert original["ap"].min() > 99 and original["acc"].min() > 95 and original["recall"] > 95
+
+
+def test_retrained_forgotten_output_sits_at_chance(canvases, target_reference):
+    """Retrain's forgotten output gets no training signal: its AP is the target's prevalence (chance)."""
+    forgotten = canvases.train.class_index(FORGET)
+    prevalence = 100.0 * float(canvases.test.targets[:, forgotten].mean())
+    assert abs(protocol(target_reference, canvases.test, forgotten)["ap"][forgotten] - prevalence) < 10
+
+
+def test_pruning_zeroes_only_channels_of_the_forgotten_target(pruned_runs, canvas_model):
+    _, _, result = pruned_runs["essential_graph"]
+    assert result.stats["pruned_channels"] > 0
+    assert result.stats["graph_layers"] == default_layers(canvas_model)
+    _, _, unbalanced = pruned_runs["essential_graph_unbalanced"]
+    # The balanced graph is the unbalanced one minus the channels a remaining target also relies on.
+    for layer, count in result.stats["pruned_per_layer"].items():
+        assert count <= unbalanced.stats["pruned_per_layer"][layer]
+    assert result.stats["pruned_channels"] < unbalanced.stats["pruned_channels"]
+
+
+def test_pruning_hits_the_forgotten_target_hardest(pruned_runs, canvases):
+    """The mechanism: the forgotten target's probability on its own instances falls far more than any
+    remaining target's on theirs, and the remaining targets' ranking (AP) is kept."""
+    forgotten = canvases.train.class_index(FORGET)
+    remaining = [c for c in range(canvases.train.num_classes) if c != forgotten]
+    before = pruned_runs["original"][1]
+    after = pruned_runs["essential_graph"][1]
+    drop = before["mean_positive_probability"] - after["mean_positive_probability"]
+    assert drop[forgotten] > 0.05
+    assert drop[forgotten] > 2 * drop[remaining].max()
+    assert (before["ap"][remaining] - after["ap"][remaining]).max() <= 3
+
+
+def test_balanced_graph_beats_unbalanced_on_remaining_accuracy(canvas_model, canvases):
+    """Averaged over forgetting each target in turn (one target's comparison is noisy at this width)."""
+    train, test = canvases.train, canvases.test
+    accuracy = {True: [], False: []}
+    for target in range(train.num_classes):
+        remaining = [c for c in range(train.num_classes) if c != target]
+        for balanced in (True, False):
+            graph = build_graph(canvas_model, train.targets, train.inputs, [target], classes=train.classes,
+                                num_images=DEFAULT_NUM_IMAGES, balanced=balanced)
+            model = copy.deepcopy(canvas_model)
+            prune(model, graph)
+            accuracy[balanced].append(protocol(model, test, target)["acc"][remaining].mean())
+    assert sum(accuracy[True]) > sum(accuracy[False])
+
+
+@pytest.mark.xfail(strict=True, reason=XFAIL_AP)
+def test_forgotten_ap_falls_to_the_retrained_level(pruned_runs, canvases, target_reference):
+    forgotten = canvases.train.class_index(FORGET)
+    reference = protocol(target_reference, canvases.test, forgotten)["ap"][forgotten]
+    assert pruned_runs["essential_graph"][1]["ap"][forgotten] <= reference + 10
+
+
+@pytest.mark.xfail(strict=True, reason=XFAIL_COLLAPSE)
+def test_forgotten_target_collapses_on_the_instances_that_carry_it(pruned_runs):
+    assert pruned_runs["essential_graph"][1]["recall"] <= 10
+
+
+@pytest.mark.xfail(strict=True, reason=XFAIL_REMAINING)
+def test_remaining_targets_stay_within_three_points(pruned_runs, canvases):
+    forgotten = canvases.train.class_index(FORGET)
+    remaining = [c for c in range(canvases.train.num_classes) if c != forgotten]
+    before, after = pruned_runs["original"][1], pruned_runs["essential_graph"][1]
+    assert (before["acc"][remaining] - after["acc"][remaining]).max() <= 3
+    assert (before["ap"][remaining] - after["ap"][remaining]).max() <= 3
+
+
+def test_a_stored_graph_prunes_identically_and_only_its_model(pruned_runs, canvas_model, target_views,
+                                                               target_reference, tmp_path):
+    model, _, result = pruned_runs["essential_graph"]
+    views = target_views
+    retain = views.retain_set
+    graph = build_graph(canvas_model, retain.targets, retain.inputs, [0], classes=retain.classes)
+    path = graph.save(tmp_path / "graph.json")
+    from_file = get_method("essential_graph", graph=str(path)).unlearn(
+        canvas_model, views.request, views.forget_set, retain, recipe=CANVAS_RECIPE)
+    assert from_file.stats["graph_from_file"] and from_file.stats["graph_seconds"] == 0.0
+    for a, b in zip(model.state_dict().values(), from_file.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(GraphError, match="was built for the model with sha256"):
+        get_method("essential_graph", graph=str(path)).unlearn(
+            target_reference, views.request, views.forget_set, retain, recipe=CANVAS_RECIPE)
+    with pytest.raises(GraphError, match="is balanced, but method 'essential_graph_unbalanced'"):
+        get_method("essential_graph_unbalanced", graph=str(path)).unlearn(
+            canvas_model, views.request, views.forget_set, retain, recipe=CANVAS_RECIPE)
+    other = ForgetRequest(kind="target", labels=("1",))
+    forget_1, retain_1 = split(views.retain_set, other)
+    with pytest.raises(GraphError, match=r"forgets target\(s\) \['0'\], but the request forgets \['1'\]"):
+        get_method("essential_graph", graph=str(path)).unlearn(
+            canvas_model, other, forget_1, retain_1, recipe=CANVAS_RECIPE)
+    assert model_sha256(canvas_model) == graph.model_sha256  # the caller's model was never modified
+
+
+def test_instance_level_baselines_serve_target_requests(canvas_model, target_views, canvases, pruned_runs):
+    """gradient_ascent (ascent on the forgotten target's masked BCE over its instances) and target_finetune
+    (relabel negative) both lower the forgotten target's probability on its instances."""
+    forgotten = canvases.train.class_index(FORGET)
+    before = pruned_runs["original"][1]["positive_probability"]
+    for name in ("gradient_ascent", "target_finetune"):
+        result = get_method(name, epochs=2).unlearn(canvas_model, target_views.request, target_views.forget_set,
+                                          target_views.retain_set, recipe=CANVAS_RECIPE)
+        after = protocol(result.model, canvases.test, forgotten)
+        assert after["positive_probability"] < before - 0.05, name
+    assert get_method("target_finetune").needs_retain
+
+
+def test_inversion_recovers_the_target_from_the_original_only(canvas_model, target_reference, canvases):
+    forgotten = canvases.train.class_index(FORGET)
+    scores = inversion_scores(
+        {"original": canvas_model, "retrain": target_reference}, canvas_model, forgotten,
+        tuple(canvases.train.inputs.shape[1:]), config=InversionConfig(steps=100, num_images=4),
+        template=target_template(canvases.train.inputs, canvases.train.targets, forgotten),
+    )
+    assert scores["original"]["recognition"] > 90
+    assert scores["retrain"]["recognition"] < scores["original"]["recognition"] - 20

@@ -1,0 +1,120 @@
+"""The three-step Essential-Graph workflow on the command line: train, `excise graph`, `excise unlearn --graph`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from excise.cli import app
+from excise.graph import EssentialGraph
+
+runner = CliRunner()
+DATA = ["--dataset", "multidigits", "--model", "resnet18", "--width", "8", "--optimizer", "adam", "--lr", "0.003",
+        "--data-option", "num_classes=4", "--data-option", "min_digits=3", "--data-option", "max_digits=3",
+        "--data-option", "canvas_size=20", "--data-option", "num_train=200", "--data-option", "num_test=100"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread; spinning OpenMP threads on a shared machine do cost."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def invoke(*args):
+    return runner.invoke(app, ["--quiet", *map(str, args)])
+
+
+def flat(result) -> str:
+    return " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two tiny multi-label models on the same canvases (different seeds): the graph of one must not fit the
+    other."""
+    root = tmp_path_factory.mktemp("graph_cli")
+    paths = []
+    for seed in (0, 1):
+        out = root / f"model{seed}.safetensors"
+        result = invoke("train", "--out", out, "--epochs", 2, "--seed", seed, *DATA)
+        assert result.exit_code == 0, result.output
+        paths.append(out)
+    return paths
+
+
+def test_graph_then_unlearn_then_one_shot(models, tmp_path):
+    model, _ = models
+    graph, picture = tmp_path / "graph.json", tmp_path / "graph.png"
+    result = invoke("graph", model, "--target", "2", "--out", graph, "--plot", picture)
+    assert result.exit_code == 0, result.output
+    stored = EssentialGraph.load(graph)
+    assert stored.model_sha256 == json.loads(model.with_suffix(".json").read_text())["sha256"]
+    assert stored.forgotten_names == ["2"] and stored.balanced
+    assert picture.read_bytes()[:4] == b"\x89PNG"
+
+    original_bytes = model.read_bytes()
+    out = tmp_path / "unlearned.safetensors"
+    result = invoke("unlearn", model, "--method", "essential_graph", "--graph", graph, "--request", "target:2",
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    assert model.read_bytes() == original_bytes
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["method_config"]["graph"] == str(graph)
+    assert meta["metrics"]["forget_AP"] >= 0  # a target request is evaluated with the multi-label metrics
+
+    one_shot = tmp_path / "one_shot.safetensors"
+    result = invoke("unlearn", model, "--method", "essential_graph", "--request", "target:2", "--out", one_shot)
+    assert result.exit_code == 0, result.output
+    # The graph built on the fly is the stored one: both runs give the same weights file.
+    assert json.loads(one_shot.with_suffix(".json").read_text())["sha256"] == meta["sha256"]
+
+    replot = tmp_path / "again.png"
+    result = invoke("graph", model, "--target", "2", "--graph", graph, "--plot", replot)
+    assert result.exit_code == 0, result.output
+    assert replot.is_file()
+
+
+def test_a_graph_for_another_model_is_refused(models, tmp_path):
+    model, other = models
+    graph = tmp_path / "graph.json"
+    assert invoke("graph", model, "--target", "1", "--out", graph).exit_code == 0
+    result = invoke("unlearn", other, "--method", "essential_graph", "--graph", graph, "--request", "target:1")
+    assert result.exit_code == 2
+    assert "was built for the model with sha256" in flat(result)
+    result = invoke("graph", other, "--target", "1", "--graph", graph, "--plot", tmp_path / "x.png")
+    assert result.exit_code == 2 and "was built for the model with sha256" in flat(result)
+    result = invoke("unlearn", model, "--method", "essential_graph", "--graph", graph, "--request", "target:3")
+    assert result.exit_code == 2
+    assert "forgets target(s) ['1'], but the request forgets ['3']" in flat(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("graph", "{model}", "--target", "7", "--out", "{tmp}/g.json"),
+         "labels='7' is not a known class; known: ['0', '1', '2', '3']"),
+        (("unlearn", "{model}", "--method", "essential_graph", "--request", "target:cat"),
+         "labels='cat' is not a known class; known: ['0', '1', '2', '3']"),
+        (("graph", "{model}", "--target", "1"), "nothing to do"),
+        (("graph", "{model}", "--target", "1", "--out", "{tmp}/g.txt"), "must end in .json"),
+        (("graph", "{model}", "--target", "1", "--out", "{tmp}/g.json", "--proportion", "0"),
+         "proportion=0.0 must lie in (0, 1]"),
+        (("graph", "{model}", "--target", "1", "--out", "{tmp}/g.json", "--layers", "fc"),
+         "'fc', which is not a Conv2d"),
+        (("unlearn", "{model}", "--method", "gradient_ascent", "--graph", "{tmp}/g.json", "--request", "target:1"),
+         "method 'gradient_ascent' takes no graph"),
+        (("unlearn", "{model}", "--method", "essential_graph", "--request", "class:1"),
+         "kind='class' needs a single-label"),
+    ],
+)
+def test_bad_input_is_refused_with_a_message(models, tmp_path, args, message):
+    args = [a.format(model=models[0], tmp=tmp_path) for a in args]
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert message in flat(result)
