@@ -20,10 +20,14 @@ from excise.training import TrainConfig, seed_everything, train
 
 
 def build_model(bundle: DatasetBundle, model_name: str, seed: int = 0, **kwargs: Any) -> nn.Module:
-    """A fresh model sized for ``bundle`` (input channels and number of classes filled in)."""
+    """A fresh model sized for ``bundle`` (input channels and number of classes filled in, or the
+    bundle's own ``meta["model_kwargs"]`` when it has them: a sequence set names its vocabulary size)."""
     seed_everything(seed)
-    kwargs.setdefault("in_channels", bundle.input_shape[0])
-    kwargs.setdefault("num_classes", len(bundle.classes))
+    sizing = bundle.meta.get("model_kwargs")
+    if sizing is None:
+        sizing = {"in_channels": bundle.input_shape[0], "num_classes": len(bundle.classes)}
+    for key, value in sizing.items():
+        kwargs.setdefault(key, value)
     return create_model(model_name, **kwargs)
 
 

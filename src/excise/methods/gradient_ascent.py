@@ -52,6 +52,9 @@ def forget_accuracy(model: nn.Module, data: UnlearnData) -> float:
     targets = data.forget_set.targets
     if data.task == "multiclass":
         return float((logits.argmax(1) == targets).float().mean())
+    if data.task == "sequence":  # next-token accuracy over the valid (non-padded) positions
+        valid = targets >= 0
+        return float((logits.argmax(-1) == targets)[valid].float().mean())
     mask = data.forget_set.label_mask
     correct = ((logits > 0).float() == targets)
     return float(correct[mask].float().mean()) if mask is not None else float(correct.float().mean())
@@ -63,7 +66,7 @@ class GradientAscent(UnlearningMethod):
     paper = "Thudi et al., 'Unrolling SGD: Understanding Factors Influencing Machine Unlearning', EuroS&P 2022"
     needs_retain = False
     kinds = ("samples", "class", "subclass", "target")
-    tasks = ("multiclass", "multilabel")
+    tasks = ("multiclass", "multilabel", "sequence")
     Config = GradientAscentConfig
 
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
