@@ -75,8 +75,13 @@ def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress ba
 @app.command("train")
 def train_command(
     out: Path = typer.Option(..., help="Where to write the model (.safetensors; a .json sidecar goes beside it)."),
-    dataset: str = typer.Option("digits", help="Registered data set (see `excise datasets`)."),
-    model: str = typer.Option("small_cnn", help="Registered model: small_cnn or resnet18."),
+    dataset: str | None = typer.Option(
+        None, help="Registered data set (see `excise datasets`); default digits, or the --task's data set."),
+    model: str | None = typer.Option(
+        None, help="Registered model (small_cnn, resnet18, unet, centernet, ...); default small_cnn, or the --task's."),
+    task: str | None = typer.Option(
+        None, "--task",
+        help="Dense task: segmentation (multidigits-seg, unet) or detection (multidigits-det, centernet)."),
     width: int = typer.Option(32, help="Model width (channels of the first stage)."),
     epochs: int = typer.Option(20),
     batch_size: int = typer.Option(64),
@@ -91,6 +96,9 @@ def train_command(
 ) -> None:
     """Train an original model, or (with --request) the retrained reference that never saw the forget set."""
     try:
+        from excise.tasks.dense import train_defaults
+
+        dataset, model = train_defaults(task, dataset, model)
         recipe = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
         checkpoint = api.train_model(
             dataset, model, out, recipe=recipe, model_kwargs={"width": width},
@@ -116,12 +124,13 @@ def unlearn_command(
     reference: Path | None = typer.Option(None, help="Retrained reference model, for the gap to retrain."),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
+    graph: Path | None = typer.Option(None, help="Essential-graph file from `excise graph` (essential_graph methods)."),
 ) -> None:
     """Make a model forget what --request names, then print the evidence."""
     try:
         outcome = api.unlearn_checkpoint(
             model, method, parse_request(request), out=out, hyperparameters=parse_params(param),
-            reference_path=reference, seed=seed, overwrite=overwrite,
+            reference_path=reference, seed=seed, overwrite=overwrite, graph=graph,
         )
     except USER_ERRORS as err:
         fail(err)
@@ -140,9 +149,20 @@ def evaluate_command(
     request: str = typer.Option(..., help="The forget request to judge the model against."),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    plot: Path | None = typer.Option(
+        None, help="Dense models: write a PNG grid of masks/boxes (truth, --before model, this model)."),
+    before: Path | None = typer.Option(None, help="With --plot: the model before unlearning, drawn beside it."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --plot file."),
 ) -> None:
     """FA/RA/TA and every MIA variant of a model for a request."""
     try:
+        if plot is not None:  # first: a bad picture path fails before the (longer) evaluation
+            from excise.tasks.dense import plot_checkpoints
+
+            models = {"before": before, "after": model} if before is not None else {str(model.name): model}
+            plot_checkpoints(models, parse_request(request), plot, overwrite=overwrite)
+        elif before is not None:
+            raise ValueError("--before only makes sense with --plot (it is drawn, not evaluated)")
         metrics = api.evaluate_checkpoint(model, parse_request(request), seed=seed)
     except USER_ERRORS as err:
         fail(err)
@@ -150,6 +170,8 @@ def evaluate_command(
         console.print_json(json.dumps(metrics))
     else:
         console.print(metrics_table(metrics, f"{model} on {request}"))
+    if plot is not None and not as_json:
+        console.print(f"wrote {plot}")
 
 
 @app.command("methods")
@@ -194,6 +216,115 @@ def demo_command(
         )
     except USER_ERRORS as err:
         fail(err)
+
+
+@app.command("graph")
+def graph_command(
+    model: Path = typer.Argument(..., help="A multi-label model trained by excise (.safetensors)."),
+    target: str = typer.Option(..., help="Target(s) to forget, by name or index (comma-separated for several)."),
+    out: Path | None = typer.Option(None, help="Where to write the graph (.json); it records the model's sha256."),
+    plot: Path | None = typer.Option(None, help="Write a picture of the graph (.png): layers x channels."),
+    graph: Path | None = typer.Option(None, help="Plot this existing graph file instead of building one."),
+    proportion: float = typer.Option(0.1, help="Share of each layer's channels in a target's essential graph."),
+    num_images: int | None = typer.Option(None, help="Training images per target for the Grad-CAM scores."),
+    layers: str | None = typer.Option(None, help="Comma-separated conv module names (default: last main-path convs)."),
+    num_layers: int = typer.Option(5, help="How many of the last main-path convs, when --layers is not given."),
+    unbalanced: bool = typer.Option(False, help="The paper's ablation: prune the target's whole essential graph."),
+    overwrite: bool = typer.Option(False, help="Replace existing output files."),
+) -> None:
+    """Build the (balanced) essential graph of MODEL for forgetting --target; prune later with
+    `excise unlearn MODEL --method essential_graph --graph FILE --request target:T`."""
+    from excise.graph import graph_checkpoint
+
+    try:
+        built = graph_checkpoint(
+            model, [t.strip() for t in target.split(",") if t.strip()], out=out, plot=plot, graph=graph,
+            proportion=proportion, num_images=num_images,
+            layers=None if layers is None else [x.strip() for x in layers.split(",") if x.strip()],
+            num_layers=num_layers, balanced=not unbalanced, overwrite=overwrite,
+        )
+    except USER_ERRORS as err:
+        fail(err)
+    kind = "balanced" if built.balanced else "unbalanced"
+    table = Table(title=f"{kind} essential graph: forget {built.forgotten_names}", title_justify="left")
+    for column in ("layer", "channels", "pruned"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    for layer in built.layers:
+        table.add_row(layer.name, str(layer.channels), str(len(layer.pruned)))
+    console.print(table)
+    for path in (out, plot):
+        if path is not None:
+            console.print(f"wrote {path}")
+
+
+@app.command("bench")
+def bench_command(
+    suite: Path = typer.Argument(..., help="A suite file, e.g. benchmarks/suites/quick.yaml."),
+    out: Path = typer.Option(..., help="Directory for results.jsonl (and the model cache). Re-run to resume."),
+    root: str | None = typer.Option(None, help="Local directory of data sets that are not bundled (CIFAR, CelebA)."),
+    cache: Path | None = typer.Option(None, help="Model cache directory (default OUT/cache); can be shared."),
+    retry_failed: bool = typer.Option(False, help="Run failed cells again (finished cells are never redone)."),
+    rerun_changed: bool = typer.Option(False, help="Recompute cells whose configuration changed in the suite."),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    check: bool = typer.Option(False, "--check", help="Only validate the suite (and load its data); run nothing."),
+) -> None:
+    """Run a benchmark suite: every method on every scenario and seed, cached and resumable."""
+    from excise.bench import load_suite, plan, read_records, run_suite
+    from excise.bench.report import summary_rows
+
+    try:
+        if threads is not None:
+            import torch
+
+            if threads < 1:
+                raise ValueError(f"--threads={threads} must be >= 1")
+            torch.set_num_threads(threads)
+        spec = load_suite(suite)
+        if check:
+            plan(spec, root=root)
+            console.print(f"suite {spec.name!r} is valid: {len(spec.scenarios)} scenarios, {len(spec.methods)} "
+                          f"methods, seeds {list(spec.seeds)}; {len(spec.skips)} (scenario, method) pairs skipped")
+            return
+        summary = run_suite(spec, out, root=root, cache_dir=cache, retry_failed=retry_failed,
+                            rerun_changed=rerun_changed)
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/yellow]: finished cells are saved in {out}; "
+                          "run the same command again to resume")
+        raise typer.Exit(code=130) from None
+    except USER_ERRORS as err:
+        fail(err)
+    table = summary_rows([r for r in read_records(summary.results_path) if r["suite"] == spec.name])
+    console.print(_rich_table(table, f"suite {spec.name}"))
+    console.print(f"{summary.ran} cells run, {summary.reused} reused, {summary.skipped} skipped, "
+                  f"{len(summary.failed)} failed in {summary.seconds:.0f}s → {summary.results_path}")
+    for scenario, method, seed, status in summary.failed:
+        err_console.print(f"[red]{scenario}/{method}/seed {seed}[/red]: {status}")
+    console.print(f"report: excise report {summary.results_path} --out {Path(out) / 'report'}")
+
+
+def _rich_table(table: Any, title: str) -> Table:
+    out = Table(title=title, title_justify="left", caption=table.caption)
+    for i, header in enumerate(table.headers):
+        out.add_column(header, justify="left" if i == 0 else "right")
+    for row in table.rows:
+        out.add_row(*row)
+    return out
+
+
+@app.command("report")
+def report_command(
+    results: Path = typer.Argument(..., help="A results.jsonl written by `excise bench` (or its directory)."),
+    out: Path = typer.Option(..., help="Directory for report.md, report.html and figures/."),
+    title: str | None = typer.Option(None, help="Report title."),
+) -> None:
+    """Markdown + self-contained HTML report (tables and plots) from a results file."""
+    from excise.bench.report import build_report
+
+    try:
+        files = build_report(results, out, title=title)
+    except USER_ERRORS as err:
+        fail(err)
+    console.print(f"wrote {files.markdown} and {files.html} ({len(files.figures)} figures)")
 
 
 if __name__ == "__main__":

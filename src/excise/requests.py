@@ -18,7 +18,7 @@ empty forget set). Every refusal names the field, the bad value and what was all
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,9 @@ import torch
 from excise.data.base import LabeledData, _resolve_label
 
 KINDS: tuple[str, ...] = ("samples", "class", "subclass", "target")
+CLASS_TARGETS = "class_targets"
+"""``LabeledData.extras`` key of a per-sample class index (into ``classes``) for tasks whose ``targets`` are not
+class indices — a sequence's source chain (:mod:`excise.tasks.sequence`); ``class`` requests select on it."""
 
 
 class RequestError(ValueError):
@@ -175,17 +178,39 @@ class ResolvedRequest:
     label_indices: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class TargetSplitter:
+    """How a ``target`` request splits a task whose targets are not multi-hot columns (a dense task).
+
+    ``presence(data)`` is the ``N x K`` bool matrix of which classes each instance carries;
+    ``drop(data, labels)`` returns the same rows with those classes removed from the targets (and from
+    any extras that name them) — the retain view, what the retrained reference trains on.
+    """
+
+    presence: Callable[[LabeledData], torch.Tensor]
+    drop: Callable[[LabeledData, tuple[int, ...]], LabeledData]
+
+
+_TARGET_SPLITTERS: dict[str, TargetSplitter] = {}
+
+
+def register_target_splitter(task: str, splitter: TargetSplitter) -> None:
+    """Let ``target`` requests serve ``task`` (segmentation, detection): see :func:`split`."""
+    _TARGET_SPLITTERS[task] = splitter
+
+
 def resolve(data: LabeledData, request: ForgetRequest) -> ResolvedRequest:
     """Check ``request`` against ``data`` and find the training rows it names."""
     n = len(data)
-    if request.kind == "target" and data.task != "multilabel":
+    if request.kind == "target" and data.task != "multilabel" and data.task not in _TARGET_SPLITTERS:
         raise RequestError(
             f"kind='target' forgets one label of a multi-label task, but data set {data.name!r} is "
             f"{data.task}; use kind='class' to forget a whole class"
         )
-    if request.kind in ("class", "subclass") and data.task != "multiclass":
+    by_class_targets = request.kind == "class" and data.task != "multiclass" and CLASS_TARGETS in data.extras
+    if request.kind in ("class", "subclass") and data.task != "multiclass" and not by_class_targets:
         raise RequestError(
-            f"kind={request.kind!r} needs a single-label (multiclass) data set; {data.name!r} is multilabel "
+            f"kind={request.kind!r} needs a single-label (multiclass) data set; {data.name!r} is {data.task} "
             "— use kind='target' to forget one of its labels"
         )
     if request.kind == "samples":
@@ -203,7 +228,8 @@ def resolve(data: LabeledData, request: ForgetRequest) -> ResolvedRequest:
         return ResolvedRequest(request, forget)
     if request.kind == "class":
         labels = tuple(_resolve_label(lbl, data.classes, "labels") for lbl in request.labels)
-        forget = np.flatnonzero(np.isin(data.targets.numpy(), labels))
+        owners = data.extras[CLASS_TARGETS] if by_class_targets else data.targets
+        forget = np.flatnonzero(np.isin(owners.numpy(), labels))
     elif request.kind == "subclass":
         if data.subclass_targets is None:
             raise RequestError(
@@ -216,7 +242,11 @@ def resolve(data: LabeledData, request: ForgetRequest) -> ResolvedRequest:
         labels = tuple(_resolve_label(lbl, data.classes, "labels") for lbl in request.labels)
         if len(set(labels)) == data.num_classes:
             raise RequestError("kind='target' cannot forget every target: at least one must remain")
-        forget = np.flatnonzero(data.targets[:, list(labels)].numpy().max(axis=1) > 0.5)
+        if data.task in _TARGET_SPLITTERS:
+            present = _TARGET_SPLITTERS[data.task].presence(data)
+            forget = np.flatnonzero(present[:, list(labels)].numpy().any(axis=1))
+        else:
+            forget = np.flatnonzero(data.targets[:, list(labels)].numpy().max(axis=1) > 0.5)
     if len(forget) == 0:
         raise RequestError(f"request {request.describe()!r} selects no training sample: the forget set is empty")
     if request.kind != "target" and len(forget) == n:
@@ -230,9 +260,19 @@ def split(data: LabeledData, request: ForgetRequest) -> tuple[LabeledData, Label
     For ``samples``, ``class`` and ``subclass`` the two sets partition the rows. For ``target`` the
     forget set is every instance that carries a forgotten target, with ``label_mask`` selecting only the
     forgotten columns, and the retain set is *every* instance with ``label_mask`` selecting the remaining
-    columns: the other labels of a forgotten instance are still to be known.
+    columns: the other labels of a forgotten instance are still to be known. Tasks with a registered
+    :class:`TargetSplitter` (segmentation, detection) define their own retain view, see ``excise.tasks``.
     """
     resolved = resolve(data, request)
+    if request.kind == "target" and data.task in _TARGET_SPLITTERS:
+        # Dense tasks: the forget view is the instances that carry the class, with their original targets and
+        # a label mask naming the forgotten class(es); the retain view is every instance with the class removed
+        # (its pixels relabelled background, its boxes dropped).
+        forget_set = data.subset(resolved.forget_indices)
+        forget_set.label_mask = torch.zeros(len(forget_set), data.num_classes, dtype=torch.bool)
+        forget_set.label_mask[:, list(resolved.label_indices)] = True
+        return forget_set, _TARGET_SPLITTERS[data.task].drop(data.subset(np.arange(len(data))),
+                                                             tuple(resolved.label_indices))
     if request.kind != "target":
         keep = np.ones(len(data), dtype=bool)
         keep[resolved.forget_indices] = False

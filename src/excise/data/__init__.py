@@ -4,9 +4,11 @@ for CIFAR-10/100 and CelebA. Nothing here downloads."""
 from excise.data import celeba as _celeba  # noqa: F401  (registers)
 from excise.data import cifar as _cifar  # noqa: F401  (registers)
 from excise.data import digits as _digits  # noqa: F401  (registers)
+from excise.data import markov as _markov  # noqa: F401  (registers)
 from excise.data import mnist as _mnist  # noqa: F401  (registers)
 from excise.data import multidigits as _multidigits  # noqa: F401  (registers)
 from excise.data.base import DatasetBundle, LabeledData
 from excise.data.registry import list_datasets, load_dataset, register_dataset
+from excise.tasks import dense as _dense_tasks  # noqa: F401, E402  (registers multidigits-seg/-det)
 
 __all__ = ["DatasetBundle", "LabeledData", "list_datasets", "load_dataset", "register_dataset"]

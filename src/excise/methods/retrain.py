@@ -33,7 +33,7 @@ class Retrain(UnlearningMethod):
     paper = "Exact unlearning by retraining on the retain set (Bourtoule et al., IEEE S&P 2021, 'Machine Unlearning')"
     needs_retain = True
     kinds = ("samples", "class", "subclass", "target")
-    tasks = ("multiclass", "multilabel")
+    tasks = ("multiclass", "multilabel", "sequence", "segmentation", "detection")
     Config = RetrainConfig
 
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from torch import nn
 
 from excise.models import cnn as _cnn  # noqa: F401  (registers)
+from excise.models import dense as _dense  # noqa: F401  (registers)
+from excise.models import gpt as _gpt  # noqa: F401  (registers)
 from excise.models import resnet as _resnet  # noqa: F401  (registers)
 from excise.models.registry import create_model, list_models, model_spec, register_model
 

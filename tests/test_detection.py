@@ -1,0 +1,340 @@
+"""Detection: CenterNet targets/decoding, pure-torch NMS and peaks, COCO AP on hand-computed cases, the
+target split (boxes removed), and target-level unlearning on small seeded canvases."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from excise.data import load_dataset
+from excise.experiment import run_method, train_original
+from excise.metrics import EvalViews, evaluate
+from excise.metrics.dense import detection_ap
+from excise.models import create_model
+from excise.models.dense import (
+    OUTPUT_STRIDE,
+    batched_nms,
+    box_iou,
+    decode_centernet,
+    encode_centernet_targets,
+    heatmap_peaks,
+    nms,
+)
+from excise.requests import ForgetRequest, split
+from excise.tasks.detection import detection_loss
+from excise.training import TrainConfig
+
+# --- NMS and peaks -------------------------------------------------------------------------------------
+
+
+def test_box_iou_by_hand() -> None:
+    a = torch.tensor([[0.0, 0, 10, 10]])
+    b = torch.tensor([[0.0, 0, 10, 10], [5, 0, 15, 10], [10, 10, 20, 20], [0, 0, 10, 6.2]])
+    assert torch.allclose(box_iou(a, b), torch.tensor([[1.0, 50 / 150, 0.0, 0.62]]))
+
+
+def test_nms_hand_case() -> None:
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
+    # IoU(box 1, box 3) = 81 / 119 = 0.68: suppressed at 0.5, kept at 0.7. Box 0 duplicates box 3 (IoU 1).
+    assert nms(boxes, scores, 0.5).tolist() == [3, 2]
+    assert nms(boxes, scores, 0.7).tolist() == [3, 1, 2]
+    # Equal IoU and threshold: torchvision keeps a box whose IoU is not *greater* than the threshold.
+    assert nms(boxes[[0, 3]], scores[[0, 3]], 1.0).tolist() == [1, 0]
+
+
+def _reference_nms(boxes: list[list[float]], scores: list[float], threshold: float) -> list[int]:
+    def iou(a: list[float], b: list[float]) -> float:
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+        return w * h / union if union > 0 else 0.0
+
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    keep: list[int] = []
+    for i in order:
+        if all(iou(boxes[i], boxes[j]) <= threshold for j in keep):
+            keep.append(i)
+    return keep
+
+
+def test_nms_matches_a_brute_force_reference_on_random_boxes() -> None:
+    rng = random.Random(0)
+    for _ in range(30):
+        n = rng.randint(1, 25)
+        boxes = []
+        for _ in range(n):
+            x, y = rng.uniform(0, 20), rng.uniform(0, 20)
+            boxes.append([x, y, x + rng.uniform(1, 10), y + rng.uniform(1, 10)])
+        scores = [rng.random() for _ in range(n)]
+        threshold = rng.choice([0.3, 0.5, 0.7])
+        got = nms(torch.tensor(boxes), torch.tensor(scores), threshold).tolist()
+        assert got == _reference_nms(boxes, scores, threshold)
+
+
+def test_batched_nms_only_suppresses_within_a_label() -> None:
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    labels = torch.tensor([0, 1, 0])
+    assert batched_nms(boxes, scores, labels, 0.5).tolist() == [0, 1]
+
+
+def test_nms_refuses_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="boxes M x 4"):
+        nms(torch.zeros(3, 4), torch.zeros(2), 0.5)
+
+
+def test_heatmap_peaks_keep_local_maxima_only() -> None:
+    heat = torch.zeros(1, 1, 5, 5)
+    heat[0, 0, 1, 1], heat[0, 0, 1, 2], heat[0, 0, 3, 3], heat[0, 0, 4, 4] = 0.9, 0.5, 0.7, 0.6
+    peaks = heatmap_peaks(heat)
+    assert torch.nonzero(peaks[0, 0]).tolist() == [[1, 1], [3, 3]]
+    assert peaks[0, 0, 1, 1] == 0.9 and peaks[0, 0, 3, 3] == 0.7
+    with pytest.raises(ValueError, match="kernel"):
+        heatmap_peaks(heat, kernel=2)
+
+
+# --- targets, decoding, loss ------------------------------------------------------------------------
+
+
+def _ideal_outputs(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """What a perfect CenterNet would output for these training maps."""
+    heat = targets[:, :num_classes].clamp(1e-6, 1 - 1e-6)
+    logits = torch.log(heat / (1 - heat))
+    return torch.cat([logits, targets[:, num_classes : num_classes + 4]], dim=1)
+
+
+def test_encode_then_decode_recovers_the_boxes() -> None:
+    boxes = [torch.tensor([[2.0, 3, 9, 11], [13, 1, 18, 8]]), torch.tensor([[5.0, 5, 12, 13]])]
+    labels = [torch.tensor([0, 2]), torch.tensor([1])]
+    targets = encode_centernet_targets(boxes, labels, 3, (24, 24))
+    assert targets.shape == (2, 3 + 5, 24 // OUTPUT_STRIDE, 24 // OUTPUT_STRIDE)
+    # Peak 1 exactly at each centre cell, size/offset/class written there.
+    cx, cy = (2 + 9) / 2 / OUTPUT_STRIDE, (3 + 11) / 2 / OUTPUT_STRIDE
+    assert targets[0, 0, int(cy), int(cx)] == 1.0
+    assert targets[0, 3:5, int(cy), int(cx)].tolist() == [7.0, 8.0]
+    assert targets[0, 7, int(cy), int(cx)] == 1.0  # 1 + class 0
+    detections = decode_centernet(_ideal_outputs(targets, 3), 3, image_size=(24, 24))
+    for image, (truth, truth_labels) in enumerate(zip(boxes, labels, strict=True)):
+        confident = detections[image]["scores"] > 0.99
+        found = detections[image]["boxes"][confident]
+        assert sorted(detections[image]["labels"][confident].tolist()) == sorted(truth_labels.tolist())
+        order = torch.argsort(detections[image]["labels"][confident])
+        assert torch.allclose(found[order], truth[torch.argsort(truth_labels)], atol=1e-4)
+
+
+def test_decode_refuses_wrong_channel_count() -> None:
+    with pytest.raises(ValueError, match="outputs must be N x 7"):
+        decode_centernet(torch.zeros(1, 5, 4, 4), 3)
+
+
+def test_loss_is_near_zero_for_ideal_outputs_and_respects_the_label_mask() -> None:
+    boxes = [torch.tensor([[2.0, 3, 9, 11], [13, 1, 18, 8]])]
+    labels = [torch.tensor([0, 2])]
+    targets = encode_centernet_targets(boxes, labels, 3, (24, 24))
+    ideal = _ideal_outputs(targets, 3)
+    # Not exactly 0: the focal loss still penalises the Gaussian's shoulders a little, (1 - h)^4 h^2 log(1 - h).
+    assert detection_loss(ideal, targets, None).item() < 1e-2
+    wrong = ideal.clone()
+    wrong[:, 2] = 0.0  # class 2's heat-map says 0.5 everywhere
+    assert detection_loss(wrong, targets, None).item() > 1.0
+    only_class0 = torch.tensor([[True, False, False]])
+    only_class2 = torch.tensor([[False, False, True]])
+    assert detection_loss(wrong, targets, only_class0).item() < 1e-2  # class 2 is outside the mask
+    # Class 2's loss where it is present: the focal term at its one centre, p = 0.5 there.
+    assert detection_loss(wrong, targets, only_class2).item() == pytest.approx(0.25 * math.log(2), abs=1e-4)
+    spread = ideal.clone()
+    spread[:, 2] = 5.0  # confident class-2 heat everywhere: only the negatives are wrong
+    assert detection_loss(spread, targets, only_class2).item() < 1e-2
+    assert detection_loss(spread, targets, None).item() > 1.0
+    bad_size = ideal.clone()
+    bad_size[:, 3:5] += 2.0  # every size off by 2 px: 0.1 x (2 + 2) per object
+    base = detection_loss(ideal, targets, None).item()
+    assert detection_loss(bad_size, targets, None).item() == pytest.approx(base + 0.4, abs=1e-4)
+
+
+# --- COCO AP on hand-computed cases -------------------------------------------------------------------
+
+
+def _pred(boxes: list[list[float]], scores: list[float], labels: list[int]) -> dict[str, torch.Tensor]:
+    return {"boxes": torch.tensor(boxes).reshape(-1, 4), "scores": torch.tensor(scores),
+            "labels": torch.tensor(labels, dtype=torch.long)}
+
+
+def test_ap_of_a_ranked_list_with_one_false_positive() -> None:
+    truth_boxes = [torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([[5.0, 5, 15, 15]])]
+    truth_labels = [torch.tensor([0]), torch.tensor([0])]
+    preds = [_pred([[0, 0, 10, 10]], [0.9], [0]),
+             _pred([[20, 20, 30, 30], [5, 5, 15, 15]], [0.8, 0.7], [0, 0])]
+    # Ranked TP, FP, TP: precision 1 up to recall 0.5, then 2/3. COCO's 101 recall points: 51 at 1, 50 at 2/3.
+    expected = 100 * (51 * 1.0 + 50 * (2 / 3)) / 101
+    out = detection_ap(preds, truth_boxes, truth_labels, num_classes=2)
+    assert out["AP50"][0] == pytest.approx(expected, abs=1e-6)
+    assert out["AP"][0] == pytest.approx(expected, abs=1e-6)  # exact boxes: every IoU threshold agrees
+    assert math.isnan(out["AP50"][1]) and math.isnan(out["AP"][1])  # class 1 has no ground truth
+
+
+def test_ap_over_iou_thresholds_and_missed_classes() -> None:
+    truth_boxes = [torch.tensor([[0.0, 0, 10, 10], [12, 12, 20, 20]])]
+    truth_labels = [torch.tensor([0, 1])]
+    # Class 0 found with IoU 0.62: a match at thresholds 0.50, 0.55, 0.60 only. Class 1 is predicted as class 0.
+    preds = [_pred([[0, 0, 10, 6.2], [12, 12, 20, 20]], [0.9, 0.6], [0, 0])]
+    out = detection_ap(preds, truth_boxes, truth_labels, num_classes=2)
+    assert out["AP50"][0] == pytest.approx(100.0)  # the false positive ranks below the only true positive
+    assert out["AP"][0] == pytest.approx(30.0)
+    assert out["AP50"][1] == 0.0 and out["AP"][1] == 0.0
+
+
+def test_ap_with_no_detection_is_zero_where_there_is_truth() -> None:
+    out = detection_ap([_pred([], [], [])], [torch.tensor([[0.0, 0, 4, 4]])], [torch.tensor([1])], num_classes=2)
+    assert math.isnan(out["AP50"][0]) and out["AP50"][1] == 0.0
+
+
+def test_ap_refuses_misaligned_inputs() -> None:
+    with pytest.raises(ValueError, match="one entry per image"):
+        detection_ap([], [torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)], num_classes=1)
+
+
+# --- data and requests -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_det():
+    return load_dataset("multidigits-det", seed=0, num_train=60, num_test=30, canvas_size=24, max_digits=3)
+
+
+def test_view_matches_multidigits(small_det) -> None:
+    base = load_dataset("multidigits", seed=0, num_train=60, num_test=30, canvas_size=24, max_digits=3)
+    assert small_det.task == "detection" and small_det.classes == base.classes
+    assert torch.equal(small_det.train.inputs, base.train.inputs)
+    for mine, theirs in zip(small_det.train.extras["boxes"], base.train.extras["boxes"], strict=True):
+        assert torch.equal(mine, theirs)
+    with pytest.raises(ValueError, match="unknown option"):
+        load_dataset("multidigits-det", colour=True)
+
+
+def test_target_split_removes_the_boxes(small_det) -> None:
+    forget, retain = split(small_det.train, ForgetRequest(kind="target", labels=("2",)))
+    carries = [2 in labels.tolist() for labels in small_det.train.extras["box_labels"]]
+    assert len(forget) == sum(carries) and len(retain) == len(small_det.train)
+    assert forget.label_mask[:, 2].all() and not forget.label_mask[:, [0, 1, 3, 4]].any()
+    assert all(2 in labels.tolist() for labels in forget.extras["box_labels"])
+    assert all(2 not in labels.tolist() for labels in retain.extras["box_labels"])
+    assert retain.targets[:, 2].abs().sum() == 0  # no heat for class 2 anywhere
+    # The other classes' maps are untouched.
+    assert torch.equal(retain.targets[:, [0, 1, 3, 4]], small_det.train.targets[:, [0, 1, 3, 4]])
+    # The caller's data is never modified.
+    assert any(2 in labels.tolist() for labels in small_det.train.extras["box_labels"])
+
+
+def test_class_requests_are_refused_on_detection(small_det) -> None:
+    with pytest.raises(ValueError, match="is detection"):
+        split(small_det.train, ForgetRequest(kind="class", labels=("2",)))
+    with pytest.raises(ValueError, match="not a known class"):
+        split(small_det.train, ForgetRequest(kind="target", labels=("background",)))
+
+
+def test_centernet_is_refused_bad_width() -> None:
+    with pytest.raises(ValueError, match="width=0"):
+        create_model("centernet", width=0)
+
+
+
+
+# --- target-level unlearning on small seeded canvases ---------------------------------------------------
+# The benchmark's setting (benchmarks/dense.py): 24 px canvases of 2-3 digits of 5 classes, width-16 CenterNet.
+DATA = {"num_train": 600, "num_test": 300, "canvas_size": 24, "max_digits": 3}
+RECIPE = TrainConfig(epochs=15, batch_size=16, lr=0.003, optimizer="adam", weight_decay=0.0)
+FORGET = "2"
+
+
+@pytest.fixture(scope="module")
+def trained():
+    bundle = load_dataset("multidigits-det", seed=0, **DATA)
+    model, _ = train_original(bundle, "centernet", RECIPE, seed=0, width=16)
+    views = EvalViews.from_bundle(bundle, ForgetRequest(kind="target", labels=(FORGET,)))
+    _, reference = run_method("retrain", model, views, RECIPE, seed=0)
+    return {"bundle": bundle, "model": model, "views": views, "original": evaluate(model, views),
+            "reference": reference}
+
+
+def test_original_and_retrained_models(trained) -> None:
+    original, reference = trained["original"], trained["reference"].metrics
+    assert original["forget_AP50"] > 90 and original["retain_mAP50"] > 90
+    assert reference["forget_AP50"] < 5 and reference["forget_AP50_all"] < 5
+    assert reference["retain_mAP50"] > 90
+
+
+def test_essential_graph_forgets_the_class_and_keeps_the_others(trained) -> None:
+    model, views, original, reference = trained["model"], trained["views"], trained["original"], trained["reference"]
+    _, record = run_method("dense_essential_graph", model, views, RECIPE, seed=0, reference=reference)
+    metrics = record.metrics
+    assert metrics["forget_AP50"] <= reference.metrics["forget_AP50"] + 10
+    assert metrics["retain_mAP50"] >= original["retain_mAP50"] - 3
+    assert record.stats["pruned_channels"] > 0 and record.speedup > 10
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known limitation, measured: the pruned neck/backbone channels also feed the box-size head, so the remaining "
+    "classes' boxes get less precise — AP@[.5:.95] falls ~36 points while AP@0.5 holds (benchmarks/dense.py)"))
+def test_essential_graph_keeps_the_remaining_classes_box_precision(trained) -> None:
+    _, record = run_method("dense_essential_graph", trained["model"], trained["views"], RECIPE, seed=0)
+    assert record.metrics["retain_mAP"] >= trained["original"]["retain_mAP"] - 3
+
+
+def test_balanced_graph_beats_the_unbalanced_one_on_the_remaining_classes(trained) -> None:
+    model, views = trained["model"], trained["views"]
+    _, balanced = run_method("dense_essential_graph", model, views, RECIPE, seed=0)
+    _, unbalanced = run_method("dense_essential_graph_unbalanced", model, views, RECIPE, seed=0)
+    assert unbalanced.stats["pruned_channels"] > balanced.stats["pruned_channels"]
+    assert balanced.metrics["retain_mAP50"] > unbalanced.metrics["retain_mAP50"]
+    assert balanced.metrics["retain_mAP"] > unbalanced.metrics["retain_mAP"]
+
+
+def test_baselines_lower_the_forgotten_class(trained) -> None:
+    model, views, original = trained["model"], trained["views"], trained["original"]
+    _, finetuned = run_method("dense_finetune", model, views, RECIPE, seed=0)
+    _, ascended = run_method("dense_gradient_ascent", model, views, RECIPE, seed=0)
+    assert finetuned.metrics["forget_AP50"] < original["forget_AP50"] - 20
+    assert ascended.metrics["forget_AP50"] < original["forget_AP50"] - 20
+
+
+# --- the command line --------------------------------------------------------------------------------
+
+
+def test_cli_train_unlearn_evaluate_and_plot(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from excise.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: object):
+        return runner.invoke(app, ["--quiet", *map(str, args)])
+
+    options = ["--data-option", "num_train=40", "--data-option", "num_test=20", "--data-option", "canvas_size=24",
+               "--data-option", "max_digits=3"]
+    original = tmp_path / "det.safetensors"
+    result = invoke("train", "--task", "detection", "--out", original, "--width", 4, "--epochs", 1,
+                    "--optimizer", "adam", "--lr", 0.003, *options)
+    assert result.exit_code == 0, result.output
+    meta = json.loads(original.with_suffix(".json").read_text())
+    assert meta["model"]["name"] == "centernet" and meta["dataset"]["name"] == "multidigits-det"
+    unlearned = tmp_path / "unlearned.safetensors"
+    result = invoke("unlearn", original, "--method", "dense_essential_graph", "--request", "target:2",
+                    "--out", unlearned, "--param", "proportion=0.5")
+    assert result.exit_code == 0, result.output
+    picture = tmp_path / "grid.png"
+    result = invoke("evaluate", unlearned, "--request", "target:2", "--plot", picture, "--before", original)
+    assert result.exit_code == 0, result.output
+    assert "forget_AP50" in result.output and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = invoke("evaluate", unlearned, "--request", "target:2", "--plot", picture)
+    assert result.exit_code != 0 and "exists" in result.output
+    result = invoke("train", "--task", "detection", "--dataset", "multidigits-seg", "--out", tmp_path / "x.safetensors")
+    assert result.exit_code != 0 and "multidigits-seg" in result.output and "multidigits-det" in result.output
+    result = invoke("train", "--task", "pose", "--out", tmp_path / "x.safetensors")
+    assert result.exit_code != 0 and "task='pose'" in result.output
