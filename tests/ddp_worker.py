@@ -1,5 +1,12 @@
-"""Run under ``torchrun`` (or plainly) by test_distributed.py: train, retrain and unlearn on the digits and
-write what each rank ended with, so the test can compare against a single-process run."""
+"""Run by test_distributed.py, under ``torchrun`` or as one plain process: train, retrain and unlearn on the
+digits and write what every rank ended with, so the test can compare the two.
+
+    python ddp_worker.py OUT.json METHOD START.safetensors
+
+trains an original model, retrains without class 3, then unlearns class 3 with METHOD starting from the
+weights in START.safetensors, written by this script when absent (the single-process run writes them, the
+torchrun run reads them, so the two unlearning runs start from the same weights).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +14,22 @@ import hashlib
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("EXCISE_PROGRESS", "0")
 
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 from excise import distributed  # noqa: E402
 from excise.data import load_dataset  # noqa: E402
-from excise.experiment import run_method, train_original  # noqa: E402
-from excise.metrics import EvalViews  # noqa: E402
+from excise.experiment import build_model, run_method, train_original  # noqa: E402
+from excise.metrics import EvalViews, evaluate  # noqa: E402
 from excise.requests import ForgetRequest  # noqa: E402
 from excise.training import TrainConfig  # noqa: E402
 
 RECIPE = TrainConfig(epochs=12, batch_size=64, lr=0.05)
+WIDTH = 16
 
 
 def param_hash(model: torch.nn.Module) -> str:
@@ -30,34 +39,39 @@ def param_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def main(out_path: str, method: str) -> None:
+def main(out_path: str, method: str, start_path: str) -> None:
     torch.set_num_threads(1)
     distributed.init_from_env()
     bundle = load_dataset("digits", seed=0)
     views = EvalViews.from_bundle(bundle, ForgetRequest(kind="class", labels=("3",)))
-    original, _ = train_original(bundle, "small_cnn", RECIPE, seed=0, width=8)
-    from excise.metrics import evaluate
-
-    result = {"original": evaluate(original, views)}
+    original, _ = train_original(bundle, "small_cnn", RECIPE, seed=0, width=WIDTH)
     retrained, retrain_record = run_method("retrain", original, views, RECIPE, seed=0)
-    result["retrain"] = retrain_record.metrics
-    unlearned, record = run_method(method, original, views, RECIPE, seed=0)
-    result["unlearn"] = record.metrics
-    result["unlearn_stats"] = {k: v for k, v in record.stats.items() if k in ("steps", "stop_reason")}
-    hashes = {name: param_hash(m) for name, m in (("original", original), ("retrain", retrained),
-                                                   ("unlearn", unlearned))}
-    hashes["steps"] = record.stats.get("steps")
-    gathered = [hashes]
+    if not Path(start_path).exists():
+        if distributed.is_distributed():
+            raise SystemExit(f"{start_path} must be written by a single-process run first")
+        save_file({k: v.contiguous() for k, v in original.state_dict().items()}, start_path)
+    start = build_model(bundle, "small_cnn", seed=0, width=WIDTH)
+    start.load_state_dict(load_file(start_path))
+    start.eval()
+    unlearned, record = run_method(method, start, views, RECIPE, seed=0)
+    mine = {
+        "original": param_hash(original), "retrain": param_hash(retrained), "unlearn": param_hash(unlearned),
+        # What this rank's own loop did (before the final broadcast of rank 0's model).
+        "steps": record.stats.get("steps"), "stop_reason": record.stats.get("stop_reason"),
+    }
+    per_rank = [mine]
     if distributed.is_distributed():
-        gathered = [None] * distributed.world_size()
-        dist.all_gather_object(gathered, hashes)
-    result["per_rank"] = gathered
-    result["world_size"] = distributed.world_size()
+        per_rank = [None] * distributed.world_size()
+        torch.distributed.all_gather_object(per_rank, mine)
+    result = {
+        "world_size": distributed.world_size(),
+        "original": evaluate(original, views), "retrain": retrain_record.metrics, "unlearn": record.metrics,
+        "per_rank": per_rank,
+    }
     if distributed.is_main():
-        with open(out_path, "w") as handle:
-            json.dump(result, handle)
+        Path(out_path).write_text(json.dumps(result))
     distributed.barrier()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "gradient_ascent")
+    main(*sys.argv[1:4])

@@ -13,13 +13,20 @@ Choices:
   each rank normalises with its own per-rank batch statistics and the running statistics of rank 0 are
   broadcast at the end; results then match single-process runs within a small tolerance, not bit for bit.
 - **Rank 0 writes**: only the main process writes checkpoints, results and reports (:func:`is_main`).
+- **Methods with their own loops** shard each batch's rows across ranks (:func:`shard_rows`, contiguous
+  chunks in rank order, so a gather restores the original order), scale the local loss by the local share of
+  the batch and sum gradients over ranks (:func:`all_reduce_gradients`): one step is the single-process step
+  on the whole batch. Statistics that drive a decision (a stopping rule, a Fisher diagonal, per-sample
+  influences) are reduced or gathered so every rank decides the same; what no method parallelises runs
+  replicated (same data, same seed on every rank), and :func:`broadcast_module` makes rank 0's result final.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
@@ -46,8 +53,25 @@ def init_from_env() -> bool:
     return True
 
 
+_independent = False
+
+
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True under torchrun with more than one process, outside :func:`independent` blocks."""
+    return not _independent and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextmanager
+def independent() -> Iterator[None]:
+    """Run a block as if single-process: no collectives, no DDP, this rank acts alone (and as "main").
+
+    For work dealt to one rank (a benchmark cell): the caller decides who writes *before* entering."""
+    global _independent
+    previous, _independent = _independent, True
+    try:
+        yield
+    finally:
+        _independent = previous
 
 
 def world_size() -> int:
@@ -102,9 +126,72 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return holder[0]
 
 
+def all_gather_objects(obj: T) -> list[T]:
+    """Every rank's ``obj``, in rank order (``[obj]`` on one process)."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[T] = [None] * world_size()  # type: ignore[list-item]
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def on_main(fn: Callable[[], T]) -> T:
     """Compute on rank 0 and broadcast the result to every rank."""
     return broadcast_object(fn() if is_main() else None)
+
+
+def shard_slice(n: int) -> slice:
+    """This rank's contiguous chunk of ``n`` rows (``numpy.array_split`` sizes; may be empty when n < N)."""
+    size, r = world_size(), rank()
+    base, extra = divmod(n, size)
+    start = r * base + min(r, extra)
+    return slice(start, start + base + (1 if r < extra else 0))
+
+
+def shard_rows(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The rows of ``batch`` (a dict of tensors sharing dim 0) that this rank computes on."""
+    n = len(next(iter(batch.values())))
+    rows = shard_slice(n)
+    return {key: value[rows] if isinstance(value, Tensor) and value.dim() > 0 and len(value) == n else value
+            for key, value in batch.items()}
+
+
+def all_reduce_gradients(params: Iterable[Tensor]) -> None:
+    """Sum ``.grad`` over ranks in place (missing gradients count as zeros) with one collective."""
+    if not is_distributed():
+        return
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+def all_reduce_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Sum every tensor of ``tensors`` over ranks (one collective; copies, inputs untouched)."""
+    if not is_distributed():
+        return dict(tensors)
+    names = list(tensors)
+    flat = all_reduce_sum(torch.cat([tensors[n].reshape(-1) for n in names]))
+    out, offset = {}, 0
+    for n in names:
+        out[n] = flat[offset:offset + tensors[n].numel()].view_as(tensors[n]).clone()
+        offset += tensors[n].numel()
+    return out
+
+
+def broadcast_module(model: nn.Module, src: int = 0) -> None:
+    """Make every rank's parameters and buffers equal to rank ``src``'s (the result rank 0 writes)."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=src)
 
 
 def per_rank_batch_size(batch_size: int) -> int:

@@ -22,6 +22,10 @@ Influence (classic influence-function form with a damped diagonal empirical Fish
 ``F = mean_i g_i ⊙ g_i + damping`` (damping added *after* averaging), ``ḡ = mean_i g_i`` and
 ``I_i = −g_iᵀ F⁻¹ ḡ``. Since ``Σ_i I_i = −N ḡᵀF⁻¹ḡ ≤ 0``, at least one sample has negative influence
 whenever ``ḡ ≠ 0``.
+
+Under ``torchrun`` :func:`compute_influence` splits every batch across ranks: each rank computes the
+per-sample gradients of its rows, the Fisher and mean-gradient sums are all-reduced, and the influences
+are all-gathered in the input order, so every rank holds the same ``Influence`` a single process computes.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from excise import distributed
 from excise.progress import progress_bar
 
 SampleLoss = Callable[[Callable[..., Any], Mapping[str, Tensor]], Tensor]
@@ -162,34 +167,48 @@ def compute_influence(
         total = len(batches)  # type: ignore[arg-type]
     except TypeError:
         total = None
-    grad_sum = grad_sq = None
+    # Under torchrun each rank takes its contiguous share of every batch; the Fisher and mean-gradient sums
+    # are reduced and the per-sample influences gathered batch by batch, which restores the input order.
+    grad_sum = torch.zeros(size, dtype=params[0].dtype)
+    grad_sq = torch.zeros(size, dtype=params[0].dtype)
     cached: list[Tensor] | None = []
     count = 0
+
+    def local_grads(batch: Mapping[str, Tensor]) -> Tensor:
+        local = distributed.shard_rows(batch)
+        if len(next(iter(local.values()))) == 0:
+            return torch.zeros(0, size, dtype=params[0].dtype)
+        return per_sample_grads(model, params, sample_loss, local)
+
     with progress_bar(f"{description}: per-sample gradients", total) as bar:
         for batch in batches:
-            g = per_sample_grads(model, params, sample_loss, batch)
-            grad_sum = g.sum(0) if grad_sum is None else grad_sum + g.sum(0)
-            grad_sq = g.pow(2).sum(0) if grad_sq is None else grad_sq + g.pow(2).sum(0)
+            g = local_grads(batch)
+            grad_sum += g.sum(0)
+            grad_sq += g.pow(2).sum(0)
             count += g.shape[0]
             if cached is not None:
                 cached.append(g)
                 if count * size > cache_elements:
                     cached = None
             bar.advance(samples=count)
-    if count == 0 or grad_sum is None or grad_sq is None:
+    reduced = distributed.all_reduce_tensors(
+        {"sum": grad_sum, "sq": grad_sq, "count": torch.tensor([float(count)], dtype=grad_sum.dtype)}
+    )
+    count = int(reduced["count"].item())
+    if count == 0:
         raise ValueError("batches held no samples: there is nothing to compute influence on")
-    fisher = grad_sq / count + damping
-    mean_grad = grad_sum / count
+    fisher = reduced["sq"] / count + damping
+    mean_grad = reduced["sum"] / count
     direction = mean_grad / fisher
     if cached is not None:
-        influences = -(torch.cat(cached) @ direction)
+        influences = torch.cat([distributed.all_gather_cat(-(g @ direction)) for g in cached])
     else:
         if iter(batches) is batches:
             raise TypeError("batches is a one-shot iterator; pass a list or DataLoader so it can be read twice")
         parts = []
         with progress_bar(f"{description}: influence", total) as bar:
             for batch in batches:
-                parts.append(-(per_sample_grads(model, params, sample_loss, batch) @ direction))
+                parts.append(distributed.all_gather_cat(-(local_grads(batch) @ direction)))
                 bar.advance()
         influences = torch.cat(parts)
     return Influence(influences, fisher, mean_grad)

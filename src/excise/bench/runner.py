@@ -15,6 +15,14 @@ If a finished cell's configuration differs from the suite's (the suite file was 
 refused rather than silently mixing two configurations in one results file; ``rerun_changed=True``
 recomputes exactly the changed cells instead (their newer records supersede the old ones).
 
+Under ``torchrun`` the (scenario, seed) groups are dealt round-robin to the ranks (a static split, no
+scheduler): a rank runs its group's original, reference and method cells alone — single-process, inside
+:func:`excise.distributed.independent` — and after each round the records are all-gathered and rank 0
+appends them. Only rank 0 writes (results and cached models; another rank's models are used without being
+cached). Cells are independent and the bench's models are small, so spreading cells scales better than
+data-parallel cells would; times are then measured while the other ranks work on the other cores, which
+affects every cell of a run alike (the speed-up compares a method with the reference of the same rank).
+
 Timing and memory, measured in the same run and process as the method: ``time_s`` is the method's own
 wall time (``UnlearnResult.seconds``: excludes the defensive copy and the evaluation); ``speedup_vs_retrain``
 divides the reference's training time by it (the reference may come from the cache, i.e. an earlier run
@@ -49,6 +57,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 import excise
+from excise import distributed
 from excise.bench.memory import PeakRSS
 from excise.bench.store import RESULTS_FILE, ResultStore, status_of
 from excise.bench.suite import MethodSpec, Scenario, Suite, SuiteError, content_hash
@@ -133,8 +142,9 @@ def model_sha256(model: nn.Module) -> str:
 class ModelCache:
     """Checkpoints keyed by a content hash; written once, sha256-checked on every load."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, writable: bool = True) -> None:
         self.directory = Path(directory)
+        self.writable = writable
 
     def path(self, kind: str, payload: dict[str, Any]) -> Path:
         return self.directory / f"{kind}-{content_hash(payload)[:24]}.safetensors"
@@ -155,6 +165,8 @@ class ModelCache:
                 checkpoint = load_checkpoint(path)  # raises if the weights do not match their sha256
                 return checkpoint.model, checkpoint.meta, True
         model, meta = build()
+        if not self.writable:  # another rank of a torchrun job: use the model, leave the files to rank 0
+            return model, {**meta, "sha256": model_sha256(model)}, False
         save_checkpoint(path, model, {**meta, "cache_key": payload}, overwrite=True)
         checkpoint = load_checkpoint(path)
         return checkpoint.model, checkpoint.meta, False
@@ -338,7 +350,9 @@ class _Runner:
     def __init__(self, suite: Suite, out_dir: Path, cache_dir: Path, on_event: EventHook | None) -> None:
         self.suite = suite
         self.store = ResultStore(out_dir / RESULTS_FILE)
-        self.cache = ModelCache(cache_dir)
+        # Decided once, before any rank works alone: only rank 0 of a torchrun job writes results or models.
+        self.writes = distributed.is_main()
+        self.cache = ModelCache(cache_dir, writable=self.writes)
         self.on_event = on_event
         self.versions = {**versions(), "excise_code": code_version()[:16]}
 
@@ -446,6 +460,34 @@ class _Runner:
         record["status"] = "ok"
         return record
 
+    def run_group(self, item: _Prepared, seed: int, pending: list[_Cell],
+                  done: Callable[[dict[str, Any]], None]) -> None:
+        """Run the pending cells of one (scenario, seed) against its original and reference models; hand each
+        record to ``done`` as it finishes (a failing cell is recorded and the group goes on)."""
+        scenario_name = item.scenario.name
+        models: _GroupModels | None = None
+        group_error: BaseException | None = None
+        try:
+            models = _GroupModels(self, item, seed)
+        except Exception as err:  # noqa: BLE001 - recorded per cell; the suite goes on
+            group_error = err
+        for cell in pending:
+            info = {"scenario": scenario_name, "method": cell.label, "seed": seed}
+            self.emit("cell_start", info)
+            if models is None:
+                record = self.failed_record(cell, item, group_error, "original/reference: ")
+            else:
+                try:
+                    record = self.run_cell(cell, item, models)
+                except Exception as err:  # noqa: BLE001 - one failing method must not stop the suite
+                    record = self.failed_record(cell, item, err, "")
+            done(record)
+            self.emit("cell_done", {**info, "status": record["status"]})
+
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Store ``record`` (rank 0 only: the other ranks of a torchrun job never write)."""
+        return self.store.append(record) if self.writes else record
+
     def failed_record(self, cell: _Cell, item: _Prepared, err: BaseException, stage: str) -> dict[str, Any]:
         record = self._base_record(cell, item)
         record["status"] = f"failed: {stage}{type(err).__name__}: {err}"
@@ -490,6 +532,8 @@ def run_suite(
     runner = _Runner(suite, out_dir, Path(cache_dir) if cache_dir else out_dir / "cache", on_event)
     cells = _cells(suite, prepared)
     done = runner.store.latest()
+    # Every rank must plan from the same store: nobody appends before all have read it.
+    distributed.barrier()
     changed = [c for c in cells if (suite.name, *c.key) in done
                and done[(suite.name, *c.key)]["cell_hash"] != c.cell_hash]
     if changed and not rerun_changed:
@@ -515,10 +559,11 @@ def run_suite(
 
     ran = reused = skipped = 0
     failed: list[tuple[str, str, int, str]] = []
+    groups: dict[tuple[str, int], list[_Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.scenario.name, cell.seed), []).append(cell)
+    work: list[tuple[_Prepared, int, list[_Cell]]] = []
     with progress_bar(f"bench {suite.name}", len(cells)) as bar:
-        groups: dict[tuple[str, int], list[_Cell]] = {}
-        for cell in cells:
-            groups.setdefault((cell.scenario.name, cell.seed), []).append(cell)
         for (scenario_name, seed), group in groups.items():
             item = prepared[scenario_name]
             pending = []
@@ -528,35 +573,38 @@ def run_suite(
                     runner.emit("cell_reused", {"scenario": scenario_name, "method": cell.label, "seed": seed})
                     bar.advance(cell=f"{scenario_name}/{cell.label}/{seed}", status="done earlier")
                 elif cell.label in item.skips:
-                    runner.store.append(runner.skipped_record(cell, item, item.skips[cell.label]))
+                    runner.append(runner.skipped_record(cell, item, item.skips[cell.label]))
                     skipped += 1
                     bar.advance(cell=f"{scenario_name}/{cell.label}/{seed}", status="skipped")
                 else:
                     pending.append(cell)
-            if not pending:
-                continue
-            models: _GroupModels | None = None
-            group_error: BaseException | None = None
-            try:
-                models = _GroupModels(runner, item, seed)
-            except Exception as err:  # noqa: BLE001 - recorded per cell; the suite goes on
-                group_error = err
-            for cell in pending:
-                info = {"scenario": scenario_name, "method": cell.label, "seed": seed}
-                runner.emit("cell_start", info)
-                if models is None:
-                    record = runner.failed_record(cell, item, group_error, "original/reference: ")
-                else:
-                    try:
-                        record = runner.run_cell(cell, item, models)
-                    except Exception as err:  # noqa: BLE001 - one failing method must not stop the suite
-                        record = runner.failed_record(cell, item, err, "")
-                record = runner.store.append(record)
-                ran += 1
-                if status_of(record) == "failed":
-                    failed.append((scenario_name, cell.label, seed, record["status"]))
-                bar.advance(cell=f"{scenario_name}/{cell.label}/{seed}", status=status_of(record))
-                runner.emit("cell_done", {**info, "status": record["status"]})
+            if pending:
+                work.append((item, seed, pending))
+
+        def account(record: dict[str, Any]) -> None:
+            nonlocal ran
+            ran += 1
+            if status_of(record) == "failed":
+                failed.append((record["scenario"], record["method"], record["seed"], record["status"]))
+            bar.advance(cell=f"{record['scenario']}/{record['method']}/{record['seed']}", status=status_of(record))
+
+        if not distributed.is_distributed():
+            for item, seed, pending in work:
+                runner.run_group(item, seed, pending, lambda record: account(runner.append(record)))
+        else:
+            # Under torchrun the (scenario, seed) groups are dealt round-robin to the ranks; each rank runs its
+            # group alone (no collectives inside a cell) and after every round rank 0 appends all the records,
+            # so an interrupted run loses at most the round in flight.
+            size, rank = distributed.world_size(), distributed.rank()
+            for first in range(0, len(work), size):
+                mine: list[dict[str, Any]] = []
+                if first + rank < len(work):
+                    with distributed.independent():
+                        runner.run_group(*work[first + rank], mine.append)
+                for records in distributed.all_gather_objects(mine):
+                    for record in records:
+                        account(runner.append(record))
+    distributed.barrier()  # rank 0 has written everything before any rank reads the results
     return BenchSummary(runner.store.path, len(cells), ran, reused, failed, skipped, time.perf_counter() - start)
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from excise import distributed
 from excise.data.base import LabeledData
 from excise.training import SCHEDULES, make_loader, per_sample_loss
 
@@ -65,7 +66,11 @@ def diagonal_fisher(
     loader = make_loader(data, batch_size, shuffle=False)
     count = 0
     try:
-        for batch in loader:
+        for number, batch in enumerate(loader):
+            # Under torchrun the batches are dealt round-robin to the ranks and the sums reduced below: the
+            # same estimate as one process (every batch is one term either way).
+            if number % distributed.world_size() != distributed.rank():
+                continue
             if per_sample:
                 squares = _per_sample_squared_grads(model, named, batch, data.task)
                 for n in totals:
@@ -81,7 +86,9 @@ def diagonal_fisher(
                 count += 1
     finally:
         model.train(was_training)
-    return {n: t / max(count, 1) for n, t in totals.items()}
+    reduced = distributed.all_reduce_tensors({**totals, "__count__": torch.tensor([float(count)])})
+    count = int(reduced.pop("__count__").item())
+    return {n: t / max(count, 1) for n, t in reduced.items()}
 
 
 def _per_sample_squared_grads(

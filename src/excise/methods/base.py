@@ -12,6 +12,11 @@ Shaped after ``torch.optim`` (one class per algorithm over a shared base) and sc
 
 ``unlearn`` copies the caller's model, times the run and returns an :class:`UnlearnResult`; the
 caller's model is never modified.
+
+Under ``torchrun`` every rank calls ``unlearn`` with the same arguments. Methods that train through the one
+loop (:func:`excise.training.train`) are data-parallel through it; methods with their own loops say in their
+docstring what they shard (see :mod:`excise.distributed`); the rest run replicated. Either way rank 0's
+model is broadcast at the end, so every rank returns the model rank 0 writes.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from excise import distributed
 from excise.data.base import LabeledData
 from excise.requests import ForgetRequest, RequestError
 from excise.training import TrainConfig, config_from_dict
@@ -130,6 +136,9 @@ class UnlearningMethod(ABC):
         stats = self._unlearn(working, data, seed) or {}
         seconds = time.perf_counter() - start
         unlearned = stats.pop("model", working)
+        # Under torchrun every rank ran the method; the rank-0 result is the one written, so it is made every
+        # rank's (a no-op for data-parallel methods whose ranks already agree; see excise.distributed).
+        distributed.broadcast_module(unlearned)
         unlearned.eval()
         return UnlearnResult(unlearned, self.name, seconds, self.config_dict(), stats)
 

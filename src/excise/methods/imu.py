@@ -68,6 +68,10 @@ Defaults and scale — what changed from the official code and why (all overrida
   is known (the retrained model may still map it to its super-class), so the epoch budget rules. A float
   sets an explicit target, ``None`` restores the official fixed budget.
 
+Under ``torchrun``: the influences are computed data-parallel (:func:`excise.influence.compute_influence`
+splits the forget set across ranks, all-reduces the Fisher and gathers the per-sample influences), so every
+rank selects the same samples with the same weights; the ascent itself (10-20 steps on the head, whose loss
+uses the batch statistics of the whole forget batch) runs replicated on every rank with the same seed.
 Other choices where paper and code are silent: no data augmentation during unlearning (the official loop
 keeps the train transform on; excise's in-memory data has none); no warm-up or schedule (the official
 MultiStepLR milestones 91/136 never fire within 10 epochs); ``grad_batch_size`` only chunks the vectorised

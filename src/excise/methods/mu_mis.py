@@ -62,6 +62,9 @@ Choices where the paper (as retrievable: the official code was not public, see
   0, full-batch or batch 16 give the same or worse RA at equal FA. Adam (1e-5 .. 1e-3) was worse at equal FA
   (RA 80 % with lr 1e-4) or did not forget within 120 steps (lr 1e-5).
 - The gradient is taken w.r.t. whatever tensor is fed to the network (the delta ratio is scale-invariant).
+- **Under torchrun** each step's batch is split across ranks and the gradients summed (the step equals the
+  single-process one), and the monitor's statistic and forget accuracy are reduced over ranks, so every rank
+  stops at the same step for the same reason.
 
 Requirements on the model: a multiclass classifier whose forward is twice differentiable. In-place ops that
 break the input gradient or double backprop are refused with :class:`DoubleBackpropError` naming the module
@@ -80,6 +83,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from excise import distributed
 from excise.data.base import LabeledData
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.progress import progress_bar
@@ -297,11 +301,19 @@ class _Monitor:
         return cls(forget.inputs[rows], targets, draw_irrelevant(targets, forget.num_classes, generator))
 
     def sensitivity(self, model: nn.Module) -> float:
-        return irrelevant_sensitivity(model, self.inputs, self.irrelevant)
+        """The monitor statistic; under torchrun each rank takes its share of the rows and the sum is reduced,
+        so every rank sees the same value and the stopping rule fires at the same step on all of them."""
+        rows = distributed.shard_slice(len(self.inputs))
+        local = self.irrelevant[rows]
+        total = irrelevant_sensitivity(model, self.inputs[rows], local) * len(local) if len(local) else 0.0
+        return float(distributed.all_reduce_sum(torch.tensor(total, dtype=torch.float64))) / len(self.inputs)
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module) -> float:
-        return float((model(self.inputs).argmax(1) == self.targets).float().mean())
+        rows = distributed.shard_slice(len(self.inputs))
+        correct = (model(self.inputs[rows]).argmax(1) == self.targets[rows]).sum() if rows.stop > rows.start \
+            else torch.tensor(0)
+        return float(distributed.all_reduce_sum(correct.to(torch.float64))) / len(self.inputs)
 
 
 @register_method
@@ -367,18 +379,27 @@ class MuMis(UnlearningMethod):
         self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Tensor], num_classes: int,
         generator: torch.Generator,
     ) -> float:
-        """One MU-Mis update on a batch; c' is re-drawn for every sample at every step."""
+        """One MU-Mis update on a batch; c' is re-drawn for every sample at every step.
+
+        Under torchrun every rank draws the same ``c'`` (same generator), computes the loss on its share of the
+        rows scaled by that share, and the gradients are summed over ranks: the step equals the single-process
+        step on the whole batch (eval-mode BatchNorm, so samples do not interact)."""
         irrelevant = draw_irrelevant(batch["targets"], num_classes, generator)
         weight = self.config.irrelevant_weight
+        rows = distributed.shard_slice(len(irrelevant))
+        share = (rows.stop - rows.start) / len(irrelevant)
 
         def loss_and_backward(net: nn.Module) -> Tensor:
-            loss, _, _ = mu_mis_loss(net, batch["inputs"], batch["targets"], irrelevant, weight)
+            if share == 0:  # fewer rows than ranks: this rank contributes zero gradients
+                return torch.zeros(())
+            loss, _, _ = mu_mis_loss(net, batch["inputs"][rows], batch["targets"][rows], irrelevant[rows], weight)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the MU-Mis loss became {float(loss)}: the run diverged (lower lr)")
-            loss.backward()
-            return loss.detach()
+            (loss * share).backward()
+            return loss.detach() * share
 
         optimizer.zero_grad(set_to_none=True)
         loss = _guarded(model, loss_and_backward)
+        distributed.all_reduce_gradients(model.parameters())
         optimizer.step()
-        return float(loss)
+        return float(distributed.all_reduce_sum(loss))

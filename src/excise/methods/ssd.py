@@ -21,6 +21,9 @@ Defaults are the paper's ResNet-18 values, alpha = 10 and lambda = 1 (``selectio
 model_size_scaler`` with scaler 1 for ResNet-18, ``dampening_constant = 1`` in every official
 ``forget_*_main.py``). Being ratios of two importances of the same model they carry no data-set scale.
 
+Under ``torchrun`` both importance passes are data-parallel: the batches are dealt round-robin to the ranks
+and the squared-gradient sums all-reduced, so every rank dampens exactly the same entries.
+
 Choices where paper and code differ or are silent (documented, overridable):
 
 - ``importance="batch"`` (default) is the official estimator: the *mini-batch mean* gradient squared,
