@@ -154,3 +154,18 @@ def test_cli_report_writes_both_files(results, tmp_path):
     result = CliRunner().invoke(app, ["--quiet", "report", str(results.parent), "--out", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "rep" / "report.md").is_file() and (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_task_metrics_get_their_own_table(tmp_path):
+    # A sequence task's KL to the true chain is where its story is; the headline columns would hide it.
+    store = ResultStore(tmp_path / "results.jsonl")
+    ref = {"FA": 9.0, "RA": 21.7, "TA": 18.5, "MIA": 50.0, "KL_true:forget1": 0.44}
+    store.append(record("chain", "retrain", 0, ref, ref, time_s=7.0, retrain_s=7.0))
+    store.append(record("chain", "imu_sequence", 0, {**ref, "KL_true:forget1": 0.16}, ref, time_s=1.0,
+                        retrain_s=7.0))
+    files = build_report(store.path, tmp_path / "report")
+    text = files.markdown.read_text()
+    task = text[text.index("### Task metrics"):]
+    assert "| method | KL_true:forget1 |" in task
+    assert "| imu_sequence | 0.16 [0.28] |" in task and "| retrain | 0.44 |" in task
+    assert "KL_true:forget1" not in text[: text.index("### Task metrics")].split("### Quality")[1]

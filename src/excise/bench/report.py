@@ -24,7 +24,7 @@ import html
 import io
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,19 +235,34 @@ def performance_table(summary: ScenarioSummary) -> Table:
     )
 
 
-def mia_table(summary: ScenarioSummary) -> tuple[Table, dict[str, str]]:
+def _metric_table(summary: ScenarioSummary, keep: Callable[[str], bool], prefix: str,
+                  caption: str) -> tuple[Table, dict[str, str]]:
+    """The metrics ``keep`` selects, in the order the records hold them, with their directions."""
     names: list[str] = []
     directions: dict[str, str] = {}
     for m in summary.methods:
         for r in m.records:
             for name, block in r.get("metrics", {}).items():
-                if name.startswith("MIA:") and name not in names:
+                if keep(name) and name not in names:
                     names.append(name)
                     directions[name] = block.get("direction", "")
     rows = [[m.label, *(_value_gap(m, n) for n in names)] for m in summary.methods if m.records]
-    table = Table(["method", *(n.removeprefix("MIA:") for n in names)], rows,
-                  "every MIA variant, value in % (mean ± std) [mean |gap| to retrain]; directions below.")
-    return table, directions
+    return Table(["method", *(n.removeprefix(prefix) for n in names)], rows, caption), directions
+
+
+def mia_table(summary: ScenarioSummary) -> tuple[Table, dict[str, str]]:
+    return _metric_table(summary, lambda name: name.startswith("MIA:"), "MIA:",
+                         "every MIA variant, value in % (mean ± std) [mean |gap| to retrain]; directions below.")
+
+
+def task_metrics_table(summary: ScenarioSummary) -> tuple[Table, dict[str, str]]:
+    """Every other metric the task's evaluator reports: per-target accuracy/AP, a sequence's KL to the true
+    chain and token loss, dense IoU/AP — where the headline columns do not tell the whole story."""
+    return _metric_table(
+        summary, lambda name: name not in QUALITY_KEYS and name != "MIA" and not name.startswith("MIA:"), "",
+        "the task's own metrics (units as the evaluator reports them: %, nats, ...), mean ± std over seeds "
+        "[mean |gap| to retrain]; directions below.",
+    )
 
 
 def overview_table(summaries: list[ScenarioSummary]) -> Table:
@@ -483,6 +498,11 @@ def build_report(results: str | Path, out_dir: str | Path, *, title: str | None 
         doc.table(quality_table(summary))
         doc.heading(3, "Performance")
         doc.table(performance_table(summary))
+        table, directions = task_metrics_table(summary)
+        if table.headers[1:]:
+            doc.heading(3, "Task metrics")
+            doc.table(table)
+            doc.bullets([f"{name}: {direction}" for name, direction in directions.items()])
         table, directions = mia_table(summary)
         if table.headers[1:]:
             doc.heading(3, "Membership inference, every variant")
