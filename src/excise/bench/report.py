@@ -323,11 +323,18 @@ def plot_gap_vs_time(summary: ScenarioSummary) -> bytes | None:
         return None
     fig = _figure()
     ax = fig.add_subplot()
-    for label, t, g in points:
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    # Neighbours along the time axis get their labels above and below in turn, so clustered ones stay legible.
+    for rank, (label, t, g) in enumerate(sorted(points, key=lambda p: p[1].mean)):
         ax.errorbar(t.mean, g.mean, xerr=t.std or 0.0, yerr=g.std or 0.0, fmt="*" if label == "retrain" else "o",
                     ms=10 if label == "retrain" else 6, capsize=3, label=label)
-        ax.annotate(label, (t.mean, g.mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(label, (t.mean, g.mean), textcoords="offset points", xytext=(5, 4 if rank % 2 == 0 else -11),
+                    fontsize=8)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("unlearning time, s (log scale)")
     ax.set_ylabel("avg gap to retrain, points (lower is better)")
     ax.set_title(f"{summary.name}: quality vs time")
