@@ -3,7 +3,8 @@
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/essential_graph.py`` (a few minutes on one core).
 
 One run prints, for one forgotten target of the multi-target digit canvases (``multidigits``, every canvas
-carrying >= 3 targets) and a CIFAR-style ResNet-18 with BatchNorm:
+carrying >= 3 targets) and a model with BatchNorm (``--model``: ``bottleneck_resnet``, the paper's SE-ResNet tail,
+by default; ``resnet18`` for a CIFAR-style ResNet-18):
 
 1. per method (essential_graph, essential_graph_unbalanced, gradient_ascent, target_finetune, retrain):
    forgotten-target accuracy (all test instances, and the positives only = recall) and AP, remaining-target
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--canvas-size", type=int, default=20)
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--num-test", type=int, default=500)
+    parser.add_argument("--model", default="bottleneck_resnet",
+                        help="bottleneck_resnet (the paper's SE-ResNet tail, the test fixture) or resnet18")
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -184,8 +187,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           num_test=args.num_test)
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer)
     print(f"data: multidigits K={args.num_classes} digits/canvas {args.min_digits}-{args.max_digits} "
-          f"canvas {args.canvas_size} train {args.num_train} test {args.num_test}; model resnet18 width {args.width}; "
-          f"recipe {recipe.to_dict()}")
+          f"canvas {args.canvas_size} train {args.num_train} test {args.num_test}; model {args.model} "
+          f"width {args.width}; recipe {recipe.to_dict()}")
     request = ForgetRequest(kind="target", labels=(args.target,))
     views = EvalViews.from_bundle(bundle, request)
     forgotten = bundle.train.class_index(args.target)
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         original, train_seconds, retrained = cached
         print(f"(original and retrained models from the cache {args.cache}; times are those of their runs)")
     else:
-        original, train_seconds = train_original(bundle, "resnet18", recipe, seed=args.seed, width=args.width)
+        original, train_seconds = train_original(bundle, args.model, recipe, seed=args.seed, width=args.width)
     base = target_protocol(original, bundle.test, forgotten)
 
     results: dict[str, Any] = {"original": {**summarise(base, base, forgotten), "seconds": train_seconds}}

@@ -88,6 +88,13 @@ def test_default_layers_are_the_last_main_path_convs():
         "layer3.1.conv2", "layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2",
     ]
     assert default_layers(resnet, 2) == ["layer4.1.conv1", "layer4.1.conv2"]
+    # The paper's SE-ResNet tail: its five graph layers, the final projection shortcut excluded.
+    paper_like = create_model("bottleneck_resnet", in_channels=1, num_classes=4)
+    assert projection_convs(paper_like) == {"block6_2.projection"}
+    assert default_layers(paper_like) == [
+        "block6.conv2", "block6.conv3", "block6_2.conv1", "block6_2.conv2", "block6_2.conv3",
+    ]
+    assert conv_batchnorm_map(paper_like)["block6_2.projection"] is None  # a bias conv straight into the add
 
 
 # --- importance and selection ----------------------------------------------------------------------
@@ -214,27 +221,29 @@ def test_only_target_requests_on_multilabel_models_are_served():
 
 
 # --- the method on multi-target digit canvases -------------------------------------------------------
-# Every canvas carries 3-4 of 5 digit classes; a CIFAR-style ResNet-18 (BatchNorm, width 8) learns them all.
+# Every canvas carries 3-4 of 5 digit classes. The model is the paper's SE-ResNet tail (excise.models.bottleneck:
+# ReLU before the residual add, projection conv with bias, wide last conv, linear -> linear head), not a CIFAR
+# ResNet-18: on ResNet-18 fixtures of widths 8, 16 and 32 the same pruning left 93%, 98% and 95% of the target's
+# positives detected (see excise.methods.essential_graph, "What to expect").
 CANVASES = dict(num_classes=5, min_digits=3, max_digits=4, canvas_size=20, num_train=2000, num_test=500)
 CANVAS_RECIPE = TrainConfig(epochs=12, batch_size=128, lr=0.003, optimizer="adam")
+MODEL, MODEL_KWARGS = "bottleneck_resnet", {}
 FORGET = "0"
 # The issue's bounds, measured on this fixture at the method's defaults (see the module docstring of
 # excise.methods.essential_graph and benchmarks/essential_graph.py). Strict: a change that meets a bound fails
 # the suite until the marker is removed.
 XFAIL_AP = (
-    "measured: forgotten AP 99.9 after pruning vs 73.0 for the retrained reference (prevalence 70.8). Pruning "
-    "lowers the target's logit but keeps its ranking; over 568 (model, target, setting) runs (proportion 0.1-0.5, "
-    "3-14 layers, 1-100 images, widths 4-16, 5-40 epochs) AP < 80 only came with a >= 14-point remaining-accuracy "
-    "loss"
+    "measured: forgotten AP 100.0 after pruning vs 79.0 for the retrained reference (prevalence 70.8). Pruning "
+    "moves the target's logits down (mean on its positives +8.2 -> -1.0) but only halves their separation from "
+    "the negatives (14.6 -> 7.2), so the ranking is kept; AP >= 99.0 in all 40 (seed, target, 1 or 10 images) runs "
+    "of this model and in every ResNet-18 run (widths 4-32). The remaining targets' labels alone rank this "
+    "target at AP 87.2 on these canvases (3-4 of 5 digits each), above the bound"
 )
 XFAIL_COLLAPSE = (
-    "measured: 92.9% of the target's positives still predicted positive at the defaults (proportion 0.1, 5 layers, "
-    "10 images); a collapse below 10% needed 7-10 layers or the unbalanced graph at proportion >= 0.2, which cost "
-    "the remaining targets 6-30 accuracy points on this fixture"
-)
-XFAIL_REMAINING = (
-    "measured: worst remaining-target accuracy drop 7.8 points (AP drop 0.1): the pruned channels also carry "
-    "evidence of the remaining targets, so their logits shift although their ranking is kept"
+    "measured: 25.1% of the target's positives still predicted positive at the defaults (proportion 0.1, 5 layers, "
+    "10 images; 4.2% with the unbalanced graph, which costs one remaining target 8.4 points). Over 4 seeds x 5 "
+    "targets of this model the share fell to <= 10% in 12/20 runs (median 6.5%, worst 59%); on ResNet-18 "
+    "fixtures of widths 8/16/32, 93%/98%/95% stayed detected"
 )
 
 
@@ -245,7 +254,7 @@ def canvases():
 
 @pytest.fixture(scope="session")
 def canvas_model(canvases):
-    model, _ = train_original(canvases, "resnet18", CANVAS_RECIPE, seed=0, width=8)
+    model, _ = train_original(canvases, MODEL, CANVAS_RECIPE, seed=0, **MODEL_KWARGS)
     return model
 
 
@@ -324,7 +333,8 @@ def test_pruning_hits_the_forgotten_target_hardest(pruned_runs, canvases):
 
 
 def test_balanced_graph_beats_unbalanced_on_remaining_accuracy(canvas_model, canvases):
-    """Averaged over forgetting each target in turn (one target's comparison is noisy at this width)."""
+    """Averaged over forgetting each target in turn (one target's comparison is noisy). Measured: mean remaining
+    accuracy summed over the 5 targets 495.3 (balanced) vs 491.1 (unbalanced)."""
     train, test = canvases.train, canvases.test
     accuracy = {True: [], False: []}
     for target in range(train.num_classes):
@@ -350,8 +360,9 @@ def test_forgotten_target_collapses_on_the_instances_that_carry_it(pruned_runs):
     assert pruned_runs["essential_graph"][1]["recall"] <= 10
 
 
-@pytest.mark.xfail(strict=True, reason=XFAIL_REMAINING)
 def test_remaining_targets_stay_within_three_points(pruned_runs, canvases):
+    """Measured: worst drop 0.6 accuracy points, 0.05 AP. Not a wide margin across seeds: over 4 seeds x 5
+    targets of this model the worst remaining-target accuracy drop was <= 3 in 16/20 runs (worst 9.6)."""
     forgotten = canvases.train.class_index(FORGET)
     remaining = [c for c in range(canvases.train.num_classes) if c != forgotten]
     before, after = pruned_runs["original"][1], pruned_runs["essential_graph"][1]
@@ -398,12 +409,29 @@ def test_instance_level_baselines_serve_target_requests(canvas_model, target_vie
     assert get_method("target_finetune").needs_retain
 
 
-def test_inversion_recovers_the_target_from_the_original_only(canvas_model, target_reference, canvases):
+@pytest.fixture(scope="session")
+def inversion(canvas_model, target_reference, canvases):
     forgotten = canvases.train.class_index(FORGET)
-    scores = inversion_scores(
+    return inversion_scores(
         {"original": canvas_model, "retrain": target_reference}, canvas_model, forgotten,
         tuple(canvases.train.inputs.shape[1:]), config=InversionConfig(steps=100, num_images=4),
         template=target_template(canvases.train.inputs, canvases.train.targets, forgotten),
     )
-    assert scores["original"]["recognition"] > 90
-    assert scores["retrain"]["recognition"] < scores["original"]["recognition"] - 20
+
+
+def test_inversion_recovers_the_target_from_the_original(inversion):
+    assert inversion["original"]["recognition"] > 90
+
+
+XFAIL_INVERSION_FLOOR = (
+    "measured: the original model recognises digit 0 at 100% in the retrained model's reconstructions, as in its "
+    "own. The retrained model's forgotten output is constant (probability 0.50 on every reconstruction), so its "
+    "inversion follows the TV/L2 priors alone to a smooth image, and this judge calls smooth blobs a 0 (the mean "
+    "training canvas scores 1.00). On the former ResNet-18 (width 8) fixture the judge did not, and the check "
+    "separated the two models"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=XFAIL_INVERSION_FLOOR)
+def test_inversion_floor_is_the_retrained_model(inversion):
+    assert inversion["retrain"]["recognition"] < inversion["original"]["recognition"] - 20

@@ -1,7 +1,9 @@
-"""Models by name: ``small_cnn``, ``resnet18`` (CIFAR-style, width multiplier)."""
+"""Models by name: ``small_cnn``, ``resnet18`` (CIFAR-style, width multiplier), ``bottleneck_resnet`` (the
+Essential-Graph paper's SE-ResNet tail), plus the dense and language models."""
 
 from torch import nn
 
+from excise.models import bottleneck as _bottleneck  # noqa: F401  (registers)
 from excise.models import cnn as _cnn  # noqa: F401  (registers)
 from excise.models import dense as _dense  # noqa: F401  (registers)
 from excise.models import gpt as _gpt  # noqa: F401  (registers)
