@@ -13,6 +13,7 @@ retrained models should agree in accuracy; their FA/RA/TA are printed beside the
 
     python benchmarks/distributed.py
     python benchmarks/distributed.py --suite benchmarks/suites/quick.yaml --scenario random-10 --epochs 30
+    python benchmarks/distributed.py --width 128        # more compute per step than per all-reduce
 
 The script re-launches itself as the worker (``--worker``); nothing is written except a JSON per launch
 in a temporary directory.
@@ -51,7 +52,10 @@ def worker(args: argparse.Namespace) -> None:
     spec = scenario.dataset
     bundle = load_dataset(spec.name, seed=spec.seed, **spec.options)
     views = EvalViews.from_bundle(bundle, scenario.requests[0])
-    original, _ = train_original(bundle, scenario.model.name, recipe, seed=0, **scenario.model.kwargs)
+    model_kwargs = dict(scenario.model.kwargs)
+    if args.width is not None:
+        model_kwargs["width"] = args.width
+    original, _ = train_original(bundle, scenario.model.name, recipe, seed=0, **model_kwargs)
     distributed.barrier()
     start = time.perf_counter()
     _, record = run_method("retrain", original, views, recipe, seed=0)
@@ -62,6 +66,7 @@ def worker(args: argparse.Namespace) -> None:
             "seconds": seconds, "metrics": record.metrics, "steps": record.stats.get("steps"),
             "world_size": distributed.world_size(), "threads": args.threads, "retain": len(views.retain_set),
             "epochs": recipe.epochs, "batch_size": recipe.batch_size,
+            "parameters": sum(p.numel() for p in original.parameters()),
         }))
 
 
@@ -71,6 +76,8 @@ def launch(args: argparse.Namespace, nproc: int, threads: int, out: Path) -> dic
                    "--scenario", args.scenario, "--threads", str(threads)]
     if args.epochs is not None:
         worker_args += ["--epochs", str(args.epochs)]
+    if args.width is not None:
+        worker_args += ["--width", str(args.width)]
     if nproc == 1:
         cmd = [sys.executable, *worker_args]
     else:
@@ -87,6 +94,7 @@ def main() -> None:
     parser.add_argument("--suite", default=str(HERE / "suites" / "quick.yaml"))
     parser.add_argument("--scenario", default="full-class")
     parser.add_argument("--epochs", type=int, default=None, help="override the scenario's epochs")
+    parser.add_argument("--width", type=int, default=None, help="override the scenario model's width")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="threads of the one-process comparison run")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -109,7 +117,8 @@ def main() -> None:
     base = runs[0][1]["seconds"]
     first = runs[0][1]
     table = Table(title=f"retrain, {args.scenario} of {Path(args.suite).name}: {first['retain']} retain samples, "
-                        f"{first['epochs']} epochs, effective batch {first['batch_size']}")
+                        f"{first['epochs']} epochs, effective batch {first['batch_size']}, "
+                        f"{first['parameters']:,} parameters")
     for column in ("launch", "retrain s", "time / 1x1", "steps", "FA", "RA", "TA"):
         table.add_column(column, justify="left" if column == "launch" else "right")
     for name, run in runs:
