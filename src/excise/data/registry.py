@@ -2,44 +2,35 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from excise._registry import Registry
 from excise.data.base import DatasetBundle
 
 DatasetBuilder = Callable[..., DatasetBundle]
-_DATASETS: dict[str, DatasetBuilder] = {}
+DATASETS: Registry[DatasetBundle] = Registry("dataset", "data sets")
+_DATASETS: dict[str, DatasetBuilder] = DATASETS.builders
 
 
 def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Register ``builder(*, root=None, seed=0, **options) -> DatasetBundle`` under ``name``."""
-
-    def decorator(builder: DatasetBuilder) -> DatasetBuilder:
-        if name in _DATASETS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _DATASETS[name] = builder
-        return builder
-
-    return decorator
+    return DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def dataset_builder(name: str) -> DatasetBuilder:
-    if name not in _DATASETS:
-        raise ValueError(f"dataset={name!r} is not registered; known data sets: {list_datasets()}")
-    return _DATASETS[name]
+    return DATASETS.get(name)
 
 
 def load_dataset(name: str, *, root: str | Path | None = None, seed: int = 0, **options: Any) -> DatasetBundle:
     """Build a registered data set. ``root`` is the local directory for sets that are not bundled."""
     builder = dataset_builder(name)
-    accepted = inspect.signature(builder).parameters
-    unknown = [k for k in options if k not in accepted]
+    unknown, accepted = DATASETS.unknown_arguments(builder, options)
     if unknown:
         allowed = [p for p in accepted if p not in ("root", "seed")]
         raise ValueError(f"dataset {name!r} got unknown option(s) {unknown}; it accepts {allowed}")

@@ -4,8 +4,10 @@ module out of the auto-import in ``excise.methods``. Append only (several method
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,18 @@ from torch import Tensor, nn
 
 from excise import distributed
 from excise.data.base import LabeledData
-from excise.training import SCHEDULES, make_loader, per_sample_loss
+from excise.progress import progress_bar
+from excise.training import (
+    SCHEDULES,
+    TrainConfig,
+    batch_loss,
+    check_fraction,
+    check_positive_int,
+    make_loader,
+    make_optimizer,
+    per_sample_loss,
+    train,
+)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -181,3 +194,102 @@ def keep_bn_running_stats(model: nn.Module) -> Iterator[None]:
     finally:
         for m, mean, var, count in saved:
             m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
+
+
+# --- relabel-and-fine-tune ---------------------------------------------------------------------------
+@dataclass
+class RelabelFinetuneConfig:
+    """Budget of a relabel-and-fine-tune baseline, relative to the original recipe. Subclasses set defaults."""
+
+    epochs: int  # passes over the relabelled instances
+    lr_scale: float  # learning rate = lr_scale x the original recipe's
+    batch_size: int | None = None  # None: the recipe's
+
+    def __post_init__(self) -> None:
+        check_positive_int(self, "epochs")
+        check_fraction(self, "lr_scale", closed=True)
+        if self.batch_size is not None:
+            check_positive_int(self, "batch_size")
+
+
+def scaled_recipe(recipe: TrainConfig, epochs: int, lr_scale: float, batch_size: int | None) -> TrainConfig:
+    """The original recipe for ``epochs`` passes at ``lr_scale`` times its learning rate, with ``batch_size``
+    (``None``: the recipe's); everything else (optimizer, schedule, ...) as it was."""
+    return TrainConfig(**{
+        **recipe.to_dict(),
+        "epochs": epochs,
+        "lr": recipe.lr * lr_scale,
+        "batch_size": batch_size or recipe.batch_size,
+    })
+
+
+def retain_rows_of(forget: LabeledData, retain: LabeledData) -> LabeledData:
+    """The rows of ``retain`` that hold ``forget``'s instances (matched by ``source_indices``, in ``forget``'s
+    order). For a target request: the instances that carry the forgotten target, as the retain view labels them
+    (the target removed), with every remaining label."""
+    position = {int(s): i for i, s in enumerate(retain.source_indices.tolist())}
+    return retain.subset([position[int(s)] for s in forget.source_indices.tolist()])
+
+
+def finetune_on(
+    model: nn.Module, instances: LabeledData, recipe: TrainConfig, config: RelabelFinetuneConfig, seed: int,
+    description: str,
+) -> dict[str, Any]:
+    """Fine-tune ``model`` on ``instances`` with the original ``recipe`` scaled by ``config``; the run's stats."""
+    scaled = scaled_recipe(recipe, config.epochs, config.lr_scale, config.batch_size)
+    stats = train(model, instances, scaled, seed=seed, description=description)
+    return {"steps": stats.steps, "instances": len(instances), "final_loss": stats.losses[-1]}
+
+
+# --- gradient ascent ---------------------------------------------------------------------------------
+def ascend_forget_loss(
+    model: nn.Module,
+    data: LabeledData,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    max_grad_norm: float,
+    seed: int,
+    description: str,
+    after_epoch: Callable[[], bool] | None = None,
+) -> tuple[int, list[float]]:
+    """Gradient ascent (NegGrad) on ``data``'s task loss: ``epochs`` shuffled passes (batch order seeded by
+    ``seed``) of SGD steps (momentum 0.9) on ``-loss``, the gradient norm clipped at ``max_grad_norm`` (0: no
+    clip), the model put in train mode at the start of every pass. ``after_epoch()`` runs after each pass and
+    stops the ascent by returning ``True``. Returns the number of steps and the loss of every step."""
+    loader = make_loader(data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    optimizer = make_optimizer(model.parameters(), "sgd", lr, momentum=0.9)
+    steps, losses = 0, []
+    with progress_bar(description, epochs * len(loader)) as bar:
+        for _ in range(epochs):
+            model.train()
+            for batch in loader:
+                loss = batch_loss(model, batch, data.task)
+                optimizer.zero_grad(set_to_none=True)
+                (-loss).backward()
+                if max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                optimizer.step()
+                steps += 1
+                losses.append(float(loss.detach()))
+                bar.advance(loss=losses[-1])
+            if after_epoch is not None and after_epoch():
+                break
+    return steps, losses
+
+
+# --- training a subset of the parameters ---------------------------------------------------------------
+@contextmanager
+def only_trainable(model: nn.Module, params: Iterable[Tensor]) -> Iterator[None]:
+    """Within the block only ``params`` require gradients (the rest of ``model`` is frozen, so backward does not
+    compute its gradients); every parameter's ``requires_grad`` flag is restored on exit."""
+    requires_grad = {id(p): p.requires_grad for p in model.parameters()}
+    trainable = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    try:
+        yield
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(requires_grad[id(p)])

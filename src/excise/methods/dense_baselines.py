@@ -46,19 +46,10 @@ import torch
 from torch import nn
 
 from excise.graph import EssentialGraph, build_graph, conv_batchnorm_map
+from excise.methods._common import RelabelFinetuneConfig, ascend_forget_loss, finetune_on, retain_rows_of
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.methods.essential_graph import EssentialGraphConfig, EssentialGraphUnlearning, forgotten_targets
-from excise.progress import progress_bar
-from excise.training import (
-    TrainConfig,
-    batch_loss,
-    check_fraction,
-    check_nonnegative,
-    check_positive_int,
-    make_loader,
-    make_optimizer,
-    train,
-)
+from excise.training import check_nonnegative, check_positive_int
 
 DENSE_TASKS = ("segmentation", "detection")
 PAPER_EG = ("Xu et al., 'Towards Efficient Target-Level Machine Unlearning Based on Essential Graph', "
@@ -98,39 +89,18 @@ class DenseGradientAscent(UnlearningMethod):
 
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
         cfg = self.config
-        loader = make_loader(data.forget_set, cfg.batch_size, shuffle=True,
-                             generator=torch.Generator().manual_seed(seed))
-        optimizer = make_optimizer(model.parameters(), "sgd", cfg.lr, momentum=0.9)
-        steps, losses = 0, []
-        model.train()
-        with progress_bar("dense gradient ascent", cfg.epochs * len(loader)) as bar:
-            for _ in range(cfg.epochs):
-                for batch in loader:
-                    # The forget view's label mask restricts the task loss to the forgotten class.
-                    loss = batch_loss(model, batch, data.task)
-                    optimizer.zero_grad(set_to_none=True)
-                    (-loss).backward()
-                    if cfg.max_grad_norm > 0:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    steps += 1
-                    losses.append(float(loss.detach()))
-                    bar.advance(loss=losses[-1])
-        return {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}
+        # The forget view's label mask restricts the task loss to the forgotten class.
+        _, losses = ascend_forget_loss(model, data.forget_set, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                                       max_grad_norm=cfg.max_grad_norm, seed=seed, description="dense gradient ascent")
+        return {"steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1]}
 
 
 # --- relabel and fine-tune -------------------------------------------------------------------------
 @dataclass
-class DenseFinetuneConfig:
+class DenseFinetuneConfig(RelabelFinetuneConfig):
     epochs: int = 3  # passes over the images that contain the forgotten class
     lr_scale: float = 0.3  # learning rate = lr_scale x the original recipe's
-    batch_size: int | None = None  # None: the recipe's
-
-    def __post_init__(self) -> None:
-        check_positive_int(self, "epochs")
-        check_fraction(self, "lr_scale", closed=True)
-        if self.batch_size is not None:
-            check_positive_int(self, "batch_size")
+    # batch_size: None (the recipe's), validated by RelabelFinetuneConfig
 
 
 @register_method
@@ -144,17 +114,9 @@ class DenseFinetune(UnlearningMethod):
     Config = DenseFinetuneConfig
 
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
-        retain = data.retain_set
-        position = {int(s): i for i, s in enumerate(retain.source_indices.tolist())}
-        instances = retain.subset([position[int(s)] for s in data.forget_set.source_indices.tolist()])
-        recipe = TrainConfig(**{
-            **data.recipe.to_dict(),
-            "epochs": self.config.epochs,
-            "lr": data.recipe.lr * self.config.lr_scale,
-            "batch_size": self.config.batch_size or data.recipe.batch_size,
-        })
-        stats = train(model, instances, recipe, seed=seed, description="dense finetune")
-        return {"steps": stats.steps, "instances": len(instances), "final_loss": stats.losses[-1]}
+        # The images that contain the class, as the retain view has them: the class relabelled / its boxes dropped.
+        instances = retain_rows_of(data.forget_set, data.retain_set)
+        return finetune_on(model, instances, data.recipe, self.config, seed, "dense finetune")
 
 
 # --- essential graph ---------------------------------------------------------------------------------

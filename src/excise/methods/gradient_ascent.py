@@ -17,19 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
+from excise.methods._common import ascend_forget_loss
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
-from excise.progress import progress_bar
-from excise.training import (
-    batch_loss,
-    check_nonnegative,
-    check_positive_int,
-    make_loader,
-    make_optimizer,
-    predict_logits,
-)
+from excise.training import check_nonnegative, check_positive_int, predict_logits
 
 
 @dataclass
@@ -71,26 +63,16 @@ class GradientAscent(UnlearningMethod):
 
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
         cfg = self.config
-        loader = make_loader(data.forget_set, cfg.batch_size, shuffle=True,
-                             generator=torch.Generator().manual_seed(seed))
-        optimizer = make_optimizer(model.parameters(), "sgd", cfg.lr, momentum=0.9)
-        steps, stop_reason, curve = 0, "epochs", []
-        with progress_bar("gradient ascent", cfg.epochs * len(loader)) as bar:
-            for _ in range(cfg.epochs):
-                model.train()
-                for batch in loader:
-                    loss = batch_loss(model, batch, data.task)
-                    optimizer.zero_grad(set_to_none=True)
-                    (-loss).backward()
-                    if cfg.max_grad_norm > 0:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    steps += 1
-                    bar.advance(loss=float(loss.detach()))
-                if cfg.stop_accuracy is not None:
-                    accuracy = forget_accuracy(model, data)
-                    curve.append(accuracy)
-                    if accuracy <= cfg.stop_accuracy:
-                        stop_reason = "stop_accuracy"
-                        break
-        return {"steps": steps, "stop_reason": stop_reason, "forget_accuracy_curve": curve}
+        curve: list[float] = []
+
+        def reached_stop_accuracy() -> bool:  # checked after every pass when stop_accuracy is set
+            curve.append(forget_accuracy(model, data))
+            return curve[-1] <= cfg.stop_accuracy
+
+        steps, _ = ascend_forget_loss(
+            model, data.forget_set, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+            max_grad_norm=cfg.max_grad_norm, seed=seed, description="gradient ascent",
+            after_epoch=None if cfg.stop_accuracy is None else reached_stop_accuracy,
+        )
+        stopped = bool(curve) and curve[-1] <= cfg.stop_accuracy
+        return {"steps": steps, "stop_reason": "stop_accuracy" if stopped else "epochs", "forget_accuracy_curve": curve}

@@ -85,6 +85,7 @@ non-members at the same rate (90.8 % vs 88.2 % for the forget set).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,7 @@ from excise.influence import (
     resolve_head,
     weighted_ascent_loss,
 )
+from excise.methods._common import only_trainable
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.progress import progress_bar
 from excise.training import (
@@ -181,6 +183,27 @@ def head_module(model: nn.Module, head: str | None) -> nn.Module | None:
     return module
 
 
+def weighted_ascent_step(
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    weights: Tensor,
+    sample_losses: Callable[[Tensor, Tensor], Tensor],
+    head: list[nn.Parameter],
+    alpha: float,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[Tensor, Tensor]:
+    """IMU step 4, one optimizer step on ``−Σ_b w_b ℓ_b / Σ_b w_b + alpha · ‖head‖₁`` (``weights`` indexed by the
+    batch's ``index``; ``sample_losses(outputs, targets)`` the per-sample losses). Returns the (detached) objective
+    and its ascent term."""
+    losses = sample_losses(model(batch["inputs"]), batch["targets"])
+    ascent = weighted_ascent_loss(losses, weights[batch["index"]].to(losses.dtype))
+    loss = ascent + alpha * l1_norm(head)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), ascent.detach()
+
+
 @register_method
 class IMU(UnlearningMethod):
     name = "imu"
@@ -241,43 +264,38 @@ class IMU(UnlearningMethod):
         stats["weights"] = weights.tolist()
         loader = make_loader(kept, cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
         optimizer = make_optimizer(head, "sgd", cfg.lr, cfg.momentum, cfg.weight_decay)
-        requires_grad = {id(p): p.requires_grad for p in model.parameters()}
-        head_ids = {id(p) for p in head}
-        for p in model.parameters():
-            p.requires_grad_(id(p) in head_ids)
-        model.train(cfg.bn_mode != "eval")
-        frozen_bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                     and m.track_running_stats] if cfg.bn_mode == "batch" else []
-        for m in frozen_bn:
-            # Batch statistics in the forward, running statistics left as they are (no update).
-            m.track_running_stats = False
+
+        def sample_losses(logits: Tensor, targets: Tensor) -> Tensor:
+            return per_sample_loss(logits, targets, data.task)
+
         steps, curve, forget_acc, stop_reason = 0, [], [], "epochs"
-        try:
-            with progress_bar("imu", cfg.epochs * len(loader)) as bar:
-                for epoch in range(cfg.epochs):
-                    running = 0.0
-                    for batch in loader:
-                        losses = per_sample_loss(model(batch["inputs"]), batch["targets"], data.task)
-                        ascent = weighted_ascent_loss(losses, weights[batch["index"]].to(losses.dtype))
-                        loss = ascent + cfg.alpha * l1_norm(head)
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
-                        steps += 1
-                        running += float(loss.detach())
-                        bar.advance(epoch=epoch + 1, loss=float(loss.detach()), ascent=float(ascent.detach()))
-                    curve.append(running / len(loader))
-                    if stop_accuracy is not None:
-                        forget_acc.append(forget_accuracy(model, data))
-                        if forget_acc[-1] <= stop_accuracy:
-                            stop_reason = "stop_accuracy"
-                            break
-        finally:
-            for p in model.parameters():
-                p.requires_grad_(requires_grad[id(p)])
+        with only_trainable(model, head):
+            model.train(cfg.bn_mode != "eval")
+            frozen_bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                         and m.track_running_stats] if cfg.bn_mode == "batch" else []
             for m in frozen_bn:
-                m.track_running_stats = True
-            model.eval()
+                # Batch statistics in the forward, running statistics left as they are (no update).
+                m.track_running_stats = False
+            try:
+                with progress_bar("imu", cfg.epochs * len(loader)) as bar:
+                    for epoch in range(cfg.epochs):
+                        running = 0.0
+                        for batch in loader:
+                            loss, ascent = weighted_ascent_step(model, batch, weights, sample_losses, head, cfg.alpha,
+                                                                optimizer)
+                            steps += 1
+                            running += float(loss)
+                            bar.advance(epoch=epoch + 1, loss=float(loss), ascent=float(ascent))
+                        curve.append(running / len(loader))
+                        if stop_accuracy is not None:
+                            forget_acc.append(forget_accuracy(model, data))
+                            if forget_acc[-1] <= stop_accuracy:
+                                stop_reason = "stop_accuracy"
+                                break
+            finally:
+                for m in frozen_bn:
+                    m.track_running_stats = True
+                model.eval()
         return {**stats, "steps": steps, "stop_reason": stop_reason, "loss_curve": curve,
                 "forget_accuracy_curve": forget_acc,
                 "batches_per_epoch": math.ceil(len(kept) / min(cfg.batch_size, len(kept)))}

@@ -3,8 +3,8 @@
 Fan, Wu, Zhou, Liang, Harandi, Phung, "Influence-guided Machine Unlearning", arXiv 2508.01620 (2025); the
 synthetic Markov-chain experiments of the official code ``goodluckisallyouneed/IMU`` (``synthetic/unlearn_IMU.py``,
 README commands). Spec with the pitfalls: ``shared/methods/imu_language.md``. The influence machinery is shared
-with the vision method (:mod:`excise.methods.imu`) through :mod:`excise.influence`; only the per-sample loss and
-the optimisation recipe differ.
+with the vision method (:mod:`excise.methods.imu`) through :mod:`excise.influence`, and so is the head-only ascent
+step (:func:`excise.methods.imu.weighted_ascent_step`); only the per-sample loss and the optimisation recipe differ.
 
 Algorithm (``unlearn_IMU.py``):
 
@@ -62,9 +62,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from excise.influence import compute_influence, influence_weights, l1_norm, resolve_head, weighted_ascent_loss
+from excise.influence import compute_influence, influence_weights, resolve_head
+from excise.methods._common import only_trainable
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
-from excise.methods.imu import head_module
+from excise.methods.imu import head_module, weighted_ascent_step
 from excise.progress import progress_bar
 from excise.tasks.sequence import TASK, sequence_loss
 from excise.training import check_fraction, check_nonnegative, check_positive_int, make_loader
@@ -142,31 +143,22 @@ class IMUSequence(UnlearningMethod):
         loader = make_loader(kept, cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
         optimizer = torch.optim.AdamW(head, lr=cfg.lr, weight_decay=cfg.weight_decay)
         budget = cfg.epochs * len(loader) if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * len(loader))
-        requires_grad = {id(p): p.requires_grad for p in model.parameters()}
-        head_ids = {id(p) for p in head}
-        for p in model.parameters():
-            p.requires_grad_(id(p) in head_ids)
-        model.train()
         steps, curve = 0, []
-        try:
-            with progress_bar("imu_sequence", budget) as bar:
-                while steps < budget:
-                    for batch in loader:
-                        losses = sequence_loss(model(batch["inputs"]), batch["targets"])
-                        ascent = weighted_ascent_loss(losses, weights[batch["index"]].to(losses.dtype))
-                        loss = ascent + cfg.alpha * l1_norm(head)
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
-                        steps += 1
-                        curve.append(float(loss.detach()))
-                        bar.advance(loss=curve[-1], ascent=float(ascent.detach()))
-                        if steps >= budget:
-                            break
-        finally:
-            for p in model.parameters():
-                p.requires_grad_(requires_grad[id(p)])
-            model.eval()
+        with only_trainable(model, head):
+            model.train()
+            try:
+                with progress_bar("imu_sequence", budget) as bar:
+                    while steps < budget:
+                        for batch in loader:
+                            loss, ascent = weighted_ascent_step(model, batch, weights, sequence_loss, head, cfg.alpha,
+                                                                optimizer)
+                            steps += 1
+                            curve.append(float(loss))
+                            bar.advance(loss=curve[-1], ascent=float(ascent))
+                            if steps >= budget:
+                                break
+            finally:
+                model.eval()
         stop = "max_steps" if cfg.max_steps is not None and steps == cfg.max_steps else "epochs"
         return {**stats, "steps": steps, "stop_reason": stop, "loss_curve": curve,
                 "batches_per_epoch": math.ceil(len(kept) / min(cfg.batch_size, len(kept)))}

@@ -24,21 +24,15 @@ import torch
 from torch import nn
 
 from excise.data.base import _resolve_label
+from excise.methods._common import RelabelFinetuneConfig, finetune_on, retain_rows_of
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
-from excise.training import TrainConfig, check_fraction, check_positive_int, train
 
 
 @dataclass
-class TargetFinetuneConfig:
+class TargetFinetuneConfig(RelabelFinetuneConfig):
     epochs: int = 5
     lr_scale: float = 0.2  # learning rate = lr_scale x the original recipe's
-    batch_size: int | None = None  # None: the recipe's
-
-    def __post_init__(self) -> None:
-        check_positive_int(self, "epochs")
-        check_fraction(self, "lr_scale", closed=True)
-        if self.batch_size is not None:
-            check_positive_int(self, "batch_size")
+    # batch_size: None (the recipe's), validated by RelabelFinetuneConfig
 
 
 @register_method
@@ -54,19 +48,9 @@ class TargetFinetune(UnlearningMethod):
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
         classes = data.forget_set.classes
         forgotten = sorted({_resolve_label(label, classes, "labels") for label in data.request.labels})
-        retain = data.retain_set
-        position = {int(s): i for i, s in enumerate(retain.source_indices.tolist())}
-        rows = [position[int(s)] for s in data.forget_set.source_indices.tolist()]
-        instances = retain.subset(rows)
+        instances = retain_rows_of(data.forget_set, data.retain_set)
         relabelled = instances.targets.clone()
         relabelled[:, forgotten] = 0.0
         instances = instances.with_targets(relabelled)
         instances.label_mask = torch.ones_like(relabelled, dtype=torch.bool)
-        recipe = TrainConfig(**{
-            **data.recipe.to_dict(),
-            "epochs": self.config.epochs,
-            "lr": data.recipe.lr * self.config.lr_scale,
-            "batch_size": self.config.batch_size or data.recipe.batch_size,
-        })
-        stats = train(model, instances, recipe, seed=seed, description="target finetune")
-        return {"steps": stats.steps, "instances": len(instances), "final_loss": stats.losses[-1]}
+        return finetune_on(model, instances, data.recipe, self.config, seed, "target finetune")

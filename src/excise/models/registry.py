@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
+from excise._registry import Registry
+
 ModelBuilder = Callable[..., nn.Module]
-_MODELS: dict[str, ModelBuilder] = {}
+MODELS: Registry[nn.Module] = Registry("model", "models")
+_MODELS: dict[str, ModelBuilder] = MODELS.builders
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    def decorator(builder: ModelBuilder) -> ModelBuilder:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = builder
-        return builder
-
-    return decorator
+    return MODELS.register(name)
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model. The name and arguments are recorded on the module as
     ``excise_spec`` so a checkpoint can rebuild the same architecture."""
-    if name not in _MODELS:
-        raise ValueError(f"model={name!r} is not registered; known models: {list_models()}")
-    builder = _MODELS[name]
-    params = inspect.signature(builder).parameters
-    unknown = [k for k in kwargs if k not in params]
+    builder = MODELS.get(name)
+    unknown, accepted = MODELS.unknown_arguments(builder, kwargs)
     if unknown:
-        raise ValueError(f"model {name!r} got unknown argument(s) {unknown}; it accepts {list(params)}")
+        raise ValueError(f"model {name!r} got unknown argument(s) {unknown}; it accepts {accepted}")
     model = builder(**kwargs)
     model.excise_spec = {"name": name, "kwargs": dict(kwargs)}
     return model

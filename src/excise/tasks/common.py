@@ -1,5 +1,6 @@
-"""Pieces the dense tasks share: the ``multidigits`` views, original-target reconstruction for evaluation,
-the forgotten/remaining class split of a request, and the before/after picture grid."""
+"""Pieces the dense tasks share: their registration (loss, evaluator, target splitter, ``multidigits`` view),
+original-target reconstruction for evaluation, the forgotten/remaining class split of a request and the headline
+metrics, and the before/after picture grid."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from torch import Tensor, nn
 from excise.data.base import DatasetBundle, LabeledData, _resolve_label
 from excise.data.multidigits import multidigits
 from excise.data.registry import register_dataset
+from excise.metrics.dense import nanmean
+from excise.metrics.evaluate import EvalViews, register_evaluator
+from excise.requests import TargetSplitter, register_target_splitter
+from excise.training import register_task_loss
 
 # Data set -> task of the dense views, and the defaults `excise train --task` fills in.
 DENSE_DATASETS: dict[str, str] = {}
@@ -44,6 +49,25 @@ def register_multidigits_view(
     return builder
 
 
+def register_dense_task(
+    task: str,
+    dataset: str,
+    *,
+    loss: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+    evaluator: Callable[..., dict[str, float]],
+    presence: Callable[[LabeledData], Tensor],
+    drop: Callable[[LabeledData, tuple[int, ...]], LabeledData],
+    make_part: Callable[[LabeledData], LabeledData],
+) -> None:
+    """Plug a dense task into the shared machinery: its per-sample loss (the one training loop), its evaluator,
+    its ``target``-request splitter (``presence`` of each class per image, ``drop`` of forgotten classes) and its
+    data set ``dataset`` (a view over ``multidigits``)."""
+    register_task_loss(task, loss)
+    register_evaluator(task, evaluator)
+    register_target_splitter(task, TargetSplitter(presence=presence, drop=drop))
+    register_multidigits_view(dataset, task, make_part)
+
+
 def train_defaults(task: str | None, dataset: str | None, model: str | None) -> tuple[str, str]:
     """The data set and model ``excise train`` uses for ``--task`` (classification when ``task`` is None)."""
     if task is None:
@@ -65,6 +89,34 @@ def train_defaults(task: str | None, dataset: str | None, model: str | None) -> 
 def forgotten_and_remaining(data: LabeledData, labels: Sequence[str | int]) -> tuple[list[int], list[int]]:
     forgotten = sorted({_resolve_label(label, data.classes, "labels") for label in labels})
     return forgotten, [c for c in range(data.num_classes) if c not in forgotten]
+
+
+def target_eval_views(views: EvalViews, task: str) -> tuple[list[int], list[int], LabeledData, LabeledData]:
+    """What a dense evaluator scores: ``(forgotten, remaining, test, train)`` — the forgotten and remaining class
+    indices, and the test and training canvases with their original targets (:func:`original_view`). A dense
+    model serves ``target`` requests only: any other kind is refused."""
+    if views.request.kind != "target":
+        raise ValueError(f"{task} models serve kind='target' requests, got kind={views.request.kind!r}")
+    forgotten, remaining = forgotten_and_remaining(views.forget_set, views.request.labels)
+    test = original_view(views.test_forget, views.test_retain)
+    train = original_view(views.forget_set, views.retain_set)
+    return forgotten, remaining, test, train
+
+
+def headline_metrics(
+    forget: np.ndarray, train: np.ndarray, test: np.ndarray, forgotten: Sequence[int], remaining: Sequence[int]
+) -> dict[str, float]:
+    """The ``FA``/``RA``/``TA``/``TA_forget`` columns every evaluator reports, here from a dense task's per-class
+    scores (percent; indexed by ``forgotten`` and ``remaining``) on the forget view, the training canvases and the
+    test canvases: ``FA`` = the forgotten classes' score on the forget view, ``RA`` = the remaining classes' on the
+    training canvases, ``TA`` = the remaining classes' on the test canvases, ``TA_forget`` = the forgotten
+    classes' on the test canvases."""
+    return {
+        "FA": nanmean(forget[forgotten]),
+        "RA": nanmean(train[remaining]),
+        "TA": nanmean(test[remaining]),
+        "TA_forget": nanmean(test[forgotten]),
+    }
 
 
 def original_view(forget_view: LabeledData | None, retain_view: LabeledData) -> LabeledData:

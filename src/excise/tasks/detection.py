@@ -43,18 +43,16 @@ from torch import Tensor, nn
 
 from excise.data.base import LabeledData
 from excise.metrics.dense import detection_ap, nanmean
-from excise.metrics.evaluate import EvalViews, register_evaluator
+from excise.metrics.evaluate import EvalViews
 from excise.models.dense import OUTPUT_STRIDE, TARGET_EXTRA_CHANNELS, decode_centernet, encode_centernet_targets
-from excise.requests import TargetSplitter, register_target_splitter
 from excise.tasks.common import (
     colour_for,
     eval_mode_outputs,
-    forgotten_and_remaining,
+    headline_metrics,
     legend_text,
-    original_view,
-    register_multidigits_view,
+    register_dense_task,
+    target_eval_views,
 )
-from excise.training import register_task_loss
 
 TASK = "detection"
 SIZE_WEIGHT = 0.1
@@ -154,19 +152,13 @@ def evaluate_detection(
     model: nn.Module, views: EvalViews, *, mia_variants: tuple[str, ...] | None = None, seed: int = 0
 ) -> dict[str, float]:
     """Per-class AP and the forgotten/remaining summaries for a ``target`` request (see the module doc)."""
-    if views.request.kind != "target":
-        raise ValueError(f"detection models serve kind='target' requests, got kind={views.request.kind!r}")
-    forgotten, remaining = forgotten_and_remaining(views.forget_set, views.request.labels)
-    test_view = original_view(views.test_forget, views.test_retain)
+    forgotten, remaining, test_view, train_view = target_eval_views(views, TASK)
     test = class_ap(model, test_view)
     test_all = class_ap(model, test_view, threshold=0.0)
     forget = class_ap(model, views.forget_set)
-    train = class_ap(model, original_view(views.forget_set, views.retain_set))
+    train = class_ap(model, train_view)
     out = {
-        "FA": nanmean(forget["AP50"][forgotten]),
-        "RA": nanmean(train["AP50"][remaining]),
-        "TA": nanmean(test["AP50"][remaining]),
-        "TA_forget": nanmean(test["AP50"][forgotten]),
+        **headline_metrics(forget["AP50"], train["AP50"], test["AP50"], forgotten, remaining),
         "forget_AP50": nanmean(test["AP50"][forgotten]),
         "forget_AP": nanmean(test["AP"][forgotten]),
         "retain_mAP50": nanmean(test["AP50"][remaining]),
@@ -225,7 +217,5 @@ def grid_title(data: LabeledData, forgotten: list[int]) -> str:
     return f"detections (score >= {SCORE_THRESHOLD}) — {legend_text(data.classes, forgotten)}"
 
 
-register_task_loss(TASK, detection_loss)
-register_evaluator(TASK, evaluate_detection)
-register_target_splitter(TASK, TargetSplitter(presence=presence, drop=drop_classes))
-register_multidigits_view("multidigits-det", TASK, _part)
+register_dense_task(TASK, "multidigits-det", loss=detection_loss, evaluator=evaluate_detection,
+                    presence=presence, drop=drop_classes, make_part=_part)

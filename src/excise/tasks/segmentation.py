@@ -38,18 +38,16 @@ from torch import Tensor, nn
 
 from excise.data.base import LabeledData
 from excise.metrics.dense import confusion_matrix, nanmean, per_class_iou
-from excise.metrics.evaluate import EvalViews, register_evaluator
-from excise.requests import TargetSplitter, register_target_splitter
+from excise.metrics.evaluate import EvalViews
 from excise.tasks.common import (
     as_numpy,
     colour_for,
     eval_mode_outputs,
-    forgotten_and_remaining,
+    headline_metrics,
     legend_text,
-    original_view,
-    register_multidigits_view,
+    register_dense_task,
+    target_eval_views,
 )
-from excise.training import register_task_loss
 
 TASK = "segmentation"
 
@@ -117,21 +115,14 @@ def evaluate_segmentation(
     model: nn.Module, views: EvalViews, *, mia_variants: tuple[str, ...] | None = None, seed: int = 0
 ) -> dict[str, float]:
     """Per-class IoU and the forgotten/remaining summaries for a ``target`` request (see the module doc)."""
-    if views.request.kind != "target":
-        raise ValueError(f"segmentation models serve kind='target' requests, got kind={views.request.kind!r}")
-    forgotten, remaining = forgotten_and_remaining(views.forget_set, views.request.labels)
-    test = original_view(views.test_forget, views.test_retain)
-    train = original_view(views.forget_set, views.retain_set)
+    forgotten, remaining, test, train = target_eval_views(views, TASK)
     test_iou = class_iou(model, test)
     forget_iou = class_iou(model, views.forget_set)
     train_iou = class_iou(model, train)
     fg = [1 + c for c in forgotten]
     rg = [1 + c for c in remaining]
     out = {
-        "FA": nanmean(forget_iou[fg]),
-        "RA": nanmean(train_iou[rg]),
-        "TA": nanmean(test_iou[rg]),
-        "TA_forget": nanmean(test_iou[fg]),
+        **headline_metrics(forget_iou, train_iou, test_iou, fg, rg),
         "forget_IoU": nanmean(test_iou[fg]),
         "retain_mIoU": nanmean(test_iou[rg]),
         "IoU:background": float(test_iou[0]),
@@ -176,7 +167,5 @@ def grid_title(data: LabeledData, forgotten: list[int]) -> str:
     return f"segmentation masks — {legend_text(data.classes, forgotten)}"
 
 
-register_task_loss(TASK, segmentation_loss)
-register_evaluator(TASK, evaluate_segmentation)
-register_target_splitter(TASK, TargetSplitter(presence=presence, drop=drop_classes))
-register_multidigits_view("multidigits-seg", TASK, _part)
+register_dense_task(TASK, "multidigits-seg", loss=segmentation_loss, evaluator=evaluate_segmentation,
+                    presence=presence, drop=drop_classes, make_part=_part)
