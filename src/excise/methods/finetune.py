@@ -13,8 +13,9 @@ from typing import Any
 
 from torch import nn
 
+from excise.methods._common import scaled_recipe
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
-from excise.training import TrainConfig, check_fraction, check_positive_int, train
+from excise.training import check_fraction, check_positive_int, train
 
 
 @dataclass
@@ -36,11 +37,6 @@ class Finetune(UnlearningMethod):
     Config = FinetuneConfig
 
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
-        recipe = TrainConfig(**{
-            **data.recipe.to_dict(),
-            "epochs": self.config.epochs,
-            "lr": data.recipe.lr * self.config.lr_scale,
-            "batch_size": self.config.batch_size or data.recipe.batch_size,
-        })
+        recipe = scaled_recipe(data.recipe, self.config.epochs, self.config.lr_scale, self.config.batch_size)
         stats = train(model, data.retain_set, recipe, seed=seed, description="finetune")
         return {"steps": stats.steps, "final_loss": stats.losses[-1]}
