@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from excise._files import read_json_or_yaml
 from excise.data.base import LabeledData, _resolve_label
 
 KINDS: tuple[str, ...] = ("samples", "class", "subclass", "target")
@@ -111,17 +112,7 @@ class ForgetRequest:
     @classmethod
     def from_file(cls, path: str | Path) -> ForgetRequest:
         """Read a request from a ``.json`` or ``.yaml``/``.yml`` file."""
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise RequestError(f"request file {str(path)!r} does not exist")
-        text = path.read_text()
-        try:
-            spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as err:
-            raise RequestError(f"request file {str(path)!r} is not valid {path.suffix[1:].upper()}: {err}") from err
-        return cls.from_dict(spec)
+        return cls.from_dict(read_json_or_yaml(Path(path), "request file", RequestError))
 
     @classmethod
     def parse(cls, text: str) -> ForgetRequest:

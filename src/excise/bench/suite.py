@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from excise._files import read_json_or_yaml
 from excise.data.registry import dataset_builder
 from excise.requests import KINDS, ForgetRequest, RequestError
 from excise.training import TrainConfig
@@ -471,18 +472,10 @@ def _decide_kind_support(suite: Suite) -> None:
 
 def load_suite(path: str | Path, *, check_registry: bool = True) -> Suite:
     """Read and validate a suite file (``.yaml``, ``.yml`` or ``.json``)."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise SuiteError(f"suite file {str(path)!r} does not exist")
-    if path.suffix not in (".yaml", ".yml", ".json"):
+    if path.is_file() and path.suffix not in (".yaml", ".yml", ".json"):
         raise SuiteError(f"suite file {str(path)!r} must end in .yaml, .yml or .json")
-    text = path.read_text()
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise SuiteError(f"suite {str(path)!r} is not valid {path.suffix[1:].upper()}: {err}") from err
+    data = read_json_or_yaml(path, "suite file", SuiteError)
     suite = parse_suite(data, str(path), check_registry=check_registry)
     suite.source = str(path)
     return suite
