@@ -59,10 +59,7 @@ def main(out_path: str, method: str, start_path: str) -> None:
         # What this rank's own loop did (before the final broadcast of rank 0's model).
         "steps": record.stats.get("steps"), "stop_reason": record.stats.get("stop_reason"),
     }
-    per_rank = [mine]
-    if distributed.is_distributed():
-        per_rank = [None] * distributed.world_size()
-        torch.distributed.all_gather_object(per_rank, mine)
+    per_rank = distributed.all_gather_objects(mine)
     result = {
         "world_size": distributed.world_size(),
         "original": evaluate(original, views), "retrain": retrain_record.metrics, "unlearn": record.metrics,
