@@ -42,7 +42,7 @@ from excise.graph import build_graph, prune
 from excise.methods import get_method
 from excise.metrics import EvalViews, evaluate
 from excise.metrics.accuracy import per_target_accuracy, per_target_ap
-from excise.metrics.inversion import InversionConfig, inversion_scores, target_template
+from excise.metrics.inversion import InversionConfig, inversion_scores, target_negatives, target_template
 from excise.requests import ForgetRequest
 from excise.training import TrainConfig, predict_logits
 
@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         {k: models[k] for k in ("original", *METHODS)}, original, forgotten, tuple(bundle.train.inputs.shape[1:]),
         config=InversionConfig(steps=args.inversion_steps, seed=args.seed),
         template=target_template(bundle.train.inputs, bundle.train.targets, forgotten),
+        negatives=target_negatives(bundle.test.inputs, bundle.test.targets, forgotten, InversionConfig.num_images,
+                                   seed=args.seed),
     )
 
     # graph file size vs model file size
@@ -282,8 +284,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("f_* forgotten target on the test set (f_rec: accuracy on its positives); r_* mean over remaining targets; "
           "dAcc/dAP worst remaining-target drop vs original; MIA: SVC confidence MIA-efficacy on the forgotten "
           "target's sigmoid (closer to retrain is better); inv: the original model's mean probability for the target "
-          "on inputs reconstructed from each model (lower = less recoverable; retrain is the floor); sim: cosine "
-          "similarity of those reconstructions to the target's mean-difference image.")
+          f"on test instances without it after each model's inversion painted into them (starts: "
+          f"{inversion['original']['start_recognition']:.1f}; lower = less recoverable; retrain is the floor); "
+          "sim: cosine similarity of the painted change to the target's mean-difference image.")
     if base["n_all_positive"]:
         print(f"\non the {base['n_all_positive']} test instances carrying every target (paper's protocol):")
         for method_name in ("original", *METHODS):

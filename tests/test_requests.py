@@ -33,6 +33,31 @@ def test_empty_and_negative_indices_are_refused():
         ForgetRequest(kind="samples", indices=(1, -3))
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"kind": "samples", "indices": [0.5, 1.7]}, r"indices\[0\]=0.5 must be an integer"),
+        ({"kind": "samples", "indices": [2, True]}, r"indices\[1\]=True must be an integer"),
+        ({"kind": "samples", "indices": 5}, "indices=5 must be a list of integer"),
+        ({"kind": "samples", "indices": "0,5"}, "indices='0,5' must be a list of integer"),
+        ({"kind": "class", "labels": [[1, 2]]}, r"labels\[0\]=\[1, 2\] must be a class name"),
+        ({"kind": "class", "labels": [3], "seed": "abc"}, "seed='abc' must be an integer"),
+    ],
+)
+def test_request_fields_of_the_wrong_type_are_refused_not_coerced(spec, message):
+    """A deletion request must never be silently reinterpreted: int(1.7) would forget sample 1."""
+    with pytest.raises(RequestError, match=message):
+        ForgetRequest.from_dict(spec)
+
+
+def test_numpy_and_torch_indices_and_scientific_fractions_are_accepted():
+    import numpy as np
+
+    assert ForgetRequest(kind="samples", indices=np.array([4, 2])).indices == (4, 2)
+    assert ForgetRequest(kind="samples", indices=torch.tensor([3])).indices == (3,)
+    assert ForgetRequest.parse("samples:1e-1").fraction == 0.1
+
+
 def test_out_of_range_index_is_refused_against_the_data(digits):
     n = len(digits.train)
     with pytest.raises(RequestError, match=rf"indices \[{n}\] are out of range.*{n} samples"):

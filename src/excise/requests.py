@@ -39,6 +39,19 @@ class RequestError(ValueError):
     """A forget request that cannot be served; the message names the field and what was expected."""
 
 
+def _integer_indices(indices: object) -> tuple[int, ...]:
+    """Training-set indices as ints; anything that is not an integer is refused rather than truncated
+    (``int(1.7)`` would silently forget sample 1)."""
+    if isinstance(indices, torch.Tensor | np.ndarray):
+        indices = indices.tolist()
+    if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence):
+        raise RequestError(f"indices={indices!r} must be a list of integer training-set indices")
+    for position, index in enumerate(indices):
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise RequestError(f"indices[{position}]={index!r} must be an integer training-set index")
+    return tuple(int(i) for i in indices)
+
+
 @dataclass(frozen=True)
 class ForgetRequest:
     kind: str
@@ -54,9 +67,16 @@ class ForgetRequest:
         labels = self.labels
         if isinstance(labels, (str, int)):
             labels = (labels,)
-        object.__setattr__(self, "labels", tuple(labels))
+        if not isinstance(labels, Sequence):
+            raise RequestError(f"labels={labels!r} must be a class name/index or a list of them")
+        for position, label in enumerate(labels):
+            if isinstance(label, bool) or not isinstance(label, (str, int, np.integer)):
+                raise RequestError(f"labels[{position}]={label!r} must be a class name or an integer class index")
+        object.__setattr__(self, "labels", tuple(int(x) if isinstance(x, np.integer) else x for x in labels))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise RequestError(f"seed={self.seed!r} must be an integer")
         if self.indices is not None:
-            object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+            object.__setattr__(self, "indices", _integer_indices(self.indices))
         if self.kind == "samples":
             if (self.indices is None) == (self.fraction is None):
                 raise RequestError(
@@ -133,7 +153,7 @@ class ForgetRequest:
                 "samples:0,5,9, subclass:7, target:2) nor a .json/.yaml file"
             )
         if kind == "samples":
-            if "." in value and "," not in value:
+            if "," not in value and any(c in value for c in ".eE"):
                 try:
                     fraction = float(value)
                 except ValueError as err:
