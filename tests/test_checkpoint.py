@@ -78,3 +78,43 @@ def test_failed_write_leaves_the_earlier_file_intact(tmp_path):
         atomic_write(target, explode, overwrite=True)
     assert target.read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind
+
+
+def test_a_save_that_fails_on_the_sidecar_leaves_the_earlier_checkpoint_whole(tmp_path, monkeypatch):
+    """Weights and sidecar are staged together: an error while writing the sidecar replaces neither."""
+    path = save_checkpoint(tmp_path / "m.safetensors", _model(), {"seed": 1})
+    weights, sidecar = path.read_bytes(), path.with_suffix(".json").read_text()
+    other = create_model("small_cnn", in_channels=1, num_classes=10, width=4)
+    import excise.checkpoint
+
+    def disk_full():
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(excise.checkpoint, "versions", disk_full)  # fails while the sidecar is written
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, other, overwrite=True)
+    assert path.read_bytes() == weights and path.with_suffix(".json").read_text() == sidecar
+    assert load_checkpoint(path).meta["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+
+
+def test_written_files_follow_the_umask_and_keep_a_replaced_files_mode(tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.safetensors", _model())
+        assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+        assert path.with_suffix(".json").stat().st_mode & 0o777 == 0o644
+        path.chmod(0o640)
+        save_checkpoint(path, _model(), overwrite=True)
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(previous)
+
+
+def test_a_sidecar_that_is_not_an_object_is_refused(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", _model())
+    path.with_suffix(".json").write_text("5")
+    with pytest.raises(CheckpointError, match="must hold a JSON object, not int"):
+        load_checkpoint(path)

@@ -57,22 +57,53 @@ def versions() -> dict[str, str]:
     }
 
 
+def _file_mode(path: Path) -> int:
+    """The mode a new file at ``path`` should get: the replaced file's, else what ``open`` would give under
+    the current umask (``mkstemp`` creates private 0600 files, which would make shared outputs unreadable)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_many(
+    files: list[tuple[str | Path, Callable[[Path], None]]], *, overwrite: bool = False
+) -> list[Path]:
+    """Write several files so that a failure leaves every existing file intact.
+
+    Each ``write(tmp_path)`` fills a temporary file in its target's directory; only when all of them have
+    been written are they renamed into place, back to back. Serialisation, a full disk or an exception
+    therefore never leaves a half-written or half-replaced set; only a crash in the microseconds between
+    two renames could, and a checkpoint's sha256 check refuses such a pair on load."""
+    targets = [Path(path) for path, _ in files]
+    if not overwrite:
+        for path in targets:
+            if path.exists():
+                raise FileExistsError(
+                    f"{str(path)!r} exists; refusing to overwrite it (pass overwrite=True / --overwrite)"
+                )
+    staged: list[Path] = []
+    try:
+        for path, (_, write) in zip(targets, files, strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            staged.append(Path(tmp_name))
+            write(staged[-1])
+            staged[-1].chmod(_file_mode(path))
+        for tmp, path in zip(staged, targets, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in staged:
+            if tmp.exists():
+                tmp.unlink()
+    return targets
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
     """Call ``write(tmp_path)`` and rename the result onto ``path``; refuse to replace unless asked."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{str(path)!r} exists; refusing to overwrite it (pass overwrite=True / --overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write_many([(path, write)], overwrite=overwrite)[0]
 
 
 def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
@@ -95,15 +126,25 @@ def save_checkpoint(
         if target.exists() and not overwrite:
             raise FileExistsError(f"{str(target)!r} exists; refusing to overwrite it (pass --overwrite)")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp)), overwrite=overwrite)
-    record = {
-        "format": FORMAT_VERSION,
-        "model": model_spec(model),
-        "sha256": sha256_file(path),
-        "versions": versions(),
-        **(meta or {}),
-    }
-    atomic_write_text(sidecar, json.dumps(record, indent=2, default=str), overwrite=overwrite)
+    # Both files are staged completely (the sidecar records the staged weights' sha256) before either
+    # replaces anything, so a failed save never leaves new weights beside an old sidecar.
+    staged_sha: list[str] = []
+
+    def write_weights(tmp: Path) -> None:
+        save_file(state, str(tmp))
+        staged_sha.append(sha256_file(tmp))
+
+    def write_sidecar(tmp: Path) -> None:
+        record = {
+            "format": FORMAT_VERSION,
+            "model": model_spec(model),
+            "sha256": staged_sha[0],
+            "versions": versions(),
+            **(meta or {}),
+        }
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+
+    atomic_write_many([(path, write_weights), (sidecar, write_sidecar)], overwrite=overwrite)
     return path
 
 
@@ -129,6 +170,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         meta = json.loads(sidecar.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"sidecar {str(sidecar)!r} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"sidecar {str(sidecar)!r} must hold a JSON object, not {type(meta).__name__}")
     for key in ("format", "model", "sha256"):
         if key not in meta:
             raise CheckpointError(f"sidecar {str(sidecar)!r} lacks the field {key!r}")

@@ -551,8 +551,6 @@ def build_report(results: str | Path, out_dir: str | Path, *, title: str | None 
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or 'excise bench report')}"
             f"</title><style>{_CSS}</style></head><body>{''.join(doc.html)}</body></html>")
     html_path = atomic_write_text(out_dir / "report.html", page, overwrite=True)
-    for path in (md_path, html_path, *figures):
-        path.chmod(0o644)  # atomic_write's temporary file is private (0600); a report is meant to be shared
     return ReportFiles(md_path, html_path, figures)
 
 
