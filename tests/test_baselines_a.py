@@ -90,6 +90,10 @@ def test_refuses_target_requests_by_name(name, digits_model, class_views):
         ("l1_sparse", {"gamma": -1.0}, "gamma=-1.0 must be a number >= 0"),
         ("scrub", {"max_epochs": 4}, r"max_epochs=4 must be an integer in \[0, epochs=3\]"),
         ("scrub", {"temperature": 0}, "temperature=0 must be > 0"),
+        ("finetune", {"batch_size": 0}, "batch_size=0 must be a positive integer"),
+        ("gradient_ascent", {"stop_accuracy": "abc"}, r"stop_accuracy='abc' must be a number in \[0, 1\] or None"),
+        ("mu_mis", {"class_stop_accuracy": "x"}, r"class_stop_accuracy='x' must be a number in \[0, 1\]"),
+        ("essential_graph", {"layers": -1}, "layers=-1 must be a non-empty list of conv module names"),
     ],
 )
 def test_bad_hyperparameters_are_refused_by_name(name, bad, message):

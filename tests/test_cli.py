@@ -22,10 +22,15 @@ def trained(tmp_path_factory):
     return out
 
 
-def test_train_unlearn_evaluate(trained, tmp_path):
-    reference = tmp_path / "retrained.safetensors"
-    result = invoke("train", "--out", reference, "--width", 8, "--epochs", 6, "--request", "class:3")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_ref") / "retrained.safetensors"
+    result = invoke("train", "--out", out, "--width", 8, "--epochs", 6, "--request", "class:3")
     assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_unlearn_evaluate(trained, reference, tmp_path):
     assert json.loads(reference.with_suffix(".json").read_text())["metrics"]["FA"] < 5
 
     original_bytes = trained.read_bytes()
@@ -37,6 +42,8 @@ def test_train_unlearn_evaluate(trained, tmp_path):
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["method"] == "gradient_ascent" and meta["method_config"]["epochs"] == 3
     assert meta["parent_sha256"] == json.loads(trained.with_suffix(".json").read_text())["sha256"]
+    assert meta["reference"]["sha256"] == json.loads(reference.with_suffix(".json").read_text())["sha256"]
+    assert meta["reference"]["avg_gap"] is not None and len(meta["versions"]["excise_source"]) == 16
 
     result = invoke("evaluate", out, "--request", "class:3", "--json")
     assert result.exit_code == 0, result.output
@@ -71,3 +78,39 @@ def test_methods_lists_papers_and_data_needs():
     result = runner.invoke(app, ["methods"], env={"COLUMNS": "250"})
     assert result.exit_code == 0
     assert "gradient_ascent" in result.output and "forget only" in result.output and "Thudi" in result.output
+
+
+def test_a_reference_for_another_request_or_no_reference_at_all_is_refused_before_the_run(trained, reference,
+                                                                                           tmp_path):
+    """A reference retrained without class 3 says nothing about forgetting class 5; an original model is no
+    reference. Both would give a wrong gap to retrain, so both are refused before any unlearning."""
+    out = tmp_path / "u.safetensors"
+    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:5", "--out", out,
+                    "--reference", reference)
+    assert result.exit_code == 2 and "was retrained without 'class:3', but this run forgets 'class:5'" in \
+        " ".join(result.output.split())
+    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out", out,
+                    "--reference", trained)
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "records kind='original', not a retrained reference" in message
+    assert not out.exists()
+    # The same request written another way is the same reference.
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps({"kind": "class", "labels": [3]}))
+    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", request, "--reference",
+                    reference, "--param", "epochs=1")
+    assert result.exit_code == 0, result.output
+
+
+def test_unwritable_outputs_and_malformed_sidecars_are_refused_with_the_field(trained, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a directory")
+    result = invoke("train", "--out", blocker / "m.safetensors", "--epochs", 1)
+    assert result.exit_code == 2 and "is a file, not a directory" in " ".join(result.output.split())
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(trained.read_bytes())
+    meta = json.loads(trained.with_suffix(".json").read_text())
+    del meta["dataset"]["seed"]
+    broken.with_suffix(".json").write_text(json.dumps(meta))
+    result = invoke("evaluate", broken, "--request", "class:3")
+    assert result.exit_code == 2 and "dataset.seed=None must be a int" in " ".join(result.output.split())

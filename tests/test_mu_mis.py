@@ -227,7 +227,7 @@ def test_bad_hyperparameters_are_refused_by_name():
         get_method("mu_mis", max_passes=0)
     with pytest.raises(ValueError, match="irrelevant_weight=-1 must be a number >= 0"):
         get_method("mu_mis", irrelevant_weight=-1)
-    with pytest.raises(ValueError, match=r"class_stop_accuracy=2 must lie in \[0, 1\] or be None"):
+    with pytest.raises(ValueError, match=r"class_stop_accuracy=2 must be a number in \[0, 1\] or None"):
         get_method("mu_mis", class_stop_accuracy=2)
     with pytest.raises(RequestError, match="cannot serve kind='target'"):
         get_method("mu_mis").check_request(ForgetRequest(kind="target", labels=("1",)), "multilabel")

@@ -7,20 +7,22 @@ failed run leaves existing files untouched.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from excise import distributed
-from excise.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from excise.data import DatasetBundle, load_dataset
+from excise.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from excise.data import DatasetBundle, LabeledData, load_dataset
 from excise.data.registry import dataset_builder
 from excise.experiment import RunRecord, build_model, run_method
 from excise.methods import get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
-from excise.requests import ForgetRequest, split
+from excise.requests import ForgetRequest, resolve, split
 from excise.training import TrainConfig, seed_everything, train
 
 
@@ -29,12 +31,23 @@ def _dataset_record(bundle: DatasetBundle, options: dict[str, Any], seed: int, r
 
 
 def _check_output(out: str | Path, overwrite: bool) -> Path:
+    """Refuse, before any work, an output that could not be written at the end of the run."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"out={str(out)!r} must end in .safetensors")
     for path in (out, out.with_suffix(".json")):
+        if path.is_dir():
+            raise ValueError(f"out={str(out)!r}: {str(path)!r} is a directory")
         if path.exists() and not overwrite:
             raise FileExistsError(f"{str(path)!r} exists; refusing to overwrite it (pass --overwrite)")
+    # The first existing ancestor decides whether the directories can be created and the files written.
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"out={str(out)!r}: {str(ancestor)!r} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"out={str(out)!r}: the directory {str(ancestor)!r} is not writable")
     return out
 
 
@@ -86,7 +99,16 @@ def bundle_for(checkpoint: Checkpoint) -> DatasetBundle:
     record = checkpoint.meta.get("dataset")
     if not record:
         raise ValueError(f"checkpoint {str(checkpoint.path)!r} records no data set; it was not trained by excise")
-    bundle = load_dataset(record["name"], root=record.get("root"), seed=record["seed"], **record.get("options", {}))
+    where = f"the sidecar of {str(checkpoint.path)!r}"
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{where}: 'dataset' must be an object, not {type(record).__name__}")
+    expected = {"name": str, "seed": int, "options": dict}
+    for key, kind in expected.items():
+        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
+            raise CheckpointError(
+                f"{where}: dataset.{key}={record.get(key)!r} must be a {kind.__name__} (fields: {sorted(expected)})"
+            )
+    bundle = load_dataset(record["name"], root=record.get("root"), seed=record["seed"], **record["options"])
     if record.get("fingerprint") and bundle.fingerprint() != record["fingerprint"]:
         raise ValueError(
             f"the data set {record['name']!r} now differs from the one checkpoint {str(checkpoint.path)!r} was "
@@ -130,11 +152,16 @@ def unlearn_checkpoint(
     bundle = bundle_for(original)
     views = EvalViews.from_bundle(bundle, request)
     unlearner.check_request(request, bundle.task)
-    reference = load_checkpoint(reference_path) if reference_path else None
-    recipe = TrainConfig.from_dict(original.meta.get("recipe"))
+    recipe = recipe_of(original)
+    reference, ref_metrics = None, None
+    if reference_path:
+        # Checked and evaluated before the run: a wrong reference would otherwise fail (or, worse, give a
+        # gap to retrain for another request) only after the unlearning work is done.
+        reference = load_checkpoint(reference_path)
+        check_reference(reference, original, request, bundle.train)
+        ref_metrics = evaluate(reference.model, views, seed=seed)
     model, record = run_method(unlearner, original.model, views, recipe, seed=seed)
     if reference is not None:
-        ref_metrics = reference.meta.get("metrics") or evaluate(reference.model, views, seed=seed)
         record.avg_gap = avg_gap(record.metrics, ref_metrics)
         if reference.meta.get("train_seconds"):
             record.speedup = reference.meta["train_seconds"] / max(record.seconds, 1e-9)
@@ -152,11 +179,50 @@ def unlearn_checkpoint(
             "metrics": record.metrics,
             "unlearn_seconds": record.seconds,
         }
+        if reference is not None:
+            meta["reference"] = {"path": str(reference.path), "sha256": reference.sha256, "metrics": ref_metrics,
+                                 "avg_gap": record.avg_gap, "speedup": record.speedup}
+        if graph is not None:
+            from excise.checkpoint import sha256_file
+
+            meta["graph"] = {"path": str(graph), "sha256": sha256_file(graph)}
         path = Path(out)
         if distributed.is_main():
             save_checkpoint(out, model, meta, overwrite=overwrite)
         distributed.barrier()
     return UnlearnOutcome(model, record, path)
+
+
+def recipe_of(checkpoint: Checkpoint) -> TrainConfig:
+    """The training recipe a checkpoint records (methods scale their budgets from it)."""
+    try:
+        return TrainConfig.from_dict(checkpoint.meta.get("recipe"))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"the sidecar of {str(checkpoint.path)!r} records an invalid recipe: {err}") from err
+
+
+def check_reference(reference: Checkpoint, original: Checkpoint, request: ForgetRequest, data: LabeledData) -> None:
+    """A retrained reference must be one: trained by excise on the same data without exactly ``request``
+    (compared as resolved on ``data``, so ``class:3`` and ``{"kind": "class", "labels": [3]}`` agree)."""
+    where = f"reference {str(reference.path)!r}"
+    kind = reference.meta.get("kind")
+    if kind != "retrained":
+        raise ValueError(f"{where} records kind={kind!r}, not a retrained reference (train one with "
+                         "`excise train --request ...`)")
+    try:
+        retrained_for = ForgetRequest.from_dict(reference.meta.get("request") or {})
+    except ValueError as err:
+        raise CheckpointError(f"{where} records an invalid request: {err}") from err
+    mine, theirs = resolve(data, request), resolve(data, retrained_for)
+    same = (request.kind == retrained_for.kind and mine.label_indices == theirs.label_indices
+            and np.array_equal(np.sort(mine.forget_indices), np.sort(theirs.forget_indices)))
+    if not same:
+        raise ValueError(f"{where} was retrained without {retrained_for.describe()!r}, but this run forgets "
+                         f"{request.describe()!r}: its metrics are not this request's reference")
+    fingerprints = [c.meta.get("dataset", {}).get("fingerprint") for c in (reference, original)]
+    if fingerprints[0] != fingerprints[1]:
+        raise ValueError(f"{where} was trained on other data than {str(original.path)!r} (data set fingerprint "
+                         f"{str(fingerprints[0])[:12]} vs {str(fingerprints[1])[:12]})")
 
 
 def evaluate_checkpoint(model_path: str | Path, request: ForgetRequest, seed: int = 0) -> dict[str, float]:

@@ -16,6 +16,7 @@ import platform
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,23 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+@lru_cache(maxsize=1)
+def source_sha256() -> str:
+    """sha256 over every source file of the installed excise package: the version string alone does not
+    change between commits, this does."""
+    import excise
+
+    root = Path(excise.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def versions() -> dict[str, str]:
-    """Versions of everything that changes results, recorded with every output."""
+    """Versions of everything that changes results, recorded with every output — and the torch thread count,
+    which changes float summation order and so, on small models, results like a different seed would."""
     import numpy
     import sklearn
 
@@ -50,10 +66,12 @@ def versions() -> dict[str, str]:
 
     return {
         "excise": excise.__version__,
+        "excise_source": source_sha256()[:16],
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "scikit-learn": sklearn.__version__,
         "python": platform.python_version(),
+        "torch_threads": str(torch.get_num_threads()),
     }
 
 

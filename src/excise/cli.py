@@ -28,7 +28,8 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
-USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, RequestError, ImportError, TypeError)
+# OSError covers what only the file system can tell (permissions, a full disk): its message names the path.
+USER_ERRORS = (ValueError, OSError, RequestError, ImportError, TypeError)
 
 
 def fail(err: Exception) -> None:
@@ -82,7 +83,10 @@ def train_command(
     task: str | None = typer.Option(
         None, "--task",
         help="Dense task: segmentation (multidigits-seg, unet) or detection (multidigits-det, centernet)."),
-    width: int = typer.Option(32, help="Model width (channels of the first stage)."),
+    width: int | None = typer.Option(
+        None, help="Model width (first-stage channels; a GPT's n_embd). Omitted: the model's own default."),
+    model_option: list[str] | None = typer.Option(
+        None, "--model-option", help="Other model argument key=value (e.g. tail=1024 for bottleneck_resnet)."),
     epochs: int = typer.Option(20),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(0.05),
@@ -101,7 +105,8 @@ def train_command(
         dataset, model = train_defaults(task, dataset, model)
         recipe = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
         checkpoint = api.train_model(
-            dataset, model, out, recipe=recipe, model_kwargs={"width": width},
+            dataset, model, out, recipe=recipe, model_kwargs={**parse_params(model_option, "--model-option"),
+                                                             **({} if width is None else {"width": width})},
             dataset_options=parse_params(data_option, "--data-option"), root=root,
             request=parse_request(request, required=False), seed=seed, overwrite=overwrite,
         )

@@ -103,6 +103,16 @@ def check_fraction(obj: Any, *names: str, closed: bool = False) -> None:
             raise ValueError(f"{name}={value!r} must lie in {'(0, 1]' if closed else '(0, 1)'}")
 
 
+def check_optional_probability(obj: Any, *names: str) -> None:
+    """``None`` or a number in [0, 1] (an accuracy threshold); a string is refused before it is compared."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{name}={value!r} must be a number in [0, 1] or None")
+
+
 # --- losses ------------------------------------------------------------------------------------
 TaskLoss = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 _TASK_LOSSES: dict[str, TaskLoss] = {}

@@ -116,7 +116,8 @@ class EssentialGraphConfig:
         if not isinstance(self.balanced, bool):
             raise ValueError(f"balanced={self.balanced!r} must be true or false")
         if self.layers is not None:
-            if isinstance(self.layers, str) or not all(isinstance(x, str) for x in self.layers) or not self.layers:
+            if (isinstance(self.layers, str) or not isinstance(self.layers, (list, tuple)) or not self.layers
+                    or not all(isinstance(x, str) for x in self.layers)):
                 raise ValueError(f"layers={self.layers!r} must be a non-empty list of conv module names")
             self.layers = tuple(self.layers)
         if self.graph is not None:

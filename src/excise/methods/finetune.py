@@ -27,6 +27,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         check_positive_int(self, "epochs")
         check_fraction(self, "lr_scale", closed=True)
+        if self.batch_size is not None:
+            check_positive_int(self, "batch_size")  # 0 would silently fall back to the recipe's
 
 
 @register_method

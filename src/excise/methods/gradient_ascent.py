@@ -21,7 +21,7 @@ from torch import nn
 
 from excise.methods._common import ascend_forget_loss
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
-from excise.training import check_nonnegative, check_positive_int, predict_logits
+from excise.training import check_nonnegative, check_optional_probability, check_positive_int, predict_logits
 
 
 @dataclass
@@ -35,8 +35,7 @@ class GradientAscentConfig:
     def __post_init__(self) -> None:
         check_positive_int(self, "epochs", "batch_size")
         check_nonnegative(self, "lr", "max_grad_norm")
-        if self.stop_accuracy is not None and not 0 <= self.stop_accuracy <= 1:
-            raise ValueError(f"stop_accuracy={self.stop_accuracy!r} must lie in [0, 1] or be None")
+        check_optional_probability(self, "stop_accuracy")
 
 
 def forget_accuracy(model: nn.Module, data: UnlearnData) -> float:

@@ -87,7 +87,13 @@ from excise import distributed
 from excise.data.base import LabeledData
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.progress import progress_bar
-from excise.training import check_nonnegative, check_positive_int, make_loader, make_optimizer
+from excise.training import (
+    check_nonnegative,
+    check_optional_probability,
+    check_positive_int,
+    make_loader,
+    make_optimizer,
+)
 
 STOP_REASONS: tuple[str, ...] = ("recovered", "forget_accuracy", "max_steps")
 
@@ -277,12 +283,7 @@ class MuMisConfig:
             raise ValueError(f"optimizer={self.optimizer!r} is not one of ['sgd', 'adam']")
         if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or not 0 < self.delta < 1:
             raise ValueError(f"delta={self.delta!r} must lie in (0, 1)")
-        if self.class_stop_accuracy is not None and (
-            isinstance(self.class_stop_accuracy, bool) or not 0 <= self.class_stop_accuracy <= 1
-        ):
-            raise ValueError(
-                f"class_stop_accuracy={self.class_stop_accuracy!r} must lie in [0, 1] or be None"
-            )
+        check_optional_probability(self, "class_stop_accuracy")
 
 
 @dataclass
