@@ -54,3 +54,33 @@ def test_unknown_mia_variant_and_empty_sets_are_refused():
 
 def test_avg_gap_is_mean_absolute_difference():
     assert avg_gap({"FA": 10, "RA": 90, "TA": 80, "MIA": 50}, {"FA": 0, "RA": 100, "TA": 80, "MIA": 70}) == 10
+
+
+def test_target_evaluation_reports_the_all_positive_protocol():
+    """Per-target accuracy on the test instances that carry every target (the Essential-Graph paper's
+    protocol), next to the all-instance numbers."""
+    import torch
+    from torch import nn
+
+    from excise.data import LabeledData
+    from excise.data.base import DatasetBundle
+    from excise.metrics import EvalViews, evaluate
+    from excise.requests import ForgetRequest
+
+    class Reads(nn.Module):
+        """Predicts each target from its input feature; feature 0 of all-positive rows is blanked."""
+
+        def forward(self, x):
+            logits = 8 * (x - 0.5)
+            every = (x > 0.5).sum(1) >= 2
+            logits[every & (x[:, 3] > 0.5), 0] = -8.0  # marker column 3: an all-positive instance
+            return logits[:, :3]
+
+    targets = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 0], [1, 1, 1], [0, 0, 1]] * 4,
+                           dtype=torch.float)
+    inputs = torch.cat([targets, targets.all(1, keepdim=True).float()], 1)
+    data = LabeledData(inputs, targets, classes=("a", "b", "c"), task="multilabel")
+    views = EvalViews.from_bundle(DatasetBundle("toy", data, data), ForgetRequest(kind="target", labels=("a",)))
+    metrics = evaluate(Reads(), views, mia_variants=())
+    assert metrics["acc_all_positive:a"] == 0.0 and metrics["acc_all_positive:b"] == 100.0
+    assert metrics["acc:a"] == pytest.approx(100 * (1 - 8 / 24))  # the 8 all-positive rows are wrong on 'a'

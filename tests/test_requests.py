@@ -119,6 +119,9 @@ def test_target_split_masks_labels_per_instance():
     forget, retain = split(data, ForgetRequest(kind="target", labels=("a",)))
     assert forget.source_indices.tolist() == [0, 2]
     assert forget.label_mask.tolist() == [[True, False, False]] * 2
+    # The forget view cannot leak the remaining labels (retain data) to a forget-only method.
+    assert forget.targets.tolist() == [[1, 0, 0], [1, 0, 0]]
+    assert targets[2].tolist() == [1, 0, 1]  # the data set itself is untouched
     assert len(retain) == 4  # every instance keeps its other labels
     assert retain.label_mask.tolist() == [[False, True, True]] * 4
     with pytest.raises(RequestError, match="cannot forget every target"):

@@ -270,9 +270,10 @@ def split(data: LabeledData, request: ForgetRequest) -> tuple[LabeledData, Label
 
     For ``samples``, ``class`` and ``subclass`` the two sets partition the rows. For ``target`` the
     forget set is every instance that carries a forgotten target, with ``label_mask`` selecting only the
-    forgotten columns, and the retain set is *every* instance with ``label_mask`` selecting the remaining
-    columns: the other labels of a forgotten instance are still to be known. Tasks with a registered
-    :class:`TargetSplitter` (segmentation, detection) define their own retain view, see ``excise.tasks``.
+    forgotten columns and the other columns' labels hidden (0), and the retain set is *every* instance
+    with ``label_mask`` selecting the remaining columns: the other labels of a forgotten instance are
+    still to be known. Tasks with a registered :class:`TargetSplitter` (segmentation, detection) define
+    their own retain view, see ``excise.tasks``.
     """
     resolved = resolve(data, request)
     if request.kind == "target" and data.task in _TARGET_SPLITTERS:
@@ -295,6 +296,10 @@ def split(data: LabeledData, request: ForgetRequest) -> tuple[LabeledData, Label
     retain_mask = base & ~forgotten
     forget_set = data.subset(resolved.forget_indices)
     forget_set.label_mask = forget_mask[torch.as_tensor(resolved.forget_indices)]
+    # The forget view carries only the forgotten labels: the remaining ones are retain data, which a forget-only
+    # method must not be able to read. They are set to 0 (absent), not NaN, so a masked loss stays finite.
+    forget_set.targets = forget_set.targets.clone()
+    forget_set.targets[:, ~forgotten] = 0
     retain_set = data.subset(np.arange(len(data)))
     retain_set.label_mask = retain_mask
     return forget_set, retain_set

