@@ -33,7 +33,9 @@ Choices, measured on ``small_cnn`` (width 16) trained 15 epochs at lr 0.05 (cosi
   digits full class 3: FA 0.0 / RA 100 / TA 99.0 / MIA 100, gap 0.19; digits random 10%: gap 0.48;
   digits sub-class "8" of "3|8": FA 32.8 vs retrain 35.9, MIA 64.1 vs 91.6, gap 8.25;
   MNIST full class 3: FA 0.0 / RA 96.6 / TA 94.1 / MIA 100, gap 0.53 (beta 0.9 x 2.0: RA 91.5, gap 3.21);
-  MNIST random 10%: FA 97.3 / RA 98.6 / TA 95.1 / MIA 5.0 (retrain 96.5 / 97.5 / 94.1 / 15.0), gap 3.20.
+  MNIST random 10%: FA 97.3 / RA 98.6 / TA 95.1 / MIA 5.0 (retrain 96.5 / 97.5 / 94.1 / 15.0), gap 3.20
+  (MNIST MIA values measured when the SVC's members were the first retain rows, classes 0-2 only on
+  class-sorted MNIST; with random members, small_cnn width 16: MIA 8.0 vs retrain 12.8, gap 1.79).
 - **budget** ``epochs`` passes over the retain set (the official unit, it grows with the data); the
   forget batches come from :func:`excise.methods._common.endless_batches`, reshuffled each pass, where
   ``itertools.cycle`` replays the first pass's order. Batch size: the recipe's, for both sets.
