@@ -193,6 +193,28 @@ def test_changed_suite_is_refused_or_exactly_its_changed_cells_rerun(finished, c
     assert latest_ft["config"]["method"]["resolved"]["epochs"] == 2
 
 
+def test_records_of_other_code_are_refused_on_resume_or_recomputed(finished, cache, tmp_path, monkeypatch):
+    """Same suite, but the code that computes the numbers changed since: resuming would mix two code versions
+    in one table, so it is refused unless asked to recompute those cells."""
+    import shutil
+
+    import excise.bench.runner as runner_module
+
+    summary, records = finished
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copy(summary.results_path, out / summary.results_path.name)
+    monkeypatch.setattr(runner_module, "results_code_version", lambda: "e" * 64)
+    with pytest.raises(SuiteError, match=r"computed by other code or on other data.*excise code \w+ vs eeee"):
+        run_suite(parse_suite(TINY), out, cache_dir=cache)
+    events = Events([])
+    run_suite(parse_suite(TINY), out, cache_dir=cache, rerun_changed=True, on_event=events)
+    recomputed = [r for r in records if r["status"] == "ok"]
+    assert len(events.of("cell_start")) == len(recomputed) and not events.of("cell_reused")
+    run_suite(parse_suite(TINY), out, cache_dir=cache, on_event=(again := Events([])))  # now current: all reused
+    assert not again.of("cell_start")
+
+
 @pytest.fixture
 def boom_method(monkeypatch):
     @dataclass

@@ -269,7 +269,8 @@ def bench_command(
     root: str | None = typer.Option(None, help="Local directory of data sets that are not bundled (CIFAR, CelebA)."),
     cache: Path | None = typer.Option(None, help="Model cache directory (default OUT/cache); can be shared."),
     retry_failed: bool = typer.Option(False, help="Run failed cells again (finished cells are never redone)."),
-    rerun_changed: bool = typer.Option(False, help="Recompute cells whose configuration changed in the suite."),
+    rerun_changed: bool = typer.Option(
+        False, help="Recompute cells whose configuration (suite file), results code or data changed since stored."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     check: bool = typer.Option(False, "--check", help="Only validate the suite (and load its data); run nothing."),
 ) -> None:

@@ -77,8 +77,25 @@ EventHook = Callable[[str, dict[str, Any]], None]
 
 _CODE_FILES = (
     "training.py", "requests.py", "experiment.py", "methods/base.py", "methods/retrain.py",
-    "models/*.py", "metrics/*.py",
+    "models/*.py", "metrics/*.py", "tasks/*.py", "sequential.py", "data/*.py",
 )
+# Modules that only present results (or drive the run) and cannot change a number in a record.
+_PRESENTATION_FILES = ("bench/report.py", "cli.py", "demo.py", "progress.py", "__main__.py")
+
+
+@lru_cache(maxsize=1)
+def results_code_version() -> str:
+    """Hash of every package module that can change a recorded number (all but the presentation ones).
+
+    A resumed run refuses records computed by other code, so one results file never mixes code versions."""
+    root = Path(excise.__file__).parent
+    h = hashlib.sha256(f"{excise.__version__}|{torch.__version__}".encode())
+    for path in sorted(root.rglob("*.py")):
+        name = path.relative_to(root).as_posix()
+        if name not in _PRESENTATION_FILES:
+            h.update(name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 @lru_cache(maxsize=1)
@@ -354,7 +371,8 @@ class _Runner:
         self.writes = distributed.is_main()
         self.cache = ModelCache(cache_dir, writable=self.writes)
         self.on_event = on_event
-        self.versions = {**versions(), "excise_code": code_version()[:16]}
+        self.versions = {**versions(), "excise_code": code_version()[:16],
+                         "excise_results_code": results_code_version()[:16]}
 
     def emit(self, event: str, info: dict[str, Any]) -> None:
         if self.on_event is not None:
@@ -546,9 +564,34 @@ def run_suite(
             "supersede the old ones, so the latest record of every cell matches the suite)"
         )
 
+    # Same configuration, but computed by other code or on other data: resuming would mix them in one table.
+    current_code = runner.versions["excise_results_code"]
+
+    def stale_because(cell: _Cell) -> str | None:
+        record = done.get((suite.name, *cell.key))
+        if record is None or record["cell_hash"] != cell.cell_hash or status_of(record) == "skipped":
+            return None
+        recorded_code = record.get("versions", {}).get("excise_results_code")
+        if recorded_code != current_code:
+            return f"excise code {recorded_code or 'unrecorded'} vs {current_code} now"
+        recorded_data = record.get("hashes", {}).get("data")
+        if recorded_data != prepared[cell.scenario.name].fingerprint:
+            return f"data fingerprint {str(recorded_data)[:12]} vs {prepared[cell.scenario.name].fingerprint[:12]} now"
+        return None
+
+    stale = [(c, why) for c in cells if (why := stale_because(c))]
+    if stale and not rerun_changed:
+        first, why = stale[0]
+        raise SuiteError(
+            f"{runner.store.path} holds {len(stale)} record(s) of suite {suite.name!r} with this configuration but "
+            f"computed by other code or on other data (first: scenario={first.key[0]!r}, method={first.key[1]!r}, "
+            f"seed={first.key[2]}: {why}). Use a new --out directory, or --rerun-changed to recompute them"
+        )
+    stale_keys = {c.key for c, _ in stale}
+
     def finished(cell: _Cell) -> bool:
         record = done.get((suite.name, *cell.key))
-        if record is None or record["cell_hash"] != cell.cell_hash:
+        if record is None or record["cell_hash"] != cell.cell_hash or cell.key in stale_keys:
             return False
         status = status_of(record)
         if status == "failed":
