@@ -275,6 +275,7 @@ def _scenario0(**changes):
         ({"seedz": [0]}, "seedz: unknown key(s) ['seedz']"),
         ({"seeds": "0"}, "seeds: expected a non-empty list of integers, got '0'"),
         ({"seeds": [0, "one"]}, "seeds[1]: expected an integer, got str 'one'"),
+        ({"seeds": [0, 2**70]}, "seeds[1]: 1180591620717411303424 is outside [0, 2**32)"),
         ({"seeds": [1, 1]}, "seeds: [1, 1] repeats a seed"),
         ({"dataset": "cifar11"}, "dataset.name: dataset='cifar11' is not registered"),
         ({"dataset": {"name": "digits", "options": {"size": 3}}}, "dataset.options.size: data set 'digits' has no"),
@@ -339,6 +340,10 @@ def test_suite_files_load_and_bad_files_are_refused(tmp_path):
         load_suite(write_suite(tmp_path / "s.txt", TINY))
     with pytest.raises(SuiteError, match="does not exist"):
         load_suite(tmp_path / "missing.yaml")
+    doubled = tmp_path / "doubled.yaml"
+    doubled.write_text("suite: x\nseeds: [0]\nseeds: [1]\n")
+    with pytest.raises(SuiteError, match=r"key 'seeds' appears twice in one mapping \(line 3\)"):
+        load_suite(doubled)
 
 
 # --- the results store -------------------------------------------------------------------------

@@ -142,6 +142,10 @@ def test_cifar10_missing_files_name_the_layout(cifar10_root, tmp_path_factory) -
         load_dataset("cifar10", root=empty)
     for name in ("cifar-10-batches-py", "data_batch_1", "data_batch_5", "test_batch", "batches.meta"):
         assert name in str(err.value)
+    batch = cifar10_root / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:100])  # what an interrupted extraction leaves
+    with pytest.raises(ValueError, match=r"data_batch_2 is not a readable CIFAR batch file.*extract the official"):
+        load_dataset("cifar10", root=cifar10_root)
     (cifar10_root / "cifar-10-batches-py" / "data_batch_3").unlink()
     with pytest.raises(FileNotFoundError, match=r"missing \['data_batch_3'\]"):
         load_dataset("cifar10", root=cifar10_root)

@@ -416,6 +416,9 @@ def _parse_suite(data: Any, check_registry: bool) -> Suite:
     if not isinstance(seeds, list) or not seeds:
         raise _fail("seeds", f"expected a non-empty list of integers, got {seeds!r}")
     seeds = tuple(_integer(s, f"seeds[{k}]") for k, s in enumerate(seeds))
+    for k, seed in enumerate(seeds):
+        if not 0 <= seed < 2**32:  # torch.manual_seed and numpy's generators take 32-bit seeds
+            raise _fail(f"seeds[{k}]", f"{seed} is outside [0, 2**32)")
     if len(set(seeds)) != len(seeds):
         raise _fail("seeds", f"{list(seeds)} repeats a seed")
     on_unsupported = spec.get("on_unsupported", "skip")

@@ -50,19 +50,30 @@ _ALLOWED_GLOBALS = {
 }
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle that names code to run: refused for safety, not reported as a damaged file."""
+
+
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(
+            raise _RefusedGlobal(
                 f"refusing to load {module}.{name}: a CIFAR batch file only holds dicts, lists and numpy arrays"
             )
         return super().find_class(module, name)
 
 
 def _load_pickle(path: Path) -> dict[Any, Any]:
-    with open(path, "rb") as f:
-        # encoding="bytes" is what the CIFAR page prescribes for its Python 2 pickles: keys come back as bytes.
-        obj = _ArrayOnlyUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+    try:
+        with open(path, "rb") as f:
+            # encoding="bytes" is what the CIFAR page prescribes for its Python 2 pickles: keys come back as bytes.
+            obj = _ArrayOnlyUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+    except _RefusedGlobal:
+        raise
+    except (EOFError, pickle.UnpicklingError, OSError, ValueError) as err:
+        # An empty or truncated file is what an interrupted download or extraction leaves behind.
+        raise ValueError(f"{path} is not a readable CIFAR batch file ({type(err).__name__}: {err}); it looks "
+                         "truncated or corrupt: extract the official archive again") from err
     if not isinstance(obj, dict):
         raise ValueError(f"{path} does not hold a dict as an official CIFAR batch file does (got {type(obj).__name__})")
     return obj
