@@ -215,6 +215,22 @@ def test_records_of_other_code_are_refused_on_resume_or_recomputed(finished, cac
     assert not again.of("cell_start")
 
 
+def test_the_run_table_covers_only_the_suites_current_cells(finished, cache, tmp_path):
+    """A method removed from the suite file keeps its old records in the results file (nothing is deleted)
+    but no longer counts in the run's table."""
+    import shutil
+
+    summary, _ = finished
+    out = tmp_path / "fewer"
+    out.mkdir()
+    shutil.copy(summary.results_path, out / summary.results_path.name)
+    fewer = run_suite(parse_suite(tiny(methods=TINY["methods"][:1])), out, cache_dir=cache)
+    assert fewer.ran == 0
+    records = read_records(fewer.results_path)
+    assert "finetune-1ep" in {r["method"] for r in records}
+    assert {r["method"] for r in fewer.of_this_suite(records)} == {"original", "retrain", "gradient_ascent"}
+
+
 @pytest.fixture
 def boom_method(monkeypatch):
     @dataclass

@@ -318,6 +318,11 @@ def test_celeba_missing_files_name_the_layout(celeba_root, tmp_path_factory) -> 
         load_dataset("celeba", root=tmp_path_factory.mktemp("empty"))
     for name in ("list_attr_celeba.txt", "list_eval_partition.txt", "img_align_celeba"):
         assert name in str(err.value)
+    (root / "img_align_celeba" / "000002.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # an interrupted extraction
+    with pytest.raises(ValueError, match=r"000002.jpg' cannot be decoded .*re-extract the archive"):
+        load_dataset("celeba", root=root, image_size=4)
     (root / "img_align_celeba" / "000009.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match="000009.jpg"):
+    (root / "img_align_celeba" / "000010.jpg").unlink()
+    # Found before any image is decoded (000002.jpg comes first), all missing ones counted.
+    with pytest.raises(FileNotFoundError, match=r"2 CelebA image\(s\) listed .* missing .*'000009.jpg', '000010.jpg'"):
         load_dataset("celeba", root=root, image_size=4)

@@ -299,7 +299,7 @@ def bench_command(
         raise typer.Exit(code=130) from None
     except USER_ERRORS as err:
         fail(err)
-    table = summary_rows([r for r in read_records(summary.results_path) if r["suite"] == spec.name])
+    table = summary_rows(summary.of_this_suite(read_records(summary.results_path)))
     console.print(_rich_table(table, f"suite {spec.name}"))
     console.print(f"{summary.ran} cells run, {summary.reused} reused, {summary.skipped} skipped, "
                   f"{len(summary.failed)} failed in {summary.seconds:.0f}s → {summary.results_path}")

@@ -177,7 +177,8 @@ class ModelCache:
             except CheckpointError as err:
                 if "has no sidecar" not in str(err):
                     raise
-                path.unlink()  # weights written, sidecar not: a run killed between the two writes
+                if self.writable:  # only the writing rank touches the files
+                    path.unlink(missing_ok=True)  # weights without a sidecar: a save killed between the renames
             else:
                 checkpoint = load_checkpoint(path)  # raises if the weights do not match their sha256
                 return checkpoint.model, checkpoint.meta, True
@@ -232,6 +233,12 @@ class BenchSummary:
     failed: list[tuple[str, str, int, str]]
     skipped: int
     seconds: float
+    cells: frozenset[tuple[str, str, str, int]] = frozenset()  # (suite, scenario, method, seed) of this suite
+
+    def of_this_suite(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The records of the suite's current cells: a seed, method or scenario removed from the suite file
+        since an earlier run stays in the results file but not in this run's table."""
+        return [r for r in records if (r["suite"], r["scenario"], r["method"], r["seed"]) in self.cells]
 
 
 def _prepare(scenario: Scenario, bundle: DatasetBundle) -> list[_Step]:
@@ -366,9 +373,10 @@ class _GroupModels:
 class _Runner:
     def __init__(self, suite: Suite, out_dir: Path, cache_dir: Path, on_event: EventHook | None) -> None:
         self.suite = suite
-        self.store = ResultStore(out_dir / RESULTS_FILE)
-        # Decided once, before any rank works alone: only rank 0 of a torchrun job writes results or models.
+        # Decided once, before any rank works alone: only rank 0 of a torchrun job writes results or models
+        # (or repairs a truncated results file).
         self.writes = distributed.is_main()
+        self.store = ResultStore(out_dir / RESULTS_FILE, writable=self.writes)
         self.cache = ModelCache(cache_dir, writable=self.writes)
         self.on_event = on_event
         self.versions = {**versions(), "excise_code": code_version()[:16],
@@ -648,7 +656,8 @@ def run_suite(
                     for record in records:
                         account(runner.append(record))
     distributed.barrier()  # rank 0 has written everything before any rank reads the results
-    return BenchSummary(runner.store.path, len(cells), ran, reused, failed, skipped, time.perf_counter() - start)
+    return BenchSummary(runner.store.path, len(cells), ran, reused, failed, skipped, time.perf_counter() - start,
+                        frozenset((suite.name, *c.key) for c in cells))
 
 
 __all__ = ["BenchSummary", "ModelCache", "code_version", "metric_block", "metric_direction", "plan", "run_suite"]

@@ -139,11 +139,14 @@ def resolve_results_path(path: str | Path) -> Path:
 class ResultStore:
     """Append-only writer over a results file; loads (and repairs a truncated tail of) what is there."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, writable: bool = True) -> None:
+        """``writable=False`` (the non-writing ranks of a torchrun job) reads without repairing anything."""
         self.path = Path(path)
         self.records: list[dict[str, Any]] = []
         if self.path.exists():
             self.records, truncated = _read(self.path)
+            if not writable:
+                return
             if truncated is not None:
                 warnings.warn(f"{self.path}: dropping a truncated last line left by an interrupted run",
                               stacklevel=2)
@@ -155,7 +158,7 @@ class ResultStore:
                 with open(self.path, "ab") as handle:
                     handle.write(b"\n")
                     os.fsync(handle.fileno())
-        else:
+        elif writable:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def latest(self) -> dict[tuple[str, str, str, int], dict[str, Any]]:

@@ -124,24 +124,39 @@ def _select_attributes(requested: Sequence[str] | None, known: list[str]) -> lis
     return [known.index(a) for a in requested]
 
 
+def _check_images_exist(directory: Path, files: Sequence[str]) -> None:
+    """Every image a load will decode, checked before the first is decoded: a partial extraction fails in a
+    second, not after minutes of decoding."""
+    missing = [name for name in files if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} CelebA image(s) listed in {ATTR_FILE} are missing from {str(directory)!r} (first: "
+            f"{missing[:3]}).\n{_LAYOUT}"
+        )
+
+
 def _load_images(directory: Path, files: Sequence[str], image_size: int, description: str) -> torch.Tensor:
     from PIL import Image
 
+    _check_images_exist(directory, files)
     out = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
     with progress_bar(description, total=len(files)) as bar:
         for i, name in enumerate(files):
             path = directory / name
-            if not path.is_file():
-                raise FileNotFoundError(f"CelebA image {str(path)!r} is listed in {ATTR_FILE} but missing.\n{_LAYOUT}")
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                w, h = img.size
-                side = min(w, h)
-                left, top = (w - side) // 2, (h - side) // 2
-                img = img.crop((left, top, left + side, top + side)).resize(
-                    (image_size, image_size), Image.Resampling.BILINEAR
-                )
-                out[i] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+            try:
+                with Image.open(path) as img:
+                    img = img.convert("RGB")
+                    w, h = img.size
+                    side = min(w, h)
+                    left, top = (w - side) // 2, (h - side) // 2
+                    img = img.crop((left, top, left + side, top + side)).resize(
+                        (image_size, image_size), Image.Resampling.BILINEAR
+                    )
+                    out[i] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+            except OSError as err:  # PIL: a truncated or non-image file (UnidentifiedImageError is an OSError)
+                raise ValueError(
+                    f"CelebA image {str(path)!r} cannot be decoded ({err}); re-extract the archive"
+                ) from err
             bar.advance()
     return torch.from_numpy(out).float().div_(255.0)
 
@@ -189,10 +204,13 @@ def celeba(
     images_dir = _image_dir(folder)
     rng_train, rng_test = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
 
-    def part(parts: set[int], cap: int | None, rng: np.random.Generator, label: str) -> LabeledData:
+    def rows_of(parts: set[int], cap: int | None, rng: np.random.Generator) -> np.ndarray:
         rows = np.flatnonzero(np.isin(part_of, list(parts)))
         if cap is not None and cap < len(rows):
             rows = np.sort(rng.choice(rows, size=cap, replace=False))
+        return rows
+
+    def part(rows: np.ndarray, label: str) -> LabeledData:
         chosen = [files[i] for i in rows]
         return LabeledData(
             inputs=_load_images(images_dir, chosen, int(image_size), f"celeba {label} images"),
@@ -203,7 +221,8 @@ def celeba(
             name="celeba",
         )
 
-    train = part(train_parts, max_train, rng_train, "train")
-    test = part(test_parts, max_test, rng_test, "test")
+    train_rows, test_rows = rows_of(train_parts, max_train, rng_train), rows_of(test_parts, max_test, rng_test)
+    _check_images_exist(images_dir, [files[i] for i in np.concatenate([train_rows, test_rows])])
+    train, test = part(train_rows, "train"), part(test_rows, "test")
     meta = {"source": str(folder), "split": f"official (validation partition: {valid_partition})"}
     return DatasetBundle("celeba", train, test, meta)
