@@ -26,7 +26,7 @@ from excise.data import load_dataset  # noqa: E402
 from excise.experiment import build_model, run_method, train_original  # noqa: E402
 from excise.metrics import EvalViews, evaluate  # noqa: E402
 from excise.requests import ForgetRequest  # noqa: E402
-from excise.training import TrainConfig  # noqa: E402
+from excise.training import TrainConfig, train  # noqa: E402
 
 RECIPE = TrainConfig(epochs=12, batch_size=64, lr=0.05)
 WIDTH = 16
@@ -54,7 +54,12 @@ def main(out_path: str, method: str, start_path: str) -> None:
     start.load_state_dict(load_file(start_path))
     start.eval()
     unlearned, record = run_method(method, start, views, RECIPE, seed=0)
+    # A training set smaller than the batch size (45 samples, batch 64, 2 ranks): one step per epoch, as on one
+    # process, instead of refusing a per-rank batch size the user never set.
+    small = build_model(bundle, "small_cnn", seed=0, width=4)
+    train(small, bundle.train.subset(list(range(45))), TrainConfig(epochs=2, batch_size=64, lr=0.05), seed=0)
     mine = {
+        "small": param_hash(small),
         "original": param_hash(original), "retrain": param_hash(retrained), "unlearn": param_hash(unlearned),
         # What this rank's own loop did (before the final broadcast of rank 0's model).
         "steps": record.stats.get("steps"), "stop_reason": record.stats.get("stop_reason"),

@@ -50,6 +50,7 @@ def test_two_processes_train_and_retrain_like_one(runs):
         for metric in ("FA", "RA", "TA"):
             assert two[stage][metric] == pytest.approx(one[stage][metric], abs=1.5), (stage, one[stage], two[stage])
         assert len({rank[stage] for rank in two["per_rank"]}) == 1, f"{stage}: the ranks' parameters differ"
+    assert len({rank["small"] for rank in two["per_rank"]}) == 1  # a set smaller than one batch trains too
     assert two["retrain"]["FA"] == 0.0
 
 

@@ -72,6 +72,9 @@ def results(tmp_path_factory):
 def test_statistics_are_mean_and_sample_std_over_seeds():
     assert Stat.of([10.0, 20.0]).fmt() == "15.00 ± 7.07"
     assert Stat.of([3.0]).fmt() == "3.00" and Stat.of([None]).fmt() == "—"
+    # A diverged seed (NaN, stored as null) is left out of the mean, and the cell says so.
+    assert Stat.of([10.0, None, 20.0]).fmt() == "15.00 ± 7.07 (n=2/3)"
+    assert Stat.of([10.0, float("nan")]).fmt() == "10.00 (n=1/2)"
 
 
 @pytest.fixture(scope="module")

@@ -225,10 +225,13 @@ def train(
         # Each rank sees batch_size / N samples per step so one DDP step averages the gradient of
         # batch_size samples, exactly as on one process.
         sampler = torch.utils.data.DistributedSampler(data, shuffle=True, seed=seed)
-        loader = torch.utils.data.DataLoader(
-            data, batch_size=distributed.per_rank_batch_size(min(config.batch_size, len(data))),
-            sampler=sampler, collate_fn=_identity,
-        )
+        if len(data) < config.batch_size:
+            # The whole set is one step, as on one process; each rank takes its ceil(len / N) share (the sampler
+            # repeats at most N - 1 samples to even the shards), so no batch size the user never set is refused.
+            per_rank = -(-len(data) // distributed.world_size())
+        else:
+            per_rank = distributed.per_rank_batch_size(config.batch_size)
+        loader = torch.utils.data.DataLoader(data, batch_size=per_rank, sampler=sampler, collate_fn=_identity)
     else:
         generator = torch.Generator().manual_seed(seed)
         loader = make_loader(data, config.batch_size, shuffle=True, generator=generator)

@@ -43,21 +43,24 @@ class Stat:
     mean: float | None
     std: float | None
     n: int
+    total: int = 0  # values offered, finite or not: n < total means some seeds' values were missing or NaN
 
     @classmethod
     def of(cls, values: Sequence[float | None]) -> Stat:
         vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
         if not vals:
-            return cls(None, None, 0)
+            return cls(None, None, 0, len(values))
         mean = sum(vals) / len(vals)
         std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
-        return cls(mean, std, len(vals))
+        return cls(mean, std, len(vals), len(values))
 
     def fmt(self, digits: int = 2) -> str:
         if self.mean is None:
             return "—"
         text = f"{self.mean:.{digits}f}"
-        return text if self.std is None else f"{text} ± {self.std:.{digits}f}"
+        text = text if self.std is None else f"{text} ± {self.std:.{digits}f}"
+        # A seed whose value diverged (stored as null) must not vanish from the mean unnoticed.
+        return text if self.n >= self.total else f"{text} (n={self.n}/{self.total})"
 
 
 @dataclass
