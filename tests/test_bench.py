@@ -270,6 +270,28 @@ def test_failing_method_is_recorded_unsupported_is_skipped_and_the_suite_goes_on
     assert [i["method"] for i in events.of("cell_start")] == [boom_method]  # ... unless asked to retry
 
 
+def test_retrying_failed_cells_is_not_blocked_by_their_records_from_older_code(tmp_path, cache, boom_method,
+                                                                              monkeypatch):
+    """A failed record is about to be recomputed by --retry-failed, so the code that wrote it does not matter;
+    an ok record from other code still does."""
+    import excise.bench.runner as runner_module
+
+    spec = tiny(methods=[boom_method], scenarios=TINY["scenarios"][:1])
+    out = tmp_path / "out"
+    run_suite(parse_suite(spec), out, cache_dir=cache)
+    records = read_records(out / "results.jsonl")
+    failed_only = [r for r in records if r["method"] == boom_method]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in failed_only))
+    monkeypatch.setattr(runner_module, "results_code_version", lambda: "e" * 64)
+    events = Events([])
+    run_suite(parse_suite(spec), out, cache_dir=cache, retry_failed=True, on_event=events)
+    assert boom_method in [i["method"] for i in events.of("cell_start")]
+
+    monkeypatch.setattr(runner_module, "results_code_version", lambda: "f" * 64)
+    with pytest.raises(SuiteError, match=r"excise code e+ vs f+ now.*--rerun-changed"):  # original, retrain: ok
+        run_suite(parse_suite(spec), out, cache_dir=cache, retry_failed=True)
+
+
 def test_unsupported_methods_named_by_a_scenario_or_under_on_unsupported_error_are_refused():
     explicit = tiny(methods=["target_finetune"], scenarios=[{**TINY["scenarios"][0], "methods": ["target_finetune"]}])
     with pytest.raises(SuiteError, match=r"scenarios\[0\] \(class-3\)\.methods: method 'target_finetune' cannot"):

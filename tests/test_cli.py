@@ -129,3 +129,25 @@ def test_train_uses_the_models_own_width_unless_given(tmp_path):
     assert load_checkpoint(out).model.stem[0].out_channels == 8  # bottleneck_resnet's own default width
     result = invoke("train", "--out", tmp_path / "c.safetensors", "--epochs", 1, "--model-option", "depth=3")
     assert result.exit_code == 2 and "depth" in result.output
+
+
+def test_reference_check_ignores_label_order_and_refuses_sidecars_without_a_data_fingerprint(digits, tmp_path):
+    """``class:5,3`` and ``class:3,5`` are one request; a sidecar whose dataset record is null or lacks the
+    fingerprint cannot be shown to share the original's data, and is refused by name (not an AttributeError)."""
+    from excise.api import check_reference
+    from excise.checkpoint import Checkpoint, CheckpointError
+    from excise.requests import ForgetRequest
+
+    dataset = {"name": "digits", "fingerprint": digits.fingerprint()}
+    original = Checkpoint(None, {"kind": "original", "dataset": dataset}, tmp_path / "original.safetensors")
+
+    def reference(dataset_record):
+        meta = {"kind": "retrained", "request": {"kind": "class", "labels": [5, 3]}, "dataset": dataset_record}
+        return Checkpoint(None, meta, tmp_path / "reference.safetensors")
+
+    check_reference(reference(dataset), original, ForgetRequest.parse("class:3,5"), digits.train)
+    with pytest.raises(ValueError, match="was retrained without 'class:5,3', but this run forgets 'class:3'"):
+        check_reference(reference(dataset), original, ForgetRequest.parse("class:3"), digits.train)
+    for record in (None, {"name": "digits"}):
+        with pytest.raises(CheckpointError, match=r"reference.safetensors' records no dataset.fingerprint"):
+            check_reference(reference(record), original, ForgetRequest.parse("class:3,5"), digits.train)

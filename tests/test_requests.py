@@ -58,6 +58,22 @@ def test_numpy_and_torch_indices_and_scientific_fractions_are_accepted():
     assert ForgetRequest.parse("samples:1e-1").fraction == 0.1
 
 
+def test_array_and_numpy_scalar_labels_and_seeds_are_accepted_and_serialise():
+    """Labels and seeds often come out of numpy/torch code; they are taken as the ints they hold, and the
+    request still serialises to JSON (np.int64 would not)."""
+    expected = ForgetRequest(kind="class", labels=(5, 3), seed=7)
+    for labels in (np.array([5, 3]), torch.tensor([5, 3]), [np.int64(5), np.int32(3)]):
+        request = ForgetRequest(kind="class", labels=labels, seed=np.int64(7))
+        assert request == expected and type(request.seed) is int
+        assert all(type(label) is int for label in request.labels)
+        assert json.loads(json.dumps(request.to_dict())) == {"kind": "class", "labels": [5, 3], "seed": 7}
+    assert ForgetRequest(kind="class", labels=np.int64(3)).labels == (3,)
+    assert ForgetRequest(kind="target", labels=torch.tensor(2)).labels == (2,)
+    assert ForgetRequest.from_dict({"kind": "class", "labels": np.array([3])}).labels == (3,)
+    with pytest.raises(RequestError, match=r"labels\[0\]=0.5 must be a class name"):
+        ForgetRequest(kind="class", labels=np.array([0.5]))
+
+
 def test_out_of_range_index_is_refused_against_the_data(digits):
     n = len(digits.train)
     with pytest.raises(RequestError, match=rf"indices \[{n}\] are out of range.*{n} samples"):
@@ -142,6 +158,25 @@ def test_request_from_json_yaml_and_cli_shorthand(tmp_path):
         ForgetRequest.parse("forget-three")
     with pytest.raises(RequestError, match="does not exist"):
         ForgetRequest.from_file(tmp_path / "missing.yaml")
+
+
+def test_repeated_keys_are_refused_in_inline_json_and_files_but_yaml_merge_keys_work(tmp_path):
+    with pytest.raises(RequestError, match=r"key\(s\) \['labels'\] appear twice"):
+        ForgetRequest.parse('{"kind": "class", "labels": [3], "labels": [5]}')
+    (tmp_path / "twice.yaml").write_text("kind: class\nlabels: [3]\nlabels: [5]\n")
+    with pytest.raises(RequestError, match=r"key 'labels' appears twice in one mapping \(line 3\)"):
+        ForgetRequest.from_file(tmp_path / "twice.yaml")
+    # ``<<: *anchor`` is how YAML users share fields; the merged key may be overridden, as YAML specifies.
+    (tmp_path / "merged.yaml").write_text(
+        "base: &base {kind: class, labels: [3], seed: 1}\nrequest:\n  <<: *base\n  seed: 4\n")
+    from excise._files import read_json_or_yaml
+
+    merged = read_json_or_yaml(tmp_path / "merged.yaml", "request file", RequestError)
+    assert ForgetRequest.from_dict(merged["request"]) == ForgetRequest(kind="class", labels=(3,), seed=4)
+    # An unhashable key is a YAML error naming the file, not a bare TypeError.
+    (tmp_path / "listkey.yaml").write_text("? [1, 2]\n: x\nkind: class\n")
+    with pytest.raises(RequestError, match=r"(?s)request file .*listkey.yaml.* is not valid YAML.*unhashable key"):
+        ForgetRequest.from_file(tmp_path / "listkey.yaml")
 
 
 def test_sequence_is_cumulative(digits):

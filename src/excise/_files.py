@@ -18,23 +18,24 @@ def read_json_or_yaml(path: Path, what: str, error: type[Exception]) -> Any:
     text = path.read_text()
     try:
         if path.suffix == ".json":
-            return json.loads(text, object_pairs_hook=_refuse_duplicate_json_keys)
+            return json.loads(text, object_pairs_hook=refuse_duplicate_json_keys)
         return yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader subclass: no arbitrary objects
-    except _DuplicateKey as err:
+    except DuplicateKeyError as err:
         raise error(f"{what} {str(path)!r}: {err}") from err
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise error(f"{what} {str(path)!r} is not valid {path.suffix[1:].upper() or 'YAML'}: {err}") from err
 
 
-class _DuplicateKey(ValueError):
-    pass
+class DuplicateKeyError(ValueError):
+    """A key given twice in one JSON object or YAML mapping (the parsers would silently keep the last)."""
 
 
-def _refuse_duplicate_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def refuse_duplicate_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for :func:`json.loads` that refuses repeated keys."""
     keys = [k for k, _ in pairs]
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
-        raise _DuplicateKey(f"key(s) {repeated} appear twice in one object; the first value would be lost")
+        raise DuplicateKeyError(f"key(s) {repeated} appear twice in one object; the first value would be lost")
     return dict(pairs)
 
 
@@ -48,11 +49,17 @@ def _unique_key_loader() -> type:
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             seen: set[Any] = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # ``<<: *anchor`` merges a mapping in; the base loader resolves it
                 key = self.construct_object(key_node, deep=deep)
-                if key in seen:
+                try:
+                    repeated = key in seen
+                except TypeError:
+                    break  # an unhashable key: the base loader raises its own YAML error for it
+                if repeated:
                     line = key_node.start_mark.line + 1
-                    raise _DuplicateKey(f"key {key!r} appears twice in one mapping (line {line}); the first value "
-                                        "would be lost")
+                    raise DuplicateKeyError(f"key {key!r} appears twice in one mapping (line {line}); the first "
+                                            "value would be lost")
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 

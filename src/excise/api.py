@@ -216,12 +216,20 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
     except ValueError as err:
         raise CheckpointError(f"{where} records an invalid request: {err}") from err
     mine, theirs = resolve(data, request), resolve(data, retrained_for)
-    same = (request.kind == retrained_for.kind and mine.label_indices == theirs.label_indices
+    same = (request.kind == retrained_for.kind
+            and sorted(set(mine.label_indices)) == sorted(set(theirs.label_indices))
             and np.array_equal(np.sort(mine.forget_indices), np.sort(theirs.forget_indices)))
     if not same:
         raise ValueError(f"{where} was retrained without {retrained_for.describe()!r}, but this run forgets "
                          f"{request.describe()!r}: its metrics are not this request's reference")
-    fingerprints = [c.meta.get("dataset", {}).get("fingerprint") for c in (reference, original)]
+    fingerprints = []
+    for checkpoint in (reference, original):
+        record = checkpoint.meta.get("dataset")
+        fingerprint = record.get("fingerprint") if isinstance(record, dict) else None
+        if not fingerprint:
+            raise CheckpointError(f"the sidecar of {str(checkpoint.path)!r} records no dataset.fingerprint, so "
+                                  "it cannot be checked to share the original's data; retrain it with excise")
+        fingerprints.append(fingerprint)
     if fingerprints[0] != fingerprints[1]:
         raise ValueError(f"{where} was trained on other data than {str(original.path)!r} (data set fingerprint "
                          f"{str(fingerprints[0])[:12]} vs {str(fingerprints[1])[:12]})")

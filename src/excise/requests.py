@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from excise._files import read_json_or_yaml
+from excise._files import DuplicateKeyError, read_json_or_yaml, refuse_duplicate_json_keys
 from excise.data.base import LabeledData, _resolve_label
 
 KINDS: tuple[str, ...] = ("samples", "class", "subclass", "target")
@@ -65,7 +65,9 @@ class ForgetRequest:
         if self.kind not in KINDS:
             raise RequestError(f"kind={self.kind!r} is not a request kind; allowed: {list(KINDS)}")
         labels = self.labels
-        if isinstance(labels, (str, int)):
+        if isinstance(labels, torch.Tensor | np.ndarray):
+            labels = labels.tolist()  # a 0-d array/tensor gives a scalar, wrapped below
+        if isinstance(labels, (str, int, np.integer)):
             labels = (labels,)
         if not isinstance(labels, Sequence):
             raise RequestError(f"labels={labels!r} must be a class name/index or a list of them")
@@ -75,6 +77,7 @@ class ForgetRequest:
         object.__setattr__(self, "labels", tuple(int(x) if isinstance(x, np.integer) else x for x in labels))
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise RequestError(f"seed={self.seed!r} must be an integer")
+        object.__setattr__(self, "seed", int(self.seed))  # np.int64 would not serialise to JSON
         if self.indices is not None:
             object.__setattr__(self, "indices", _integer_indices(self.indices))
         if self.kind == "samples":
@@ -123,10 +126,6 @@ class ForgetRequest:
             if "labels" in data:
                 raise RequestError("give either 'label' or 'labels', not both")
             data["labels"] = (data.pop("label"),)
-        if "labels" in data and isinstance(data["labels"], (str, int)):
-            data["labels"] = (data["labels"],)
-        if "labels" in data:
-            data["labels"] = tuple(data["labels"])
         return cls(**data)
 
     @classmethod
@@ -141,7 +140,9 @@ class ForgetRequest:
         text = text.strip()
         if text.startswith("{"):
             try:
-                return cls.from_dict(json.loads(text))
+                return cls.from_dict(json.loads(text, object_pairs_hook=refuse_duplicate_json_keys))
+            except DuplicateKeyError as err:
+                raise RequestError(f"request {text!r}: {err}") from err
             except json.JSONDecodeError as err:
                 raise RequestError(f"request {text!r} is not valid JSON: {err}") from err
         if Path(text).suffix in (".json", ".yaml", ".yml"):

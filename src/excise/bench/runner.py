@@ -579,6 +579,8 @@ def run_suite(
         record = done.get((suite.name, *cell.key))
         if record is None or record["cell_hash"] != cell.cell_hash or status_of(record) == "skipped":
             return None
+        if retry_failed and status_of(record) == "failed":
+            return None  # about to be recomputed anyway: its old code cannot leak into the table
         recorded_code = record.get("versions", {}).get("excise_results_code")
         if recorded_code != current_code:
             return f"excise code {recorded_code or 'unrecorded'} vs {current_code} now"

@@ -6,20 +6,23 @@ should no longer produce something the target's detector recognises. excise meas
 ``shared/methods/evaluation.md`` describes (the paper's exact protocol is not public):
 
 1. For each model (original, retrained, unlearned), optimise ``num_images`` inputs to maximise the
-   forgotten target's logit with Adam; pixels stay in the data range ``[0, 1]`` through a sigmoid
-   parametrisation (the data sets excise ships are ``[0, 1]`` images). Two starts (``InversionConfig.start``):
+   forgotten target's logit with Adam, keeping pixels in the data range ``[0, 1]`` (the data sets excise
+   ships are ``[0, 1]`` images). Two starts (``InversionConfig.start``), each with its own parametrisation:
 
-   - ``"negatives"`` (default): start from held-out instances that do **not** carry the target, with the
-     total-variation and L2 priors on the *change* to that start. The question is "can this model paint the
-     target into an image that lacks it?". A model whose forgotten output is exactly blind to the input
-     leaves the start as it is (the floor is then the judge's false-positive rate on real negatives). A
-     retrained model's forgotten output is only nearly blind — its head row decays under weight decay but
-     is not 0 — and Adam rescales its tiny gradient to full steps, so its floor sits above the starts' score:
-     measured 0-71% on the multidigits fixture across start sets, against 100% for the original.
-   - ``"noise"``: the classic model inversion from dark noise, with the priors on the image itself. Its
-     floor is whatever the judge makes of the priors' smooth images, which depends on the data: on the
-     multidigits canvases the original model calls the mean canvas, and any smooth blob, a "0" (probability
-     1.00), so a retrained model's prior-only reconstructions of digit 0 score as high as the original's own.
+   - ``"negatives"`` (default): start from held-out instances that do **not** carry the target and optimise
+     the pixels directly, clamped to ``[0, 1]`` after each step (a sigmoid parametrisation would saturate on
+     the starts' exact 0s and 1s), with the total-variation and L2 priors on the *change* to that start.
+     The question is "can this model paint the target into an image that lacks it?". A model whose
+     forgotten output is exactly blind to the input leaves the start as it is (the floor is then the
+     judge's false-positive rate on real negatives). A retrained model's forgotten output is only nearly
+     blind — its head row decays under weight decay but is not 0 — and Adam rescales its tiny gradient to
+     full steps, so its floor sits above the starts' score: measured 0-71% on the multidigits fixture
+     across start sets, against 100% for the original.
+   - ``"noise"``: the classic model inversion from dark noise through a sigmoid parametrisation of the
+     pixels, with the priors on the image itself. Its floor is whatever the judge makes of the priors'
+     smooth images, which depends on the data: on the multidigits canvases the original model calls the
+     mean canvas, and any smooth blob, a "0" (probability 1.00), so a retrained model's prior-only
+     reconstructions of digit 0 score as high as the original's own.
      That is why ``"negatives"`` is the default; ``"noise"`` stays for comparison with the literature.
 2. Score each model's reconstructions by how strongly a *judge* — the original model, which certainly
    knows the target — recognises them: its mean sigmoid probability for the target, in percent
