@@ -149,5 +149,8 @@ def test_reference_check_ignores_label_order_and_refuses_sidecars_without_a_data
     with pytest.raises(ValueError, match="was retrained without 'class:5,3', but this run forgets 'class:3'"):
         check_reference(reference(dataset), original, ForgetRequest.parse("class:3"), digits.train)
     for record in (None, {"name": "digits"}):
-        with pytest.raises(CheckpointError, match=r"reference.safetensors' records no dataset.fingerprint"):
+        with pytest.raises(CheckpointError, match=r"of the reference '.*reference.safetensors' records no dataset"):
             check_reference(reference(record), original, ForgetRequest.parse("class:3,5"), digits.train)
+    original.meta["dataset"] = {"name": "digits"}
+    with pytest.raises(CheckpointError, match=r"of the original model '.*original.safetensors' records no dataset"):
+        check_reference(reference(dataset), original, ForgetRequest.parse("class:3,5"), digits.train)

@@ -380,14 +380,38 @@ def test_forgotten_target_collapses_on_the_instances_that_carry_it(pruned_runs):
     assert pruned_runs["essential_graph"][1]["recall"] <= 10
 
 
-def test_remaining_targets_stay_within_three_points(pruned_runs, canvases):
-    """Measured: worst drop 0.6 accuracy points, 0.05 AP. Not a wide margin across seeds: over 4 seeds x 5
-    targets of this model the worst remaining-target accuracy drop was <= 3 in 16/20 runs (worst 9.6)."""
+def test_remaining_targets_keep_their_ranking(pruned_runs, canvases):
+    """The AP half of the issue's bound, which held in every run measured (worst remaining-target AP drop 0.21
+    over 15 runs: every target of the seed-0 and seed-1 models, and seed 0 on CPU kernels without
+    vectorisation). The accuracy half is the xfail below."""
     forgotten = canvases.train.class_index(FORGET)
     remaining = [c for c in range(canvases.train.num_classes) if c != forgotten]
     before, after = pruned_runs["original"][1], pruned_runs["essential_graph"][1]
-    assert (before["acc"][remaining] - after["acc"][remaining]).max() <= 3
     assert (before["ap"][remaining] - after["ap"][remaining]).max() <= 3
+
+
+@pytest.fixture(scope="session")
+def second_canvas_model(canvases):
+    model, _ = train_original(canvases, MODEL, CANVAS_RECIPE, seed=1, **MODEL_KWARGS)
+    return model
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "measured: the remaining targets' thresholded accuracy moves more than their ranking. Worst remaining-target "
+    "accuracy drop per forgotten target 0-4 (one thread): seed-0 model 1.8 / 1.6 / 0.6 / 0.4 / 3.0 with AVX-512 "
+    "kernels and 3.6 / 3.6 / 1.0 / 0.4 / 4.2 without vectorisation; seed-1 model 3.2 / 2.4 / 6.2 / 3.2 / 4.2. "
+    "An earlier sweep: <= 3 in 16 of 20 runs (4 seeds x 5 targets, worst 9.6). So the bound holds for some "
+    "models and targets, not as a property of the method"))
+def test_remaining_targets_accuracy_stays_within_three_points_for_every_target(second_canvas_model, canvases):
+    for target in canvases.train.classes:
+        views = EvalViews.from_bundle(canvases, ForgetRequest(kind="target", labels=(target,)))
+        forgotten = canvases.train.class_index(target)
+        remaining = [c for c in range(canvases.train.num_classes) if c != forgotten]
+        result = get_method("essential_graph").unlearn(second_canvas_model, views.request, views.forget_set,
+                                                       views.retain_set, recipe=CANVAS_RECIPE)
+        before = protocol(second_canvas_model, canvases.test, forgotten)["acc"][remaining]
+        after = protocol(result.model, canvases.test, forgotten)["acc"][remaining]
+        assert (before - after).max() <= 3, (target, before - after)
 
 
 def test_a_stored_graph_prunes_identically_and_only_its_model(pruned_runs, canvas_model, target_views,

@@ -72,6 +72,16 @@ def test_array_and_numpy_scalar_labels_and_seeds_are_accepted_and_serialise():
     assert ForgetRequest.from_dict({"kind": "class", "labels": np.array([3])}).labels == (3,)
     with pytest.raises(RequestError, match=r"labels\[0\]=0.5 must be a class name"):
         ForgetRequest(kind="class", labels=np.array([0.5]))
+    assert ForgetRequest(kind="class", labels=[3], seed=np.array(4)).seed == 4
+    assert ForgetRequest(kind="samples", fraction=torch.tensor(0.25)).fraction == 0.25
+    assert type(ForgetRequest(kind="samples", fraction=np.float32(0.5)).fraction) is float
+
+
+@pytest.mark.parametrize("labels", [b"3", {3, 5}, {"a": 1}])
+def test_labels_that_are_bytes_sets_or_mappings_are_refused(labels):
+    """b"3" is a sequence of ints (it would forget class 51); a set has no order to record."""
+    with pytest.raises(RequestError, match="must be a class name/index or a list of them"):
+        ForgetRequest(kind="class", labels=labels)
 
 
 def test_out_of_range_index_is_refused_against_the_data(digits):

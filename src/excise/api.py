@@ -223,12 +223,14 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
         raise ValueError(f"{where} was retrained without {retrained_for.describe()!r}, but this run forgets "
                          f"{request.describe()!r}: its metrics are not this request's reference")
     fingerprints = []
-    for checkpoint in (reference, original):
+    for role, checkpoint in (("reference", reference), ("original model", original)):
         record = checkpoint.meta.get("dataset")
         fingerprint = record.get("fingerprint") if isinstance(record, dict) else None
         if not fingerprint:
-            raise CheckpointError(f"the sidecar of {str(checkpoint.path)!r} records no dataset.fingerprint, so "
-                                  "it cannot be checked to share the original's data; retrain it with excise")
+            raise CheckpointError(
+                f"the sidecar of the {role} {str(checkpoint.path)!r} records no dataset.fingerprint, so the "
+                "reference cannot be shown to be trained on the original's data; train both with this excise, "
+                "or run without --reference")
         fingerprints.append(fingerprint)
     if fingerprints[0] != fingerprints[1]:
         raise ValueError(f"{where} was trained on other data than {str(original.path)!r} (data set fingerprint "

@@ -52,6 +52,13 @@ def _integer_indices(indices: object) -> tuple[int, ...]:
     return tuple(int(i) for i in indices)
 
 
+def _scalar_or_list(value: object) -> object:
+    """numpy/torch values as the Python values they hold (a 0-d array gives a scalar), anything else as is."""
+    if isinstance(value, torch.Tensor | np.ndarray | np.generic):
+        return value.tolist()
+    return value
+
+
 @dataclass(frozen=True)
 class ForgetRequest:
     kind: str
@@ -64,20 +71,21 @@ class ForgetRequest:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise RequestError(f"kind={self.kind!r} is not a request kind; allowed: {list(KINDS)}")
-        labels = self.labels
-        if isinstance(labels, torch.Tensor | np.ndarray):
-            labels = labels.tolist()  # a 0-d array/tensor gives a scalar, wrapped below
+        labels = _scalar_or_list(self.labels)
         if isinstance(labels, (str, int, np.integer)):
             labels = (labels,)
-        if not isinstance(labels, Sequence):
-            raise RequestError(f"labels={labels!r} must be a class name/index or a list of them")
+        # bytes is a Sequence of ints: b"3" would silently become class 51.
+        if isinstance(labels, (bytes, bytearray)) or not isinstance(labels, Sequence):
+            raise RequestError(f"labels={labels!r} must be a class name/index or a list of them (a list, so the "
+                               "order is defined: not a set or mapping)")
         for position, label in enumerate(labels):
             if isinstance(label, bool) or not isinstance(label, (str, int, np.integer)):
                 raise RequestError(f"labels[{position}]={label!r} must be a class name or an integer class index")
         object.__setattr__(self, "labels", tuple(int(x) if isinstance(x, np.integer) else x for x in labels))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+        seed = _scalar_or_list(self.seed)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise RequestError(f"seed={self.seed!r} must be an integer")
-        object.__setattr__(self, "seed", int(self.seed))  # np.int64 would not serialise to JSON
+        object.__setattr__(self, "seed", int(seed))  # np.int64 would not serialise to JSON
         if self.indices is not None:
             object.__setattr__(self, "indices", _integer_indices(self.indices))
         if self.kind == "samples":
@@ -90,8 +98,10 @@ class ForgetRequest:
             if self.labels:
                 raise RequestError(f"labels={list(self.labels)!r} has no meaning for kind='samples'")
             if self.fraction is not None:
-                if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)):
+                fraction = _scalar_or_list(self.fraction)
+                if isinstance(fraction, (bool, np.bool_)) or not isinstance(fraction, (int, float, np.number)):
                     raise RequestError(f"fraction={self.fraction!r} must be a number in (0, 1)")
+                object.__setattr__(self, "fraction", float(fraction))
                 if not 0.0 < float(self.fraction) < 1.0:
                     raise RequestError(f"fraction={self.fraction!r} is outside (0, 1)")
             if self.indices is not None:

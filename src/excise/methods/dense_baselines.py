@@ -38,9 +38,10 @@ Choices where the paper is silent (its segmentation/detection experiments are de
 
 How reliable it is (measured 2026-12-04, ``benchmarks/dense.py --seeds 0,1,2,3,4``): on the width-16 models
 of the benchmark the outcome depends on the trained model. Forgetting digit 2 to within 10 points of the
-retrained model with the remaining classes within 3 held on 1 of 5 training seeds for each task, and no
-swept setting did better than 3 of 5 (segmentation) or 3 of 8 (detection). At this width the graph keeps
-1-27 channels, and one channel shared with a remaining class can decide the outcome. What held on every model
+retrained model with the remaining classes within 3 held on 2 of 5 (segmentation) and 1 of 5 (detection)
+originals trained with seeds 0-4 on the same data, and no swept setting did better than 3 of 5
+(segmentation) or 3 of 8 (detection). At this width the graph keeps
+0-27 channels, and one channel shared with a remaining class can decide the outcome. What held on every model
 measured: the forgotten class is hit harder than the others. Whether wider models are more reliable was not
 measured; run the benchmark's ``--seeds`` on your model's setting before relying on it.
 """
