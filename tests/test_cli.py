@@ -58,6 +58,10 @@ def test_train_unlearn_evaluate(trained, reference, tmp_path):
         (("--method", "gradient_ascent", "--request", "samples:1.5"), "fraction=1.5 is outside (0, 1)"),
         (("--method", "gradient_ascent", "--request", "class:3", "--param", "lr"), "must look like key=value"),
         (("--method", "finetune", "--request", "class:3", "--param", "epochs=-1"), "epochs=-1"),
+        (("--method", "finetune", "--request", "class:3", "--param", "epochs=1", "--param", "epochs=2"),
+         "--param epochs= is given twice (1 and '2')"),
+        (("--method", "finetune", "--request", "class:3", "--param", "lr=[1"), "the value is not valid YAML"),
+        (("--method", "finetune", "--request", "class:3", "--param", "x={a: 1, a: 2}"), "key 'a' appears twice"),
     ],
 )
 def test_bad_input_is_refused_with_a_message(trained, args, message):

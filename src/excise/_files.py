@@ -19,7 +19,7 @@ def read_json_or_yaml(path: Path, what: str, error: type[Exception]) -> Any:
     try:
         if path.suffix == ".json":
             return json.loads(text, object_pairs_hook=refuse_duplicate_json_keys)
-        return yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader subclass: no arbitrary objects
+        return yaml.load(text, Loader=unique_key_loader())  # a SafeLoader subclass: no arbitrary objects
     except DuplicateKeyError as err:
         raise error(f"{what} {str(path)!r}: {err}") from err
     except (json.JSONDecodeError, yaml.YAMLError) as err:
@@ -40,7 +40,8 @@ def refuse_duplicate_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=1)
-def _unique_key_loader() -> type:
+def unique_key_loader() -> type:
+    """A ``yaml.SafeLoader`` subclass that refuses a key given twice in one mapping."""
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from excise import api, distributed
+from excise._files import unique_key_loader
 from excise.progress import set_progress
 from excise.requests import ForgetRequest, RequestError
 from excise.training import TrainConfig
@@ -42,9 +43,15 @@ def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, 
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ValueError(f"{option} {item!r} must look like key=value")
-        out[key.strip()] = yaml.safe_load(value)
+        if key in out:  # the earlier value would be dropped without a word
+            raise ValueError(f"{option} {key}= is given twice ({out[key]!r} and {value!r}); give it once")
+        try:
+            out[key] = yaml.load(value, Loader=unique_key_loader())  # a SafeLoader that refuses repeated keys
+        except (yaml.YAMLError, ValueError) as err:
+            raise ValueError(f"{option} {item!r}: the value is not valid YAML: {err}") from err
     return out
 
 
