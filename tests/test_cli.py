@@ -47,7 +47,13 @@ def test_train_unlearn_evaluate(trained, reference, tmp_path):
 
     result = invoke("evaluate", out, "--request", "class:3", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["FA"] == pytest.approx(meta["metrics"]["FA"])
+    record = json.loads(result.output)
+    assert record["metrics"]["FA"] == pytest.approx(meta["metrics"]["FA"])
+    # The numbers carry what produced them.
+    assert record["model"]["sha256"] == meta["sha256"]
+    assert record["request"] == {"kind": "class", "labels": ["3"], "seed": 0}
+    assert record["seed"] == 0 and record["data"]["fingerprint"] == meta["dataset"]["fingerprint"]
+    assert record["versions"]["torch"] == meta["versions"]["torch"]
 
 
 @pytest.mark.parametrize(

@@ -238,6 +238,23 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
 
 
 def evaluate_checkpoint(model_path: str | Path, request: ForgetRequest, seed: int = 0) -> dict[str, float]:
+    """Every metric of the checkpoint at ``model_path`` for ``request``, in percent."""
+    return evaluation_record(model_path, request, seed)["metrics"]
+
+
+def evaluation_record(model_path: str | Path, request: ForgetRequest, seed: int = 0) -> dict[str, Any]:
+    """The metrics with what produced them: the model's path and sha256, the request, the seed, the data's
+    fingerprint and the versions — so a number read back later can be traced and reproduced."""
+    from excise.checkpoint import versions
+
     checkpoint = load_checkpoint(model_path)
     bundle = bundle_for(checkpoint)
-    return evaluate(checkpoint.model, EvalViews.from_bundle(bundle, request), seed=seed)
+    metrics = evaluate(checkpoint.model, EvalViews.from_bundle(bundle, request), seed=seed)
+    return {
+        "metrics": metrics,
+        "model": {"path": str(checkpoint.path), "sha256": checkpoint.sha256, "kind": checkpoint.meta.get("kind")},
+        "request": request.to_dict(),
+        "seed": seed,
+        "data": {"name": bundle.name, "fingerprint": bundle.fingerprint()},
+        "versions": versions(),
+    }

@@ -175,13 +175,13 @@ def evaluate_command(
             plot_checkpoints(models, parse_request(request), plot, overwrite=overwrite)
         elif before is not None:
             raise ValueError("--before only makes sense with --plot (it is drawn, not evaluated)")
-        metrics = api.evaluate_checkpoint(model, parse_request(request), seed=seed)
+        record = api.evaluation_record(model, parse_request(request), seed=seed)
     except USER_ERRORS as err:
         fail(err)
-    if as_json:
-        console.print_json(json.dumps(metrics))
+    if as_json:  # metrics with their provenance (model sha256, request, seed, data, versions)
+        console.print_json(json.dumps(record))
     else:
-        console.print(metrics_table(metrics, f"{model} on {request}"))
+        console.print(metrics_table(record["metrics"], f"{model} on {request}"))
     if plot is not None and not as_json:
         console.print(f"wrote {plot}")
 
