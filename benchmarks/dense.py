@@ -106,7 +106,7 @@ def print_table(task: str, forget: str, setup: dict[str, Any], rows: list) -> No
     retrain_forget = rows[1][1][f]
     original_remain = rows[0][1][r]
     headers = ["method", f, "retrain", r, "Δ vs original", *extra, "time s", "speed-up"]
-    print(f"\n{task}: forget class {forget} (test canvases; percent)")
+    print(f"\n{task}: forget class {forget} (test canvases; percent; width {setup['width']})")
     print(" | ".join(headers))
     print(" | ".join("---" for _ in headers))
     for name, metrics, seconds, speedup in rows:
@@ -199,9 +199,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--all-classes", action="store_true", help="also forget every class in turn (EG only)")
     parser.add_argument("--seeds", default="", help="also run the balanced graph on originals of these training "
                         "seeds, e.g. 0,1,2,3,4 (the spread behind the tests' seeds)")
+    parser.add_argument("--width", type=int, default=None, help="model width for both tasks (default 16)")
     parser.add_argument("--grid", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "dense_grid.png")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.width is not None:
+        if args.width < 1:
+            parser.error(f"--width={args.width} must be a positive integer")
+        for setup in SETUPS.values():
+            setup["width"] = args.width
     start = time.perf_counter()
     results = {task: run_task(task, args.forget, args.seed, args.all_classes) for task in args.tasks.split(",")}
     for task, result in results.items():

@@ -50,8 +50,12 @@ defaults proportion 0.1 / 5 layers / 10 images). The architecture decides most o
   the unbalanced one on remaining accuracy (summed over forgetting each target: 495.3 vs 491.1). Across 4
   training seeds x 5 forgotten targets the positives still detected fell to <= 10% in 12/20 runs (median
   6.5%, worst 59%), the worst remaining-accuracy drop stayed <= 3 points in 16/20 (worst 9.6), both held in
-  10/20, and the balanced graph won in 3 of 4 seeds (one tie). A variant with a projection shortcut in the
-  first bottleneck too collapsed the target more often (18/20) and kept the others less often (13/20).
+  10/20, and the balanced graph won in 3 of 4 seeds (one tie). The trained model also changes with the
+  machine and its CPU kernels: on another machine (2026-12-04, one thread) the seed-0 model's worst
+  remaining-accuracy drop over targets 0-4 was 1.8 / 1.6 / 0.6 / 0.4 / 3.0, and 3.6 / 3.6 / 1.0 / 0.4 / 4.2
+  with unvectorised kernels; a seed-1 model's 3.2 / 2.4 / 6.2 / 3.2 / 4.2 (the AP drop stayed <= 0.21).
+  A variant with a projection shortcut in the first bottleneck too collapsed the target more often (18/20)
+  and kept the others less often (13/20).
 - On CIFAR-style ResNet-18s the same rule barely moves the target: 93% / 98% / 95% of digit 0's positives
   stay detected at widths 8 / 16 / 32, with remaining-accuracy drops of 7.8 / 0.0 / 0.2 points. A likely
   reason is the block layout: a BasicBlock's pruned channel is zeroed before the residual add and the
