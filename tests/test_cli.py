@@ -65,8 +65,9 @@ def test_train_unlearn_evaluate(trained, reference, tmp_path):
         (("--method", "gradient_ascent", "--request", "class:3", "--param", "lr"), "must look like key=value"),
         (("--method", "finetune", "--request", "class:3", "--param", "epochs=-1"), "epochs=-1"),
         (("--method", "finetune", "--request", "class:3", "--param", "epochs=1", "--param", "epochs=2"),
-         "--param epochs= is given twice (1 and '2')"),
+         "--param epochs= is given twice ('1' and '2')"),
         (("--method", "finetune", "--request", "class:3", "--param", "lr=[1"), "the value is not valid YAML"),
+        (("--method", "finetune", "--request", "class:3", "--param", "lr=" + "[" * 3000), "not valid YAML"),
         (("--method", "finetune", "--request", "class:3", "--param", "x={a: 1, a: 2}"), "key 'a' appears twice"),
     ],
 )
@@ -74,6 +75,21 @@ def test_bad_input_is_refused_with_a_message(trained, args, message):
     result = invoke("unlearn", trained, *args)
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
+
+
+def test_key_value_options_read_exponent_floats_and_refuse_conflicting_widths(trained, tmp_path):
+    from excise.cli import parse_params
+
+    # YAML 1.1 would read 1e-3 as the string '1e-3' and the method would refuse it as a non-number.
+    assert parse_params(["lr_scale=1e-3", "xs=[2E2, 1.5]", "name=a=b", "flag=true", "none="]) == {
+        "lr_scale": 0.001, "xs": [200.0, 1.5], "name": "a=b", "flag": True, "none": None}
+    result = invoke("unlearn", trained, "--method", "finetune", "--request", "class:3", "--param", "lr_scale=1e-3",
+                    "--param", "epochs=1", "--out", tmp_path / "ft.safetensors")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ft.json").read_text())["method_config"]["lr_scale"] == 0.001
+    result = invoke("train", "--out", tmp_path / "w.safetensors", "--width", 4, "--model-option", "width=8")
+    assert result.exit_code == 2 and "--width 4 and --model-option width=8 both set the width" in result.output
+    assert not (tmp_path / "w.safetensors").exists()
 
 
 def test_output_is_not_overwritten_and_input_is_protected(trained, tmp_path):

@@ -159,6 +159,8 @@ def test_request_from_json_yaml_and_cli_shorthand(tmp_path):
     (tmp_path / "r.yaml").write_text("kind: samples\nfraction: 0.2\nseed: 4\n")
     assert ForgetRequest.from_file(tmp_path / "r.json") == ForgetRequest(kind="class", labels=("3",))
     assert ForgetRequest.from_file(tmp_path / "r.yaml") == ForgetRequest(kind="samples", fraction=0.2, seed=4)
+    (tmp_path / "e.yaml").write_text("kind: samples\nfraction: 1e-1\n")  # YAML 1.1 alone would read a string
+    assert ForgetRequest.from_file(tmp_path / "e.yaml").fraction == 0.1
     assert ForgetRequest.parse("samples:0,5,9").indices == (0, 5, 9)
     assert ForgetRequest.parse("samples:0.1").fraction == 0.1
     assert ForgetRequest.parse("target:2").labels == ("2",)

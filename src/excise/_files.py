@@ -45,7 +45,8 @@ def unique_key_loader() -> type:
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
-        """safe_load, but a key given twice in one mapping is an error, not "the last one wins"."""
+        """safe_load, but a key given twice in one mapping is an error, not "the last one wins", and
+        ``1e-3`` is the float YAML 1.2 (and every user) reads, not the string YAML 1.1 makes of it."""
 
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             seen: set[Any] = set()
@@ -64,4 +65,13 @@ def unique_key_loader() -> type:
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
+    import re
+
+    # YAML 1.1 wants a dot in a float's mantissa; 1.2 (and JSON) do not. Resolvers are matched first-come per
+    # initial character, so this one is placed before the inherited ones for the characters it can start with.
+    float_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+    resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    for first in "-+0123456789.":
+        resolvers[first] = [("tag:yaml.org,2002:float", float_12), *resolvers.get(first, [])]
+    UniqueKeyLoader.yaml_implicit_resolvers = resolvers
     return UniqueKeyLoader

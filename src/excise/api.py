@@ -248,13 +248,14 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest, seed: int 
     from excise.checkpoint import versions
 
     checkpoint = load_checkpoint(model_path)
-    bundle = bundle_for(checkpoint)
+    bundle = bundle_for(checkpoint)  # checks the data against the fingerprint the sidecar records
     metrics = evaluate(checkpoint.model, EvalViews.from_bundle(bundle, request), seed=seed)
     return {
         "metrics": metrics,
-        "model": {"path": str(checkpoint.path), "sha256": checkpoint.sha256, "kind": checkpoint.meta.get("kind")},
+        "model": {"path": str(Path(checkpoint.path).resolve()), "sha256": checkpoint.sha256,
+                  "kind": checkpoint.meta.get("kind")},
         "request": request.to_dict(),
         "seed": seed,
-        "data": {"name": bundle.name, "fingerprint": bundle.fingerprint()},
+        "data": checkpoint.meta["dataset"],  # name, options, seed, root, fingerprint
         "versions": versions(),
     }

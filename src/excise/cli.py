@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from excise import api, distributed
-from excise._files import unique_key_loader
+from excise._files import DuplicateKeyError, unique_key_loader
 from excise.progress import set_progress
 from excise.requests import ForgetRequest, RequestError
 from excise.training import TrainConfig
@@ -41,17 +41,22 @@ def fail(err: Exception) -> None:
 def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, Any]:
     """``key=value`` pairs; values are read as YAML scalars (numbers, booleans, null, lists)."""
     out: dict[str, Any] = {}
+    raw: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"{option} {item!r} must look like key=value")
-        if key in out:  # the earlier value would be dropped without a word
-            raise ValueError(f"{option} {key}= is given twice ({out[key]!r} and {value!r}); give it once")
+        if key in raw:  # the earlier value would be dropped without a word
+            raise ValueError(f"{option} {key}= is given twice ({raw[key]!r} and {value!r}); give it once")
+        raw[key] = value
         try:
             out[key] = yaml.load(value, Loader=unique_key_loader())  # a SafeLoader that refuses repeated keys
-        except (yaml.YAMLError, ValueError) as err:
-            raise ValueError(f"{option} {item!r}: the value is not valid YAML: {err}") from err
+        except DuplicateKeyError as err:
+            raise ValueError(f"{option} {item!r}: {err}") from err
+        except (yaml.YAMLError, RecursionError) as err:
+            problem = " ".join(str(getattr(err, "problem", None) or err).split())
+            raise ValueError(f"{option} {item!r}: the value is not valid YAML ({problem})") from err
     return out
 
 
@@ -111,9 +116,14 @@ def train_command(
 
         dataset, model = train_defaults(task, dataset, model)
         recipe = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
+        model_kwargs = parse_params(model_option, "--model-option")
+        if width is not None:
+            if "width" in model_kwargs:
+                raise ValueError(f"--width {width} and --model-option width={model_kwargs['width']} both set the "
+                                 "width; give one")
+            model_kwargs["width"] = width
         checkpoint = api.train_model(
-            dataset, model, out, recipe=recipe, model_kwargs={**parse_params(model_option, "--model-option"),
-                                                             **({} if width is None else {"width": width})},
+            dataset, model, out, recipe=recipe, model_kwargs=model_kwargs,
             dataset_options=parse_params(data_option, "--data-option"), root=root,
             request=parse_request(request, required=False), seed=seed, overwrite=overwrite,
         )
@@ -160,7 +170,8 @@ def evaluate_command(
     model: Path = typer.Argument(..., help="A model trained or unlearned by excise."),
     request: str = typer.Option(..., help="The forget request to judge the model against."),
     seed: int = typer.Option(0),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: the metrics with the model's sha256, the "
+                                 "request, seed, data set record and versions."),
     plot: Path | None = typer.Option(
         None, help="Dense models: write a PNG grid of masks/boxes (truth, --before model, this model)."),
     before: Path | None = typer.Option(None, help="With --plot: the model before unlearning, drawn beside it."),
