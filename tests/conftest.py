@@ -28,6 +28,18 @@ def recipe() -> TrainConfig:
     return RECIPE
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch pinned to one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``), the
+    previous count restored afterwards. Two reasons, each module says which: tiny models gain nothing from a
+    second thread while spinning OpenMP threads cost on a shared machine, and a trained model depends on the
+    thread count (float summation order) like on a seed, so numbers a module quotes are pinned to one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits():
     return load_dataset("digits", seed=0)

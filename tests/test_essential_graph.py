@@ -33,15 +33,9 @@ from excise.models import create_model
 from excise.requests import ForgetRequest, RequestError, split
 from excise.training import TrainConfig, predict_logits
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions gain nothing from a second thread, and spinning OpenMP threads on a shared machine
-    multiply the wall time; the previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small convolutions gain nothing from a second thread, and spinning OpenMP threads on a shared machine
+# multiply the wall time.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- module graph ----------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from excise.cli import app
@@ -17,13 +16,8 @@ DATA = ["--dataset", "multidigits", "--model", "resnet18", "--width", "8", "--op
         "--data-option", "canvas_size=20", "--data-option", "num_train=200", "--data-option", "num_test=100"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread; spinning OpenMP threads on a shared machine do cost."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models gain nothing from a second thread; spinning OpenMP threads on a shared machine do cost.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def invoke(*args):

@@ -48,14 +48,9 @@ FORGET = ForgetRequest(kind="class", labels=("forget1",))
 
 
 # --- fixtures ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These models are tiny: intra-op threads buy nothing, and on a loaded machine two OpenMP threads spin-wait
-    # on each other (measured: 20x the CPU time of one thread for this module). Restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# These models are tiny: intra-op threads buy nothing, and on a loaded machine two OpenMP threads spin-wait
+# on each other (measured: 20x the CPU time of one thread for this module).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

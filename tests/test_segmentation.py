@@ -95,14 +95,9 @@ RECIPE = TrainConfig(epochs=15, batch_size=16, lr=0.003, optimizer="adam", weigh
 FORGET = "2"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The trained U-Net depends on the thread count (float summation order) like on a seed, and the graph
-    selects 1-2 channels per layer at this width, so the claims below are pinned to one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The trained U-Net depends on the thread count (float summation order) like on a seed, and the graph
+# selects 1-2 channels per layer at this width, so the claims below are pinned to one thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
