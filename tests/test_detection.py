@@ -281,29 +281,33 @@ def centre_probability(model: torch.nn.Module, data) -> list[float]:  # noqa: AN
             for c in range(data.num_classes)]
 
 
-def test_essential_graph_pushes_the_forgotten_class_down_more_than_the_others(trained, more_detectors) -> None:
+@pytest.fixture(scope="module")
+def seeded_detectors(trained) -> list[tuple]:
+    """The default balanced graph on the detectors of training seeds 0-2 on the module's data (seed 0 is the
+    module's): ``(original model, its metrics, pruned model, run record)``, each pruned once for every test."""
+    originals = [(trained["model"], trained["original"])]
+    for seed in (1, 2):
+        model, _ = train_original(trained["bundle"], "centernet", RECIPE, seed=seed, width=16)
+        originals.append((model, evaluate(model, trained["views"])))
+    runs = []
+    for model, metrics in originals:
+        pruned, record = run_method("dense_essential_graph", model, trained["views"], RECIPE, seed=0)
+        runs.append((model, metrics, pruned, record))
+    return runs
+
+
+def test_essential_graph_pushes_the_forgotten_class_down_more_than_the_others(trained, seeded_detectors) -> None:
     """What the balanced graph did on every detector measured: the forgotten class's heat-map peaks fall by a
     larger factor than the remaining classes' (16 of 16 runs: digits 2 and 4; data and training seeds 0-4 at
     one thread and 0-2 at two; forgotten ratio 0.07-0.82, remaining classes' mean ratio 0.84-1.00)."""
-    views, bundle = trained["views"], trained["bundle"]
+    bundle = trained["bundle"]
     forgotten = bundle.train.class_index(FORGET)
-    for model, _ in more_detectors:
-        pruned, record = run_method("dense_essential_graph", model, views, RECIPE, seed=0)
+    for model, _, pruned, record in seeded_detectors:
         assert record.stats["pruned_channels"] > 0
         ratio = [after / before for after, before in
                  zip(centre_probability(pruned, bundle.test), centre_probability(model, bundle.test), strict=True)]
         remaining = [r for c, r in enumerate(ratio) if c != forgotten]
         assert ratio[forgotten] < sum(remaining) / len(remaining), ratio
-
-
-@pytest.fixture(scope="module")
-def more_detectors(trained) -> list[tuple]:
-    """Detectors of training seeds 0-2 on the module's data (seed 0 is the module's), with original metrics."""
-    out = [(trained["model"], trained["original"])]
-    for seed in (1, 2):
-        model, _ = train_original(trained["bundle"], "centernet", RECIPE, seed=seed, width=16)
-        out.append((model, evaluate(model, trained["views"])))
-    return out
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
@@ -315,10 +319,9 @@ def more_detectors(trained) -> list[tuple]:
     "threshold-free AP50 stays 54-100: the class's peaks fall (test above) but keep their order. No proportion "
     "(0.1-0.3) x layer count (3-7) x image count (8, 32) met both bounds in more than 3 of 8 runs in a sweep "
     "(closing note of 2026-12-04)"))
-def test_essential_graph_forgets_the_class_and_keeps_the_others_on_every_seed(trained, more_detectors) -> None:
+def test_essential_graph_forgets_the_class_and_keeps_the_others_on_every_seed(seeded_detectors) -> None:
     # Retrained detectors score the class 0.0 AP50 (test_original_and_retrained_models): the bound is 0 + 10.
-    for model, original in more_detectors:
-        _, record = run_method("dense_essential_graph", model, trained["views"], RECIPE, seed=0)
+    for _, original, _, record in seeded_detectors:
         assert record.metrics["forget_AP50"] <= 10
         assert record.metrics["retain_mAP50"] >= original["retain_mAP50"] - 3
 
@@ -327,14 +330,14 @@ def test_essential_graph_forgets_the_class_and_keeps_the_others_on_every_seed(tr
     "known limitation, measured: the pruned neck/backbone channels also feed the box-size head, so the remaining "
     "classes' boxes get less precise: their AP@[.5:.95] fell 4-60 points over 16 runs (digits 2 and 4; data and "
     "training seeds 0-4 at one thread, 0-2 at two), 18-25 on this seed-0 detector (benchmarks/dense.py)"))
-def test_essential_graph_keeps_the_remaining_classes_box_precision(trained) -> None:
-    _, record = run_method("dense_essential_graph", trained["model"], trained["views"], RECIPE, seed=0)
+def test_essential_graph_keeps_the_remaining_classes_box_precision(trained, seeded_detectors) -> None:
+    record = seeded_detectors[0][3]  # the seed-0 detector's run
     assert record.metrics["retain_mAP"] >= trained["original"]["retain_mAP"] - 3
 
 
-def test_balanced_graph_beats_the_unbalanced_one_on_the_remaining_classes(trained) -> None:
+def test_balanced_graph_beats_the_unbalanced_one_on_the_remaining_classes(trained, seeded_detectors) -> None:
     model, views = trained["model"], trained["views"]
-    _, balanced = run_method("dense_essential_graph", model, views, RECIPE, seed=0)
+    balanced = seeded_detectors[0][3]  # the seed-0 detector's run
     _, unbalanced = run_method("dense_essential_graph_unbalanced", model, views, RECIPE, seed=0)
     assert unbalanced.stats["pruned_channels"] > balanced.stats["pruned_channels"]
     assert balanced.metrics["retain_mAP50"] > unbalanced.metrics["retain_mAP50"]
