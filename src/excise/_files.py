@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,6 @@ def unique_key_loader() -> type:
                                             "value would be lost")
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
-
-    import re
 
     # YAML 1.1 wants a dot in a float's mantissa; 1.2 (and JSON) do not. Resolvers are matched first-come per
     # initial character, so this one is placed before the inherited ones for the characters it can start with.

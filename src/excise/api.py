@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from excise import distributed
-from excise.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from excise.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint, versions
 from excise.data import DatasetBundle, LabeledData, load_dataset
 from excise.data.registry import dataset_builder
 from excise.experiment import RunRecord, build_model, run_method
@@ -245,14 +245,12 @@ def evaluate_checkpoint(model_path: str | Path, request: ForgetRequest, seed: in
 def evaluation_record(model_path: str | Path, request: ForgetRequest, seed: int = 0) -> dict[str, Any]:
     """The metrics with what produced them: the model's path and sha256, the request, the seed, the data's
     fingerprint and the versions — so a number read back later can be traced and reproduced."""
-    from excise.checkpoint import versions
-
     checkpoint = load_checkpoint(model_path)
     bundle = bundle_for(checkpoint)  # checks the data against the fingerprint the sidecar records
     metrics = evaluate(checkpoint.model, EvalViews.from_bundle(bundle, request), seed=seed)
     return {
         "metrics": metrics,
-        "model": {"path": str(Path(checkpoint.path).resolve()), "sha256": checkpoint.sha256,
+        "model": {"path": str(checkpoint.path.resolve()), "sha256": checkpoint.sha256,
                   "kind": checkpoint.meta.get("kind")},
         "request": request.to_dict(),
         "seed": seed,
