@@ -7,6 +7,7 @@ failed run leaves existing files untouched.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,14 @@ import numpy as np
 from torch import nn
 
 from excise import distributed
-from excise.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint, versions
+from excise.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+    versions,
+)
 from excise.data import DatasetBundle, LabeledData, load_dataset
 from excise.data.registry import dataset_builder
 from excise.experiment import RunRecord, build_model, run_method
@@ -30,12 +38,13 @@ def _dataset_record(bundle: DatasetBundle, options: dict[str, Any], seed: int, r
     return {"name": bundle.name, "options": options, "seed": seed, "root": root, "fingerprint": bundle.fingerprint()}
 
 
-def _check_output(out: str | Path, overwrite: bool) -> Path:
+def _check_output(out: str | Path, overwrite: bool, suffix: str = ".safetensors") -> Path:
     """Refuse, before any work, an output that could not be written at the end of the run."""
     out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"out={str(out)!r} must end in .safetensors")
-    for path in (out, out.with_suffix(".json")):
+    if out.suffix != suffix:
+        raise ValueError(f"out={str(out)!r} must end in {suffix}")
+    written = (out, out.with_suffix(".json")) if suffix == ".safetensors" else (out,)
+    for path in written:
         if path.is_dir():
             raise ValueError(f"out={str(out)!r}: {str(path)!r} is a directory")
         if path.exists() and not overwrite:
@@ -257,3 +266,37 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest, seed: int 
         "data": checkpoint.meta["dataset"],  # name, options, seed, root, fingerprint
         "versions": versions(),
     }
+
+
+def ulira_audit(
+    dataset: str,
+    model: str,
+    methods: list[str],
+    *,
+    recipe: TrainConfig | None = None,
+    config: Any = None,
+    model_kwargs: dict[str, Any] | None = None,
+    dataset_options: dict[str, Any] | None = None,
+    root: str | None = None,
+    cache_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+) -> Any:
+    """U-LiRA over ``methods`` (:mod:`excise.bench.ulira`): train the shadows on ``dataset``, unlearn with each
+    method, attack. Writes the report as JSON to ``out`` (with the data set's record and the versions)."""
+    from excise.bench.ulira import ULiraConfig, resolve_methods, run_ulira
+
+    config = config or ULiraConfig()
+    if out is not None:
+        out = _check_output(out, overwrite, suffix=".json")
+    dataset_options = dict(dataset_options or {})
+    dataset_builder(dataset)
+    bundle = load_dataset(dataset, root=root, seed=config.seed, **dataset_options)
+    resolve_methods(methods, bundle)  # unknown or inapplicable methods fail before any training
+    build_model(bundle, model, seed=config.seed, **(model_kwargs or {}))  # so do bad model arguments
+    report = run_ulira(bundle, model, recipe or TrainConfig(), methods, config, model_kwargs=model_kwargs,
+                       cache_dir=cache_dir)
+    report.config["data"] = _dataset_record(bundle, dataset_options, config.seed, root)
+    if out is not None and distributed.is_main():
+        atomic_write_text(out, json.dumps(report.to_dict(), indent=2), overwrite=overwrite)
+    return report

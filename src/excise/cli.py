@@ -60,6 +60,26 @@ def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, 
     return out
 
 
+def model_options(width: int | None, model_option: list[str] | None) -> dict[str, Any]:
+    """``--model-option key=value`` pairs with ``--width`` folded in (refused when both set the width)."""
+    model_kwargs = parse_params(model_option, "--model-option")
+    if width is not None:
+        if "width" in model_kwargs:
+            raise ValueError(f"--width {width} and --model-option width={model_kwargs['width']} both set the "
+                             "width; give one")
+        model_kwargs["width"] = width
+    return model_kwargs
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise ValueError(f"--threads={threads} must be >= 1")
+        torch.set_num_threads(threads)
+
+
 def parse_request(text: str | None, required: bool = True) -> ForgetRequest | None:
     if text is None:
         if required:
@@ -116,12 +136,7 @@ def train_command(
 
         dataset, model = train_defaults(task, dataset, model)
         recipe = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
-        model_kwargs = parse_params(model_option, "--model-option")
-        if width is not None:
-            if "width" in model_kwargs:
-                raise ValueError(f"--width {width} and --model-option width={model_kwargs['width']} both set the "
-                                 "width; give one")
-            model_kwargs["width"] = width
+        model_kwargs = model_options(width, model_option)
         checkpoint = api.train_model(
             dataset, model, out, recipe=recipe, model_kwargs=model_kwargs,
             dataset_options=parse_params(data_option, "--data-option"), root=root,
@@ -241,6 +256,67 @@ def demo_command(
         fail(err)
 
 
+@app.command("ulira")
+def ulira_command(
+    methods: str | None = typer.Option(
+        None, help="Comma-separated methods to attack (default: every method that serves 'samples' requests)."),
+    dataset: str = typer.Option("digits", help="Registered single-label data set."),
+    data_option: list[str] | None = typer.Option(None, "--data-option", help="Data-set option key=value."),
+    model: str = typer.Option("small_cnn", help="Registered model."),
+    width: int | None = typer.Option(None, help="Model width. Omitted: the model's own default."),
+    model_option: list[str] | None = typer.Option(None, "--model-option", help="Other model argument key=value."),
+    epochs: int = typer.Option(20),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(0.05),
+    shadows: int = typer.Option(16, help="Shadow models (even); every pool example is forgotten in half of them."),
+    pool: float = typer.Option(0.2, help="Share of the training set whose membership is attacked."),
+    variance: str = typer.Option("auto", help="auto, global or per_example (auto: global below 64 shadows)."),
+    root: str | None = typer.Option(None, help="Local directory of a data set that is not bundled."),
+    cache: Path | None = typer.Option(None, help="Cache the trained shadows here; a later run reuses them."),
+    out: Path | None = typer.Option(None, help="Write the report as JSON (.json)."),
+    seed: int = typer.Option(0),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
+) -> None:
+    """U-LiRA: can a per-example attack tell unlearned samples from never-seen ones? (Hayes et al. 2024)
+
+    Trains --shadows models, unlearns a random half of the pool from each with every method, and reports the
+    attack's AUC, accuracy and TPR at low FPR (ideal: 0.5 / 50 / = FPR, where retrain sits) beside the
+    shadows' forget and test accuracy.
+    """
+    from excise.bench.ulira import ULiraConfig
+    from excise.demo import demo_methods
+
+    try:
+        set_threads(threads)
+        config = ULiraConfig(num_shadows=shadows, pool=pool, variance=variance, seed=seed)
+        model_kwargs = model_options(width, model_option)
+        names = ([m.strip() for m in methods.split(",") if m.strip()] if methods is not None
+                 else ["retrain", *demo_methods("samples")])
+        report = api.ulira_audit(
+            dataset, model, names, recipe=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr), config=config,
+            model_kwargs=model_kwargs, dataset_options=parse_params(data_option, "--data-option"), root=root,
+            cache_dir=cache, out=out, overwrite=overwrite,
+        )
+    except USER_ERRORS as err:
+        fail(err)
+    table = Table(title=f"U-LiRA on {dataset}: {report.pool_size} attacked examples of {report.train_size}, "
+                        f"{shadows} shadows", title_justify="left",
+                  caption="AUC 0.5 / accuracy 50 / TPR = FPR: the attacker cannot tell unlearned from never seen. "
+                          "FA, TA: the unlearned shadows' forget-set and test accuracy (a ruined model also "
+                          "reaches 0.5). —: too few pairs to resolve that FPR.")
+    for header in ("method", "AUC", "acc %", "TPR@1%FPR", "TPR@0.1%FPR", "FA", "TA", "time s"):
+        table.add_column(header, justify="left" if header == "method" else "right")
+    for row in report.rows:
+        attack = row.attack
+        tprs = ["—" if v is None else f"{v:.1f}" for v in (attack.tpr_at_1pct_fpr, attack.tpr_at_01pct_fpr)]
+        table.add_row(row.method, f"{attack.auc:.3f}", f"{attack.accuracy:.1f}", *tprs,
+                      f"{row.forget_accuracy:.1f}", f"{row.test_accuracy:.1f}", f"{row.seconds:.2f}")
+    console.print(table)
+    console.print(f"{report.seconds:.0f}s, {report.shadow_cache_hits} of {shadows} shadows from the cache"
+                  + (f" → {out}" if out is not None else ""))
+
+
 @app.command("graph")
 def graph_command(
     model: Path = typer.Argument(..., help="A multi-label model trained by excise (.safetensors)."),
@@ -297,12 +373,7 @@ def bench_command(
     from excise.bench.report import summary_rows
 
     try:
-        if threads is not None:
-            import torch
-
-            if threads < 1:
-                raise ValueError(f"--threads={threads} must be >= 1")
-            torch.set_num_threads(threads)
+        set_threads(threads)
         spec = load_suite(suite)
         if check:
             plan(spec, root=root)

@@ -46,10 +46,10 @@ import platform
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -66,10 +66,14 @@ from excise.data import DatasetBundle, load_dataset
 from excise.experiment import RunRecord, build_model, run_method, train_original
 from excise.methods import UnlearningMethod, get_method
 from excise.metrics import DIRECTIONS, EvalViews, MiaInputs, avg_gap, evaluate, run_mia
+from excise.metrics.lira import ULIRA_DIRECTIONS, ulira_metrics
 from excise.progress import progress_bar
 from excise.requests import ForgetRequest, RequestError, resolve
 from excise.sequential import cumulative_views, run_sequence
 from excise.timing import forward_backward_seconds
+
+if TYPE_CHECKING:  # excise.bench.ulira imports this module
+    from excise.bench.ulira import ULiraShadows
 
 EventHook = Callable[[str, dict[str, Any]], None]
 """``hook(event, info)``; events: ``cell_start``, ``cell_done``, ``cell_reused``, ``train_original``,
@@ -131,6 +135,8 @@ def metric_direction(name: str) -> str:
     """How to read ``name``: from ``excise.metrics.DIRECTIONS`` and each MIA variant's ``MiaResult``."""
     if name in DIRECTIONS:
         return DIRECTIONS[name]
+    if name in ULIRA_DIRECTIONS:
+        return ULIRA_DIRECTIONS[name]
     directions = _mia_directions()
     if name in directions:
         return directions[name]
@@ -285,6 +291,14 @@ def plan(suite: Suite, *, root: str | None = None) -> dict[str, _Prepared]:
             build_model(bundle, scenario.model.name, seed=0, **scenario.model.kwargs)
         except (ValueError, TypeError) as err:
             raise SuiteError(f"{where}.model: {err}") from err
+        if scenario.ulira is not None:
+            share = len(steps[0].views.forget_set) / len(bundle.train)
+            if bundle.task != "multiclass":
+                raise SuiteError(f"{where}.ulira: U-LiRA needs a single-label (multiclass) task; data set "
+                                 f"{bundle.name!r} is {bundle.task!r}")
+            if 2 * share >= 1:
+                raise SuiteError(f"{where}.ulira: the request forgets {share:.0%} of the training set; U-LiRA's "
+                                 "attacked pool is twice the forget set, so the request must forget less than half")
         item = _Prepared(scenario, bundle, steps, fingerprints[key])
         for method in suite.methods_for(scenario):
             reason = suite.skips.get((scenario.name, method.label))
@@ -368,6 +382,25 @@ class _GroupModels:
                                              float(meta["train_seconds"]), {}, meta.get("stats", {})))
             self.reference_shas.append(meta["sha256"])
             self.reference_cached.append(hit)
+        # U-LiRA (a scenario option): shadows trained once per (scenario, seed) and cached like the models above;
+        # retrain's attack joins the reference metrics, so every cell's U-LiRA numbers get their gap to retrain.
+        self.ulira: ULiraShadows | None = None
+        if scenario.ulira is not None:
+            from excise.bench.ulira import ULiraConfig, ULiraShadows
+
+            share = len(item.steps[0].views.forget_set) / len(bundle.train)
+            config = ULiraConfig(num_shadows=scenario.ulira.shadows, pool=2 * share, variance=scenario.ulira.variance,
+                                 seed=seed)
+            self.ulira = ULiraShadows(bundle, scenario.model.name, scenario.training, config,
+                                      model_kwargs=scenario.model.kwargs, cache=runner.cache)
+            runner.emit("ulira", {**info, "model": "retrain"})
+            reference = self.references[0]
+            self.references[0] = replace(reference, metrics={
+                **reference.metrics, **ulira_metrics(self.ulira.attack(get_method("retrain")).attack)})
+
+    def ulira_metrics(self, method: UnlearningMethod | None) -> dict[str, float]:
+        """U-LiRA on ``method`` (None: the original shadows) when the scenario asks for it, else nothing."""
+        return {} if self.ulira is None else ulira_metrics(self.ulira.attack(method).attack)
 
 
 class _Runner:
@@ -450,7 +483,7 @@ class _Runner:
         steps: list[dict[str, Any]] = []
         if cell.label == "original":
             for k, step in enumerate(item.steps):
-                metrics = evaluate(models.original, step.views, seed=seed)
+                metrics = {**evaluate(models.original, step.views, seed=seed), **models.ulira_metrics(None)}
                 steps.append(self._step_record(k, step, metrics, models.references[k], None, None, None, {}))
             self._finish(record, steps, models)
             record["hashes"]["unlearned"] = models.original_sha
@@ -476,7 +509,9 @@ class _Runner:
                 runs = [(r.metrics, r.seconds, r.stats) for r in seq]
             else:
                 final, run = run_method(method, models.original, item.steps[0].views, recipe, seed=seed)
-                runs = [(run.metrics, run.seconds, run.stats)]
+                # A fresh instance: the measured one would add the shadows' unlearning to the cell's peak RSS.
+                attacked = models.ulira_metrics(get_method(method_spec.name, **method_spec.params))
+                runs = [({**run.metrics, **attacked}, run.seconds, run.stats)]
             for k, (step, (metrics, seconds, stats)) in enumerate(zip(item.steps, runs, strict=True)):
                 steps.append(self._step_record(k, step, metrics, models.references[k], seconds, floors[k],
                                                probes[k] if k < len(probes) else None, stats))

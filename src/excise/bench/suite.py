@@ -25,6 +25,8 @@ Schema (``?`` = optional)::
         dataset?/model?: replace the suite's; training?: keys override the suite's
         methods?: [labels]             # run only these (each must serve the scenario, else refused)
         method_params?: {label: {param: value}}   # per-scenario hyper-parameter overrides
+        ulira?: {shadows?: 16, variance?: auto}   # also attack every method with U-LiRA (samples requests;
+                                                  # see excise.bench.ulira): shadows forget as many as the request
 
 Policy for methods that cannot serve a scenario: a method reached through ``all`` or the suite-wide list
 is *skipped* for that scenario with the reason recorded in the results (so the report shows the hole);
@@ -62,7 +64,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _SUITE_KEYS = {"suite", "description", "seeds", "dataset", "model", "training", "methods", "scenarios",
                "on_unsupported"}
 _SCENARIO_KEYS = {"name", "description", "request", "sequence", "dataset", "model", "training", "methods",
-                  "method_params"}
+                  "method_params", "ulira"}
+_ULIRA_KEYS = {"shadows", "variance"}
 _METHOD_KEYS = {"name", "label", "params"}
 _DATASET_KEYS = {"name", "options", "seed"}
 
@@ -102,6 +105,18 @@ class MethodSpec:
         return {"label": self.label, "name": self.name, "params": dict(self.params)}
 
 
+@dataclass(frozen=True)
+class ULiraSpec:
+    """A scenario's U-LiRA option (:mod:`excise.bench.ulira`): shadow models whose forget sets are as large as
+    the scenario's request, so every cell also reports the per-example attack on its method."""
+
+    shadows: int = 16
+    variance: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shadows": self.shadows, "variance": self.variance}
+
+
 @dataclass
 class Scenario:
     name: str
@@ -113,6 +128,7 @@ class Scenario:
     description: str = ""
     methods: tuple[str, ...] | None = None
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ulira: ULiraSpec | None = None
 
     @property
     def request_kind(self) -> str:
@@ -130,7 +146,7 @@ class Scenario:
         return self.requests[0].to_dict()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "kind": self.kind,
             "dataset": self.dataset.to_dict(),
@@ -138,6 +154,9 @@ class Scenario:
             "training": self.training.to_dict(),
             "request": self.request_record(),
         }
+        if self.ulira is not None:  # absent otherwise, so the cell hashes of existing results do not move
+            out["ulira"] = self.ulira.to_dict()
+        return out
 
 
 @dataclass
@@ -390,10 +409,27 @@ def _scenario(
             raise _fail(f"{where}.method_params.{label}", f"{label!r} is not a method label of this suite; "
                         f"known: {labels}")
         method_params[label] = _mapping(params, f"{where}.method_params.{label}")
+    ulira = _ulira(spec["ulira"], f"{where}.ulira", requests, sequential) if "ulira" in spec else None
     return Scenario(
         name=name, dataset=dataset, model=model, training=training, requests=requests, sequential=sequential,
-        description=str(spec.get("description", "")), methods=restrict, method_params=method_params,
+        description=str(spec.get("description", "")), methods=restrict, method_params=method_params, ulira=ulira,
     )
+
+
+def _ulira(value: Any, where: str, requests: tuple[ForgetRequest, ...], sequential: bool) -> ULiraSpec:
+    from excise.bench.ulira import ULiraConfig
+
+    if sequential or requests[0].kind != "samples":
+        raise _fail(where, "U-LiRA attacks individual examples: it needs a single request of kind 'samples' "
+                    f"(this scenario has {'a sequence' if sequential else repr(requests[0].kind)})")
+    spec = _mapping({} if value is True else value, where)
+    _check_keys(spec, _ULIRA_KEYS, where)
+    ulira = ULiraSpec(**spec)
+    try:
+        ULiraConfig(num_shadows=ulira.shadows, variance=ulira.variance)
+    except ValueError as err:
+        raise _fail(where, str(err).replace("num_shadows=", "shadows=")) from None
+    return ulira
 
 
 def parse_suite(data: Any, source: str = "<suite>", *, check_registry: bool = True) -> Suite:
