@@ -230,6 +230,23 @@ def test_the_run_table_covers_only_the_suites_current_cells(finished, cache, tmp
     assert "finetune-1ep" in {r["method"] for r in records}
     assert {r["method"] for r in fewer.of_this_suite(records)} == {"original", "retrain", "gradient_ascent"}
 
+    # The standalone report: every stored cell by default, only the suite's current ones with --suite.
+    from excise.bench.report import build_report
+
+    everything = build_report(fewer.results_path, tmp_path / "all").markdown.read_text()
+    assert "finetune-1ep" in everything and "every cell stored in results.jsonl" in everything
+    suite_file = write_suite(tmp_path / "fewer.yaml", tiny(methods=TINY["methods"][:1]))
+    result = CliRunner().invoke(app, ["--quiet", "report", str(fewer.results_path), "--out", str(tmp_path / "cur"),
+                                      "--suite", str(suite_file)])
+    assert result.exit_code == 0, result.output
+    current = (tmp_path / "cur" / "report.md").read_text()
+    assert "finetune-1ep" not in current and "gradient_ascent" in current
+    assert "2 other stored cell(s) left out" in current  # finetune-1ep on both scenarios, seed 0
+    other = write_suite(tmp_path / "other.yaml", tiny(suite="other"))
+    result = CliRunner().invoke(app, ["--quiet", "report", str(fewer.results_path), "--out", str(tmp_path / "x"),
+                                      "--suite", str(other)])
+    assert result.exit_code == 2 and "holds no record of suite 'other'" in " ".join(result.output.split())
+
 
 @pytest.fixture
 def boom_method(monkeypatch):

@@ -394,7 +394,7 @@ def bench_command(
                   f"{len(summary.failed)} failed in {summary.seconds:.0f}s → {summary.results_path}")
     for scenario, method, seed, status in summary.failed:
         err_console.print(f"[red]{scenario}/{method}/seed {seed}[/red]: {status}")
-    console.print(f"report: excise report {summary.results_path} --out {Path(out) / 'report'}")
+    console.print(f"report: excise report {summary.results_path} --out {Path(out) / 'report'} --suite {suite}")
 
 
 def _rich_table(table: Any, title: str) -> Table:
@@ -411,12 +411,16 @@ def report_command(
     results: Path = typer.Argument(..., help="A results.jsonl written by `excise bench` (or its directory)."),
     out: Path = typer.Option(..., help="Directory for report.md, report.html and figures/."),
     title: str | None = typer.Option(None, help="Report title."),
+    suite: Path | None = typer.Option(
+        None, help="Report only the cells this suite file defines now (by default every stored cell, including "
+                   "seeds, methods or scenarios since removed from the suite)."),
 ) -> None:
     """Markdown + self-contained HTML report (tables and plots) from a results file."""
+    from excise.bench import load_suite
     from excise.bench.report import build_report
 
     try:
-        files = build_report(results, out, title=title)
+        files = build_report(results, out, title=title, suite=None if suite is None else load_suite(suite))
     except USER_ERRORS as err:
         fail(err)
     console.print(f"wrote {files.markdown} and {files.html} ({len(files.figures)} figures)")

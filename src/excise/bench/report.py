@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from excise.bench.store import latest, read_records, resolve_results_path, status_of
+from excise.bench.runner import current_cells
+from excise.bench.store import latest, read_records, record_key, resolve_results_path, status_of
+from excise.bench.suite import Suite
 from excise.checkpoint import atomic_write, atomic_write_text
 
 QUALITY_KEYS = ("FA", "RA", "TA", "TA_forget", "MIA", "forget_AP", "retain_mAP")
@@ -461,15 +463,30 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def build_report(results: str | Path, out_dir: str | Path, *, title: str | None = None) -> ReportFiles:
+def build_report(results: str | Path, out_dir: str | Path, *, title: str | None = None,
+                 suite: Suite | None = None) -> ReportFiles:
     """Write ``report.md``, ``report.html`` (images embedded) and ``figures/*.png`` into ``out_dir``.
 
+    Without ``suite`` every cell stored in the results file is reported, including cells of a seed, method or
+    scenario since removed from its suite file (a results file is append-only). With ``suite`` only the cells
+    that suite defines now, computed with its current configuration, as ``excise bench`` prints them.
     The three report files are derived data and are replaced if they exist.
     """
     path = resolve_results_path(results)
     records = read_records(path)
     if not records:
         raise ValueError(f"results file {str(path)!r} holds no records")
+    scope = f"every cell stored in {path.name}"
+    if suite is not None:
+        cells = current_cells(suite)
+        kept = [r for r in records if cells.get(record_key(r)) == r["cell_hash"]]
+        if not kept:
+            raise ValueError(f"results file {str(path)!r} holds no record of suite {suite.name!r} with its current "
+                             "configuration (run `excise bench` on it first)")
+        left_out = len(latest(records)) - len(latest(kept))
+        scope = (f"the {len(latest(kept))} current cells of suite {suite.name!r} ({suite.source}); {left_out} "
+                 "other stored cell(s) left out")
+        records = kept
     summaries = summarize(records)
     out_dir = Path(out_dir)
     figures_dir = out_dir / "figures"
@@ -479,12 +496,13 @@ def build_report(results: str | Path, out_dir: str | Path, *, title: str | None 
     doc.heading(1, title or f"excise bench report — {', '.join(suites)}")
     first = records[0]
     doc.para(
-        f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {path.name} ({len(records)} records, sha256 "
-        f"{digest[:16]}…). Every number below is computed from that file. excise {first['versions'].get('excise')}, "
+        f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {path.name} (sha256 {digest[:16]}…): {scope}, "
+        f"{len(records)} records. Every number below is computed from that file. "
+        f"excise {first['versions'].get('excise')}, "
         f"torch {first['versions'].get('torch')}, host: {first.get('host', {}).get('platform', '?')}, "
         f"{first.get('host', {}).get('cpu_count', '?')} CPUs, {first.get('host', {}).get('torch_threads', '?')} "
         "torch threads."
-        if "versions" in first else f"Generated from {path.name}."
+        if "versions" in first else f"Generated from {path.name}: {scope}."
     )
     doc.heading(2, "Overview")
     doc.table(overview_table(summaries))

@@ -561,7 +561,12 @@ class _Runner:
         return record
 
 
-def _cells(suite: Suite, prepared: dict[str, _Prepared]) -> list[_Cell]:
+def current_cells(suite: Suite) -> dict[tuple[str, str, str, int], str]:
+    """``(suite, scenario, method label, seed) -> cell hash`` of every cell the suite file defines now."""
+    return {(suite.name, *cell.key): cell.cell_hash for cell in _cells(suite)}
+
+
+def _cells(suite: Suite) -> list[_Cell]:
     cells = []
     for scenario in suite.scenarios:
         for seed in suite.seeds:
@@ -591,7 +596,7 @@ def run_suite(
         raise ValueError(f"out={str(out_dir)!r} exists and is not a directory")
     prepared = plan(suite, root=root)
     runner = _Runner(suite, out_dir, Path(cache_dir) if cache_dir else out_dir / "cache", on_event)
-    cells = _cells(suite, prepared)
+    cells = _cells(suite)
     done = runner.store.latest()
     # Every rank must plan from the same store: nobody appends before all have read it.
     distributed.barrier()
