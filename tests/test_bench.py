@@ -102,6 +102,10 @@ def test_every_cell_is_recorded_with_metrics_directions_times_and_hashes(finishe
     assert ga["peak_rss_mb"] > 10 and ga["peak_rss_delta_mb"] >= 0
     assert ga["config"]["method"]["resolved"]  # the method's full hyper-parameters, defaults included
     assert by[("class-3", "finetune-1ep")]["config"]["method"]["resolved"]["epochs"] == 1
+    # Distances of the predictions to retrain's, with retrain itself at zero (so gap == value).
+    for key in ("KL_ref:forget", "KL_ref:test", "W1_ref:test"):
+        assert retrain["metrics"][key]["value"] == 0 and "lower is better" in ga["metrics"][key]["direction"]
+    assert original["metrics"]["KL_ref:forget"]["value"] > ga["metrics"]["KL_ref:forget"]["value"] > 0
 
 
 def test_sequential_records_every_step_against_cumulative_references(finished):
@@ -117,6 +121,9 @@ def test_sequential_records_every_step_against_cumulative_references(finished):
     assert ga["time_s"] == pytest.approx(sum(s["time_s"] for s in ga["steps"]))
     assert ga["retrain_time_s"] == pytest.approx(sum(s["retrain_time_s"] for s in ga["steps"]))
     assert seq["retrain"]["steps"][1]["metrics"]["FA"]["value"] < 5
+    # The last step's unlearned model against the last reference (the earlier steps' models are not kept).
+    assert ga["metrics"]["KL_ref:forget"]["value"] > 0 and "KL_ref:forget" not in ga["steps"][0]["metrics"]
+    assert seq["original"]["steps"][0]["metrics"]["KL_ref:forget"]["value"] > 0
 
 
 def test_results_load_with_pandas(finished):

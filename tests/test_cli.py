@@ -180,3 +180,18 @@ def test_reference_check_ignores_label_order_and_refuses_sidecars_without_a_data
     original.meta["dataset"] = {"name": "digits"}
     with pytest.raises(CheckpointError, match=r"of the original model '.*original.safetensors' records no dataset"):
         check_reference(reference(dataset), original, ForgetRequest.parse("class:3,5"), digits.train)
+
+
+def test_demo_prints_the_table_and_records_it(tmp_path):
+    result = invoke("demo", "--methods", "gradient_ascent", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "Forgetting class:3 on digits" in result.output and "gradient_ascent" in result.output
+    saved = json.loads((tmp_path / "demo_results.json").read_text())
+    records = {r["method"]: r for r in saved["records"]}
+    assert list(records) == ["original", "retrain", "gradient_ascent"]
+    original, retrain, ga = (records[m]["metrics"] for m in records)
+    assert original["FA"] > 90 and retrain["FA"] < 5 and ga["FA"] < original["FA"] - 50
+    assert retrain["KL_ref:forget"] == 0 and original["KL_ref:forget"] > ga["KL_ref:forget"] > 0
+    assert saved["config"]["data_fingerprint"] and saved["versions"]["torch"]
+    result = invoke("demo", "--methods", "nope", "--out", tmp_path)
+    assert result.exit_code == 2 and "nope" in result.output

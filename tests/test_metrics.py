@@ -106,3 +106,32 @@ def test_avg_gap_refuses_a_metric_measured_on_one_side_only():
     assert avg_gap({"FA": 10, "RA": 90}, {"FA": 0, "RA": 100}) == 10.0  # MIA absent on both sides: skipped
     with pytest.raises(ValueError, match="MIA only measured on the model"):
         avg_gap({"FA": 10, "RA": 90, "MIA": 50}, {"FA": 0, "RA": 100})
+
+
+def test_prediction_distances_to_retrain(digits_model, class_views):
+    import copy
+
+    import torch
+    from scipy.stats import wasserstein_distance
+
+    from excise.metrics.distance import prediction_distances
+    from excise.training import predict_logits
+
+    same = prediction_distances(digits_model, digits_model, class_views)
+    assert same == {"KL_ref:forget": 0.0, "KL_ref:test": 0.0, "W1_ref:test": 0.0}
+    # A model that no longer predicts class 3: its final bias pushed far down.
+    changed = copy.deepcopy(digits_model)
+    final = [m for m in changed.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        final.bias[3] -= 30.0
+    distances = prediction_distances(changed, digits_model, class_views)
+    reference = torch.log_softmax(predict_logits(digits_model, class_views.forget_set).double(), dim=1)
+    model = torch.log_softmax(predict_logits(changed, class_views.forget_set).double(), dim=1)
+    expected = float((reference.exp() * (reference - model)).sum(dim=1).mean())  # KL(reference || model)
+    assert distances["KL_ref:forget"] == pytest.approx(expected)
+    assert distances["KL_ref:forget"] > 5  # the forget set is class 3, which the reference predicts
+    test = [class_views.test_retain, class_views.test_forget]
+    labels_ref = torch.cat([predict_logits(digits_model, t) for t in test]).argmax(dim=1).numpy()
+    labels = torch.cat([predict_logits(changed, t) for t in test]).argmax(dim=1).numpy()
+    assert distances["W1_ref:test"] == pytest.approx(wasserstein_distance(labels_ref, labels))
+    assert distances["W1_ref:test"] > 0 and distances["KL_ref:test"] < distances["KL_ref:forget"]

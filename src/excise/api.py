@@ -169,7 +169,8 @@ def unlearn_checkpoint(
         reference = load_checkpoint(reference_path)
         check_reference(reference, original, request, bundle.train)
         ref_metrics = evaluate(reference.model, views, seed=seed)
-    model, record = run_method(unlearner, original.model, views, recipe, seed=seed)
+    model, record = run_method(unlearner, original.model, views, recipe, seed=seed,
+                               reference_model=None if reference is None else reference.model)
     if reference is not None:
         record.avg_gap = avg_gap(record.metrics, ref_metrics)
         # Across runs: the retrain time is the one the reference checkpoint recorded (possibly another machine

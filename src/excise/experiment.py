@@ -15,6 +15,7 @@ from torch import nn
 from excise.data.base import DatasetBundle, LabeledData
 from excise.methods import UnlearningMethod, get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
+from excise.metrics.distance import prediction_distances
 from excise.models import create_model
 from excise.training import TrainConfig, seed_everything, train
 
@@ -65,8 +66,11 @@ def run_method(
     *,
     seed: int = 0,
     reference: RunRecord | None = None,
+    reference_model: nn.Module | None = None,
 ) -> tuple[nn.Module, RunRecord]:
-    """Unlearn ``views.request`` from ``model`` with ``method`` and evaluate against ``reference``."""
+    """Unlearn ``views.request`` from ``model`` with ``method`` and evaluate against ``reference``; with the
+    retrained ``reference_model`` the metrics also hold the distances of the predictions to it
+    (:mod:`excise.metrics.distance`)."""
     if isinstance(method, str):
         method = get_method(method)
     seed_everything(seed)
@@ -75,6 +79,8 @@ def run_method(
         views.retain_set if method.needs_retain else None, recipe=recipe, seed=seed,
     )
     metrics = evaluate(result.model, views, seed=seed)
+    if reference_model is not None:
+        metrics.update(prediction_distances(result.model, reference_model, views))
     stats = {k: v for k, v in result.stats.items() if _is_plain(v)}
     record = RunRecord(method.name, views.request.to_dict(), metrics, result.seconds, result.config, stats)
     if reference is not None:
@@ -83,9 +89,12 @@ def run_method(
     return result.model, record
 
 
-def evaluate_original(model: nn.Module, views: EvalViews, seed: int = 0) -> RunRecord:
+def evaluate_original(model: nn.Module, views: EvalViews, seed: int = 0,
+                      reference_model: nn.Module | None = None) -> RunRecord:
     start = time.perf_counter()
     metrics = evaluate(model, views, seed=seed)
+    if reference_model is not None:
+        metrics.update(prediction_distances(model, reference_model, views))
     stats = {"eval_seconds": time.perf_counter() - start}
     return RunRecord("original", views.request.to_dict(), metrics, 0.0, {}, stats)
 

@@ -66,6 +66,7 @@ from excise.data import DatasetBundle, load_dataset
 from excise.experiment import RunRecord, build_model, run_method, train_original
 from excise.methods import UnlearningMethod, get_method
 from excise.metrics import DIRECTIONS, EvalViews, MiaInputs, avg_gap, evaluate, run_mia
+from excise.metrics.distance import DISTANCE_DIRECTIONS, prediction_distances
 from excise.metrics.lira import ULIRA_DIRECTIONS, ulira_metrics
 from excise.progress import progress_bar
 from excise.requests import ForgetRequest, RequestError, resolve
@@ -133,10 +134,9 @@ def _mia_directions() -> dict[str, str]:
 
 def metric_direction(name: str) -> str:
     """How to read ``name``: from ``excise.metrics.DIRECTIONS`` and each MIA variant's ``MiaResult``."""
-    if name in DIRECTIONS:
-        return DIRECTIONS[name]
-    if name in ULIRA_DIRECTIONS:
-        return ULIRA_DIRECTIONS[name]
+    for table in (DIRECTIONS, DISTANCE_DIRECTIONS, ULIRA_DIRECTIONS):
+        if name in table:
+            return table[name]
     directions = _mia_directions()
     if name in directions:
         return directions[name]
@@ -364,6 +364,7 @@ class _GroupModels:
         self.original_seconds = float(meta["train_seconds"])
         self.original_cached = hit
         self.references: list[RunRecord] = []
+        self.reference_models: list[nn.Module] = []
         self.reference_shas: list[str] = []
         self.reference_cached: list[bool] = []
         for k, step in enumerate(item.steps):
@@ -375,11 +376,15 @@ class _GroupModels:
                 return model, {"kind": "retrained", "train_seconds": record.seconds, "metrics": record.metrics,
                                "seed": seed, "request": step.views.request.to_dict(), "stats": record.stats}
 
-            _, meta, hit = runner.cache.get_or_build("retrain", payload, build_reference)
+            reference_model, meta, hit = runner.cache.get_or_build("retrain", payload, build_reference)
             if hit:
                 runner.emit("cache_hit", {**info, "model": "retrain", "step": k})
-            self.references.append(RunRecord("retrain", step.views.request.to_dict(), meta["metrics"],
+            # The distances of retrain's predictions to themselves (zeros) join its metrics, so every cell's
+            # KL_ref / W1_ref gets its gap to retrain like any other metric.
+            metrics = {**meta["metrics"], **prediction_distances(reference_model, reference_model, step.views)}
+            self.references.append(RunRecord("retrain", step.views.request.to_dict(), metrics,
                                              float(meta["train_seconds"]), {}, meta.get("stats", {})))
+            self.reference_models.append(reference_model)
             self.reference_shas.append(meta["sha256"])
             self.reference_cached.append(hit)
         # U-LiRA (a scenario option): shadows trained once per (scenario, seed) and cached like the models above;
@@ -483,7 +488,8 @@ class _Runner:
         steps: list[dict[str, Any]] = []
         if cell.label == "original":
             for k, step in enumerate(item.steps):
-                metrics = {**evaluate(models.original, step.views, seed=seed), **models.ulira_metrics(None)}
+                metrics = {**evaluate(models.original, step.views, seed=seed), **models.ulira_metrics(None),
+                           **prediction_distances(models.original, models.reference_models[k], step.views)}
                 steps.append(self._step_record(k, step, metrics, models.references[k], None, None, None, {}))
             self._finish(record, steps, models)
             record["hashes"]["unlearned"] = models.original_sha
@@ -507,8 +513,11 @@ class _Runner:
                 final, seq = run_sequence(method, models.original, item.bundle, list(cell.scenario.requests), recipe,
                                           seed=seed, reference=models.references)
                 runs = [(r.metrics, r.seconds, r.stats) for r in seq]
+                # Only the last step's model is returned: its predictions are compared with the last reference.
+                runs[-1][0].update(prediction_distances(final, models.reference_models[-1], item.steps[-1].views))
             else:
-                final, run = run_method(method, models.original, item.steps[0].views, recipe, seed=seed)
+                final, run = run_method(method, models.original, item.steps[0].views, recipe, seed=seed,
+                                        reference_model=models.reference_models[0])
                 # A fresh instance: the measured one would add the shadows' unlearning to the cell's peak RSS.
                 attacked = models.ulira_metrics(get_method(method_spec.name, **method_spec.params))
                 runs = [({**run.metrics, **attacked}, run.seconds, run.stats)]
