@@ -511,3 +511,63 @@ def test_inversion_refusals():
         target_negatives(torch.rand(3, 1, 4, 4), targets, 0, 2)
     picked = target_negatives(torch.arange(3.0).view(3, 1, 1, 1), targets, 1, 1)
     assert picked.item() == 0.0  # the only instance without target 1
+
+
+# --- target requests in a sequence -----------------------------------------------------------------
+SEQUENCE = [ForgetRequest(kind="target", labels=("0",)), ForgetRequest(kind="target", labels=("1",))]
+
+
+def test_a_target_sequence_is_judged_against_every_target_forgotten_so_far(canvases):
+    from excise.sequential import cumulative_views, step_forget_sets
+
+    views = cumulative_views(canvases, SEQUENCE)
+    assert [v.request for v in views] == SEQUENCE
+    assert views[0].forget_set.label_mask.any(dim=0).nonzero().flatten().tolist() == [0]
+    assert views[1].forget_set.label_mask.any(dim=0).nonzero().flatten().tolist() == [0, 1]
+    assert (~views[1].retain_set.label_mask).all(dim=0).nonzero().flatten().tolist() == [0, 1]
+    steps = step_forget_sets(canvases.train, SEQUENCE)
+    carries_1 = int((canvases.train.targets[:, 1] > 0.5).sum())
+    assert len(steps[1]) == carries_1  # every instance carrying the step's target, earlier targets or not
+    assert steps[1].label_mask.any(dim=0).nonzero().flatten().tolist() == [1]
+    with pytest.raises(RequestError, match=r"request 1 \('target:0'\) forgets nothing that earlier"):
+        step_forget_sets(canvases.train, [SEQUENCE[0], SEQUENCE[0]])
+    with pytest.raises(RequestError, match="mixing kind='target' with other kinds"):
+        cumulative_views(canvases, [SEQUENCE[0], ForgetRequest(kind="samples", fraction=0.1)])
+    every = [ForgetRequest(kind="target", labels=(t,)) for t in canvases.train.classes]
+    with pytest.raises(RequestError, match="cannot forget every target"):
+        cumulative_views(canvases, every)
+
+
+def test_essential_graph_in_a_sequence_neither_scores_nor_spares_an_earlier_target(canvas_model, canvases):
+    from excise.methods.base import UnlearnData
+    from excise.methods.essential_graph import earlier_targets
+    from excise.sequential import cumulative_views, step_forget_sets
+
+    views = cumulative_views(canvases, SEQUENCE)
+    steps = step_forget_sets(canvases.train, SEQUENCE)
+    second = UnlearnData(forget_set=steps[1], request=SEQUENCE[1], recipe=CANVAS_RECIPE,
+                         _retain_set=views[1].retain_set)
+    single = UnlearnData(forget_set=steps[1], request=SEQUENCE[1], recipe=CANVAS_RECIPE,
+                         _retain_set=split(canvases.train, SEQUENCE[1])[1])
+    assert earlier_targets(second) == (0,) and earlier_targets(single) == ()
+    method = get_method("essential_graph")
+    graph = method.graph_for(canvas_model, second)
+    assert all(0 not in layer.top for layer in graph.layers)  # target 0 neither scored nor sparing channels
+    assert all(1 in layer.top for layer in graph.layers) and graph.forgotten == (1,)
+    assert all(0 in layer.top for layer in method.graph_for(canvas_model, single).layers)
+
+
+def test_target_finetune_in_a_sequence_does_not_teach_an_earlier_target_again(canvas_model, canvases):
+    """Step 2 fine-tunes on the instances of target 1, many of which carry target 0 as well. Supervising
+    target 0 there at its true label (the retain view still holds it) brought its recall on the test set
+    back from 0% to 100% (measured); it stays at 0 now."""
+    from excise.sequential import run_sequence
+
+    final, records = run_sequence("target_finetune", canvas_model, canvases, SEQUENCE, CANVAS_RECIPE,
+                                  reference=None)
+    logits = predict_logits(final, canvases.test)
+    positives = canvases.test.targets > 0.5
+    recall = [float((logits[positives[:, t], t] > 0).float().mean()) for t in range(3)]
+    assert recall[0] <= 0.05 and recall[1] <= 0.05  # both forgotten targets stay forgotten
+    assert recall[2] >= 0.9  # a remaining target is still recognised
+    assert [r.forgotten for r in records] == [["target:0"], ["target:0", "target:1"]]

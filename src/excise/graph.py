@@ -483,11 +483,14 @@ def build_graph(
     num_layers: int = 5,
     balanced: bool = True,
     score_fn: ScoreFn | None = None,
+    gone: Sequence[int] = (),
 ) -> EssentialGraph:
     """Score every target's channels on ``model`` and select the channels to prune for ``forgotten``.
 
     ``data_inputs``/``data_targets`` are the training instances (multi-hot targets: which targets each
-    carries); each target is scored on the first ``num_images`` instances that carry it.
+    carries); each target is scored on the first ``num_images`` instances that carry it. ``gone``: targets an
+    earlier request of a sequence already forgot; they are neither scored nor spared (a remaining target's
+    ``-1``), since the model need no longer recognise them.
     ``score_fn(outputs, rows, target) -> per-image score`` replaces the target's sigmoid output (rows index
     ``data_inputs``); dense tasks use it.
     """
@@ -503,16 +506,20 @@ def build_graph(
     forgotten = tuple(sorted(set(int(t) for t in forgotten)))
     if not forgotten or any(not 0 <= t < num_targets for t in forgotten):
         raise GraphError(f"forgotten={list(forgotten)} must name targets in [0, {num_targets - 1}]")
-    if len(forgotten) == num_targets:
+    gone = tuple(sorted(set(int(t) for t in gone) - set(forgotten)))
+    if any(not 0 <= t < num_targets for t in gone):
+        raise GraphError(f"gone={list(gone)} must name targets in [0, {num_targets - 1}]")
+    if len(forgotten) + len(gone) == num_targets:
         raise GraphError("cannot forget every target: at least one must remain")
+    scored = [t for t in range(num_targets) if t not in gone]
     pairs = resolve_layers(model, layers, num_layers)
     names = [conv for conv, _ in pairs]
     modules = dict(model.named_modules())
     start = time.perf_counter()
-    rows = {t: target_images(data_targets, t, num_images) for t in range(num_targets)}
+    rows = {t: target_images(data_targets, t, num_images) for t in scored}
     weights: dict[int, dict[str, Tensor]] = {}
-    with progress_bar("essential graph", num_targets) as bar:
-        for t in range(num_targets):
+    with progress_bar("essential graph", len(scored)) as bar:
+        for t in scored:
             score = None if score_fn is None else (lambda out, t=t: score_fn(out, rows[t], t))
             per_image = gradcam_channel_weights(model, names, data_inputs[rows[t]], t, score)
             weights[t] = {name: w.mean(dim=0) for name, w in per_image.items()}
@@ -520,7 +527,7 @@ def build_graph(
     graph_layers = []
     for conv, bn in pairs:
         channels = modules[conv].out_channels
-        tops = {t: top_channels(weights[t][conv], proportion, conv) for t in range(num_targets)}
+        tops = {t: top_channels(weights[t][conv], proportion, conv) for t in scored}
         scores, pruned = select_channels(tops, channels, forgotten, num_targets, balanced)
         graph_layers.append(LayerGraph(conv, bn, channels, tops, scores, pruned))
     return EssentialGraph(

@@ -335,19 +335,43 @@ def split_test(test: LabeledData, request: ForgetRequest) -> tuple[LabeledData |
         raise
 
 
+def cumulative_target_requests(requests: Sequence[ForgetRequest], classes: Sequence[str]) -> list[ForgetRequest]:
+    """For a sequence of ``target`` requests: after step ``k``, one request forgetting every target named so far.
+
+    A target is a label column, not a set of rows: a step is judged (and its reference retrained) as if every
+    target forgotten so far had been forgotten together. A step that names only targets forgotten earlier is
+    refused, as a row-level step that forgets no new row is."""
+    if any(r.kind != "target" for r in requests):
+        kinds = sorted({r.kind for r in requests})
+        raise RequestError(f"a sequence mixing kind='target' with other kinds ({kinds}) is not supported: a target "
+                           "request forgets a label column, the others forget rows")
+    cumulative: list[ForgetRequest] = []
+    gone: list[int] = []
+    for k, request in enumerate(requests):
+        labels = [_resolve_label(label, classes, "labels") for label in request.labels]
+        new = [label for label in dict.fromkeys(labels) if label not in gone]
+        if not new:
+            raise RequestError(f"request {k} ({request.describe()!r}) forgets nothing that earlier requests of the "
+                               "sequence did not already forget")
+        gone += new
+        cumulative.append(ForgetRequest(kind="target", labels=tuple(gone), seed=request.seed))
+    return cumulative
+
+
 def apply_sequence(data: LabeledData, requests: Sequence[ForgetRequest]) -> list[tuple[LabeledData, LabeledData]]:
     """Cumulative ``(forget_set, retain_set)`` after each request of a sequence (sequential unlearning).
 
     Step ``k``'s forget set is everything asked to be forgotten by requests ``0..k``: the retrained
-    reference for step ``k`` is trained on what remains after all of them.
+    reference for step ``k`` is trained on what remains after all of them. For ``target`` requests that is
+    the split of one request naming every target forgotten so far (:func:`cumulative_target_requests`).
     """
     if not requests:
         raise RequestError("a request sequence needs at least one request")
+    if any(r.kind == "target" for r in requests):
+        return [split(data, request) for request in cumulative_target_requests(requests, data.classes)]
     out = []
     forgotten = np.zeros(len(data), dtype=bool)
     for request in requests:
-        if request.kind == "target":
-            raise RequestError("sequential runs of kind='target' are not supported; forget the targets together")
         forgotten[resolve(data, request).forget_indices] = True
         if forgotten.all():
             raise RequestError("the request sequence forgets every training sample: nothing would remain")

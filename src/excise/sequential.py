@@ -11,6 +11,11 @@ What a method sees at step ``k``: the step's request and the rows it newly forge
 already forgot are not handed over again), the original training recipe, and — only if the method declared
 ``needs_retain`` — the cumulative retain set. Forget-only methods receive no retain data at any step.
 
+Target requests (forget one label of a multi-label task everywhere) form sequences too: a target is a label
+column, so step ``k`` is judged, and its reference retrained, as one request forgetting every target named so
+far; the method receives the step's own target's forget view (every instance carrying it) and a retain view
+whose label mask hides every target forgotten so far, so earlier targets are neither re-learned nor protected.
+
 The method at step ``k`` is seeded with ``seed + k`` (independent random draws per step); references are
 trained with ``seed``, the seed policy of the original model.
 """
@@ -18,7 +23,7 @@ trained with ``seed``, the seed policy of the original model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +34,14 @@ from excise.experiment import RunRecord, _is_plain, run_method
 from excise.methods import UnlearningMethod, get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.progress import progress_bar
-from excise.requests import ForgetRequest, RequestError, apply_sequence, resolve
+from excise.requests import (
+    ForgetRequest,
+    RequestError,
+    apply_sequence,
+    cumulative_target_requests,
+    resolve,
+    split,
+)
 from excise.training import TrainConfig, seed_everything
 
 
@@ -71,7 +83,14 @@ def _test_forget_mask(test: LabeledData, requests: Sequence[ForgetRequest]) -> n
 
 
 def cumulative_views(bundle: DatasetBundle, requests: Sequence[ForgetRequest]) -> list[EvalViews]:
-    """One :class:`EvalViews` per step: cumulative forget/retain sets, test views of the classes so far."""
+    """One :class:`EvalViews` per step: cumulative forget/retain sets, test views of the classes so far.
+
+    For ``target`` requests step ``k``'s views are those of one request naming every target forgotten so far
+    (:func:`excise.requests.cumulative_target_requests`), with ``request`` the step's own."""
+    if any(r.kind == "target" for r in requests):
+        cumulative = cumulative_target_requests(requests, bundle.train.classes)
+        return [replace(EvalViews.from_bundle(bundle, together), request=request)
+                for together, request in zip(cumulative, requests, strict=True)]
     splits = apply_sequence(bundle.train, requests)
     views = []
     for k, (forget_set, retain_set) in enumerate(splits):
@@ -82,8 +101,13 @@ def cumulative_views(bundle: DatasetBundle, requests: Sequence[ForgetRequest]) -
     return views
 
 
-def _new_rows(train: LabeledData, requests: Sequence[ForgetRequest]) -> list[np.ndarray]:
-    """Training rows each request forgets that no earlier request did; a step with none is refused."""
+def step_forget_sets(train: LabeledData, requests: Sequence[ForgetRequest]) -> list[LabeledData]:
+    """What a method unlearns at each step: the training rows the step newly forgets (rows an earlier step
+    already forgot are not handed over again; a step with none is refused). For ``target`` requests: the
+    forget view of the step's own target(s) — every instance that carries them, only their labels visible."""
+    if any(r.kind == "target" for r in requests):
+        cumulative_target_requests(requests, train.classes)  # refuses a step that forgets no new target
+        return [split(train, request)[0] for request in requests]
     forgotten = np.zeros(len(train), dtype=bool)
     out = []
     for k, request in enumerate(requests):
@@ -95,7 +119,7 @@ def _new_rows(train: LabeledData, requests: Sequence[ForgetRequest]) -> list[np.
                 "did not already forget"
             )
         forgotten[rows] = True
-        out.append(new)
+        out.append(train.subset(new))
     return out
 
 
@@ -124,7 +148,7 @@ def run_sequence(
             raise TypeError(f"requests must be ForgetRequest objects, got {type(request).__name__}")
         method.check_request(request, bundle.train.task)
     views = cumulative_views(bundle, requests)
-    new_rows = _new_rows(bundle.train, requests)
+    step_sets = step_forget_sets(bundle.train, requests)
     if reference is not None and not isinstance(reference, str):
         reference = list(reference)
         if len(reference) != len(requests):
@@ -135,10 +159,10 @@ def run_sequence(
     records: list[SequentialRecord] = []
     current = model
     with progress_bar(f"sequential {method.name}", len(requests)) as bar:
-        for k, (request, view, rows) in enumerate(zip(requests, views, new_rows, strict=True)):
+        for k, (request, view, step_set) in enumerate(zip(requests, views, step_sets, strict=True)):
             seed_everything(seed + k)
             result = method.unlearn(
-                current, request, bundle.train.subset(rows),
+                current, request, step_set,
                 view.retain_set if method.needs_retain else None,
                 recipe=recipe, seed=seed + k,
             )
@@ -149,7 +173,7 @@ def run_sequence(
                 request=request.to_dict(),
                 forgotten=[r.describe() for r in requests[: k + 1]],
                 forget_size=len(view.forget_set),
-                new_samples=len(rows),
+                new_samples=len(step_set),
                 metrics=metrics,
                 seconds=result.seconds,
                 stats={key: v for key, v in result.stats.items() if _is_plain(v)},
@@ -176,4 +200,4 @@ def _reference(
     return reference[k]
 
 
-__all__ = ["SequentialRecord", "cumulative_views", "run_sequence"]
+__all__ = ["SequentialRecord", "cumulative_views", "run_sequence", "step_forget_sets"]

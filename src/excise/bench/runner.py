@@ -69,8 +69,8 @@ from excise.metrics import DIRECTIONS, EvalViews, MiaInputs, avg_gap, evaluate, 
 from excise.metrics.distance import DISTANCE_DIRECTIONS, prediction_distances
 from excise.metrics.lira import ULIRA_DIRECTIONS, ulira_metrics
 from excise.progress import progress_bar
-from excise.requests import ForgetRequest, RequestError, resolve
-from excise.sequential import cumulative_views, run_sequence
+from excise.requests import ForgetRequest, RequestError
+from excise.sequential import cumulative_views, run_sequence, step_forget_sets
 from excise.timing import forward_backward_seconds
 
 if TYPE_CHECKING:  # excise.bench.ulira imports this module
@@ -251,19 +251,12 @@ def _prepare(scenario: Scenario, bundle: DatasetBundle) -> list[_Step]:
     if not scenario.sequential:
         views = EvalViews.from_bundle(bundle, scenario.requests[0])
         return [_Step(scenario.requests[0], views, views)]
-    # The same cumulative views excise.sequential.run_sequence judges each step on.
+    # The same cumulative views and step forget sets excise.sequential.run_sequence uses.
     cumulative = cumulative_views(bundle, list(scenario.requests))
-    steps = []
-    forgotten = np.zeros(len(bundle.train), dtype=bool)
-    for k, (request, views) in enumerate(zip(scenario.requests, cumulative, strict=True)):
-        rows = resolve(bundle.train, request).forget_indices
-        new = rows[~forgotten[rows]]
-        if len(new) == 0:
-            raise RequestError(f"sequence[{k}] ({request.describe()}) forgets nothing the earlier steps have not")
-        forgotten[rows] = True
-        delta = EvalViews(bundle.train.subset(new), views.retain_set, views.test_retain, views.test_forget, request)
-        steps.append(_Step(request, views, delta))
-    return steps
+    step_sets = step_forget_sets(bundle.train, list(scenario.requests))
+    return [_Step(request, views, EvalViews(step_set, views.retain_set, views.test_retain, views.test_forget,
+                                            request))
+            for request, views, step_set in zip(scenario.requests, cumulative, step_sets, strict=True)]
 
 
 def plan(suite: Suite, *, root: str | None = None) -> dict[str, _Prepared]:

@@ -386,9 +386,6 @@ def _scenario(
         kinds = sorted({r.kind for r in requests})
         if len(kinds) > 1:
             raise _fail(f"{where}.sequence", f"every step must have the same kind, got {kinds}")
-        if kinds[0] == "target":
-            raise _fail(f"{where}.sequence", "sequential runs of kind='target' are not supported; "
-                        "forget the targets together in one request")
         sequential = True
     kind = requests[0].kind
     if kind not in KINDS:  # pragma: no cover - ForgetRequest already refuses

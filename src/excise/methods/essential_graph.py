@@ -35,6 +35,10 @@ Choices where the paper/code is silent or specific:
 - The graph records the sha256 of the exact weights it was computed on and is refused for another model,
   for a different target set, or when its ``balanced`` flag disagrees with the method's.
 - Under ``torchrun`` the graph is built on rank 0 and broadcast; every rank prunes the same channels.
+- Sequences of target requests (:mod:`excise.sequential`): a target an earlier step forgot is hidden in the
+  retain view's label mask; it is neither scored nor spared, so the ``-1`` terms come only from the targets
+  that remain (the paper forgets several targets at once; sparing a target that is already gone would
+  protect channels for nothing).
 - Time: the reported unlearning time includes building the graph; ``prune_seconds`` is the zeroing alone
   (the paper's "cost"), ``graph_seconds`` the scoring.
 
@@ -137,6 +141,16 @@ def forgotten_targets(data: UnlearnData) -> tuple[int, ...]:
     return tuple(sorted({_resolve_label(label, classes, "labels") for label in data.request.labels}))
 
 
+def earlier_targets(data: UnlearnData) -> tuple[int, ...]:
+    """Targets forgotten by earlier requests of a sequence: hidden in every row of the retain view's label mask
+    but not named by this request (empty for a single request, whose retain view hides only its own)."""
+    mask = data.retain_set.label_mask
+    if mask is None:
+        return ()
+    hidden = (~mask).all(dim=0).nonzero().flatten().tolist()
+    return tuple(t for t in hidden if t not in forgotten_targets(data))
+
+
 @register_method
 class EssentialGraphUnlearning(UnlearningMethod):
     name = "essential_graph"
@@ -163,7 +177,7 @@ class EssentialGraphUnlearning(UnlearningMethod):
         return build_graph(
             model, retain.targets, retain.inputs, forgotten, classes=retain.classes,
             proportion=cfg.proportion, num_images=cfg.num_images, layers=cfg.layers,
-            num_layers=cfg.num_layers, balanced=cfg.balanced,
+            num_layers=cfg.num_layers, balanced=cfg.balanced, gone=earlier_targets(data),
         )
 
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:

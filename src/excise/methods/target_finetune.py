@@ -8,10 +8,10 @@ the model is fine-tuned with the recipe's optimizer at ``lr_scale`` times its le
 
 Choices (the paper does not specify its baselines' recipe):
 
-- Every label column of those instances is supervised — the forgotten one(s) at 0, the remaining ones at
-  their true values — so the features the remaining targets share with the forgotten one are anchored by
-  the same images. Reading the remaining labels means reading the retain view (``needs_retain=True``); only
-  the rows that carry the forgotten target are used.
+- Every label column of those instances is supervised — the forgotten one(s), and in a sequence every target
+  an earlier step forgot, at 0, the remaining ones at their true values — so the features the remaining
+  targets share with the forgotten one are anchored by the same images. Reading the remaining labels means
+  reading the retain view (``needs_retain=True``); only the rows that carry the forgotten target are used.
 - Budget in passes over the forget instances (``epochs``), so it scales with the forget set.
 """
 
@@ -51,6 +51,10 @@ class TargetFinetune(UnlearningMethod):
         instances = retain_rows_of(data.forget_set, data.retain_set)
         relabelled = instances.targets.clone()
         relabelled[:, forgotten] = 0.0
+        # Targets an earlier request of a sequence forgot are hidden by the retain view's mask but still in its
+        # targets: supervising them at their true value would teach them again. They stay at 0 (absent).
+        if instances.label_mask is not None:
+            relabelled[~instances.label_mask] = 0.0
         instances = instances.with_targets(relabelled)
         instances.label_mask = torch.ones_like(relabelled, dtype=torch.bool)
         return finetune_on(model, instances, data.recipe, self.config, seed, "target finetune")
