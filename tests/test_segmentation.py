@@ -198,3 +198,24 @@ def test_dense_methods_refuse_what_they_cannot_serve(trained) -> None:
         get_method("dense_essential_graph").unlearn(trained["model"], request, forget, retain)
     with pytest.raises(ValueError, match="proportion=0"):
         get_method("dense_essential_graph", proportion=0)
+
+
+def test_a_sequence_of_class_requests_runs_and_the_graph_skips_the_earlier_class(trained) -> None:
+    """Step 2 of a sequence: the earlier class is gone from the retain view (relabelled background), so the
+    graph neither scores it (no instance would carry it) nor spares channels for it."""
+    from excise.methods.base import UnlearnData
+    from excise.methods.dense_baselines import dense_graph
+    from excise.methods.essential_graph import EssentialGraphConfig
+    from excise.sequential import cumulative_views, run_sequence, step_forget_sets
+
+    bundle = trained["bundle"]
+    sequence = [ForgetRequest(kind="target", labels=(FORGET,)), ForgetRequest(kind="target", labels=("4",))]
+    views = cumulative_views(bundle, sequence)
+    steps = step_forget_sets(bundle.train, sequence)
+    second = UnlearnData(forget_set=steps[1], request=sequence[1], recipe=RECIPE, _retain_set=views[1].retain_set)
+    graph = dense_graph(trained["model"], second, EssentialGraphConfig())
+    earlier, current = bundle.train.class_index(FORGET), bundle.train.class_index("4")
+    assert all(earlier not in layer.top and current in layer.top for layer in graph.layers)
+    _, records = run_sequence("dense_essential_graph", trained["model"], bundle, sequence, RECIPE, reference=None)
+    assert [r.forgotten for r in records] == [[f"target:{FORGET}"], [f"target:{FORGET}", "target:4"]]
+    assert "forget_IoU" in records[1].metrics

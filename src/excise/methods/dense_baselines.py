@@ -197,9 +197,11 @@ def dense_graph(model: nn.Module, data: UnlearnData, config: EssentialGraphConfi
         return task.graph_score(outputs, targets[rows], target)
 
     layers = config.layers if config.layers is not None else dense_default_layers(model, config.num_layers)
+    # A class an earlier request of a sequence forgot is gone from the retain view: neither scored nor spared.
+    gone = [c for c in range(forget.num_classes) if c not in forgotten and not presence[:, c].any()]
     return build_graph(
         model, presence, inputs, forgotten, classes=forget.classes, proportion=config.proportion,
-        num_images=config.num_images, layers=layers, balanced=config.balanced, score_fn=score,
+        num_images=config.num_images, layers=layers, balanced=config.balanced, score_fn=score, gone=gone,
     )
 
 
