@@ -62,6 +62,9 @@ def main() -> None:
             table.add_row(row.method, f"{attack.auc:.3f}", f"{attack.accuracy:.1f}", *tprs,
                           f"{row.forget_accuracy:.1f}", f"{row.test_accuracy:.1f}", f"{row.seconds:.2f}", ratio)
         console.print(table)
+        if report.null_auc_band is not None:
+            low, high = report.null_auc_band
+            console.print(f"noise band: retrain's AUC under random membership spans {low:.3f}-{high:.3f} (95%)")
     console.print("AUC 0.5 / acc 50: unlearned and never-seen examples look alike (retrain's row). FA/TA: the "
                   "unlearned shadows' accuracy on their forget sets and on the test set; a ruined model is at "
                   "chance too. original: no unlearning (time = training time).")

@@ -20,6 +20,7 @@ from excise.metrics.lira import (
     leave_one_out_scores,
     likelihood_ratio,
     logit_scaled_confidence,
+    null_auc_band,
 )
 from excise.training import TrainConfig
 
@@ -49,8 +50,8 @@ def test_balanced_assignment_puts_every_example_in_exactly_half_of_the_models():
     assert (member.sum(axis=0) == 4).all()
     assert len({tuple(column) for column in member.T}) > 10  # columns drawn independently, not one pattern
     assert (balanced_assignment(8, 50, seed=3) == member).all()
-    for bad in (3, 7):
-        with pytest.raises(ValueError, match="even number >= 4"):
+    for bad in (3, 4, 7):
+        with pytest.raises(ValueError, match="even number >= 6"):
             balanced_assignment(bad, 5, seed=0)
 
 
@@ -81,6 +82,38 @@ def test_the_likelihood_ratio_finds_a_known_shift(variance):
     assert 0.70 < auc <= norm.cdf(1 / math.sqrt(2)) + 0.01
 
 
+def test_auto_variance_follows_the_number_of_models_of_the_run():
+    # Carlini et al.'s switch at 64 models: the run's K decides, not the K - 1 models fitting each score.
+    for models, expected in ((62, "global"), (64, "per_example")):
+        phi, member = _null_and_shift(models, 40, 0.5, seed=1)
+        assert np.array_equal(leave_one_out_scores(phi, member, "auto"), leave_one_out_scores(phi, member, expected))
+    assert not np.array_equal(leave_one_out_scores(phi, member, "global"),
+                              leave_one_out_scores(phi, member, "per_example"))
+
+
+def test_leave_one_out_is_unbiased_for_unbalanced_membership_too():
+    """Random (Bernoulli) membership: the target's group can be the larger one among the others; both are cut
+    to the smaller. Without that, 0.512 on average (measured)."""
+    rng = np.random.default_rng(7)
+    aucs = []
+    while len(aucs) < 40:
+        member = rng.random((16, 100)) < 0.5
+        phi = 3 * rng.normal(size=(1, 100)) + rng.normal(size=(16, 100))
+        try:
+            aucs.append(attack_result(leave_one_out_scores(phi, member), member).auc)
+        except ValueError:  # an example left with no model on one side: draw again
+            continue
+    assert abs(np.mean(aucs) - 0.5) < 0.006
+
+
+def test_the_null_band_covers_chance_and_a_real_signal_lies_outside_it():
+    phi, member = _null_and_shift(16, 150, 0.0, seed=2)
+    low, high = null_auc_band(phi, draws=60)
+    assert low < 0.5 < high and high - low < 0.1
+    shifted, member = _null_and_shift(16, 150, 0.8, seed=2)
+    assert attack_result(leave_one_out_scores(shifted, member), member).auc > high
+
+
 def test_likelihood_ratio_needs_both_hypotheses_for_every_example():
     phi = np.zeros((4, 2))
     member = np.array([[1, 1], [1, 0], [1, 1], [1, 0]], dtype=bool)  # example 0 is never out
@@ -88,7 +121,7 @@ def test_likelihood_ratio_needs_both_hypotheses_for_every_example():
         likelihood_ratio(np.zeros(2), phi, member, "global")
     with pytest.raises(ValueError, match="variance='median'"):
         likelihood_ratio(np.zeros(2), phi, ~member, "median")
-    with pytest.raises(ValueError, match=">= 4 models"):
+    with pytest.raises(ValueError, match=">= 6 models"):
         leave_one_out_scores(phi[:3], member[:3])
 
 
@@ -168,8 +201,9 @@ def test_bad_requests_are_refused_before_any_training(half_digits):
         run_ulira(half_digits, "small_cnn", SHADOW_RECIPE, ["finetune", "finetune"], SHADOW_CONFIG)
     with pytest.raises(ValueError, match="needs a single-label"):
         run_ulira(load_dataset("multidigits", seed=0), "small_cnn", SHADOW_RECIPE, [], SHADOW_CONFIG)
-    with pytest.raises(ValueError, match="num_shadows=5 must be an even integer >= 4"):
-        ULiraConfig(num_shadows=5)
+    for bad in (4, 5):
+        with pytest.raises(ValueError, match=f"num_shadows={bad} must be an even integer >= 6"):
+            ULiraConfig(num_shadows=bad)
     with pytest.raises(ValueError, match=r"pool=1.0 must be a share of the training set in \(0, 1\)"):
         ULiraConfig(pool=1.0)
     with pytest.raises(ValueError, match="variance='median'"):
@@ -183,12 +217,16 @@ def invoke(*args):
 
 def test_cli_writes_the_report_and_refuses_to_overwrite_it(tmp_path):
     out = tmp_path / "ulira.json"
-    args = ("--methods", "retrain", "--shadows", 4, "--pool", 0.1, "--epochs", 2, "--width", 4, "--out", out)
+    args = ("--methods", "retrain,finetune", "--param", "finetune.epochs=1", "--shadows", 6, "--pool", 0.1,
+            "--epochs", 2, "--width", 4, "--out", out)
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert "U-LiRA on digits" in result.output and "retrain" in result.output
     record = json.loads(out.read_text())
-    assert [row["method"] for row in record["rows"]] == ["original", "retrain"]
+    assert [row["method"] for row in record["rows"]] == ["original", "retrain", "finetune"]
+    assert record["config"]["methods"]["finetune"]["epochs"] == 1
+    low, high = record["null_auc_band"]
+    assert low < 0.5 < high and "noise: retrain's AUC under random membership" in " ".join(result.output.split())
     assert record["config"]["data"]["name"] == "digits" and record["config"]["data"]["fingerprint"]
     before = out.read_bytes()
     result = invoke(*args)
@@ -203,6 +241,8 @@ def test_cli_writes_the_report_and_refuses_to_overwrite_it(tmp_path):
     (("--dataset", "multidigits"), "needs a single-label"),
     (("--out", "report.txt"), "must end in .json"),
     (("--width", 4, "--model-option", "width=8"), "both set the width"),
+    (("--methods", "retrain", "--param", "imu.lr_scale=2"), "expected METHOD.key=value with METHOD one of"),
+    (("--methods", "finetune", "--param", "finetune.nope=2"), "nope"),
 ])
 def test_cli_refuses_bad_input_with_the_field_named(args, message):
     result = invoke(*args)
@@ -219,34 +259,64 @@ ULIRA_SUITE = {
     "training": {"epochs": 3, "batch_size": 64, "lr": 0.05},
     "methods": ["finetune"],
     "scenarios": [
-        {"name": "random-10", "request": {"kind": "samples", "fraction": 0.1}, "ulira": {"shadows": 4}},
+        {"name": "random-10", "request": {"kind": "samples", "fraction": 0.1}, "ulira": {"shadows": 6}},
         {"name": "class-3", "request": {"kind": "class", "labels": [3]}},
     ],
 }
 
 
-def test_a_suite_scenario_reports_ulira_for_every_cell_with_its_gap_to_retrain(tmp_path):
+def test_a_suite_scenario_reports_ulira_for_every_cell_against_chance(tmp_path):
     from excise.bench import parse_suite, read_records, run_suite
     from excise.bench.report import build_report
 
     suite = parse_suite(ULIRA_SUITE, "ulira.yaml")
     assert "ulira" not in suite.scenario("class-3").to_dict()  # existing scenarios keep their cell hashes
-    summary = run_suite(suite, tmp_path)
+    summary = run_suite(suite, tmp_path / "run")
     records = {(r["scenario"], r["method"]): r for r in read_records(summary.results_path)}
-    assert all(r["status"] == "ok" for r in records.values())
-    retrain = records[("random-10", "retrain")]["metrics"]["MIA:ulira_auc"]["value"]
+    assert all(r["status"] == "ok" and "ulira_error" not in r for r in records.values())
     for method in ("original", "retrain", "finetune"):
         block = records[("random-10", method)]["metrics"]["MIA:ulira_auc"]
-        assert 0 <= block["value"] <= 100 and block["reference"] == retrain
-        assert "U-LiRA" in block["direction"]
+        assert 0 <= block["value"] <= 100 and block["reference"] == 50.0  # exact unlearning's value: chance
+        assert block["gap"] == pytest.approx(abs(block["value"] - 50)) and "U-LiRA" in block["direction"]
+    assert records[("random-10", "retrain")]["metrics"]["MIA:ulira_tpr@1%fpr"]["reference"] == 1.0
     assert "MIA:ulira_auc" not in records[("class-3", "finetune")]["metrics"]
     report = build_report(summary.results_path, tmp_path / "report")
     assert "ulira_auc" in report.markdown.read_text()
+    # Retrain's attack (a retraining per shadow) is kept as a row in the cache: a new run of the suite into
+    # another directory with the same cache reads it back, with the shadows.
+    rows = list((tmp_path / "run" / "cache").glob("ulira_row-*.json"))
+    assert len(rows) == 1
+    again = run_suite(suite, tmp_path / "again", cache_dir=tmp_path / "run" / "cache")
+    second = {(r["scenario"], r["method"]): r for r in read_records(again.results_path)}
+    for method in ("original", "retrain", "finetune"):
+        assert (second[("random-10", method)]["metrics"]["MIA:ulira_auc"]["value"]
+                == records[("random-10", method)]["metrics"]["MIA:ulira_auc"]["value"])
+
+
+def test_a_failing_attack_costs_the_cell_its_ulira_numbers_only(tmp_path, monkeypatch):
+    from excise.bench import parse_suite, read_records, run_suite
+    from excise.bench.ulira import ULiraShadows
+
+    original_attack = ULiraShadows.attack
+
+    def attack(self, method, *, reuse=False):
+        if method is not None and method.name == "finetune":
+            raise ValueError("phi holds non-finite values")
+        return original_attack(self, method, reuse=reuse)
+
+    monkeypatch.setattr(ULiraShadows, "attack", attack)
+    spec = {**ULIRA_SUITE, "scenarios": ULIRA_SUITE["scenarios"][:1]}
+    summary = run_suite(parse_suite(spec, "u.yaml"), tmp_path)
+    records = {r["method"]: r for r in read_records(summary.results_path)}
+    finetune = records["finetune"]
+    assert finetune["status"] == "ok" and finetune["ulira_error"] == "ValueError: phi holds non-finite values"
+    assert "MIA:ulira_auc" not in finetune["metrics"] and "FA" in finetune["metrics"]
+    assert "MIA:ulira_auc" in records["original"]["metrics"]
 
 
 @pytest.mark.parametrize(("scenario", "message"), [
     ({"request": {"kind": "class", "labels": [3]}, "ulira": {}}, "needs a single request of kind 'samples'"),
-    ({"request": {"kind": "samples", "fraction": 0.1}, "ulira": {"shadows": 3}}, "shadows=3 must be an even"),
+    ({"request": {"kind": "samples", "fraction": 0.1}, "ulira": {"shadows": 4}}, "shadows=4 must be an even"),
     ({"request": {"kind": "samples", "fraction": 0.1}, "ulira": {"pool": 0.5}}, "unknown key(s) ['pool']"),
     ({"request": {"kind": "samples", "fraction": 0.1}, "ulira": {"variance": "x"}}, "variance='x'"),
 ])

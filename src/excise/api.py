@@ -274,6 +274,7 @@ def ulira_audit(
     model: str,
     methods: list[str],
     *,
+    hyperparameters: dict[str, dict[str, Any]] | None = None,
     recipe: TrainConfig | None = None,
     config: Any = None,
     model_kwargs: dict[str, Any] | None = None,
@@ -293,9 +294,15 @@ def ulira_audit(
     dataset_options = dict(dataset_options or {})
     dataset_builder(dataset)
     bundle = load_dataset(dataset, root=root, seed=config.seed, **dataset_options)
-    resolve_methods(methods, bundle)  # unknown or inapplicable methods fail before any training
-    build_model(bundle, model, seed=config.seed, **(model_kwargs or {}))  # so do bad model arguments
-    report = run_ulira(bundle, model, recipe or TrainConfig(), methods, config, model_kwargs=model_kwargs,
+    hyperparameters = hyperparameters or {}
+    unknown = sorted(set(hyperparameters) - set(methods))
+    if unknown:
+        raise ValueError(f"hyper-parameters given for {unknown}, which are not among the methods {methods}")
+    # Unknown or inapplicable methods and bad hyper-parameters fail before any training; so do model arguments.
+    resolve_methods(methods, bundle)
+    resolved = [get_method(m, **hyperparameters.get(m, {})) for m in methods]
+    build_model(bundle, model, seed=config.seed, **(model_kwargs or {}))
+    report = run_ulira(bundle, model, recipe or TrainConfig(), resolved, config, model_kwargs=model_kwargs,
                        cache_dir=cache_dir)
     report.config["data"] = _dataset_record(bundle, dataset_options, config.seed, root)
     if out is not None and distributed.is_main():

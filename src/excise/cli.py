@@ -260,6 +260,8 @@ def demo_command(
 def ulira_command(
     methods: str | None = typer.Option(
         None, help="Comma-separated methods to attack (default: every method that serves 'samples' requests)."),
+    param: list[str] | None = typer.Option(
+        None, "--param", help="A method's hyper-parameter as METHOD.key=value (repeatable), e.g. imu.epochs=10."),
     dataset: str = typer.Option("digits", help="Registered single-label data set."),
     data_option: list[str] | None = typer.Option(None, "--data-option", help="Data-set option key=value."),
     model: str = typer.Option("small_cnn", help="Registered model."),
@@ -293,8 +295,15 @@ def ulira_command(
         model_kwargs = model_options(width, model_option)
         names = ([m.strip() for m in methods.split(",") if m.strip()] if methods is not None
                  else ["retrain", *demo_methods("samples")])
+        hyperparameters: dict[str, dict[str, Any]] = {}
+        for key, value in parse_params(param).items():
+            method_name, dot, field_name = key.partition(".")
+            if not dot or not field_name or method_name not in names:
+                raise ValueError(f"--param {key}=: expected METHOD.key=value with METHOD one of {names}")
+            hyperparameters.setdefault(method_name, {})[field_name] = value
         report = api.ulira_audit(
-            dataset, model, names, recipe=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr), config=config,
+            dataset, model, names, hyperparameters=hyperparameters,
+            recipe=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr), config=config,
             model_kwargs=model_kwargs, dataset_options=parse_params(data_option, "--data-option"), root=root,
             cache_dir=cache, out=out, overwrite=overwrite,
         )
@@ -313,6 +322,10 @@ def ulira_command(
         table.add_row(row.method, f"{attack.auc:.3f}", f"{attack.accuracy:.1f}", *tprs,
                       f"{row.forget_accuracy:.1f}", f"{row.test_accuracy:.1f}", f"{row.seconds:.2f}")
     console.print(table)
+    if report.null_auc_band is not None:
+        low, high = report.null_auc_band
+        console.print(f"noise: retrain's AUC under random membership spans {low:.3f}-{high:.3f} (95%) at this "
+                      "size; AUC differences inside that band are not evidence")
     console.print(f"{report.seconds:.0f}s, {report.shadow_cache_hits} of {shadows} shadows from the cache"
                   + (f" → {out}" if out is not None else ""))
 

@@ -67,7 +67,7 @@ from excise.experiment import RunRecord, build_model, run_method, train_original
 from excise.methods import UnlearningMethod, get_method
 from excise.metrics import DIRECTIONS, EvalViews, MiaInputs, avg_gap, evaluate, run_mia
 from excise.metrics.distance import DISTANCE_DIRECTIONS, prediction_distances
-from excise.metrics.lira import ULIRA_DIRECTIONS, ulira_metrics
+from excise.metrics.lira import ULIRA_CHANCE, ULIRA_DIRECTIONS, ulira_metrics
 from excise.progress import progress_bar
 from excise.requests import ForgetRequest, RequestError
 from excise.sequential import cumulative_views, run_sequence, step_forget_sets
@@ -82,7 +82,7 @@ EventHook = Callable[[str, dict[str, Any]], None]
 
 _CODE_FILES = (
     "training.py", "requests.py", "experiment.py", "methods/base.py", "methods/retrain.py",
-    "models/*.py", "metrics/*.py", "tasks/*.py", "sequential.py", "data/*.py",
+    "models/*.py", "metrics/*.py", "tasks/*.py", "sequential.py", "data/*.py", "bench/ulira.py",
 )
 # Modules that only present results (or drive the run) and cannot change a number in a record.
 _PRESENTATION_FILES = ("bench/report.py", "cli.py", "demo.py", "progress.py", "__main__.py")
@@ -380,25 +380,42 @@ class _GroupModels:
             self.reference_models.append(reference_model)
             self.reference_shas.append(meta["sha256"])
             self.reference_cached.append(hit)
-        # U-LiRA (a scenario option): shadows trained once per (scenario, seed) and cached like the models above;
-        # retrain's attack joins the reference metrics, so every cell's U-LiRA numbers get their gap to retrain.
+        # U-LiRA (a scenario option): shadows trained once per (scenario, seed) and cached like the models above,
+        # and retrain's attack (num_shadows retrainings) cached as a row. The reference of the MIA:ulira_*
+        # metrics is chance, which exact unlearning reaches by construction; retrain's measured row (noise around
+        # chance) is what the retrain cell shows. A failure here costs the U-LiRA numbers, not the cells.
         self.ulira: ULiraShadows | None = None
+        self.ulira_retrain: dict[str, float] = {}
+        self.ulira_error: str | None = None
         if scenario.ulira is not None:
             from excise.bench.ulira import ULiraConfig, ULiraShadows
 
-            share = len(item.steps[0].views.forget_set) / len(bundle.train)
-            config = ULiraConfig(num_shadows=scenario.ulira.shadows, pool=2 * share, variance=scenario.ulira.variance,
-                                 seed=seed)
-            self.ulira = ULiraShadows(bundle, scenario.model.name, scenario.training, config,
-                                      model_kwargs=scenario.model.kwargs, cache=runner.cache)
-            runner.emit("ulira", {**info, "model": "retrain"})
-            reference = self.references[0]
-            self.references[0] = replace(reference, metrics={
-                **reference.metrics, **ulira_metrics(self.ulira.attack(get_method("retrain")).attack)})
+            try:
+                share = len(item.steps[0].views.forget_set) / len(bundle.train)
+                config = ULiraConfig(num_shadows=scenario.ulira.shadows, pool=2 * share,
+                                     variance=scenario.ulira.variance, seed=seed)
+                self.ulira = ULiraShadows(bundle, scenario.model.name, scenario.training, config,
+                                          model_kwargs=scenario.model.kwargs, cache=runner.cache)
+                runner.emit("ulira", {**info, "model": "retrain"})
+                self.ulira_retrain = ulira_metrics(self.ulira.attack(get_method("retrain"), reuse=True).attack)
+            except Exception as err:  # noqa: BLE001 - recorded in every cell of the group
+                self.ulira, self.ulira_error = None, f"{type(err).__name__}: {err}"
+            else:
+                reference = self.references[0]
+                self.references[0] = replace(reference, metrics={**reference.metrics, **ULIRA_CHANCE})
 
-    def ulira_metrics(self, method: UnlearningMethod | None) -> dict[str, float]:
-        """U-LiRA on ``method`` (None: the original shadows) when the scenario asks for it, else nothing."""
-        return {} if self.ulira is None else ulira_metrics(self.ulira.attack(method).attack)
+    def ulira_metrics(self, method: UnlearningMethod | None, record: dict[str, Any]) -> dict[str, float]:
+        """U-LiRA on ``method`` (None: the original shadows) when the scenario asks for it, else nothing; an
+        error is written to ``record["ulira_error"]`` and costs only these metrics."""
+        if self.ulira_error is not None:
+            record["ulira_error"] = self.ulira_error
+        if self.ulira is None:
+            return {}
+        try:
+            return ulira_metrics(self.ulira.attack(method).attack)
+        except Exception as err:  # noqa: BLE001 - the cell's other numbers stand
+            record["ulira_error"] = f"{type(err).__name__}: {err}"
+            return {}
 
 
 class _Runner:
@@ -481,7 +498,7 @@ class _Runner:
         steps: list[dict[str, Any]] = []
         if cell.label == "original":
             for k, step in enumerate(item.steps):
-                metrics = {**evaluate(models.original, step.views, seed=seed), **models.ulira_metrics(None),
+                metrics = {**evaluate(models.original, step.views, seed=seed), **models.ulira_metrics(None, record),
                            **prediction_distances(models.original, models.reference_models[k], step.views)}
                 steps.append(self._step_record(k, step, metrics, models.references[k], None, None, None, {}))
             self._finish(record, steps, models)
@@ -489,7 +506,10 @@ class _Runner:
         elif cell.label == "retrain":
             for k, step in enumerate(item.steps):
                 ref = models.references[k]
-                steps.append(self._step_record(k, step, ref.metrics, ref, ref.seconds, None, None, ref.stats))
+                if models.ulira_error is not None:
+                    record["ulira_error"] = models.ulira_error
+                metrics = {**ref.metrics, **models.ulira_retrain}  # measured U-LiRA, against chance
+                steps.append(self._step_record(k, step, metrics, ref, ref.seconds, None, None, ref.stats))
             self._finish(record, steps, models)
             record["speedup_vs_retrain"] = 1.0
             record["hashes"]["unlearned"] = models.reference_shas[-1]
@@ -512,7 +532,7 @@ class _Runner:
                 final, run = run_method(method, models.original, item.steps[0].views, recipe, seed=seed,
                                         reference_model=models.reference_models[0])
                 # A fresh instance: the measured one would add the shadows' unlearning to the cell's peak RSS.
-                attacked = models.ulira_metrics(get_method(method_spec.name, **method_spec.params))
+                attacked = models.ulira_metrics(get_method(method_spec.name, **method_spec.params), record)
                 runs = [({**run.metrics, **attacked}, run.seconds, run.stats)]
             for k, (step, (metrics, seconds, stats)) in enumerate(zip(item.steps, runs, strict=True)):
                 steps.append(self._step_record(k, step, metrics, models.references[k], seconds, floors[k],

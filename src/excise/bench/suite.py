@@ -26,7 +26,8 @@ Schema (``?`` = optional)::
         methods?: [labels]             # run only these (each must serve the scenario, else refused)
         method_params?: {label: {param: value}}   # per-scenario hyper-parameter overrides
         ulira?: {shadows?: 16, variance?: auto}   # also attack every method with U-LiRA (samples requests;
-                                                  # see excise.bench.ulira): shadows forget as many as the request
+                                                  # see excise.bench.ulira): shadows forget as many as the request;
+                                                  # `true` = these defaults, `false` = off
 
 Policy for methods that cannot serve a scenario: a method reached through ``all`` or the suite-wide list
 is *skipped* for that scenario with the reason recorded in the results (so the report shows the hole);
@@ -413,9 +414,11 @@ def _scenario(
     )
 
 
-def _ulira(value: Any, where: str, requests: tuple[ForgetRequest, ...], sequential: bool) -> ULiraSpec:
+def _ulira(value: Any, where: str, requests: tuple[ForgetRequest, ...], sequential: bool) -> ULiraSpec | None:
     from excise.bench.ulira import ULiraConfig
 
+    if value is False or value is None:  # written out as off
+        return None
     if sequential or requests[0].kind != "samples":
         raise _fail(where, "U-LiRA attacks individual examples: it needs a single request of kind 'samples' "
                     f"(this scenario has {'a sequence' if sequential else repr(requests[0].kind)})")

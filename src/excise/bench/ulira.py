@@ -35,12 +35,21 @@ leave-one-out evaluation (Carlini et al.'s), and the decision threshold log LR =
 ``samples`` forgetting of single-label (multiclass) tasks is served: U-LiRA's game is about individual
 examples, and ``phi`` needs one true class.
 
+How to read a row: retrain's shadows are trained on the same retained data whatever the membership, so its
+scores carry no signal and its true AUC is exactly 0.5; its *measured* AUC shows the noise of this number of
+shadows and examples. When retrain is run, the report adds the central 95% of the AUC under random
+re-assignments of membership to its scores (:func:`excise.metrics.lira.null_auc_band`): differences inside that
+band are noise. In a suite the reference of the ``MIA:ulira_*`` metrics is therefore chance (50, and TPR = FPR),
+not retrain's measured value; the retrain cell shows the measured one.
+
 Cost: ``num_shadows`` trainings plus ``num_shadows`` unlearning runs per method; the trained shadows can be
-cached (``cache_dir``) and are reused by later runs with the same data, model, recipe, pool and seed.
+cached (``cache_dir``) and are reused by later runs with the same data, model, recipe, pool, seed and number of
+shadows (a change of any of them, or of this module, trains new ones).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,19 +60,22 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from excise import distributed
 from excise.bench.runner import ModelCache, code_version
 from excise.bench.suite import content_hash
-from excise.checkpoint import versions
+from excise.checkpoint import atomic_write_text, versions
 from excise.data.base import DatasetBundle
 from excise.experiment import build_model
 from excise.methods import UnlearningMethod, get_method
 from excise.metrics.lira import (
+    MIN_MODELS,
     VARIANCES,
     AttackResult,
     attack_result,
     balanced_assignment,
     leave_one_out_scores,
     logit_scaled_confidence,
+    null_auc_band,
 )
 from excise.progress import progress_bar
 from excise.requests import ForgetRequest, split
@@ -75,15 +87,16 @@ ORIGINAL = "original"
 @dataclass
 class ULiraConfig:
     num_shadows: int = 16
-    pool: float = 0.1  # share of the training set whose membership is attacked
+    pool: float = 0.2  # share of the training set whose membership is attacked (half of it forgotten per shadow)
     variance: str = "auto"  # see excise.metrics.lira: "global" below 64 shadows, per example from 64
     seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.num_shadows, bool) or not isinstance(self.num_shadows, int) \
-                or self.num_shadows < 4 or self.num_shadows % 2:
-            raise ValueError(f"num_shadows={self.num_shadows!r} must be an even integer >= 4 (every pool example "
-                             "is forgotten in exactly half of the shadows)")
+                or self.num_shadows < MIN_MODELS or self.num_shadows % 2:
+            raise ValueError(f"num_shadows={self.num_shadows!r} must be an even integer >= {MIN_MODELS} (every pool "
+                             "example is forgotten in exactly half of the shadows, and leave-one-out needs two "
+                             "shadows per hypothesis and example)")
         if isinstance(self.pool, bool) or not isinstance(self.pool, (int, float)) or not 0 < self.pool < 1:
             raise ValueError(f"pool={self.pool!r} must be a share of the training set in (0, 1)")
         if self.variance not in VARIANCES:
@@ -103,9 +116,15 @@ class ULiraRow:
     seconds: float  # mean unlearning time per shadow (training time for the original row)
     # Each pool example's AUC over the shadows as targets (half in, half out): which examples stay exposed.
     per_example_auc: list[float] = field(default_factory=list)
+    phi: np.ndarray | None = field(default=None, repr=False)  # (shadows x pool examples), not serialised
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "attack": self.attack.to_dict()}
+        out = {k: v for k, v in asdict(self).items() if k != "phi"}
+        return {**out, "attack": self.attack.to_dict()}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> ULiraRow:
+        return cls(**{**record, "attack": AttackResult(**record["attack"])})
 
 
 @dataclass
@@ -116,6 +135,8 @@ class ULiraReport:
     train_size: int
     shadow_cache_hits: int
     seconds: float
+    # Central 95% of retrain's AUC under random membership (noise of this run's size); None without retrain.
+    null_auc_band: tuple[float, float] | None = None
     versions: dict[str, str] = field(default_factory=versions)
 
     @property
@@ -129,7 +150,8 @@ class ULiraReport:
         raise KeyError(f"no row for method {method!r}; rows: {[r.method for r in self.rows]}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "pool_size": self.pool_size, "rows": [r.to_dict() for r in self.rows]}
+        out = {k: v for k, v in asdict(self).items() if k != "rows"}
+        return {**out, "pool_size": self.pool_size, "rows": [r.to_dict() for r in self.rows]}
 
 
 def resolve_methods(methods: Sequence[str | UnlearningMethod], bundle: DatasetBundle) -> list[UnlearningMethod]:
@@ -218,8 +240,26 @@ class ULiraShadows:
         model, seconds = self._originals[k]
         return model, seconds, request, forget_set, retain_set
 
-    def attack(self, method: UnlearningMethod | None) -> ULiraRow:
-        """U-LiRA on ``method``'s unlearned shadows (``None``: on the shadows as trained)."""
+    def attack(self, method: UnlearningMethod | None, *, reuse: bool = False) -> ULiraRow:
+        """U-LiRA on ``method``'s unlearned shadows (``None``: on the shadows as trained). ``reuse``: read the
+        row from (or write it to) the cache when one is set, keyed by everything that produced it — the bench
+        runner uses it for retrain's row, which costs ``num_shadows`` retrainings and never changes."""
+        if not reuse or self.cache is None:
+            return self._attack(method)
+        payload = {**self._base, "ulira": asdict(self.config),
+                   "method": None if method is None else {"name": method.name, "config": method.config_dict()}}
+        path = self.cache.directory / f"ulira_row-{content_hash(payload)[:24]}.json"
+        if path.exists():
+            try:
+                return ULiraRow.from_dict(json.loads(path.read_text()))
+            except (ValueError, TypeError, KeyError):
+                pass  # unreadable (a hand edit, an older format): computed again and replaced below
+        row = self._attack(method)
+        if self.cache.writable:
+            atomic_write_text(path, json.dumps(row.to_dict()), overwrite=True)
+        return row
+
+    def _attack(self, method: UnlearningMethod | None) -> ULiraRow:
         name = ORIGINAL if method is None else method.name
         phi = np.zeros(self.member.shape)
         forget_acc, test_acc, seconds = [], [], []
@@ -245,7 +285,8 @@ class ULiraShadows:
         scores = leave_one_out_scores(phi, self.member, self.config.variance)
         return ULiraRow(method=name, attack=attack_result(scores, self.member),
                         forget_accuracy=float(np.mean(forget_acc)), test_accuracy=float(np.mean(test_acc)),
-                        seconds=float(np.mean(seconds)), per_example_auc=_per_example_auc(scores, self.member))
+                        seconds=float(np.mean(seconds)), per_example_auc=_per_example_auc(scores, self.member),
+                        phi=phi)
 
 
 def run_ulira(
@@ -262,11 +303,14 @@ def run_ulira(
     config = config or ULiraConfig()
     resolved = resolve_methods(methods, bundle)
     started = time.perf_counter()
-    shadows = ULiraShadows(bundle, model_name, recipe, config, model_kwargs=model_kwargs,
-                           cache=ModelCache(cache_dir) if cache_dir is not None else None)
+    # Under torchrun only rank 0 writes the cache (the others read it, or keep their shadows in memory).
+    cache = ModelCache(cache_dir, writable=distributed.is_main()) if cache_dir is not None else None
+    shadows = ULiraShadows(bundle, model_name, recipe, config, model_kwargs=model_kwargs, cache=cache)
     rows = [shadows.attack(None)]
     hits = shadows.cache_hits
     rows += [shadows.attack(method) for method in resolved]
+    retrain = next((row for row in rows if row.method == "retrain"), None)
+    band = None if retrain is None else null_auc_band(retrain.phi, variance=config.variance, seed=config.seed)
     resolved_config = {
         "ulira": asdict(config), "dataset": bundle.name, "data_fingerprint": bundle.fingerprint(),
         "model": {"name": model_name, **shadows.model_kwargs}, "training": recipe.to_dict(),
@@ -274,4 +318,4 @@ def run_ulira(
         "pool_sha256": content_hash(shadows.pool.tolist()),
     }
     return ULiraReport(rows, resolved_config, shadows.pool.tolist(), len(bundle.train), hits,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, band)

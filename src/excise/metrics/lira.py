@@ -20,10 +20,13 @@ Choices where the papers leave room:
 
 - Variance: with few shadow models a per-example variance is a noisy estimate; Carlini et al. use one
   global variance per hypothesis below 64 shadows ("fixed variance"). ``variance="auto"`` does that here
-  below 64 models and is per-example from 64 on.
-- The decision used for ``accuracy`` is the likelihood ratio's own: "in" iff ``log LR > 0``, the Bayes rule
-  for the balanced design (every example is "in" in exactly half of the models). It is not tuned on the
-  evaluated scores, so it cannot flatter a method; AUC and TPR at low FPR are threshold-free.
+  below 64 models (the ``K`` of the run, not the ``K - 1`` fitting each score) and is per-example from 64 on.
+- The decision used for ``accuracy`` is the likelihood ratio's own: "in" iff ``log LR > 0`` (equal priors, as
+  in the balanced design where every example is "in" in exactly half of the models; with fitted rather than
+  known Gaussians it is close to, not exactly, the Bayes rule). It is not tuned on the evaluated scores, so it
+  cannot flatter a method; AUC and TPR at low FPR are threshold-free.
+- At least 6 models: leave-one-out with equal groups leaves ``K/2 - 1`` per hypothesis, and a variance needs
+  two. The global variance is pooled with ``n - 1`` degrees of freedom per example and hypothesis.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from torch import Tensor
 
 VARIANCES = ("auto", "global", "per_example")
 FIXED_VARIANCE_BELOW = 64  # Carlini et al.: a global variance is better with fewer shadow models than this
+MIN_MODELS = 6  # leave-one-out with equal groups keeps K/2 - 1 >= 2 models per hypothesis (a variance each)
 _MIN_VARIANCE = 1e-6
 
 
@@ -60,6 +64,15 @@ def _gaussian_logpdf(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.nda
     return -0.5 * (np.log(2 * np.pi * var) + (x - mean) ** 2 / var)
 
 
+def resolve_variance(variance: str, num_models: int) -> str:
+    """``"auto"`` as Carlini et al. choose it: one global variance below 64 models, per example from 64 on."""
+    if variance not in VARIANCES:
+        raise ValueError(f"variance={variance!r} is not one of {list(VARIANCES)}")
+    if variance == "auto":
+        return "global" if num_models < FIXED_VARIANCE_BELOW else "per_example"
+    return variance
+
+
 def _check(phi: np.ndarray, member: np.ndarray) -> None:
     if phi.ndim != 2 or phi.shape != member.shape:
         raise ValueError(f"phi and member must be (models, examples) matrices of one shape; got {phi.shape} "
@@ -81,10 +94,7 @@ def likelihood_ratio(phi_target: np.ndarray, phi_shadow: np.ndarray, member_shad
                          f"{phi_shadow.shape} and {member_shadow.shape}")
     if np.isinf(phi_shadow).any() or not np.isfinite(phi_target).all():
         raise ValueError("phi holds infinite values (NaN in phi_shadow marks a shadow left out)")
-    if variance not in VARIANCES:
-        raise ValueError(f"variance={variance!r} is not one of {VARIANCES}")
-    if variance == "auto":
-        variance = "global" if len(phi_shadow) < FIXED_VARIANCE_BELOW else "per_example"
+    variance = resolve_variance(variance, len(phi_shadow))
     available = ~np.isnan(phi_shadow)
     is_in, is_out = member_shadow & available, ~member_shadow & available
     n_in, n_out = is_in.sum(axis=0), is_out.sum(axis=0)
@@ -98,9 +108,10 @@ def likelihood_ratio(phi_target: np.ndarray, phi_shadow: np.ndarray, member_shad
     if variance == "per_example":
         var_in, var_out = np.nanvar(masked_in, axis=0, ddof=1), np.nanvar(masked_out, axis=0, ddof=1)
     else:
-        # One variance per hypothesis: the pooled squared deviations from each example's own mean.
-        var_in = np.full_like(mean_in, np.nanmean((masked_in - mean_in) ** 2))
-        var_out = np.full_like(mean_out, np.nanmean((masked_out - mean_out) ** 2))
+        # One variance per hypothesis, pooled over examples: the squared deviations from each example's own
+        # mean over the degrees of freedom left (sum of n_j - 1), so it is not underestimated by (n - 1) / n.
+        var_in = np.full_like(mean_in, np.nansum((masked_in - mean_in) ** 2) / max(int((n_in - 1).sum()), 1))
+        var_out = np.full_like(mean_out, np.nansum((masked_out - mean_out) ** 2) / max(int((n_out - 1).sum()), 1))
     var_in, var_out = np.maximum(var_in, _MIN_VARIANCE), np.maximum(var_out, _MIN_VARIANCE)
     target = np.asarray(phi_target, dtype=np.float64)
     return _gaussian_logpdf(target, mean_in, var_in) - _gaussian_logpdf(target, mean_out, var_out)
@@ -112,24 +123,42 @@ def leave_one_out_scores(phi: np.ndarray, member: np.ndarray, variance: str = "a
     With the balanced design the target's own group is one model short among the others (``K/2 - 1`` vs
     ``K/2``), and a mean fitted on fewer models lies farther from a fresh draw: under no signal at all the
     score would lean towards the *other* group, an AUC below 0.5 (0.44 measured with 8 shadows). So for every
-    (target, example) one model of the larger group is left out as well, the next one after the target in
-    model order, and both Gaussians are fitted on ``K/2 - 1`` models."""
+    (target, example) the larger of the two groups is cut to the size of the smaller one, dropping the models
+    that come first after the target in model order, and both Gaussians are fitted on as many models (with
+    unbalanced membership, e.g. Bernoulli draws, in either direction). ``variance="auto"`` is resolved from
+    the number of models ``K``."""
     phi = np.asarray(phi, dtype=np.float64)
     member = np.asarray(member, dtype=bool)
     _check(phi, member)
     num_models = len(phi)
-    if num_models < 4:
-        raise ValueError(f"leave-one-out needs >= 4 models, got {num_models}")
+    if num_models < MIN_MODELS:
+        raise ValueError(f"leave-one-out needs >= {MIN_MODELS} models, got {num_models}")
+    variance = resolve_variance(variance, num_models)
     scores = np.empty_like(phi)
     order = np.arange(num_models)
     for k in range(num_models):
         after = np.roll(order, -k)[1:]  # the other models, starting with the one after the target
         opposite = member[after] != member[k]
-        excess = opposite.sum(axis=0) - (~opposite).sum(axis=0)  # how much larger the other group is
-        drop = opposite & (np.cumsum(opposite, axis=0) <= excess)
+        same = ~opposite
+        excess = opposite.sum(axis=0) - same.sum(axis=0)  # > 0: the other group is larger; < 0: the target's
+        drop = (opposite & (np.cumsum(opposite, axis=0) <= excess)) | (same & (np.cumsum(same, axis=0) <= -excess))
         shadow_phi = np.where(drop, np.nan, phi[after])
         scores[k] = likelihood_ratio(phi[k], shadow_phi, member[after], variance)
     return scores
+
+
+def null_auc_band(phi: np.ndarray, draws: int = 200, variance: str = "auto", seed: int = 0) -> tuple[float, float]:
+    """The central 95% of the AUC the attack reaches when membership cannot matter: ``phi`` of models whose
+    training did not depend on it (retraining on the retained data only), re-scored under ``draws`` random
+    balanced assignments. AUC differences inside this band are noise of this number of models and examples."""
+    phi = np.asarray(phi, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(draws):
+        member = balanced_assignment(len(phi), phi.shape[1], int(rng.integers(2**31 - 1)))
+        aucs.append(attack_result(leave_one_out_scores(phi, member, variance), member).auc)
+    low, high = np.quantile(aucs, [0.025, 0.975])
+    return float(low), float(high)
 
 
 @dataclass(frozen=True)
@@ -181,8 +210,8 @@ def attack_result(scores: np.ndarray, member: np.ndarray) -> AttackResult:
 def balanced_assignment(num_models: int, num_examples: int, seed: int) -> np.ndarray:
     """A ``(models x examples)`` membership matrix in which every example is "in" in exactly half of the
     models (Carlini et al.'s design), each column an independent random half."""
-    if num_models < 4 or num_models % 2:
-        raise ValueError(f"num_models={num_models} must be an even number >= 4 (each example is in half)")
+    if num_models < MIN_MODELS or num_models % 2:
+        raise ValueError(f"num_models={num_models} must be an even number >= {MIN_MODELS} (each example is in half)")
     rng = np.random.default_rng(seed)
     member = np.zeros((num_models, num_examples), dtype=bool)
     for j in range(num_examples):
@@ -192,15 +221,18 @@ def balanced_assignment(num_models: int, num_examples: int, seed: int) -> np.nda
 
 ULIRA_PREFIX = "MIA:ulira_"
 ULIRA_DIRECTIONS: dict[str, str] = {
-    f"{ULIRA_PREFIX}auc": "U-LiRA AUC x 100, unlearned vs never-seen examples; 50 = indistinguishable, closer to "
-                          "retrain is better",
-    f"{ULIRA_PREFIX}acc": "U-LiRA balanced accuracy (log LR > 0); 50 = indistinguishable, closer to retrain is "
-                          "better",
-    f"{ULIRA_PREFIX}tpr@1%fpr": "U-LiRA true-positive rate at 1% false positives; 1 = chance, closer to retrain "
+    f"{ULIRA_PREFIX}auc": "U-LiRA AUC x 100, unlearned vs never-seen examples; reference = chance (50), which "
+                          "retraining reaches by construction; closer is better",
+    f"{ULIRA_PREFIX}acc": "U-LiRA balanced accuracy (log LR > 0); reference = chance (50); closer is better",
+    f"{ULIRA_PREFIX}tpr@1%fpr": "U-LiRA true-positive rate at 1% false positives; reference = chance (1); closer "
                                 "is better",
-    f"{ULIRA_PREFIX}tpr@0.1%fpr": "U-LiRA true-positive rate at 0.1% false positives; 0.1 = chance, closer to "
-                                  "retrain is better",
+    f"{ULIRA_PREFIX}tpr@0.1%fpr": "U-LiRA true-positive rate at 0.1% false positives; reference = chance (0.1); "
+                                  "closer is better",
 }
+# What exact unlearning scores: the shadows where an example was unlearned and where it was never seen were
+# trained on the same data, so the attack is at chance. The bench's reference for these metrics.
+ULIRA_CHANCE: dict[str, float] = {f"{ULIRA_PREFIX}auc": 50.0, f"{ULIRA_PREFIX}acc": 50.0,
+                                  f"{ULIRA_PREFIX}tpr@1%fpr": 1.0, f"{ULIRA_PREFIX}tpr@0.1%fpr": 0.1}
 
 
 def ulira_metrics(attack: AttackResult) -> dict[str, float]:
