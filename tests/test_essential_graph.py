@@ -521,7 +521,11 @@ def test_a_target_sequence_is_judged_against_every_target_forgotten_so_far(canva
     from excise.sequential import cumulative_views, step_forget_sets
 
     views = cumulative_views(canvases, SEQUENCE)
-    assert [v.request for v in views] == SEQUENCE
+    # Each step's views are those of one request naming every target so far, which evaluators read.
+    assert [v.request.labels for v in views] == [("0",), ("0", "1")]
+    together = EvalViews.from_bundle(canvases, ForgetRequest(kind="target", labels=("0", "1")))
+    assert torch.equal(views[1].retain_set.label_mask, together.retain_set.label_mask)
+    assert torch.equal(views[1].test_forget.targets, together.test_forget.targets)
     assert views[0].forget_set.label_mask.any(dim=0).nonzero().flatten().tolist() == [0]
     assert views[1].forget_set.label_mask.any(dim=0).nonzero().flatten().tolist() == [0, 1]
     assert (~views[1].retain_set.label_mask).all(dim=0).nonzero().flatten().tolist() == [0, 1]
@@ -529,8 +533,10 @@ def test_a_target_sequence_is_judged_against_every_target_forgotten_so_far(canva
     carries_1 = int((canvases.train.targets[:, 1] > 0.5).sum())
     assert len(steps[1]) == carries_1  # every instance carrying the step's target, earlier targets or not
     assert steps[1].label_mask.any(dim=0).nonzero().flatten().tolist() == [1]
-    with pytest.raises(RequestError, match=r"request 1 \('target:0'\) forgets nothing that earlier"):
-        step_forget_sets(canvases.train, [SEQUENCE[0], SEQUENCE[0]])
+    with pytest.raises(RequestError, match=r"request 1 \('target:0,1'\) names target\(s\) \['0'\] that an earlier"):
+        step_forget_sets(canvases.train, [SEQUENCE[0], ForgetRequest(kind="target", labels=("0", "1"))])
+    with pytest.raises(RequestError, match=r"request 1 \('target:nine'\): labels='nine' is not a known class"):
+        cumulative_views(canvases, [SEQUENCE[0], ForgetRequest(kind="target", labels=("nine",))])
     with pytest.raises(RequestError, match="mixing kind='target' with other kinds"):
         cumulative_views(canvases, [SEQUENCE[0], ForgetRequest(kind="samples", fraction=0.1)])
     every = [ForgetRequest(kind="target", labels=(t,)) for t in canvases.train.classes]

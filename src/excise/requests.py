@@ -339,8 +339,9 @@ def cumulative_target_requests(requests: Sequence[ForgetRequest], classes: Seque
     """For a sequence of ``target`` requests: after step ``k``, one request forgetting every target named so far.
 
     A target is a label column, not a set of rows: a step is judged (and its reference retrained) as if every
-    target forgotten so far had been forgotten together. A step that names only targets forgotten earlier is
-    refused, as a row-level step that forgets no new row is."""
+    target forgotten so far had been forgotten together. A step that names a target an earlier step forgot is
+    refused: its forget view would hand that target over again, as a row-level step never hands a row over
+    twice."""
     if any(r.kind != "target" for r in requests):
         kinds = sorted({r.kind for r in requests})
         raise RequestError(f"a sequence mixing kind='target' with other kinds ({kinds}) is not supported: a target "
@@ -348,13 +349,18 @@ def cumulative_target_requests(requests: Sequence[ForgetRequest], classes: Seque
     cumulative: list[ForgetRequest] = []
     gone: list[int] = []
     for k, request in enumerate(requests):
-        labels = [_resolve_label(label, classes, "labels") for label in request.labels]
-        new = [label for label in dict.fromkeys(labels) if label not in gone]
-        if not new:
-            raise RequestError(f"request {k} ({request.describe()!r}) forgets nothing that earlier requests of the "
-                               "sequence did not already forget")
-        gone += new
-        cumulative.append(ForgetRequest(kind="target", labels=tuple(gone), seed=request.seed))
+        try:
+            labels = [_resolve_label(label, classes, "labels") for label in request.labels]
+        except ValueError as err:
+            raise RequestError(f"request {k} ({request.describe()!r}): {err}") from None
+        again = [classes[label] for label in dict.fromkeys(labels) if label in gone]
+        if again:
+            # Its forget view would hand the earlier target over a second time (rows are never handed over twice
+            # either); with nothing new it would forget nothing.
+            raise RequestError(f"request {k} ({request.describe()!r}) names target(s) {again} that an earlier request "
+                               "of the sequence already forgot; name only targets not forgotten yet")
+        gone += list(dict.fromkeys(labels))
+        cumulative.append(ForgetRequest(kind="target", labels=tuple(classes[t] for t in gone), seed=request.seed))
     return cumulative
 
 

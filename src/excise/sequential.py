@@ -23,7 +23,7 @@ trained with ``seed``, the seed policy of the original model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -85,12 +85,12 @@ def _test_forget_mask(test: LabeledData, requests: Sequence[ForgetRequest]) -> n
 def cumulative_views(bundle: DatasetBundle, requests: Sequence[ForgetRequest]) -> list[EvalViews]:
     """One :class:`EvalViews` per step: cumulative forget/retain sets, test views of the classes so far.
 
-    For ``target`` requests step ``k``'s views are those of one request naming every target forgotten so far
-    (:func:`excise.requests.cumulative_target_requests`), with ``request`` the step's own."""
+    For ``target`` requests step ``k``'s views are exactly those of one request naming every target forgotten so
+    far (:func:`excise.requests.cumulative_target_requests`), that request included: evaluators read the
+    forgotten classes from it. The step's own request is the one handed to the method."""
     if any(r.kind == "target" for r in requests):
-        cumulative = cumulative_target_requests(requests, bundle.train.classes)
-        return [replace(EvalViews.from_bundle(bundle, together), request=request)
-                for together, request in zip(cumulative, requests, strict=True)]
+        return [EvalViews.from_bundle(bundle, together)
+                for together in cumulative_target_requests(requests, bundle.train.classes)]
     splits = apply_sequence(bundle.train, requests)
     views = []
     for k, (forget_set, retain_set) in enumerate(splits):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from excise.bench.runner import current_cells
-from excise.bench.store import latest, read_records, record_key, resolve_results_path, status_of
+from excise.bench.store import latest, read_records, resolve_results_path, status_of
 from excise.bench.suite import Suite
 from excise.checkpoint import atomic_write, atomic_write_text
 
@@ -479,13 +479,18 @@ def build_report(results: str | Path, out_dir: str | Path, *, title: str | None 
     scope = f"every cell stored in {path.name}"
     if suite is not None:
         cells = current_cells(suite)
-        kept = [r for r in records if cells.get(record_key(r)) == r["cell_hash"]]
+        # The latest record of each cell decides: an older record that happens to match the current
+        # configuration (a suite edited, re-run with --rerun-changed, then edited back) is superseded, not current.
+        stored = latest(records)
+        kept = [r for key, r in stored.items() if cells.get(key) == r["cell_hash"]]
         if not kept:
             raise ValueError(f"results file {str(path)!r} holds no record of suite {suite.name!r} with its current "
                              "configuration (run `excise bench` on it first)")
-        left_out = len(latest(records)) - len(latest(kept))
-        scope = (f"the {len(latest(kept))} current cells of suite {suite.name!r} ({suite.source}); {left_out} "
-                 "other stored cell(s) left out")
+        missing = len(cells) - len(kept)
+        scope = (f"{len(kept)} of the {len(cells)} cells suite {suite.name!r} ({suite.source}) defines now"
+                 + (f" ({missing} not run yet, or stored with another configuration: run `excise bench` on it)"
+                    if missing else "")
+                 + f"; {len(stored) - len(kept)} other stored cell(s) left out")
         records = kept
     summaries = summarize(records)
     out_dir = Path(out_dir)

@@ -66,7 +66,7 @@ from excise.data import DatasetBundle, load_dataset
 from excise.experiment import RunRecord, build_model, run_method, train_original
 from excise.methods import UnlearningMethod, get_method
 from excise.metrics import DIRECTIONS, EvalViews, MiaInputs, avg_gap, evaluate, run_mia
-from excise.metrics.distance import DISTANCE_DIRECTIONS, prediction_distances
+from excise.metrics.distance import DISTANCE_DIRECTIONS, prediction_distances, reference_distances
 from excise.metrics.lira import ULIRA_CHANCE, ULIRA_DIRECTIONS, ulira_metrics
 from excise.progress import progress_bar
 from excise.requests import ForgetRequest, RequestError
@@ -142,6 +142,8 @@ def metric_direction(name: str) -> str:
         return directions[name]
     if name.startswith(("acc:", "AP:")):
         return "per-target test score; closer to retrain is better"
+    if name.startswith("KL_ref:"):
+        return "KL(retrain || model) of the next-token predictions on that test chain, nats; lower is better"
     return "closer to retrain is better"
 
 
@@ -374,7 +376,7 @@ class _GroupModels:
                 runner.emit("cache_hit", {**info, "model": "retrain", "step": k})
             # The distances of retrain's predictions to themselves (zeros) join its metrics, so every cell's
             # KL_ref / W1_ref gets its gap to retrain like any other metric.
-            metrics = {**meta["metrics"], **prediction_distances(reference_model, reference_model, step.views)}
+            metrics = {**meta["metrics"], **reference_distances(step.views)}
             self.references.append(RunRecord("retrain", step.views.request.to_dict(), metrics,
                                              float(meta["train_seconds"]), {}, meta.get("stats", {})))
             self.reference_models.append(reference_model)

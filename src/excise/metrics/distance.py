@@ -4,16 +4,18 @@ The accuracy and MIA gaps compare summary numbers; two models can share them and
 These compare the predictions themselves, sample by sample, as the retain-free papers report them:
 
 - ``KL_ref:forget`` / ``KL_ref:test``: mean over samples of ``KL(p_retrain || p_model)`` of the softmax outputs
-  (nats), on the forget set and on the whole test set (MU-Mis, Cheng et al., ICLR 2026, reports the KL to the
-  retrained model; the direction, reference first, scores the model by how well it covers what retraining
-  predicts).
+  (nats), on the forget set and on the whole test set. MU-Mis (Cheng et al., ICLR 2026) reports "the KL to the
+  retrained model" without saying which direction or population; both are chosen here: reference first (it
+  scores the model by how well it covers what retraining predicts, as the sequence task's ``KL_ref`` does), on
+  the forget set (where forgetting shows) and the test set (where keeping shows).
 - ``W1_ref:test``: IMU's number (Fan et al., arXiv 2508.01620, ``compute_wasserstein_distance``): the
   Wasserstein-1 distance between the retrained and the evaluated model's predicted labels on the test set,
   ``scipy.stats.wasserstein_distance`` of the two label sequences. It treats class indices as numbers, so it is
   a distance between the two histograms of predicted classes, not a per-sample agreement; the KL is that.
 
-Single-label (multiclass) models only; a sequence model's KL to the retrained model is
-:func:`excise.tasks.sequence.source_metrics`'s ``KL_ref:<source>``.
+For sequence models the distance is :func:`excise.tasks.sequence.source_metrics`'s ``KL_ref:<source>`` (IMU's
+language metric: the KL to the retrained model's next-token predictions, per chain of the test set). Other tasks
+(multi-label, dense) get none.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ def prediction_distances(model: nn.Module, reference: nn.Module, views: EvalView
     """The three distances of ``model`` to the retrained ``reference`` on ``views``' forget set and whole test
     set (its retained and forgotten test populations together). Empty for tasks other than multiclass."""
     forget_set = views.forget_set
+    if forget_set.task == "sequence":
+        from excise.tasks.sequence import concat_views, source_metrics
+
+        test = concat_views(views.test_retain, views.test_forget)
+        measured = source_metrics(model, test, reference=reference)
+        return {k: v for k, v in measured.items() if k.startswith("KL_ref:")}
     if forget_set.task != "multiclass":
         return {}
     test = [t for t in (views.test_retain, views.test_forget) if t is not None and len(t)]
@@ -53,3 +61,17 @@ def prediction_distances(model: nn.Module, reference: nn.Module, views: EvalView
         "W1_ref:test": float(wasserstein_distance(test_reference.argmax(dim=1).numpy(),
                                                   test_logits.argmax(dim=1).numpy())),
     }
+
+
+def reference_distances(views: EvalViews) -> dict[str, float]:
+    """The retrained model's distances to itself: zeros (for the tasks :func:`prediction_distances` serves), so
+    a table can show the reference row and every gap equals the value, without predicting twice."""
+    task = views.forget_set.task
+    if task == "sequence":
+        from excise.tasks.sequence import CLASS_TARGETS, concat_views
+
+        test = concat_views(views.test_retain, views.test_forget)
+        sources = test.extras.get(CLASS_TARGETS)
+        names = ["all"] if sources is None else [test.classes[s] for s in sorted(set(sources.tolist()))]
+        return {f"KL_ref:{name}": 0.0 for name in names}
+    return {} if task != "multiclass" else dict.fromkeys(DISTANCE_DIRECTIONS, 0.0)
