@@ -30,7 +30,9 @@ from excise.data.registry import dataset_builder
 from excise.experiment import RunRecord, build_model, run_method
 from excise.methods import get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
+from excise.metrics.distance import prediction_distances
 from excise.requests import ForgetRequest, resolve, split
+from excise.sequential import cumulative_views, step_forget_sets
 from excise.training import TrainConfig, seed_everything, train
 
 
@@ -159,7 +161,15 @@ def unlearn_checkpoint(
     unlearner = get_method(method, **(hyperparameters or {}))
     original = load_checkpoint(model_path)
     bundle = bundle_for(original)
-    views = EvalViews.from_bundle(bundle, request)
+    # A checkpoint that already served requests continues its sequence: this step unlearns only what is new
+    # and is judged against everything forgotten so far, as excise.sequential.run_sequence does.
+    requests = [*served_requests(original), request]
+    if len(requests) == 1:
+        views = step_views = EvalViews.from_bundle(bundle, request)
+    else:
+        views = cumulative_views(bundle, requests)[-1]
+        step_views = EvalViews(step_forget_sets(bundle.train, requests)[-1], views.retain_set, views.test_retain,
+                               views.test_forget, request)
     unlearner.check_request(request, bundle.task)
     recipe = recipe_of(original)
     reference, ref_metrics = None, None
@@ -167,10 +177,15 @@ def unlearn_checkpoint(
         # Checked and evaluated before the run: a wrong reference would otherwise fail (or, worse, give a
         # gap to retrain for another request) only after the unlearning work is done.
         reference = load_checkpoint(reference_path)
-        check_reference(reference, original, request, bundle.train)
+        check_reference(reference, original, requests, bundle.train)
         ref_metrics = evaluate(reference.model, views, seed=seed)
-    model, record = run_method(unlearner, original.model, views, recipe, seed=seed,
-                               reference_model=None if reference is None else reference.model)
+    reference_model = None if reference is None else reference.model
+    model, record = run_method(unlearner, original.model, step_views, recipe, seed=seed,
+                               reference_model=reference_model)
+    if len(requests) > 1:
+        record.metrics = evaluate(model, views, seed=seed)
+        if reference_model is not None:
+            record.metrics.update(prediction_distances(model, reference_model, views))
     if reference is not None:
         record.avg_gap = avg_gap(record.metrics, ref_metrics)
         # Across runs: the retrain time is the one the reference checkpoint recorded (possibly another machine
@@ -185,6 +200,7 @@ def unlearn_checkpoint(
             "recipe": original.meta.get("recipe"),
             "seed": seed,
             "request": request.to_dict(),
+            "history": [r.to_dict() for r in requests],  # every request this model has served, oldest first
             "method": method,
             "method_config": record.config,
             "parent_sha256": original.sha256,
@@ -213,9 +229,39 @@ def recipe_of(checkpoint: Checkpoint) -> TrainConfig:
         raise CheckpointError(f"the sidecar of {str(checkpoint.path)!r} records an invalid recipe: {err}") from err
 
 
-def check_reference(reference: Checkpoint, original: Checkpoint, request: ForgetRequest, data: LabeledData) -> None:
-    """A retrained reference must be one: trained by excise on the same data without exactly ``request``
-    (compared as resolved on ``data``, so ``class:3`` and ``{"kind": "class", "labels": [3]}`` agree)."""
+def served_requests(checkpoint: Checkpoint) -> list[ForgetRequest]:
+    """The requests an unlearned checkpoint has served already, oldest first (empty for a trained model)."""
+    meta = checkpoint.meta
+    if meta.get("kind") != "unlearned":
+        return []
+    history = meta.get("history")
+    if history is None:  # written before excise recorded histories: its own request is all that is known
+        history = [meta["request"]] if meta.get("request") else []
+    try:
+        return [ForgetRequest.from_dict(r) for r in history]
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"the sidecar of {str(checkpoint.path)!r} records an invalid request history: "
+                              f"{err}") from err
+
+
+def _forgotten(data: LabeledData, requests: list[ForgetRequest]) -> tuple[list[int], list[int]]:
+    """What ``requests`` forget together on ``data``: (training rows, label columns of ``target`` requests)."""
+    rows: set[int] = set()
+    labels: set[int] = set()
+    for r in requests:
+        resolved = resolve(data, r)
+        rows |= set(np.asarray(resolved.forget_indices).tolist())
+        if r.kind == "target":
+            labels |= set(resolved.label_indices)
+    return sorted(rows), sorted(labels)
+
+
+def check_reference(reference: Checkpoint, original: Checkpoint, request: ForgetRequest | list[ForgetRequest],
+                    data: LabeledData) -> None:
+    """A retrained reference must be one: trained by excise on the same data without exactly what ``request``
+    (or a sequence of requests, together) forgets — compared as resolved on ``data``, so ``class:3`` and
+    ``{"kind": "class", "labels": [3]}`` agree, and so do ``class:3`` then ``class:5`` and ``class:3,5``."""
+    requests = request if isinstance(request, list) else [request]
     where = f"reference {str(reference.path)!r}"
     kind = reference.meta.get("kind")
     if kind != "retrained":
@@ -225,13 +271,12 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
         retrained_for = ForgetRequest.from_dict(reference.meta.get("request") or {})
     except ValueError as err:
         raise CheckpointError(f"{where} records an invalid request: {err}") from err
-    mine, theirs = resolve(data, request), resolve(data, retrained_for)
-    same = (request.kind == retrained_for.kind
-            and sorted(set(mine.label_indices)) == sorted(set(theirs.label_indices))
-            and np.array_equal(np.sort(mine.forget_indices), np.sort(theirs.forget_indices)))
+    same = ((requests[0].kind == "target") == (retrained_for.kind == "target")
+            and _forgotten(data, requests) == _forgotten(data, [retrained_for]))
     if not same:
+        asked = " then ".join(repr(r.describe()) for r in requests)
         raise ValueError(f"{where} was retrained without {retrained_for.describe()!r}, but this run forgets "
-                         f"{request.describe()!r}: its metrics are not this request's reference")
+                         f"{asked}: its metrics are not this request's reference")
     fingerprints = []
     for role, checkpoint in (("reference", reference), ("original model", original)):
         record = checkpoint.meta.get("dataset")
