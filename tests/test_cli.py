@@ -197,43 +197,90 @@ def test_demo_prints_the_table_and_records_it(tmp_path):
     assert result.exit_code == 2 and "nope" in result.output
 
 
-def test_unlearning_an_unlearned_checkpoint_continues_its_sequence(trained, tmp_path):
+def test_unlearning_an_unlearned_checkpoint_continues_its_sequence(trained, reference, tmp_path):
     """Deletion requests arrive one at a time: `excise unlearn` on a model that already forgot class 3 serves
-    class 5 as step 2 of a sequence — the retain set no longer holds class 3 (so a method that trains on it
-    cannot teach class 3 again) and the step is judged against both classes."""
-    first, second = tmp_path / "step1.safetensors", tmp_path / "step2.safetensors"
-    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out", first)
-    assert result.exit_code == 0, result.output
-    result = invoke("unlearn", first, "--method", "finetune", "--request", "class:5", "--out", second)
-    assert result.exit_code == 0, result.output
-    meta = json.loads(second.with_suffix(".json").read_text())
-    assert [r["labels"] for r in meta["history"]] == [["3"], ["5"]] and meta["request"]["labels"] == ["5"]
-    # Judged against both classes: FA is measured on every image of 3 and 5.
-    both = json.loads(invoke("evaluate", second, "--request", "class:3,5", "--json").output)["metrics"]
-    assert meta["metrics"]["FA"] == pytest.approx(both["FA"])
-    # Fine-tuning on the retain set of class 5 alone, which holds class 3, teaches class 3 again; the sequence's
-    # retain set does not hold it. (Measured: class-3 FA 15 after step 1, 68 after step 2 of the sequence, 99
-    # after fine-tuning on the single request's retain set: gradient ascent's forgetting is shallow, and
-    # fine-tuning on the other classes alone brings part of it back.)
+    class 5 as step 2 of a sequence — it unlearns class 5's rows only, its retain set no longer holds class 3,
+    and the step is judged against both classes."""
     from excise import api
+    from excise.data import load_dataset
     from excise.experiment import run_method
     from excise.metrics import EvalViews, evaluate
     from excise.requests import ForgetRequest
 
+    first, second = tmp_path / "step1.safetensors", tmp_path / "step2.safetensors"
+    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out", first)
+    assert result.exit_code == 0, result.output
+    result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--out", second)
+    assert result.exit_code == 0, result.output
+    meta = json.loads(second.with_suffix(".json").read_text())
+    assert [r["labels"] for r in meta["history"]] == [["3"], ["5"]] and meta["request"]["labels"] == ["5"]
+    train_labels = load_dataset("digits", seed=0).train.targets
+    assert meta["new_samples"] == int((train_labels == 5).sum())  # only class 5 was unlearned at this step
+    assert meta["forget_size"] == int(((train_labels == 3) | (train_labels == 5)).sum())
+    # Judged against both classes, and `excise evaluate` without --request judges the same way.
+    both = json.loads(invoke("evaluate", second, "--request", "class:3,5", "--json").output)
+    by_history = json.loads(invoke("evaluate", second, "--json").output)
+    for key in ("FA", "RA", "TA", "TA_forget", "MIA"):
+        assert meta["metrics"][key] == pytest.approx(both["metrics"][key]) == pytest.approx(
+            by_history["metrics"][key])
+    assert [r["labels"] for r in by_history["request"]] == [["3"], ["5"]]
+
+    # Fine-tuning on the retain set of class 5 alone, which holds class 3, teaches class 3 again; the sequence's
+    # retain set does not hold it. (Measured: class-3 FA 15 after step 1, 68 after a fine-tuning step 2 of the
+    # sequence, 99 after fine-tuning on the single request's retain set: gradient ascent's forgetting is
+    # shallow, and fine-tuning on the other classes alone brings part of it back.)
+    tuned = tmp_path / "tuned.safetensors"
+    assert invoke("unlearn", first, "--method", "finetune", "--request", "class:5", "--out", tuned).exit_code == 0
     step1 = api.load_checkpoint(first)
     bundle = api.bundle_for(step1)
     single, _ = run_method("finetune", step1.model, EvalViews.from_bundle(bundle, ForgetRequest.parse("class:5")),
                            api.recipe_of(step1), seed=0)
     three = EvalViews.from_bundle(bundle, ForgetRequest.parse("class:3"))
-    chained_fa = json.loads(invoke("evaluate", second, "--request", "class:3", "--json").output)["metrics"]["FA"]
+    chained_fa = json.loads(invoke("evaluate", tuned, "--request", "class:3", "--json").output)["metrics"]["FA"]
     assert chained_fa < evaluate(single, three)["FA"] - 15
-    # A reference must be retrained without both.
-    ref_5 = tmp_path / "ref5.safetensors"
-    assert invoke("train", "--out", ref_5, "--width", 8, "--epochs", 6, "--request", "class:5").exit_code == 0
-    result = invoke("unlearn", first, "--method", "finetune", "--request", "class:5", "--reference", ref_5)
+
+    # A reference must be retrained without both: one without class:3,5 is accepted, one without 5 refused.
+    ref_35, ref_5 = tmp_path / "ref35.safetensors", tmp_path / "ref5.safetensors"
+    for out, request in ((ref_35, "class:3,5"), (ref_5, "class:5")):
+        assert invoke("train", "--out", out, "--width", 8, "--epochs", 6, "--request", request).exit_code == 0
+    result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--reference", ref_35)
+    assert result.exit_code == 0, result.output
+    result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--reference", ref_5)
     assert result.exit_code == 2
-    assert "retrained without 'class:5', but this run forgets 'class:3' then 'class:5'" in " ".join(
+    assert ("retrained without 'class:5', but this run forgets 'class:3' then 'class:5': its metrics are not this "
+            "request's reference; retrain one with `excise train --request class:3,5`") in " ".join(
         result.output.split())
-    # A request the sequence already served forgets nothing new.
+    # A request the model already served forgets nothing new; the message names the model's history.
     result = invoke("unlearn", first, "--method", "finetune", "--request", "class:3")
-    assert result.exit_code == 2 and "forgets nothing that earlier requests" in " ".join(result.output.split())
+    assert result.exit_code == 2
+    assert f"{str(first)!r} has already served 'class:3'; 'class:3' cannot follow it" in " ".join(
+        result.output.split())
+    # A retrained reference has served its request: unlearning from it continues that sequence.
+    from_reference = tmp_path / "from_ref.safetensors"
+    assert invoke("unlearn", reference, "--method", "gradient_ascent", "--request", "class:5", "--out",
+                  from_reference).exit_code == 0
+    assert [r["labels"] for r in json.loads(from_reference.with_suffix(".json").read_text())["history"]] == [
+        ["3"], ["5"]]
+    # An original model has served nothing: evaluate needs a request.
+    result = invoke("evaluate", trained)
+    assert result.exit_code == 2 and "has served no forget request" in " ".join(result.output.split())
+
+
+def test_an_unlearned_checkpoint_without_a_history_is_continued_with_a_warning(trained, reference, tmp_path):
+    """Written by an excise that did not record histories: only its last request is known."""
+    first = tmp_path / "old.safetensors"
+    assert invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out",
+                  first).exit_code == 0
+    sidecar = first.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    del meta["history"]
+    sidecar.write_text(json.dumps(meta))
+    second = tmp_path / "next.safetensors"
+    with pytest.warns(UserWarning, match="did not record request histories: only its last request"):
+        result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--out", second)
+    assert result.exit_code == 0, result.output
+    assert json.loads(second.with_suffix(".json").read_text())["history_complete"] is False
+    with pytest.warns(UserWarning):
+        result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--reference",
+                        reference)
+    assert result.exit_code == 2 and "incomplete request history" in " ".join(result.output.split())

@@ -577,3 +577,16 @@ def test_target_finetune_in_a_sequence_does_not_teach_an_earlier_target_again(ca
     assert recall[0] <= 0.05 and recall[1] <= 0.05  # both forgotten targets stay forgotten
     assert recall[2] >= 0.9  # a remaining target is still recognised
     assert [r.forgotten for r in records] == [["target:0"], ["target:0", "target:1"]]
+
+
+def test_random_instances_can_be_forgotten_from_a_multi_label_model(canvas_model, canvases):
+    """A samples request on a multi-label model forgets whole instances with all their labels; it used to crash
+    in the evaluation (the target evaluator needs a label mask)."""
+    views = EvalViews.from_bundle(canvases, ForgetRequest(kind="samples", fraction=0.05, seed=0))
+    _, reference = run_method("retrain", canvas_model, views, CANVAS_RECIPE, seed=0)
+    _, ascent = run_method("gradient_ascent", canvas_model, views, CANVAS_RECIPE, seed=0, reference=reference)
+    for metrics in (reference.metrics, ascent.metrics):
+        assert {"FA", "RA", "TA", "MIA", "test_mAP", "acc:0", "AP:4"} <= set(metrics)
+    # The retrained model never saw the forgotten instances, yet generalises to them like to the test set.
+    assert abs(reference.metrics["FA"] - reference.metrics["TA"]) < 5 and reference.metrics["RA"] > 90
+    assert ascent.avg_gap is not None

@@ -112,3 +112,32 @@ def test_bad_input_is_refused_with_a_message(models, tmp_path, args, message):
     result = invoke(*args)
     assert result.exit_code == 2, result.output
     assert message in flat(result)
+
+
+def test_a_chained_model_builds_the_graph_of_the_next_step(models, tmp_path):
+    """`excise graph` on a model that already forgot target 2 neither scores nor spares 2 (as the one-shot
+    method does on that model), records it, and the file prunes exactly what the one-shot run prunes."""
+    model, _ = models
+    step1 = tmp_path / "step1.safetensors"
+    assert invoke("unlearn", model, "--method", "essential_graph", "--request", "target:2", "--out",
+                  step1).exit_code == 0
+    graph = tmp_path / "next.json"
+    result = invoke("graph", step1, "--target", "1", "--out", graph)
+    assert result.exit_code == 0, result.output
+    stored = EssentialGraph.load(graph)
+    assert [stored.classes[t] for t in stored.gone] == ["2"]
+    assert all(stored.classes.index("2") not in layer.top for layer in stored.layers)
+    with_file, one_shot = tmp_path / "with_file.safetensors", tmp_path / "one_shot.safetensors"
+    assert invoke("unlearn", step1, "--method", "essential_graph", "--graph", graph, "--request", "target:1",
+                  "--out", with_file).exit_code == 0
+    assert invoke("unlearn", step1, "--method", "essential_graph", "--request", "target:1",
+                  "--out", one_shot).exit_code == 0
+    sha = [json.loads(p.with_suffix(".json").read_text())["sha256"] for p in (with_file, one_shot)]
+    assert sha[0] == sha[1]
+    meta = json.loads(with_file.with_suffix(".json").read_text())
+    assert [r["labels"] for r in meta["history"]] == [["2"], ["1"]]
+    # A graph built on the original model for target 1 does not fit the chained one (other weights).
+    on_original = tmp_path / "orig.json"
+    assert invoke("graph", model, "--target", "1", "--out", on_original).exit_code == 0
+    result = invoke("unlearn", step1, "--method", "essential_graph", "--graph", on_original, "--request", "target:1")
+    assert result.exit_code == 2 and "only holds for the exact weights" in flat(result)

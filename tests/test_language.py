@@ -337,3 +337,14 @@ def test_gpt_width_alias_and_language_suite_is_valid():
 
     suite = load_suite(Path(__file__).parents[1] / "benchmarks" / "suites" / "language.yaml")
     assert [s.name for s in suite.scenarios] == ["chain-small", "chain-paper"] and not suite.skips
+
+
+def test_a_sequence_of_chain_requests_has_cumulative_views(markov, views):
+    """A sequence task's class is the row's chain, not its tokens: the test rows of a forgotten chain are found
+    from the source column (this used to fail on the token matrix)."""
+    from excise.sequential import cumulative_views
+
+    steps = cumulative_views(markov, [FORGET, ForgetRequest(kind="samples", fraction=0.1, seed=1)])
+    assert len(steps[0].test_forget) == len(views.test_forget) > 0
+    assert len(steps[1].test_forget) == len(views.test_forget)  # random samples forget no test row
+    assert len(steps[1].forget_set) > len(steps[0].forget_set)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,7 @@ from excise.data.registry import dataset_builder
 from excise.experiment import RunRecord, build_model, run_method
 from excise.methods import get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
-from excise.metrics.distance import prediction_distances
-from excise.requests import ForgetRequest, resolve, split
+from excise.requests import ForgetRequest, RequestError, resolve, split
 from excise.sequential import cumulative_views, step_forget_sets
 from excise.training import TrainConfig, seed_everything, train
 
@@ -163,29 +163,33 @@ def unlearn_checkpoint(
     bundle = bundle_for(original)
     # A checkpoint that already served requests continues its sequence: this step unlearns only what is new
     # and is judged against everything forgotten so far, as excise.sequential.run_sequence does.
-    requests = [*served_requests(original), request]
-    if len(requests) == 1:
-        views = step_views = EvalViews.from_bundle(bundle, request)
-    else:
-        views = cumulative_views(bundle, requests)[-1]
-        step_views = EvalViews(step_forget_sets(bundle.train, requests)[-1], views.retain_set, views.test_retain,
-                               views.test_forget, request)
+    earlier, complete = served_requests(original)
+    own_views = EvalViews.from_bundle(bundle, request)  # the request's own errors first, as on a fresh model
     unlearner.check_request(request, bundle.task)
+    if not complete:
+        warnings.warn(
+            f"{str(model_path)!r} was written by an excise that did not record request histories: only its last "
+            f"request ({_describe(earlier)}) is known, so anything forgotten before it is in the retain set of this "
+            "step and not in its judgement; start from the original model for an exact sequence", stacklevel=2)
+    requests = [*earlier, request]
+    if earlier:
+        views, step_forget = history_views(bundle, original, requests, len(earlier))
+        step_views = EvalViews(step_forget, views.retain_set, views.test_retain, views.test_forget, request)
+    else:
+        views = step_views = own_views
     recipe = recipe_of(original)
     reference, ref_metrics = None, None
     if reference_path:
         # Checked and evaluated before the run: a wrong reference would otherwise fail (or, worse, give a
         # gap to retrain for another request) only after the unlearning work is done.
         reference = load_checkpoint(reference_path)
+        if not complete:
+            raise ValueError(f"--reference cannot be checked: {str(model_path)!r} records an incomplete request "
+                             "history (written by an older excise)")
         check_reference(reference, original, requests, bundle.train)
         ref_metrics = evaluate(reference.model, views, seed=seed)
-    reference_model = None if reference is None else reference.model
     model, record = run_method(unlearner, original.model, step_views, recipe, seed=seed,
-                               reference_model=reference_model)
-    if len(requests) > 1:
-        record.metrics = evaluate(model, views, seed=seed)
-        if reference_model is not None:
-            record.metrics.update(prediction_distances(model, reference_model, views))
+                               reference_model=None if reference is None else reference.model, eval_views=views)
     if reference is not None:
         record.avg_gap = avg_gap(record.metrics, ref_metrics)
         # Across runs: the retrain time is the one the reference checkpoint recorded (possibly another machine
@@ -201,6 +205,9 @@ def unlearn_checkpoint(
             "seed": seed,
             "request": request.to_dict(),
             "history": [r.to_dict() for r in requests],  # every request this model has served, oldest first
+            "history_complete": complete,
+            "new_samples": len(step_views.forget_set),  # what this step unlearned
+            "forget_size": len(views.forget_set),  # what the metrics judge: everything forgotten so far
             "method": method,
             "method_config": record.config,
             "parent_sha256": original.sha256,
@@ -229,19 +236,45 @@ def recipe_of(checkpoint: Checkpoint) -> TrainConfig:
         raise CheckpointError(f"the sidecar of {str(checkpoint.path)!r} records an invalid recipe: {err}") from err
 
 
-def served_requests(checkpoint: Checkpoint) -> list[ForgetRequest]:
-    """The requests an unlearned checkpoint has served already, oldest first (empty for a trained model)."""
+def served_requests(checkpoint: Checkpoint) -> tuple[list[ForgetRequest], bool]:
+    """The requests a checkpoint has served already, oldest first, and whether that history is complete.
+
+    A retrained reference has served the request it was retrained without; a trained model none. An unlearned
+    checkpoint written before excise recorded histories knows only its own last request (incomplete)."""
     meta = checkpoint.meta
-    if meta.get("kind") != "unlearned":
-        return []
-    history = meta.get("history")
-    if history is None:  # written before excise recorded histories: its own request is all that is known
-        history = [meta["request"]] if meta.get("request") else []
+    kind = meta.get("kind")
+    if kind == "unlearned":
+        history = meta.get("history")
+        complete = history is not None and meta.get("history_complete", True) is True
+        if history is None:
+            history = [meta["request"]] if meta.get("request") else []
+    elif kind == "retrained":
+        history, complete = [meta["request"]] if meta.get("request") else [], True
+    else:
+        return [], True
     try:
-        return [ForgetRequest.from_dict(r) for r in history]
+        return [ForgetRequest.from_dict(r) for r in history], complete
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"the sidecar of {str(checkpoint.path)!r} records an invalid request history: "
                               f"{err}") from err
+
+
+def _describe(requests: list[ForgetRequest]) -> str:
+    return " then ".join(repr(r.describe()) for r in requests)
+
+
+def history_views(bundle: DatasetBundle, checkpoint: Checkpoint, requests: list[ForgetRequest],
+                  earlier: int) -> tuple[EvalViews, LabeledData]:
+    """The cumulative views of ``requests`` and the last one's own forget set; an error names the checkpoint's
+    history (its first ``earlier`` requests) rather than a sequence the user never wrote."""
+    if len(requests) == 1:
+        views = EvalViews.from_bundle(bundle, requests[0])
+        return views, views.forget_set
+    try:
+        return cumulative_views(bundle, requests)[-1], step_forget_sets(bundle.train, requests)[-1]
+    except RequestError as err:
+        raise RequestError(f"{str(checkpoint.path)!r} has already served {_describe(requests[:earlier])}; "
+                           f"{requests[-1].describe()!r} cannot follow it: {err}") from err
 
 
 def _forgotten(data: LabeledData, requests: list[ForgetRequest]) -> tuple[list[int], list[int]]:
@@ -274,9 +307,12 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
     same = ((requests[0].kind == "target") == (retrained_for.kind == "target")
             and _forgotten(data, requests) == _forgotten(data, [retrained_for]))
     if not same:
-        asked = " then ".join(repr(r.describe()) for r in requests)
+        hint = ""
+        if len(requests) > 1 and len({r.kind for r in requests}) == 1 and requests[0].kind != "samples":
+            labels = ",".join(str(label) for r in requests for label in r.labels)
+            hint = f"; retrain one with `excise train --request {requests[0].kind}:{labels}`"
         raise ValueError(f"{where} was retrained without {retrained_for.describe()!r}, but this run forgets "
-                         f"{asked}: its metrics are not this request's reference")
+                         f"{_describe(requests)}: its metrics are not this request's reference{hint}")
     fingerprints = []
     for role, checkpoint in (("reference", reference), ("original model", original)):
         record = checkpoint.meta.get("dataset")
@@ -292,22 +328,34 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
                          f"{str(fingerprints[0])[:12]} vs {str(fingerprints[1])[:12]})")
 
 
-def evaluate_checkpoint(model_path: str | Path, request: ForgetRequest, seed: int = 0) -> dict[str, float]:
-    """Every metric of the checkpoint at ``model_path`` for ``request``, in percent."""
+def evaluate_checkpoint(model_path: str | Path, request: ForgetRequest | None = None,
+                        seed: int = 0) -> dict[str, float]:
+    """Every metric of the checkpoint at ``model_path`` for ``request`` (default: its history), in percent."""
     return evaluation_record(model_path, request, seed)["metrics"]
 
 
-def evaluation_record(model_path: str | Path, request: ForgetRequest, seed: int = 0) -> dict[str, Any]:
-    """The metrics with what produced them: the model's path and sha256, the request, the seed, the data's
-    fingerprint and the versions — so a number read back later can be traced and reproduced."""
+def evaluation_record(model_path: str | Path, request: ForgetRequest | None = None, seed: int = 0) -> dict[str, Any]:
+    """The metrics with what produced them: the model's path and sha256, the request(s), the seed, the data's
+    fingerprint and the versions — so a number read back later can be traced and reproduced.
+
+    Without ``request`` the model is judged against every request it has served (its sidecar's history, as
+    `excise unlearn` judged it); a model that served none needs one."""
     checkpoint = load_checkpoint(model_path)
     bundle = bundle_for(checkpoint)  # checks the data against the fingerprint the sidecar records
-    metrics = evaluate(checkpoint.model, EvalViews.from_bundle(bundle, request), seed=seed)
+    if request is not None:
+        requests = [request]
+    else:
+        requests, _ = served_requests(checkpoint)
+        if not requests:
+            raise ValueError(f"{str(model_path)!r} has served no forget request (kind "
+                             f"{checkpoint.meta.get('kind')!r}): give --request to judge it against one")
+    views, _ = history_views(bundle, checkpoint, requests, len(requests) - 1)
+    metrics = evaluate(checkpoint.model, views, seed=seed)
     return {
         "metrics": metrics,
         "model": {"path": str(checkpoint.path.resolve()), "sha256": checkpoint.sha256,
                   "kind": checkpoint.meta.get("kind")},
-        "request": request.to_dict(),
+        "request": requests[0].to_dict() if len(requests) == 1 else [r.to_dict() for r in requests],
         "seed": seed,
         "data": checkpoint.meta["dataset"],  # name, options, seed, root, fingerprint
         "versions": versions(),

@@ -183,7 +183,9 @@ def unlearn_command(
 @app.command("evaluate")
 def evaluate_command(
     model: Path = typer.Argument(..., help="A model trained or unlearned by excise."),
-    request: str = typer.Option(..., help="The forget request to judge the model against."),
+    request: str | None = typer.Option(
+        None, help="The forget request to judge the model against (default: every request an unlearned model "
+                   "has served, from its sidecar's history)."),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: the metrics with the model's sha256, the "
                                  "request, seed, data set record and versions."),
@@ -198,16 +200,18 @@ def evaluate_command(
             from excise.tasks.dense import plot_checkpoints
 
             models = {"before": before, "after": model} if before is not None else {str(model.name): model}
-            plot_checkpoints(models, parse_request(request), plot, overwrite=overwrite)
+            plot_checkpoints(models, parse_request(request), plot, overwrite=overwrite)  # needs --request
         elif before is not None:
             raise ValueError("--before only makes sense with --plot (it is drawn, not evaluated)")
-        record = api.evaluation_record(model, parse_request(request), seed=seed)
+        record = api.evaluation_record(model, parse_request(request, required=False), seed=seed)
     except USER_ERRORS as err:
         fail(err)
     if as_json:  # metrics with their provenance (model sha256, request, seed, data, versions)
         console.print_json(json.dumps(record))
     else:
-        console.print(metrics_table(record["metrics"], f"{model} on {request}"))
+        judged = record["request"] if isinstance(record["request"], list) else [record["request"]]
+        described = " then ".join(ForgetRequest.from_dict(r).describe() for r in judged)
+        console.print(metrics_table(record["metrics"], f"{model} on {described}"))
     if plot is not None and not as_json:
         console.print(f"wrote {plot}")
 

@@ -67,10 +67,12 @@ def run_method(
     seed: int = 0,
     reference: RunRecord | None = None,
     reference_model: nn.Module | None = None,
+    eval_views: EvalViews | None = None,
 ) -> tuple[nn.Module, RunRecord]:
     """Unlearn ``views.request`` from ``model`` with ``method`` and evaluate against ``reference``; with the
     retrained ``reference_model`` the metrics also hold the distances of the predictions to it
-    (:mod:`excise.metrics.distance`)."""
+    (:mod:`excise.metrics.distance`). ``eval_views``: judge on other views than the ones unlearned (a step of
+    a sequence unlearns its own forget set and is judged on everything forgotten so far)."""
     if isinstance(method, str):
         method = get_method(method)
     seed_everything(seed)
@@ -78,9 +80,10 @@ def run_method(
         model, views.request, views.forget_set,
         views.retain_set if method.needs_retain else None, recipe=recipe, seed=seed,
     )
-    metrics = evaluate(result.model, views, seed=seed)
+    judged = views if eval_views is None else eval_views
+    metrics = evaluate(result.model, judged, seed=seed)
     if reference_model is not None:
-        metrics.update(prediction_distances(result.model, reference_model, views))
+        metrics.update(prediction_distances(result.model, reference_model, judged))
     stats = {k: v for k, v in result.stats.items() if _is_plain(v)}
     record = RunRecord(method.name, views.request.to_dict(), metrics, result.seconds, result.config, stats)
     if reference is not None:

@@ -302,6 +302,7 @@ class EssentialGraph:
     model_spec: dict[str, Any] | None = None
     image_rows: dict[int, list[int]] = field(default_factory=dict)
     seconds: float = 0.0
+    gone: tuple[int, ...] = ()  # targets an earlier request of a sequence forgot: neither scored nor spared
 
     @property
     def num_targets(self) -> int:
@@ -332,13 +333,22 @@ class EssentialGraph:
                 "build one for this model (excise graph MODEL --target T --out FILE)"
             )
 
-    def check_request(self, classes: Sequence[str], forgotten: Sequence[int], source: str = "the graph") -> None:
+    def check_request(self, classes: Sequence[str], forgotten: Sequence[int], source: str = "the graph",
+                      gone: Sequence[int] | None = ()) -> None:
+        """Refuse a graph built for other targets, another request, or (``gone`` given) other targets forgotten
+        by earlier requests of a sequence."""
         if tuple(classes) != tuple(self.classes):
             raise GraphError(f"{source} was built for targets {list(self.classes)}, the data has {list(classes)}")
         if sorted(forgotten) != sorted(self.forgotten):
             raise GraphError(
                 f"{source} forgets target(s) {self.forgotten_names}, but the request forgets "
                 f"{[classes[t] for t in forgotten]}; build a graph for this request"
+            )
+        if gone is not None and sorted(set(gone) - set(forgotten)) != sorted(self.gone):
+            raise GraphError(
+                f"{source} was built with target(s) {[self.classes[t] for t in self.gone]} forgotten by earlier "
+                f"requests, but for this model they are {[classes[t] for t in sorted(set(gone) - set(forgotten))]}; "
+                "build the graph from the checkpoint that serves this request (excise graph MODEL ...)"
             )
 
     # --- storage ---------------------------------------------------------------------------------
@@ -357,6 +367,7 @@ class EssentialGraph:
             "balanced": self.balanced,
             "threshold": self.threshold,
             "image_rows": {self.classes[t]: rows for t, rows in self.image_rows.items()},
+            "gone": [self.classes[t] for t in self.gone],
             "seconds": self.seconds,
             "layers": [
                 {
@@ -400,6 +411,7 @@ class EssentialGraph:
                 model_spec=data.get("model"),
                 image_rows={index[name]: rows for name, rows in data.get("image_rows", {}).items()},
                 seconds=float(data.get("seconds", 0.0)),
+                gone=tuple(index[name] for name in data.get("gone", [])),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise GraphError(f"{source} is malformed: {type(err).__name__}: {err}") from err
@@ -531,6 +543,7 @@ def build_graph(
         scores, pruned = select_channels(tops, channels, forgotten, num_targets, balanced)
         graph_layers.append(LayerGraph(conv, bn, channels, tops, scores, pruned))
     return EssentialGraph(
+        gone=gone,
         classes=tuple(classes),
         forgotten=forgotten,
         layers=graph_layers,
@@ -613,7 +626,7 @@ def graph_checkpoint(
 ) -> EssentialGraph:
     """Build (or, with ``graph``, load and check) the essential graph of a checkpoint for forgetting
     ``targets``; write it to ``out`` (JSON) and/or a picture to ``plot`` (PNG)."""
-    from excise.api import bundle_for
+    from excise.api import bundle_for, served_requests
     from excise.checkpoint import load_checkpoint
     from excise.requests import ForgetRequest, resolve
 
@@ -631,15 +644,20 @@ def graph_checkpoint(
     bundle = bundle_for(checkpoint)
     request = ForgetRequest(kind="target", labels=tuple(targets))
     forgotten = resolve(bundle.train, request).label_indices
+    # A model that already forgot targets (an unlearned checkpoint's history) builds the graph of the next step
+    # of its sequence: the earlier targets are neither scored nor spared, as the one-shot method does.
+    earlier, _ = served_requests(checkpoint)
+    gone = sorted({t for r in earlier if r.kind == "target" for t in resolve(bundle.train, r).label_indices}
+                  - set(forgotten))
     if graph is not None:
         built = EssentialGraph.load(graph)
         built.check_model(checkpoint.model, f"graph file {str(graph)!r}")
-        built.check_request(bundle.classes, forgotten, f"graph file {str(graph)!r}")
+        built.check_request(bundle.classes, forgotten, f"graph file {str(graph)!r}", gone=gone)
     else:
         built = build_graph(
             checkpoint.model, bundle.train.targets, bundle.train.inputs, forgotten, classes=bundle.classes,
             proportion=proportion, num_images=DEFAULT_NUM_IMAGES if num_images is None else num_images,
-            layers=layers, num_layers=num_layers, balanced=balanced,
+            layers=layers, num_layers=num_layers, balanced=balanced, gone=gone,
         )
         if built.model_sha256 != checkpoint.sha256:  # cannot happen unless the loader changed the weights
             raise GraphError("the loaded model's weights do not hash to its checkpoint's sha256")

@@ -35,6 +35,7 @@ from excise.methods import UnlearningMethod, get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.progress import progress_bar
 from excise.requests import (
+    CLASS_TARGETS,
     ForgetRequest,
     RequestError,
     apply_sequence,
@@ -71,7 +72,9 @@ def _test_forget_mask(test: LabeledData, requests: Sequence[ForgetRequest]) -> n
     for request in requests:
         if request.kind == "class":
             labels = [_resolve_label(label, test.classes, "labels") for label in request.labels]
-            mask |= np.isin(test.targets.numpy(), labels)
+            # A sequence task's targets are tokens; its class is the per-row source (as resolve reads it).
+            owners = test.extras[CLASS_TARGETS] if CLASS_TARGETS in test.extras else test.targets
+            mask |= np.isin(owners.numpy(), labels)
         elif request.kind == "subclass":
             if test.subclass_targets is None or test.subclasses is None:
                 raise RequestError(

@@ -141,12 +141,13 @@ def forgotten_targets(data: UnlearnData) -> tuple[int, ...]:
     return tuple(sorted({_resolve_label(label, classes, "labels") for label in data.request.labels}))
 
 
-def earlier_targets(data: UnlearnData) -> tuple[int, ...]:
+def earlier_targets(data: UnlearnData) -> tuple[int, ...] | None:
     """Targets forgotten by earlier requests of a sequence: hidden in every row of the retain view's label mask
-    but not named by this request (empty for a single request, whose retain view hides only its own)."""
+    but not named by this request (empty for a single request, whose retain view hides only its own). None when
+    the retain view has no label mask to tell (dense tasks drop a class from the targets instead)."""
     mask = data.retain_set.label_mask
     if mask is None:
-        return ()
+        return None
     hidden = (~mask).all(dim=0).nonzero().flatten().tolist()
     return tuple(t for t in hidden if t not in forgotten_targets(data))
 
@@ -168,7 +169,7 @@ class EssentialGraphUnlearning(UnlearningMethod):
             graph = EssentialGraph.load(cfg.graph)
             source = f"graph file {cfg.graph!r}"
             graph.check_model(model, source)
-            graph.check_request(data.forget_set.classes, forgotten, source)
+            graph.check_request(data.forget_set.classes, forgotten, source, gone=earlier_targets(data))
             if graph.balanced != cfg.balanced:
                 kind = "balanced" if graph.balanced else "unbalanced"
                 raise GraphError(f"{source} is {kind}, but method {self.name!r} runs with balanced={cfg.balanced}")
@@ -177,7 +178,7 @@ class EssentialGraphUnlearning(UnlearningMethod):
         return build_graph(
             model, retain.targets, retain.inputs, forgotten, classes=retain.classes,
             proportion=cfg.proportion, num_images=cfg.num_images, layers=cfg.layers,
-            num_layers=cfg.num_layers, balanced=cfg.balanced, gone=earlier_targets(data),
+            num_layers=cfg.num_layers, balanced=cfg.balanced, gone=earlier_targets(data) or (),
         )
 
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:

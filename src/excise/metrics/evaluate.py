@@ -78,6 +78,8 @@ def evaluate(
     if task in _EVALUATORS:
         return _EVALUATORS[task](model, views, mia_variants=mia_variants, seed=seed)
     if task == "multilabel":
+        if views.forget_set.label_mask is None:  # samples: whole instances forgotten, every label with them
+            return _evaluate_instances(model, views, mia_variants, seed)
         return _evaluate_target(model, views, mia_variants, seed)
     forget_logits = predict_logits(model, views.forget_set)
     retain_logits = predict_logits(model, views.retain_set)
@@ -136,15 +138,22 @@ def _evaluate_target(
         all_positive_acc = per_target_accuracy(test_logits[every], views.test_retain.targets[every])
         for c, name in enumerate(views.forget_set.classes):
             out[f"acc_all_positive:{name}"] = float(all_positive_acc[c])
-    # MIA on each forgotten target's output (the sigmoid as a two-class distribution over absent / present),
-    # averaged over the forgotten targets, so a request (or a sequence step) forgetting several is judged on all
-    # of them, whatever their order. Read it with care: when that output carries no membership signal
-    # (retrained, or pruned, on a task the model generalises perfectly) members and non-members look alike and
-    # the SVC's decision is arbitrary. Measured on the multidigits fixture over six member draws (evaluation
-    # seeds 0-5): retrain 20.6-79.1, essential graph 3.8-93.4, original 0.0 in all six. Compare seeds, not
-    # single values.
+    out.update(_per_target_mia(forgotten, retain_logits, test_logits, forget_logits, views, mia_variants, seed))
+    return out
+
+
+def _per_target_mia(columns: list[int], retain_logits: Tensor, test_logits: Tensor, forget_logits: Tensor,
+                    views: EvalViews, mia_variants: tuple[str, ...] | None, seed: int) -> dict[str, float]:
+    """Every MIA variant on each of ``columns``' outputs (the sigmoid as a two-class distribution over absent /
+    present: members = retain, non-members = test, judged = forget), averaged over the columns, so a request
+    forgetting several targets (or a sequence step) is judged on all of them, whatever their order.
+
+    Read it with care: when that output carries no membership signal (retrained, or pruned, on a task the model
+    generalises perfectly) members and non-members look alike and the SVC's decision is arbitrary. Measured on
+    the multidigits fixture over six member draws (evaluation seeds 0-5): retrain 20.6-79.1, essential graph
+    3.8-93.4, original 0.0 in all six. Compare seeds, not single values."""
     values: dict[str, list[float]] = {}
-    for column in forgotten:
+    for column in columns:
         mia = run_mia(
             MiaInputs(
                 _binary_probs(retain_logits[:, column]), views.retain_set.targets[:, column].long().numpy(),
@@ -156,7 +165,32 @@ def _evaluate_target(
         )
         for name, result in mia.items():
             values.setdefault(name, []).append(result.value)
-    out.update({f"MIA:{name}": 100.0 * float(np.mean(v)) for name, v in values.items()})
+    out = {f"MIA:{name}": 100.0 * float(np.mean(v)) for name, v in values.items()}
     if HEADLINE_MIA in values:
         out["MIA"] = 100.0 * float(np.mean(values[HEADLINE_MIA]))
+    return out
+
+
+def _evaluate_instances(
+    model: nn.Module, views: EvalViews, mia_variants: tuple[str, ...] | None, seed: int
+) -> dict[str, float]:
+    """A ``samples`` request on a multi-label model forgets whole instances with every label they carry: FA / RA
+    / TA are the mean per-target accuracy on the forget set, the retain set and the test set, the MIA is every
+    target's averaged, and each target's test accuracy and AP are reported."""
+    forget_logits = predict_logits(model, views.forget_set)
+    retain_logits = predict_logits(model, views.retain_set)
+    test_logits = predict_logits(model, views.test_retain)
+    test_acc = per_target_accuracy(test_logits, views.test_retain.targets)
+    test_ap = per_target_ap(test_logits, views.test_retain.targets)
+    out = {
+        "FA": float(per_target_accuracy(forget_logits, views.forget_set.targets).mean()),
+        "RA": float(per_target_accuracy(retain_logits, views.retain_set.targets).mean()),
+        "TA": float(test_acc.mean()),
+        "test_mAP": float(np.nanmean(test_ap)),
+    }
+    for c, name in enumerate(views.forget_set.classes):
+        out[f"acc:{name}"] = float(test_acc[c])
+        out[f"AP:{name}"] = float(test_ap[c])
+    columns = list(range(views.forget_set.num_classes))
+    out.update(_per_target_mia(columns, retain_logits, test_logits, forget_logits, views, mia_variants, seed))
     return out
