@@ -284,3 +284,24 @@ def test_an_unlearned_checkpoint_without_a_history_is_continued_with_a_warning(t
         result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--reference",
                         reference)
     assert result.exit_code == 2 and "incomplete request history" in " ".join(result.output.split())
+
+
+def test_a_reference_for_a_mixed_sequence_is_trained_with_repeated_requests(trained, tmp_path):
+    first, ref = tmp_path / "step1.safetensors", tmp_path / "ref.safetensors"
+    assert invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out",
+                  first).exit_code == 0
+    result = invoke("train", "--out", ref, "--width", 8, "--epochs", 6, "--request", "class:3", "--request",
+                    "samples:0.05")
+    assert result.exit_code == 0, result.output
+    meta = json.loads(ref.with_suffix(".json").read_text())
+    assert [r["kind"] for r in meta["history"]] == ["class", "samples"] and meta["metrics"]["FA"] < 50
+    result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "samples:0.05", "--reference", ref)
+    assert result.exit_code == 0, result.output
+    # Without the class step the reference is refused, with the command that would build the right one.
+    single = tmp_path / "single.safetensors"
+    assert invoke("train", "--out", single, "--width", 8, "--epochs", 6, "--request", "samples:0.05").exit_code == 0
+    result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "samples:0.05", "--reference",
+                    single)
+    assert result.exit_code == 2
+    assert "retrain one with `excise train --request class:3 --request samples:0.05`" in " ".join(
+        result.output.split())

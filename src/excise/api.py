@@ -31,7 +31,7 @@ from excise.data.registry import dataset_builder
 from excise.experiment import RunRecord, build_model, run_method
 from excise.methods import get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
-from excise.requests import ForgetRequest, RequestError, resolve, split
+from excise.requests import ForgetRequest, RequestError, resolve
 from excise.sequential import cumulative_views, step_forget_sets
 from excise.training import TrainConfig, seed_everything, train
 
@@ -71,19 +71,24 @@ def train_model(
     model_kwargs: dict[str, Any] | None = None,
     dataset_options: dict[str, Any] | None = None,
     root: str | None = None,
-    request: ForgetRequest | None = None,
+    request: ForgetRequest | list[ForgetRequest] | None = None,
     seed: int = 0,
     overwrite: bool = False,
 ) -> Checkpoint:
-    """Train a model on ``dataset`` (on the retain set of ``request`` if given: a retrained reference)."""
+    """Train a model on ``dataset`` (on the retain set of ``request`` if given: a retrained reference). A list
+    of requests is a sequence: the reference of its last step, trained on what remains after all of them."""
     out = _check_output(out, overwrite)
     recipe = recipe or TrainConfig()
     dataset_options = dict(dataset_options or {})
     dataset_builder(dataset)
     bundle = load_dataset(dataset, root=root, seed=seed, **dataset_options)
+    requests = [] if request is None else request if isinstance(request, list) else [request]
+    request = requests[-1] if requests else None
     training_set = bundle.train
-    if request is not None:
-        _, training_set = split(bundle.train, request)
+    views = None
+    if requests:
+        views, _ = history_views(bundle, None, requests, len(requests) - 1)
+        training_set = views.retain_set
     network = build_model(bundle, model, seed=seed, **(model_kwargs or {}))
     seed_everything(seed)
     stats = train(network, training_set, recipe, seed=seed, description="train")
@@ -96,8 +101,10 @@ def train_model(
         "train_seconds": stats.seconds,
         "final_loss": stats.losses[-1],
     }
-    if request is not None:
-        meta["metrics"] = evaluate(network, EvalViews.from_bundle(bundle, request), seed=seed)
+    if len(requests) > 1:
+        meta["history"] = [r.to_dict() for r in requests]  # retrained without all of them
+    if views is not None:
+        meta["metrics"] = evaluate(network, views, seed=seed)
     # Only rank 0 writes; the others wait until the file is complete, then read the same checkpoint.
     if distributed.is_main():
         save_checkpoint(out, network, meta, overwrite=overwrite)
@@ -249,7 +256,8 @@ def served_requests(checkpoint: Checkpoint) -> tuple[list[ForgetRequest], bool]:
         if history is None:
             history = [meta["request"]] if meta.get("request") else []
     elif kind == "retrained":
-        history, complete = [meta["request"]] if meta.get("request") else [], True
+        history = meta.get("history") or ([meta["request"]] if meta.get("request") else [])
+        complete = True
     else:
         return [], True
     try:
@@ -263,7 +271,7 @@ def _describe(requests: list[ForgetRequest]) -> str:
     return " then ".join(repr(r.describe()) for r in requests)
 
 
-def history_views(bundle: DatasetBundle, checkpoint: Checkpoint, requests: list[ForgetRequest],
+def history_views(bundle: DatasetBundle, checkpoint: Checkpoint | None, requests: list[ForgetRequest],
                   earlier: int) -> tuple[EvalViews, LabeledData]:
     """The cumulative views of ``requests`` and the last one's own forget set; an error names the checkpoint's
     history (its first ``earlier`` requests) rather than a sequence the user never wrote."""
@@ -273,6 +281,8 @@ def history_views(bundle: DatasetBundle, checkpoint: Checkpoint, requests: list[
     try:
         return cumulative_views(bundle, requests)[-1], step_forget_sets(bundle.train, requests)[-1]
     except RequestError as err:
+        if checkpoint is None:
+            raise
         raise RequestError(f"{str(checkpoint.path)!r} has already served {_describe(requests[:earlier])}; "
                            f"{requests[-1].describe()!r} cannot follow it: {err}") from err
 
@@ -301,17 +311,21 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
         raise ValueError(f"{where} records kind={kind!r}, not a retrained reference (train one with "
                          "`excise train --request ...`)")
     try:
-        retrained_for = ForgetRequest.from_dict(reference.meta.get("request") or {})
+        retrained_for, _ = served_requests(reference)
+        if not retrained_for:
+            raise ValueError("it records no request")
     except ValueError as err:
         raise CheckpointError(f"{where} records an invalid request: {err}") from err
-    same = ((requests[0].kind == "target") == (retrained_for.kind == "target")
-            and _forgotten(data, requests) == _forgotten(data, [retrained_for]))
+    same = ((requests[0].kind == "target") == (retrained_for[0].kind == "target")
+            and _forgotten(data, requests) == _forgotten(data, retrained_for))
     if not same:
         hint = ""
         if len(requests) > 1 and len({r.kind for r in requests}) == 1 and requests[0].kind != "samples":
             labels = ",".join(str(label) for r in requests for label in r.labels)
             hint = f"; retrain one with `excise train --request {requests[0].kind}:{labels}`"
-        raise ValueError(f"{where} was retrained without {retrained_for.describe()!r}, but this run forgets "
+        if len(requests) > 1 and not hint:
+            hint = "; retrain one with `excise train " + " ".join(f"--request {r.describe()}" for r in requests) + "`"
+        raise ValueError(f"{where} was retrained without {_describe(retrained_for)}, but this run forgets "
                          f"{_describe(requests)}: its metrics are not this request's reference{hint}")
     fingerprints = []
     for role, checkpoint in (("reference", reference), ("original model", original)):

@@ -125,8 +125,9 @@ def train_command(
     optimizer: str = typer.Option("sgd", help="sgd, adam or adamw."),
     root: str | None = typer.Option(None, help="Local directory of a data set that is not bundled (CIFAR, CelebA)."),
     data_option: list[str] | None = typer.Option(None, "--data-option", help="Data-set option key=value."),
-    request: str | None = typer.Option(
-        None, help="Train on the retain set of this request: the retrained reference (e.g. class:3)."),
+    request: list[str] | None = typer.Option(
+        None, help="Train on the retain set of this request: the retrained reference (e.g. class:3). Repeat it "
+                   "for a sequence (--request class:3 --request samples:0.1): the reference of its last step."),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
@@ -140,7 +141,7 @@ def train_command(
         checkpoint = api.train_model(
             dataset, model, out, recipe=recipe, model_kwargs=model_kwargs,
             dataset_options=parse_params(data_option, "--data-option"), root=root,
-            request=parse_request(request, required=False), seed=seed, overwrite=overwrite,
+            request=[parse_request(r) for r in request] if request else None, seed=seed, overwrite=overwrite,
         )
     except USER_ERRORS as err:
         fail(err)
