@@ -223,7 +223,8 @@ def test_unlearning_an_unlearned_checkpoint_continues_its_sequence(trained, refe
     for key in ("FA", "RA", "TA", "TA_forget", "MIA"):
         assert meta["metrics"][key] == pytest.approx(both["metrics"][key]) == pytest.approx(
             by_history["metrics"][key])
-    assert [r["labels"] for r in by_history["request"]] == [["3"], ["5"]]
+    assert [r["labels"] for r in by_history["history"]] == [["3"], ["5"]] and by_history["history_complete"]
+    assert by_history["request"]["labels"] == ["5"]
 
     # Fine-tuning on the retain set of class 5 alone, which holds class 3, teaches class 3 again; the sequence's
     # retain set does not hold it. (Measured: class-3 FA 15 after step 1, 68 after a fine-tuning step 2 of the
@@ -267,7 +268,8 @@ def test_unlearning_an_unlearned_checkpoint_continues_its_sequence(trained, refe
 
 
 def test_an_unlearned_checkpoint_without_a_history_is_continued_with_a_warning(trained, reference, tmp_path):
-    """Written by an excise that did not record histories: only its last request is known."""
+    """Written by an excise that did not record histories: only its last request is known, and every checkpoint
+    continued from it says its history is incomplete."""
     first = tmp_path / "old.safetensors"
     assert invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out",
                   first).exit_code == 0
@@ -277,13 +279,24 @@ def test_an_unlearned_checkpoint_without_a_history_is_continued_with_a_warning(t
     sidecar.write_text(json.dumps(meta))
     second = tmp_path / "next.safetensors"
     with pytest.warns(UserWarning, match="did not record request histories: only its last request"):
+        result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--out", second,
+                        "--reference", tmp_path / "missing.safetensors")
+    assert result.exit_code == 2  # the reference path is checked (and refused) after the warning, nothing written
+    with pytest.warns(UserWarning, match="did not record request histories"):
         result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--out", second)
     assert result.exit_code == 0, result.output
-    assert json.loads(second.with_suffix(".json").read_text())["history_complete"] is False
-    with pytest.warns(UserWarning):
-        result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--reference",
-                        reference)
-    assert result.exit_code == 2 and "incomplete request history" in " ".join(result.output.split())
+    continued = json.loads(second.with_suffix(".json").read_text())
+    assert continued["history_complete"] is False and [r["labels"] for r in continued["history"]] == [["3"], ["5"]]
+    with pytest.warns(UserWarning, match=r"history of .* is incomplete: .* requests served before 'class:3'"):
+        result = invoke("evaluate", second, "--json")
+    assert result.exit_code == 0 and json.loads(result.output)["history_complete"] is False
+    # A sidecar that contradicts itself is refused, naming the field.
+    meta = json.loads(second.with_suffix(".json").read_text())
+    meta["history"][-1] = {"kind": "class", "labels": ["4"], "seed": 0}
+    second.with_suffix(".json").write_text(json.dumps(meta))
+    result = invoke("evaluate", second)
+    assert result.exit_code == 2 and "the last entry of 'history' ('class:4') is not its 'request' ('class:5')" in (
+        " ".join(result.output.split()))
 
 
 def test_a_reference_for_a_mixed_sequence_is_trained_with_repeated_requests(trained, tmp_path):

@@ -136,6 +136,22 @@ def test_a_chained_model_builds_the_graph_of_the_next_step(models, tmp_path):
     assert sha[0] == sha[1]
     meta = json.loads(with_file.with_suffix(".json").read_text())
     assert [r["labels"] for r in meta["history"]] == [["2"], ["1"]]
+    # The same weights but other earlier targets, or a file from before excise recorded them, are refused.
+    data = json.loads(graph.read_text())
+    data["gone"] = []
+    (tmp_path / "no_gone.json").write_text(json.dumps(data))
+    result = invoke("unlearn", step1, "--method", "essential_graph", "--graph", tmp_path / "no_gone.json",
+                    "--request", "target:1")
+    assert result.exit_code == 2 and "was built with target(s) [] forgotten by earlier requests" in flat(result)
+    del data["gone"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    result = invoke("unlearn", step1, "--method", "essential_graph", "--graph", tmp_path / "old.json",
+                    "--request", "target:1")
+    assert result.exit_code == 2 and "written by an older excise that did not record targets" in flat(result)
+    assert invoke("graph", step1, "--target", "1", "--graph", tmp_path / "old.json", "--plot",
+                  tmp_path / "old.png").exit_code == 0  # plotting an old file still works
+    result = invoke("graph", step1, "--target", "2", "--out", tmp_path / "again.json")
+    assert result.exit_code == 2 and "has already forgotten target(s) ['2']" in flat(result)
     # A graph built on the original model for target 1 does not fit the chained one (other weights).
     on_original = tmp_path / "orig.json"
     assert invoke("graph", model, "--target", "1", "--out", on_original).exit_code == 0

@@ -174,10 +174,7 @@ def unlearn_checkpoint(
     own_views = EvalViews.from_bundle(bundle, request)  # the request's own errors first, as on a fresh model
     unlearner.check_request(request, bundle.task)
     if not complete:
-        warnings.warn(
-            f"{str(model_path)!r} was written by an excise that did not record request histories: only its last "
-            f"request ({_describe(earlier)}) is known, so anything forgotten before it is in the retain set of this "
-            "step and not in its judgement; start from the original model for an exact sequence", stacklevel=2)
+        warnings.warn(history_warning(original, earlier), stacklevel=2)
     requests = [*earlier, request]
     if earlier:
         views, step_forget = history_views(bundle, original, requests, len(earlier))
@@ -190,10 +187,7 @@ def unlearn_checkpoint(
         # Checked and evaluated before the run: a wrong reference would otherwise fail (or, worse, give a
         # gap to retrain for another request) only after the unlearning work is done.
         reference = load_checkpoint(reference_path)
-        if not complete:
-            raise ValueError(f"--reference cannot be checked: {str(model_path)!r} records an incomplete request "
-                             "history (written by an older excise)")
-        check_reference(reference, original, requests, bundle.train)
+        check_reference(reference, original, requests, bundle.train)  # the known history (warned above if partial)
         ref_metrics = evaluate(reference.model, views, seed=seed)
     model, record = run_method(unlearner, original.model, step_views, recipe, seed=seed,
                                reference_model=None if reference is None else reference.model, eval_views=views)
@@ -246,25 +240,45 @@ def recipe_of(checkpoint: Checkpoint) -> TrainConfig:
 def served_requests(checkpoint: Checkpoint) -> tuple[list[ForgetRequest], bool]:
     """The requests a checkpoint has served already, oldest first, and whether that history is complete.
 
-    A retrained reference has served the request it was retrained without; a trained model none. An unlearned
-    checkpoint written before excise recorded histories knows only its own last request (incomplete)."""
+    A retrained reference has served the request(s) it was retrained without; a trained model none. An unlearned
+    checkpoint written before excise recorded histories knows only its own last request (incomplete), and so
+    does every checkpoint continued from it. A sidecar that contradicts itself is refused, naming the field."""
     meta = checkpoint.meta
     kind = meta.get("kind")
-    if kind == "unlearned":
-        history = meta.get("history")
-        complete = history is not None and meta.get("history_complete", True) is True
-        if history is None:
-            history = [meta["request"]] if meta.get("request") else []
-    elif kind == "retrained":
-        history = meta.get("history") or ([meta["request"]] if meta.get("request") else [])
-        complete = True
-    else:
+    if kind not in ("unlearned", "retrained"):
         return [], True
+    where = f"the sidecar of {str(checkpoint.path)!r}"
+    if not meta.get("request"):
+        raise CheckpointError(f"{where} is of kind {kind!r} but records no 'request'")
+    history = meta.get("history")
+    complete = True
+    if history is None:
+        history = [meta["request"]]
+        complete = kind == "retrained"  # an unlearned model of an older excise: earlier requests unknown
+    elif kind == "unlearned":
+        complete = meta.get("history_complete", True) is True
     try:
-        return [ForgetRequest.from_dict(r) for r in history], complete
+        if not isinstance(history, list) or not history:
+            raise ValueError(f"'history' must be a non-empty list of requests, got {history!r}")
+        requests = [ForgetRequest.from_dict(r) for r in history]
+        last = ForgetRequest.from_dict(meta["request"])
     except (ValueError, TypeError) as err:
-        raise CheckpointError(f"the sidecar of {str(checkpoint.path)!r} records an invalid request history: "
-                              f"{err}") from err
+        raise CheckpointError(f"{where} records an invalid request history: {err}") from err
+    if requests[-1] != last:
+        raise CheckpointError(f"{where}: the last entry of 'history' ({requests[-1].describe()!r}) is not its "
+                              f"'request' ({last.describe()!r})")
+    return requests, complete
+
+
+def history_warning(checkpoint: Checkpoint, requests: list[ForgetRequest]) -> str:
+    """What an incomplete history means for the numbers built on it."""
+    if "history" not in checkpoint.meta:
+        return (f"{str(checkpoint.path)!r} was written by an excise that did not record request histories: only "
+                f"its last request ({_describe(requests)}) is known, so anything forgotten before it is neither "
+                "excluded from the retain set nor judged; start from the original model for an exact sequence")
+    return (f"the request history of {str(checkpoint.path)!r} is incomplete: it continues a checkpoint written by "
+            f"an older excise, so requests served before {requests[0].describe()!r} are unknown and neither "
+            "excluded from the retain set nor judged")
 
 
 def _describe(requests: list[ForgetRequest]) -> str:
@@ -321,7 +335,7 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
     if not same:
         hint = ""
         if len(requests) > 1 and len({r.kind for r in requests}) == 1 and requests[0].kind != "samples":
-            labels = ",".join(str(label) for r in requests for label in r.labels)
+            labels = ",".join(dict.fromkeys(str(label) for r in requests for label in r.labels))
             hint = f"; retrain one with `excise train --request {requests[0].kind}:{labels}`"
         if len(requests) > 1 and not hint:
             hint = "; retrain one with `excise train " + " ".join(f"--request {r.describe()}" for r in requests) + "`"
@@ -356,20 +370,25 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
     `excise unlearn` judged it); a model that served none needs one."""
     checkpoint = load_checkpoint(model_path)
     bundle = bundle_for(checkpoint)  # checks the data against the fingerprint the sidecar records
+    complete = True
     if request is not None:
         requests = [request]
     else:
-        requests, _ = served_requests(checkpoint)
+        requests, complete = served_requests(checkpoint)
         if not requests:
             raise ValueError(f"{str(model_path)!r} has served no forget request (kind "
                              f"{checkpoint.meta.get('kind')!r}): give --request to judge it against one")
+        if not complete:
+            warnings.warn(history_warning(checkpoint, requests), stacklevel=2)
     views, _ = history_views(bundle, checkpoint, requests, len(requests) - 1)
     metrics = evaluate(checkpoint.model, views, seed=seed)
     return {
         "metrics": metrics,
         "model": {"path": str(checkpoint.path.resolve()), "sha256": checkpoint.sha256,
                   "kind": checkpoint.meta.get("kind")},
-        "request": requests[0].to_dict() if len(requests) == 1 else [r.to_dict() for r in requests],
+        "request": requests[-1].to_dict(),
+        "history": [r.to_dict() for r in requests],  # what the metrics judge: every request, together
+        "history_complete": complete,
         "seed": seed,
         "data": checkpoint.meta["dataset"],  # name, options, seed, root, fingerprint
         "versions": versions(),

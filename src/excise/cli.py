@@ -210,8 +210,7 @@ def evaluate_command(
     if as_json:  # metrics with their provenance (model sha256, request, seed, data, versions)
         console.print_json(json.dumps(record))
     else:
-        judged = record["request"] if isinstance(record["request"], list) else [record["request"]]
-        described = " then ".join(ForgetRequest.from_dict(r).describe() for r in judged)
+        described = " then ".join(ForgetRequest.from_dict(r).describe() for r in record["history"])
         console.print(metrics_table(record["metrics"], f"{model} on {described}"))
     if plot is not None and not as_json:
         console.print(f"wrote {plot}")

@@ -302,7 +302,9 @@ class EssentialGraph:
     model_spec: dict[str, Any] | None = None
     image_rows: dict[int, list[int]] = field(default_factory=dict)
     seconds: float = 0.0
-    gone: tuple[int, ...] = ()  # targets an earlier request of a sequence forgot: neither scored nor spared
+    # Targets an earlier request of a sequence forgot: neither scored nor spared. None: a file written before
+    # excise recorded them (unknown).
+    gone: tuple[int, ...] | None = ()
 
     @property
     def num_targets(self) -> int:
@@ -344,7 +346,12 @@ class EssentialGraph:
                 f"{source} forgets target(s) {self.forgotten_names}, but the request forgets "
                 f"{[classes[t] for t in forgotten]}; build a graph for this request"
             )
-        if gone is not None and sorted(set(gone) - set(forgotten)) != sorted(self.gone):
+        if gone is not None and self.gone is None and set(gone) - set(forgotten):
+            raise GraphError(
+                f"{source} was written by an older excise that did not record targets forgotten by earlier "
+                f"requests, and this model has forgotten {[classes[t] for t in sorted(set(gone) - set(forgotten))]} "
+                "before: rebuild the graph (excise graph MODEL ...)")
+        if gone is not None and self.gone is not None and sorted(set(gone) - set(forgotten)) != sorted(self.gone):
             raise GraphError(
                 f"{source} was built with target(s) {[self.classes[t] for t in self.gone]} forgotten by earlier "
                 f"requests, but for this model they are {[classes[t] for t in sorted(set(gone) - set(forgotten))]}; "
@@ -367,7 +374,7 @@ class EssentialGraph:
             "balanced": self.balanced,
             "threshold": self.threshold,
             "image_rows": {self.classes[t]: rows for t, rows in self.image_rows.items()},
-            "gone": [self.classes[t] for t in self.gone],
+            "gone": None if self.gone is None else [self.classes[t] for t in self.gone],
             "seconds": self.seconds,
             "layers": [
                 {
@@ -411,7 +418,7 @@ class EssentialGraph:
                 model_spec=data.get("model"),
                 image_rows={index[name]: rows for name, rows in data.get("image_rows", {}).items()},
                 seconds=float(data.get("seconds", 0.0)),
-                gone=tuple(index[name] for name in data.get("gone", [])),
+                gone=None if data.get("gone") is None else tuple(index[name] for name in data["gone"]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise GraphError(f"{source} is malformed: {type(err).__name__}: {err}") from err
@@ -646,14 +653,18 @@ def graph_checkpoint(
     forgotten = resolve(bundle.train, request).label_indices
     # A model that already forgot targets (an unlearned checkpoint's history) builds the graph of the next step
     # of its sequence: the earlier targets are neither scored nor spared, as the one-shot method does.
-    earlier, _ = served_requests(checkpoint)
-    gone = sorted({t for r in earlier if r.kind == "target" for t in resolve(bundle.train, r).label_indices}
-                  - set(forgotten))
-    if graph is not None:
+    if graph is not None:  # plot a stored graph: it must fit this model and request, whatever came before
         built = EssentialGraph.load(graph)
         built.check_model(checkpoint.model, f"graph file {str(graph)!r}")
-        built.check_request(bundle.classes, forgotten, f"graph file {str(graph)!r}", gone=gone)
+        built.check_request(bundle.classes, forgotten, f"graph file {str(graph)!r}", gone=None)
     else:
+        earlier, _ = served_requests(checkpoint)
+        already = {t for r in earlier if r.kind == "target" for t in resolve(bundle.train, r).label_indices}
+        if already & set(forgotten):
+            raise GraphError(f"{str(model_path)!r} has already forgotten target(s) "
+                             f"{[bundle.classes[t] for t in sorted(already & set(forgotten))]}: there is no graph of "
+                             "them left to build")
+        gone = sorted(already)
         built = build_graph(
             checkpoint.model, bundle.train.targets, bundle.train.inputs, forgotten, classes=bundle.classes,
             proportion=proportion, num_images=DEFAULT_NUM_IMAGES if num_images is None else num_images,

@@ -78,7 +78,7 @@ def evaluate(
     if task in _EVALUATORS:
         return _EVALUATORS[task](model, views, mia_variants=mia_variants, seed=seed)
     if task == "multilabel":
-        if views.forget_set.label_mask is None:  # samples: whole instances forgotten, every label with them
+        if views.request.kind != "target":  # samples: whole instances forgotten, every label with them
             return _evaluate_instances(model, views, mia_variants, seed)
         return _evaluate_target(model, views, mia_variants, seed)
     forget_logits = predict_logits(model, views.forget_set)
