@@ -41,6 +41,16 @@ def train_original(
     return model, stats.seconds
 
 
+def judge(model: nn.Module, views: EvalViews, *, seed: int = 0,
+          reference_model: nn.Module | None = None) -> dict[str, float]:
+    """Every metric of ``model`` on ``views`` and, given the retrained ``reference_model``, the distances of its
+    predictions to that model's (:mod:`excise.metrics.distance`)."""
+    metrics = evaluate(model, views, seed=seed)
+    if reference_model is not None:
+        metrics.update(prediction_distances(model, reference_model, views))
+    return metrics
+
+
 @dataclass
 class RunRecord:
     """One (request, method) run: its metrics, its time and how it compares with the retrained model."""
@@ -80,10 +90,8 @@ def run_method(
         model, views.request, views.forget_set,
         views.retain_set if method.needs_retain else None, recipe=recipe, seed=seed,
     )
-    judged = views if eval_views is None else eval_views
-    metrics = evaluate(result.model, judged, seed=seed)
-    if reference_model is not None:
-        metrics.update(prediction_distances(result.model, reference_model, judged))
+    metrics = judge(result.model, views if eval_views is None else eval_views, seed=seed,
+                    reference_model=reference_model)
     stats = {k: v for k, v in result.stats.items() if _is_plain(v)}
     record = RunRecord(method.name, views.request.to_dict(), metrics, result.seconds, result.config, stats)
     if reference is not None:
@@ -95,9 +103,7 @@ def run_method(
 def evaluate_original(model: nn.Module, views: EvalViews, seed: int = 0,
                       reference_model: nn.Module | None = None) -> RunRecord:
     start = time.perf_counter()
-    metrics = evaluate(model, views, seed=seed)
-    if reference_model is not None:
-        metrics.update(prediction_distances(model, reference_model, views))
+    metrics = judge(model, views, seed=seed, reference_model=reference_model)
     stats = {"eval_seconds": time.perf_counter() - start}
     return RunRecord("original", views.request.to_dict(), metrics, 0.0, {}, stats)
 
@@ -112,4 +118,4 @@ def _is_plain(value: Any) -> bool:
     return False
 
 
-__all__ = ["RunRecord", "build_model", "evaluate_original", "run_method", "train_original", "LabeledData"]
+__all__ = ["RunRecord", "build_model", "evaluate_original", "judge", "run_method", "train_original", "LabeledData"]

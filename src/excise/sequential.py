@@ -29,13 +29,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from excise.data.base import DatasetBundle, LabeledData, _resolve_label
+from excise.data.base import DatasetBundle, LabeledData
 from excise.experiment import RunRecord, _is_plain, run_method
 from excise.methods import UnlearningMethod, get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.progress import progress_bar
 from excise.requests import (
-    CLASS_TARGETS,
     ForgetRequest,
     RequestError,
     apply_sequence,
@@ -67,21 +66,18 @@ class SequentialRecord:
 
 
 def _test_forget_mask(test: LabeledData, requests: Sequence[ForgetRequest]) -> np.ndarray:
-    """Test rows of every class / sub-class forgotten so far (random-sample requests forget no test row)."""
+    """Test rows of every class / sub-class forgotten so far (random-sample requests forget no test row), found
+    by :func:`excise.requests.resolve` as for one request's test views (a class is a row's label, or its source
+    for sequence tasks)."""
     mask = np.zeros(len(test), dtype=bool)
     for request in requests:
-        if request.kind == "class":
-            labels = [_resolve_label(label, test.classes, "labels") for label in request.labels]
-            # A sequence task's targets are tokens; its class is the per-row source (as resolve reads it).
-            owners = test.extras[CLASS_TARGETS] if CLASS_TARGETS in test.extras else test.targets
-            mask |= np.isin(owners.numpy(), labels)
-        elif request.kind == "subclass":
-            if test.subclass_targets is None or test.subclasses is None:
-                raise RequestError(
-                    f"kind='subclass' needs a test set with sub-classes; {test.name!r} has none"
-                )
-            labels = [_resolve_label(label, test.subclasses, "labels") for label in request.labels]
-            mask |= np.isin(test.subclass_targets.numpy(), labels)
+        if request.kind == "samples":
+            continue
+        try:
+            mask[resolve(test, ForgetRequest(kind=request.kind, labels=request.labels)).forget_indices] = True
+        except RequestError as err:
+            if "selects no training sample" not in str(err):  # a class with no test row forgets none
+                raise
     return mask
 
 

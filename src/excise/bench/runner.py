@@ -63,9 +63,9 @@ from excise.bench.store import RESULTS_FILE, ResultStore, status_of
 from excise.bench.suite import MethodSpec, Scenario, Suite, SuiteError, content_hash
 from excise.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint, versions
 from excise.data import DatasetBundle, load_dataset
-from excise.experiment import RunRecord, build_model, run_method, train_original
+from excise.experiment import RunRecord, build_model, judge, run_method, train_original
 from excise.methods import UnlearningMethod, get_method
-from excise.metrics import DIRECTIONS, EvalViews, MiaInputs, avg_gap, evaluate, run_mia
+from excise.metrics import DIRECTIONS, EvalViews, MiaInputs, avg_gap, run_mia
 from excise.metrics.distance import DISTANCE_DIRECTIONS, prediction_distances, reference_distances
 from excise.metrics.lira import ULIRA_CHANCE, ULIRA_DIRECTIONS, ulira_metrics
 from excise.progress import progress_bar
@@ -287,10 +287,13 @@ def plan(suite: Suite, *, root: str | None = None) -> dict[str, _Prepared]:
         except (ValueError, TypeError) as err:
             raise SuiteError(f"{where}.model: {err}") from err
         if scenario.ulira is not None:
+            from excise.bench.ulira import check_task
+
+            try:
+                check_task(bundle)
+            except ValueError as err:
+                raise SuiteError(f"{where}.ulira: {err}") from err
             share = len(steps[0].views.forget_set) / len(bundle.train)
-            if bundle.task != "multiclass":
-                raise SuiteError(f"{where}.ulira: U-LiRA needs a single-label (multiclass) task; data set "
-                                 f"{bundle.name!r} is {bundle.task!r}")
             if 2 * share >= 1:
                 raise SuiteError(f"{where}.ulira: the request forgets {share:.0%} of the training set; U-LiRA's "
                                  "attacked pool is twice the forget set, so the request must forget less than half")
@@ -500,16 +503,17 @@ class _Runner:
         steps: list[dict[str, Any]] = []
         if cell.label == "original":
             for k, step in enumerate(item.steps):
-                metrics = {**evaluate(models.original, step.views, seed=seed), **models.ulira_metrics(None, record),
-                           **prediction_distances(models.original, models.reference_models[k], step.views)}
+                metrics = {**judge(models.original, step.views, seed=seed,
+                                   reference_model=models.reference_models[k]),
+                           **models.ulira_metrics(None, record)}
                 steps.append(self._step_record(k, step, metrics, models.references[k], None, None, None, {}))
             self._finish(record, steps, models)
             record["hashes"]["unlearned"] = models.original_sha
         elif cell.label == "retrain":
+            if models.ulira_error is not None:
+                record["ulira_error"] = models.ulira_error
             for k, step in enumerate(item.steps):
                 ref = models.references[k]
-                if models.ulira_error is not None:
-                    record["ulira_error"] = models.ulira_error
                 metrics = {**ref.metrics, **models.ulira_retrain}  # measured U-LiRA, against chance
                 steps.append(self._step_record(k, step, metrics, ref, ref.seconds, None, None, ref.stats))
             self._finish(record, steps, models)

@@ -154,12 +154,17 @@ class ULiraReport:
         return {**out, "pool_size": self.pool_size, "rows": [r.to_dict() for r in self.rows]}
 
 
+def check_task(bundle: DatasetBundle) -> None:
+    """Refuse a data set U-LiRA cannot attack: ``phi`` needs one true class per example."""
+    if bundle.task != "multiclass":
+        raise ValueError(f"U-LiRA needs a single-label (multiclass) task for phi = log(p_y / (1 - p_y)); "
+                         f"data set {bundle.name!r} is {bundle.task!r}")
+
+
 def resolve_methods(methods: Sequence[str | UnlearningMethod], bundle: DatasetBundle) -> list[UnlearningMethod]:
     """The method objects, after refusing a data set or a method U-LiRA cannot serve."""
+    check_task(bundle)
     task = bundle.task
-    if task != "multiclass":
-        raise ValueError(f"U-LiRA needs a single-label (multiclass) task for phi = log(p_y / (1 - p_y)); "
-                         f"data set {bundle.name!r} is {task!r}")
     if any(m == ORIGINAL for m in methods if isinstance(m, str)):
         raise ValueError(f"{ORIGINAL!r} is always reported (the shadows before unlearning); do not list it")
     resolved = [get_method(m) if isinstance(m, str) else m for m in methods]
@@ -188,9 +193,7 @@ class ULiraShadows:
 
     def __init__(self, bundle: DatasetBundle, model_name: str, recipe: TrainConfig, config: ULiraConfig, *,
                  model_kwargs: dict[str, Any] | None = None, cache: ModelCache | None = None) -> None:
-        if bundle.task != "multiclass":
-            raise ValueError(f"U-LiRA needs a single-label (multiclass) task for phi = log(p_y / (1 - p_y)); "
-                             f"data set {bundle.name!r} is {bundle.task!r}")
+        check_task(bundle)
         self.bundle, self.model_name, self.recipe, self.config = bundle, model_name, recipe, config
         self.model_kwargs = dict(model_kwargs or {})
         self.cache = cache

@@ -106,16 +106,29 @@ def evaluate(
     return out
 
 
+def _multilabel_outputs(model: nn.Module, views: EvalViews) -> tuple[Tensor, Tensor, Tensor, np.ndarray, np.ndarray]:
+    """A multi-label model's logits on the forget, retain and test views, and its per-target test accuracy / AP."""
+    test_logits = predict_logits(model, views.test_retain)
+    return (predict_logits(model, views.forget_set), predict_logits(model, views.retain_set), test_logits,
+            per_target_accuracy(test_logits, views.test_retain.targets),
+            per_target_ap(test_logits, views.test_retain.targets))
+
+
+def _per_target_scores(classes: tuple[str, ...], test_acc: np.ndarray, test_ap: np.ndarray) -> dict[str, float]:
+    """``acc:<target>`` and ``AP:<target>`` on the test set, for every target."""
+    out: dict[str, float] = {}
+    for c, name in enumerate(classes):
+        out[f"acc:{name}"] = float(test_acc[c])
+        out[f"AP:{name}"] = float(test_ap[c])
+    return out
+
+
 def _evaluate_target(
     model: nn.Module, views: EvalViews, mia_variants: tuple[str, ...] | None, seed: int
 ) -> dict[str, float]:
     forgotten = views.forget_set.label_mask.any(dim=0).nonzero().flatten().tolist()
     remaining = [c for c in range(views.forget_set.num_classes) if c not in forgotten]
-    forget_logits = predict_logits(model, views.forget_set)
-    retain_logits = predict_logits(model, views.retain_set)
-    test_logits = predict_logits(model, views.test_retain)
-    test_acc = per_target_accuracy(test_logits, views.test_retain.targets)
-    test_ap = per_target_ap(test_logits, views.test_retain.targets)
+    forget_logits, retain_logits, test_logits, test_acc, test_ap = _multilabel_outputs(model, views)
     out = {
         "FA": float(per_target_accuracy(forget_logits[:, forgotten], views.forget_set.targets[:, forgotten]).mean()),
         "RA": float(per_target_accuracy(retain_logits[:, remaining], views.retain_set.targets[:, remaining]).mean()),
@@ -127,9 +140,7 @@ def _evaluate_target(
         out["TA_forget"] = float(per_target_accuracy(
             predict_logits(model, views.test_forget)[:, forgotten], views.test_forget.targets[:, forgotten]
         ).mean())
-    for c, name in enumerate(views.forget_set.classes):
-        out[f"acc:{name}"] = float(test_acc[c])
-        out[f"AP:{name}"] = float(test_ap[c])
+    out.update(_per_target_scores(views.forget_set.classes, test_acc, test_ap))
     # The Essential-Graph paper's protocol: per-target accuracy on the test instances that carry every target
     # (there, a forgotten target's positives predicted negative is the reported collapse). Absent when no test
     # instance carries all targets.
@@ -177,20 +188,14 @@ def _evaluate_instances(
     """A ``samples`` request on a multi-label model forgets whole instances with every label they carry: FA / RA
     / TA are the mean per-target accuracy on the forget set, the retain set and the test set, the MIA is every
     target's averaged, and each target's test accuracy and AP are reported."""
-    forget_logits = predict_logits(model, views.forget_set)
-    retain_logits = predict_logits(model, views.retain_set)
-    test_logits = predict_logits(model, views.test_retain)
-    test_acc = per_target_accuracy(test_logits, views.test_retain.targets)
-    test_ap = per_target_ap(test_logits, views.test_retain.targets)
+    forget_logits, retain_logits, test_logits, test_acc, test_ap = _multilabel_outputs(model, views)
     out = {
         "FA": float(per_target_accuracy(forget_logits, views.forget_set.targets).mean()),
         "RA": float(per_target_accuracy(retain_logits, views.retain_set.targets).mean()),
         "TA": float(test_acc.mean()),
         "test_mAP": float(np.nanmean(test_ap)),
     }
-    for c, name in enumerate(views.forget_set.classes):
-        out[f"acc:{name}"] = float(test_acc[c])
-        out[f"AP:{name}"] = float(test_ap[c])
+    out.update(_per_target_scores(views.forget_set.classes, test_acc, test_ap))
     columns = list(range(views.forget_set.num_classes))
     out.update(_per_target_mia(columns, retain_logits, test_logits, forget_logits, views, mia_variants, seed))
     return out
