@@ -106,6 +106,17 @@ def test_every_cell_is_recorded_with_metrics_directions_times_and_hashes(finishe
     for key in ("KL_ref:forget", "KL_ref:test", "W1_ref:test"):
         assert retrain["metrics"][key]["value"] == 0 and "lower is better" in ga["metrics"][key]["direction"]
     assert original["metrics"]["KL_ref:forget"]["value"] > ga["metrics"]["KL_ref:forget"]["value"] > 0
+    # Bootstrap intervals (the suite's default: every metric, the headline MIA): each holds its value, and the
+    # avg gap's is paired with the reference (retrain's is exactly 0) and keeps its replicates for the report.
+    for r in records:
+        for name in ("FA", "RA", "TA", "MIA"):
+            low, high = r["metrics"][name]["interval"]
+            assert low - 1e-9 <= r["metrics"][name]["value"] <= high + 1e-9, (r["method"], name)
+        assert "interval" not in r["metrics"]["MIA:svc_prob"]  # only the headline variant by default
+        assert len(r["avg_gap_replicates"]) == r["uncertainty"]["replicates"] == 200
+    assert retrain["avg_gap_interval"] == [0.0, 0.0]
+    low, high = original["avg_gap_interval"]
+    assert 0 < low <= original["avg_gap"] <= high
 
 
 def test_sequential_records_every_step_against_cumulative_references(finished):

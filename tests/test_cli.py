@@ -10,8 +10,13 @@ from excise.cli import app
 runner = CliRunner()
 
 
-def invoke(*args):
-    return runner.invoke(app, ["--quiet", *map(str, args)])
+def invoke(*args, intervals: bool = False):
+    """Run the CLI. ``unlearn`` and ``evaluate`` skip their bootstrap intervals (``--replicates 0``) unless a test
+    asks for them: they cost seconds per call, and the tests that check them ask."""
+    args = [str(a) for a in args]
+    if not intervals and args and args[0] in ("unlearn", "evaluate") and "--replicates" not in args:
+        args += ["--replicates", "0"]
+    return runner.invoke(app, ["--quiet", *args])
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +41,29 @@ def test_train_unlearn_evaluate(trained, reference, tmp_path):
     original_bytes = trained.read_bytes()
     out = tmp_path / "unlearned.safetensors"
     result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out", out,
-                    "--reference", reference, "--param", "epochs=3")
+                    "--reference", reference, "--param", "epochs=3", intervals=True)
     assert result.exit_code == 0, result.output
+    printed = " ".join(result.output.split())
+    assert "95% interval" in printed and "avg gap to retrain" in printed
     assert trained.read_bytes() == original_bytes  # the input model is never modified
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["method"] == "gradient_ascent" and meta["method_config"]["epochs"] == 3
     assert meta["parent_sha256"] == json.loads(trained.with_suffix(".json").read_text())["sha256"]
     assert meta["reference"]["sha256"] == json.loads(reference.with_suffix(".json").read_text())["sha256"]
     assert meta["reference"]["avg_gap"] is not None and len(meta["versions"]["excise_source"]) == 16
+    low, high = meta["evidence"]["avg_gap_interval"]  # the sidecar keeps the evidence with its uncertainty
+    assert low <= meta["reference"]["avg_gap"] <= high and meta["evidence"]["uncertainty"]["replicates"] == 200
 
-    result = invoke("evaluate", out, "--request", "class:3", "--json")
+    # evaluate --reference: the gap and its interval; --json: an interval for every metric, every MIA variant too.
+    result = invoke("evaluate", out, "--request", "class:3", "--json", "--reference", reference, "--replicates", 60)
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
     assert record["metrics"]["FA"] == pytest.approx(meta["metrics"]["FA"])
+    assert record["avg_gap"] == pytest.approx(meta["reference"]["avg_gap"])
+    assert record["avg_gap_interval"][0] <= record["avg_gap"] <= record["avg_gap_interval"][1]
+    bootstrapped = {name for name in record["metrics"] if not name.startswith(("KL_ref", "W1_ref"))}
+    assert bootstrapped <= set(record["intervals"]) and "MIA:svc_prob" in record["intervals"]
+    assert record["uncertainty"]["replicates"] == 60 and record["reference"]["metrics"]["FA"] < 5
     # The numbers carry what produced them.
     assert record["model"]["sha256"] == meta["sha256"]
     assert record["request"] == {"kind": "class", "labels": ["3"], "seed": 0}

@@ -20,8 +20,13 @@ DATA = ["--dataset", "multidigits", "--model", "resnet18", "--width", "8", "--op
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def invoke(*args):
-    return runner.invoke(app, ["--quiet", *map(str, args)])
+def invoke(*args, intervals: bool = False):
+    """Run the CLI. ``unlearn`` and ``evaluate`` skip their bootstrap intervals (``--replicates 0``) unless a test
+    asks for them: they cost seconds per call, and the tests that check them ask."""
+    args = [str(a) for a in args]
+    if not intervals and args and args[0] in ("unlearn", "evaluate") and "--replicates" not in args:
+        args += ["--replicates", "0"]
+    return runner.invoke(app, ["--quiet", *args])
 
 
 def flat(result) -> str:

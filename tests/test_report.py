@@ -18,7 +18,7 @@ SUITE = "synthetic"
 
 def record(scenario: str, method: str, seed: int, metrics: dict, reference: dict, *, time_s: float | None,
            retrain_s: float, floor_s: float = 0.5, rss: float = 400.0, steps: list | None = None,
-           status: str = "ok", kind: str = "class") -> dict:
+           status: str = "ok", kind: str = "class", gap_replicates: list | None = None) -> dict:
     """A record shaped exactly like the runner's (same metric blocks), with chosen numbers."""
     out = {
         "suite": SUITE, "scenario": scenario, "kind": kind, "method": method, "method_name": method,
@@ -41,6 +41,8 @@ def record(scenario: str, method: str, seed: int, metrics: dict, reference: dict
     })
     if steps is not None:
         out["steps"] = steps
+    if gap_replicates is not None:
+        out["avg_gap_replicates"] = gap_replicates
     return out
 
 
@@ -87,7 +89,10 @@ def test_tables_show_the_stored_numbers(built):
     row = next(line for line in md.splitlines() if line.startswith("| fast | 2 |"))
     assert "15.00 ± 7.07 [15.00]" in row  # FA mean ± std [mean gap to retrain]
     assert "97.00 ± 1.41" in row  # TA per seed 98, 96
-    assert row.endswith("| 3.75 ± 1.77 |")  # avg gap per seed (10/4, 20/4)
+    # avg gap per seed (10/4, 20/4); no bootstrap replicates stored, so no interval and no verdict; the original's
+    # gap ((100 + 80) / 4 = 45: FA 100 and MIA 20 against 0 and 100) beside every method's
+    assert row.endswith("| 3.75 ± 1.77 | — | 45.00 ± 0.00 | — |")
+    assert "| original | — | — | — | — | — | — |" in md  # every table shows the do-nothing row
     perf = next(line for line in md.splitlines() if line.startswith("| fast | 0.750"))
     assert "0.750 ± 0.354" in perf  # time
     assert "0.188 ± 0.088" in perf  # time ÷ retrain, per-seed ratio
@@ -172,3 +177,36 @@ def test_task_metrics_get_their_own_table(tmp_path):
     assert "| method | KL_true:forget1 |" in task
     assert "| imu_sequence | 0.16 [0.28] |" in task and "| retrain | 0.44 |" in task
     assert "KL_true:forget1" not in text[: text.index("### Task metrics")].split("### Quality")[1]
+
+
+def test_methods_not_distinguishable_from_doing_nothing_are_marked(tmp_path):
+    """The gap's interval, pooled over seeds from each record's paired bootstrap replicates, against the
+    original's: overlapping -> not distinguishable from doing nothing; else closer or further."""
+    store = ResultStore(tmp_path / "results.jsonl")
+    rng = __import__("numpy").random.default_rng(0)
+
+    def replicates(centre: float, spread: float) -> list:
+        return [float(x) for x in rng.normal(centre, spread, 200)]
+
+    ref = REF[0]
+    for seed in (0, 1):
+        store.append(record("c", "original", seed, {**ref, "FA": 40.0}, ref, time_s=None, retrain_s=4.0,
+                            gap_replicates=replicates(10.0, 1.0)))
+        store.append(record("c", "retrain", seed, ref, ref, time_s=4.0, retrain_s=4.0, gap_replicates=[0.0] * 200))
+        store.append(record("c", "idle", seed, {**ref, "FA": 38.0}, ref, time_s=1.0, retrain_s=4.0,
+                            gap_replicates=replicates(9.5, 1.0)))
+        store.append(record("c", "good", seed, {**ref, "FA": 2.0}, ref, time_s=1.0, retrain_s=4.0,
+                            gap_replicates=replicates(0.5, 0.3)))
+        store.append(record("c", "harmful", seed, {**ref, "RA": 40.0, "FA": 60.0}, ref, time_s=1.0, retrain_s=4.0,
+                            gap_replicates=replicates(30.0, 2.0)))
+    md = build_report(store.path, tmp_path / "report").markdown.read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines()
+            if line.startswith("| ") and line.split(" | ")[1:2] == ["2"]}  # the quality table: method | seeds
+    assert rows["idle"].endswith("| not distinguishable from doing nothing |")
+    assert rows["good"].endswith("| closer than doing nothing |")
+    assert rows["harmful"].endswith("| further than doing nothing |")
+    low, high = (float(x) for x in re.search(r"\| \[([\d.]+), ([\d.]+)\] \|", rows["good"]).groups())
+    assert low < 0.5 < high and high - low < 1.0  # two seeds pooled: narrower than one seed's 4 sd
+    overview = next(line for line in md.splitlines() if line.startswith("| idle | "))
+    assert overview.rstrip("| ").endswith("≈")
+    assert not next(line for line in md.splitlines() if line.startswith("| good | ")).rstrip("| ").endswith("≈")

@@ -28,9 +28,10 @@ from excise.checkpoint import (
 )
 from excise.data import DatasetBundle, LabeledData, load_dataset
 from excise.data.registry import dataset_builder
-from excise.experiment import RunRecord, build_model, run_method
+from excise.experiment import RunRecord, build_model, judge, reference_replicate_metrics, run_method
 from excise.methods import get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
+from excise.metrics.uncertainty import Uncertainty
 from excise.requests import ForgetRequest, RequestError, resolve
 from excise.sequential import cumulative_views, step_forget_sets
 from excise.training import TrainConfig, seed_everything, train
@@ -153,10 +154,13 @@ def unlearn_checkpoint(
     seed: int = 0,
     overwrite: bool = False,
     graph: str | Path | None = None,
+    uncertainty: Uncertainty | None = None,
 ) -> UnlearnOutcome:
     """Unlearn ``request`` from the model at ``model_path``; the input checkpoint is never modified.
 
-    ``graph``: an essential-graph file (``excise graph``) for the methods that prune with one."""
+    ``graph``: an essential-graph file (``excise graph``) for the methods that prune with one. ``uncertainty``:
+    bootstrap intervals of the metrics and (with a reference) of the average gap; default
+    :class:`~excise.metrics.uncertainty.Uncertainty` (``Uncertainty(replicates=0)``: none)."""
     if out is not None:
         out = _check_output(out, overwrite)
         if Path(out).resolve() == Path(model_path).resolve():
@@ -182,15 +186,19 @@ def unlearn_checkpoint(
     else:
         views = step_views = own_views
     recipe = recipe_of(original)
-    reference, ref_metrics = None, None
+    uncertainty = Uncertainty() if uncertainty is None else uncertainty
+    reference, ref_metrics, ref_replicates = None, None, None
     if reference_path:
         # Checked and evaluated before the run: a wrong reference would otherwise fail (or, worse, give a
         # gap to retrain for another request) only after the unlearning work is done.
         reference = load_checkpoint(reference_path)
         check_reference(reference, original, requests, bundle.train)  # the known history (warned above if partial)
         ref_metrics = evaluate(reference.model, views, seed=seed)
+        if uncertainty.enabled:
+            ref_replicates = reference_replicate_metrics(reference.model, views, uncertainty, seed=seed)
     model, record = run_method(unlearner, original.model, step_views, recipe, seed=seed,
-                               reference_model=None if reference is None else reference.model, eval_views=views)
+                               reference_model=None if reference is None else reference.model, eval_views=views,
+                               uncertainty=uncertainty, reference_replicates=ref_replicates)
     if reference is not None:
         record.avg_gap = avg_gap(record.metrics, ref_metrics)
         # Across runs: the retrain time is the one the reference checkpoint recorded (possibly another machine
@@ -213,6 +221,7 @@ def unlearn_checkpoint(
             "method_config": record.config,
             "parent_sha256": original.sha256,
             "metrics": record.metrics,
+            "evidence": None if record.evidence is None else record.evidence.to_dict(),
             "unlearn_seconds": record.seconds,
         }
         if reference is not None:
@@ -359,15 +368,21 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
 def evaluate_checkpoint(model_path: str | Path, request: ForgetRequest | None = None,
                         seed: int = 0) -> dict[str, float]:
     """Every metric of the checkpoint at ``model_path`` for ``request`` (default: its history), in percent."""
-    return evaluation_record(model_path, request, seed)["metrics"]
+    return evaluation_record(model_path, request, seed, uncertainty=Uncertainty(replicates=0))["metrics"]
 
 
-def evaluation_record(model_path: str | Path, request: ForgetRequest | None = None, seed: int = 0) -> dict[str, Any]:
+def evaluation_record(model_path: str | Path, request: ForgetRequest | None = None, seed: int = 0, *,
+                      reference_path: str | Path | None = None,
+                      uncertainty: Uncertainty | None = None) -> dict[str, Any]:
     """The metrics with what produced them: the model's path and sha256, the request(s), the seed, the data's
-    fingerprint and the versions — so a number read back later can be traced and reproduced.
+    fingerprint and the versions — so a number read back later can be traced and reproduced — and each metric's
+    bootstrap interval (``uncertainty``, default :class:`~excise.metrics.uncertainty.Uncertainty`).
 
     Without ``request`` the model is judged against every request it has served (its sidecar's history, as
-    `excise unlearn` judged it); a model that served none needs one."""
+    `excise unlearn` judged it); a model that served none needs one. With ``reference_path`` (a retrained
+    reference, checked as `excise unlearn --reference` checks it) also the average gap to it, its paired interval
+    and the distances of the predictions."""
+    uncertainty = Uncertainty() if uncertainty is None else uncertainty
     checkpoint = load_checkpoint(model_path)
     bundle = bundle_for(checkpoint)  # checks the data against the fingerprint the sidecar records
     complete = True
@@ -381,9 +396,16 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
         if not complete:
             warnings.warn(history_warning(checkpoint, requests), stacklevel=2)
     views, _ = history_views(bundle, checkpoint, requests, len(requests) - 1)
-    metrics = evaluate(checkpoint.model, views, seed=seed)
-    return {
+    reference = None
+    if reference_path is not None:
+        reference = load_checkpoint(reference_path)
+        check_reference(reference, checkpoint, requests, bundle.train)
+    metrics, found = judge(checkpoint.model, views, seed=seed, uncertainty=uncertainty,
+                           reference_model=None if reference is None else reference.model)
+    out: dict[str, Any] = {
         "metrics": metrics,
+        "intervals": {} if found is None else found.intervals,
+        "uncertainty": uncertainty.to_dict(),
         "model": {"path": str(checkpoint.path.resolve()), "sha256": checkpoint.sha256,
                   "kind": checkpoint.meta.get("kind")},
         "request": requests[-1].to_dict(),
@@ -393,6 +415,13 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
         "data": checkpoint.meta["dataset"],  # name, options, seed, root, fingerprint
         "versions": versions(),
     }
+    if reference is not None:
+        reference_metrics = evaluate(reference.model, views, seed=seed)
+        out["reference"] = {"path": str(reference.path.resolve()), "sha256": reference.sha256,
+                            "metrics": reference_metrics}
+        out["avg_gap"] = avg_gap(metrics, reference_metrics)
+        out["avg_gap_interval"] = None if found is None else found.avg_gap_interval
+    return out
 
 
 def ulira_audit(

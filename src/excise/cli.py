@@ -88,13 +88,36 @@ def parse_request(text: str | None, required: bool = True) -> ForgetRequest | No
     return ForgetRequest.parse(text)
 
 
-def metrics_table(metrics: dict[str, float], title: str) -> Table:
+def metrics_table(metrics: dict[str, float], title: str, intervals: dict[str, list[float]] | None = None,
+                  level: float = 0.95) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    if intervals:
+        table.add_column(f"{100 * level:g}% interval", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.2f}")
+        row = [key, f"{value:.2f}"]
+        if intervals:
+            interval = intervals.get(key)
+            row.append("" if interval is None else f"[{interval[0]:.2f}, {interval[1]:.2f}]")
+        table.add_row(*row)
+    if intervals:
+        table.caption = ("intervals: percentile bootstrap over the evaluated populations (forget, retain and test "
+                         "sets redrawn; MIA attacks re-fitted), seeded by --seed")
     return table
+
+
+def uncertainty_option(replicates: int) -> Any:
+    from excise.metrics.uncertainty import Uncertainty
+
+    try:
+        return Uncertainty(replicates=replicates)
+    except ValueError as err:
+        raise ValueError(f"--replicates: {err}") from None
+
+
+def gap_text(gap: float, interval: list[float] | None) -> str:
+    return f"avg gap to retrain {gap:.2f}" + ("" if interval is None else f" [{interval[0]:.2f}, {interval[1]:.2f}]")
 
 
 @app.callback()
@@ -163,20 +186,23 @@ def unlearn_command(
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     graph: Path | None = typer.Option(None, help="Essential-graph file from `excise graph` (essential_graph methods)."),
+    replicates: int = typer.Option(200, help="Bootstrap replicates for the 95% intervals (0 = none)."),
 ) -> None:
     """Make a model forget what --request names, then print the evidence."""
     try:
         outcome = api.unlearn_checkpoint(
             model, method, parse_request(request), out=out, hyperparameters=parse_params(param),
             reference_path=reference, seed=seed, overwrite=overwrite, graph=graph,
+            uncertainty=uncertainty_option(replicates),
         )
     except USER_ERRORS as err:
         fail(err)
     record = outcome.record
+    found = record.evidence
     title = f"{method}: {request} in {record.seconds:.2f}s"
     if record.avg_gap is not None:
-        title += f"; avg gap to retrain {record.avg_gap:.2f}"
-    console.print(metrics_table(record.metrics, title))
+        title += "; " + gap_text(record.avg_gap, None if found is None else found.avg_gap_interval)
+    console.print(metrics_table(record.metrics, title, None if found is None else found.intervals))
     if outcome.path:
         console.print(f"wrote {outcome.path}")
 
@@ -194,8 +220,12 @@ def evaluate_command(
         None, help="Dense models: write a PNG grid of masks/boxes (truth, --before model, this model)."),
     before: Path | None = typer.Option(None, help="With --plot: the model before unlearning, drawn beside it."),
     overwrite: bool = typer.Option(False, help="Replace an existing --plot file."),
+    reference: Path | None = typer.Option(
+        None, help="Retrained reference model: also the avg gap to it (with its interval) and the distances of the "
+                   "predictions. Checked like `excise unlearn --reference`."),
+    replicates: int = typer.Option(200, help="Bootstrap replicates for the 95% intervals (0 = none)."),
 ) -> None:
-    """FA/RA/TA and every MIA variant of a model for a request."""
+    """FA/RA/TA and every MIA variant of a model for a request, with bootstrap intervals."""
     try:
         if plot is not None:  # first: a bad picture path fails before the (longer) evaluation
             from excise.tasks.dense import plot_checkpoints
@@ -204,14 +234,18 @@ def evaluate_command(
             plot_checkpoints(models, parse_request(request), plot, overwrite=overwrite)  # needs --request
         elif before is not None:
             raise ValueError("--before only makes sense with --plot (it is drawn, not evaluated)")
-        record = api.evaluation_record(model, parse_request(request, required=False), seed=seed)
+        record = api.evaluation_record(model, parse_request(request, required=False), seed=seed,
+                                       reference_path=reference, uncertainty=uncertainty_option(replicates))
     except USER_ERRORS as err:
         fail(err)
     if as_json:  # metrics with their provenance (model sha256, request, seed, data, versions)
         console.print_json(json.dumps(record))
     else:
         described = " then ".join(ForgetRequest.from_dict(r).describe() for r in record["history"])
-        console.print(metrics_table(record["metrics"], f"{model} on {described}"))
+        title = f"{model} on {described}"
+        if "avg_gap" in record:
+            title += "; " + gap_text(record["avg_gap"], record["avg_gap_interval"])
+        console.print(metrics_table(record["metrics"], title, record["intervals"]))
     if plot is not None and not as_json:
         console.print(f"wrote {plot}")
 

@@ -14,8 +14,10 @@ from torch import nn
 
 from excise.data.base import DatasetBundle, LabeledData
 from excise.methods import UnlearningMethod, get_method
-from excise.metrics import EvalViews, avg_gap, evaluate
+from excise.metrics import EvalViews, avg_gap
 from excise.metrics.distance import prediction_distances
+from excise.metrics.evaluate import collect_outputs, evaluate_outputs
+from excise.metrics.uncertainty import Evidence, Uncertainty, evidence, replicate_metrics
 from excise.models import create_model
 from excise.training import TrainConfig, seed_everything, train
 
@@ -41,14 +43,30 @@ def train_original(
     return model, stats.seconds
 
 
-def judge(model: nn.Module, views: EvalViews, *, seed: int = 0,
-          reference_model: nn.Module | None = None) -> dict[str, float]:
+def judge(model: nn.Module, views: EvalViews, *, seed: int = 0, reference_model: nn.Module | None = None,
+          uncertainty: Uncertainty | None = None,
+          reference_replicates: list[dict[str, float]] | None = None) -> tuple[dict[str, float], Evidence | None]:
     """Every metric of ``model`` on ``views`` and, given the retrained ``reference_model``, the distances of its
-    predictions to that model's (:mod:`excise.metrics.distance`)."""
-    metrics = evaluate(model, views, seed=seed)
+    predictions to that model's (:mod:`excise.metrics.distance`). With ``uncertainty``, their bootstrap intervals
+    (:mod:`excise.metrics.uncertainty`), and the average gap's, paired with the reference's replicates
+    (``reference_replicates``, or computed from ``reference_model``)."""
+    outputs = collect_outputs(model, views)
+    metrics = evaluate_outputs(model, views, outputs, seed=seed)
     if reference_model is not None:
         metrics.update(prediction_distances(model, reference_model, views))
-    return metrics
+    if uncertainty is None or not uncertainty.enabled:
+        return metrics, None
+    if reference_replicates is None and reference_model is not None:
+        reference_replicates = reference_replicate_metrics(reference_model, views, uncertainty, seed=seed)
+    return metrics, evidence(outputs, uncertainty, seed=seed, evaluated=metrics, reference=reference_replicates)
+
+
+def reference_replicate_metrics(reference_model: nn.Module, views: EvalViews, uncertainty: Uncertainty, *,
+                                seed: int = 0) -> list[dict[str, float]] | None:
+    """The retrained reference's bootstrap replicates, for the paired gap interval of every model judged on the
+    same ``views`` with the same ``seed`` (``None`` for a task without intervals)."""
+    outputs = collect_outputs(reference_model, views)
+    return None if outputs is None else replicate_metrics(outputs, uncertainty, seed=seed)
 
 
 @dataclass
@@ -63,9 +81,12 @@ class RunRecord:
     stats: dict[str, Any] = field(default_factory=dict)
     avg_gap: float | None = None
     speedup: float | None = None
+    evidence: Evidence | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["evidence"] = None if self.evidence is None else self.evidence.to_dict()
+        return out
 
 
 def run_method(
@@ -78,11 +99,15 @@ def run_method(
     reference: RunRecord | None = None,
     reference_model: nn.Module | None = None,
     eval_views: EvalViews | None = None,
+    uncertainty: Uncertainty | None = None,
+    reference_replicates: list[dict[str, float]] | None = None,
 ) -> tuple[nn.Module, RunRecord]:
     """Unlearn ``views.request`` from ``model`` with ``method`` and evaluate against ``reference``; with the
     retrained ``reference_model`` the metrics also hold the distances of the predictions to it
     (:mod:`excise.metrics.distance`). ``eval_views``: judge on other views than the ones unlearned (a step of
-    a sequence unlearns its own forget set and is judged on everything forgotten so far)."""
+    a sequence unlearns its own forget set and is judged on everything forgotten so far). ``uncertainty``: also
+    the bootstrap intervals of the metrics and, with a reference model (or its ``reference_replicates``), of the
+    average gap (``record.evidence``)."""
     if isinstance(method, str):
         method = get_method(method)
     seed_everything(seed)
@@ -90,10 +115,12 @@ def run_method(
         model, views.request, views.forget_set,
         views.retain_set if method.needs_retain else None, recipe=recipe, seed=seed,
     )
-    metrics = judge(result.model, views if eval_views is None else eval_views, seed=seed,
-                    reference_model=reference_model)
+    metrics, found = judge(result.model, views if eval_views is None else eval_views, seed=seed,
+                           reference_model=reference_model, uncertainty=uncertainty,
+                           reference_replicates=reference_replicates)
     stats = {k: v for k, v in result.stats.items() if _is_plain(v)}
-    record = RunRecord(method.name, views.request.to_dict(), metrics, result.seconds, result.config, stats)
+    record = RunRecord(method.name, views.request.to_dict(), metrics, result.seconds, result.config, stats,
+                       evidence=found)
     if reference is not None:
         record.avg_gap = avg_gap(metrics, reference.metrics)
         record.speedup = reference.seconds / max(result.seconds, 1e-9)
@@ -101,11 +128,12 @@ def run_method(
 
 
 def evaluate_original(model: nn.Module, views: EvalViews, seed: int = 0,
-                      reference_model: nn.Module | None = None) -> RunRecord:
+                      reference_model: nn.Module | None = None,
+                      uncertainty: Uncertainty | None = None) -> RunRecord:
     start = time.perf_counter()
-    metrics = judge(model, views, seed=seed, reference_model=reference_model)
+    metrics, found = judge(model, views, seed=seed, reference_model=reference_model, uncertainty=uncertainty)
     stats = {"eval_seconds": time.perf_counter() - start}
-    return RunRecord("original", views.request.to_dict(), metrics, 0.0, {}, stats)
+    return RunRecord("original", views.request.to_dict(), metrics, 0.0, {}, stats, evidence=found)
 
 
 def _is_plain(value: Any) -> bool:
@@ -118,4 +146,5 @@ def _is_plain(value: Any) -> bool:
     return False
 
 
-__all__ = ["RunRecord", "build_model", "evaluate_original", "judge", "run_method", "train_original", "LabeledData"]
+__all__ = ["RunRecord", "build_model", "evaluate_original", "judge", "reference_replicate_metrics", "run_method",
+           "train_original", "LabeledData"]

@@ -4,7 +4,11 @@ Every number comes from the records of the results file (validated by :mod:`exci
 report computes only means, standard deviations and ratios of them. Per scenario:
 
 - a quality table: FA/RA/TA/MIA (and TA_forget, AP for target requests) as mean ± std over seeds with
-  the mean gap to the retrained model of the same seed in brackets, and the average gap;
+  the mean gap to the retrained model of the same seed in brackets, the average gap with its 95% bootstrap
+  interval, the original (do-nothing) model's gap beside it, and whether the method is distinguishable from
+  doing nothing: its gap interval and the original's do not overlap (the interval of the mean over seeds, pooled
+  from each record's paired bootstrap replicates of the gap, :mod:`excise.metrics.uncertainty`);
+- the metrics' 95% bootstrap intervals (each seed's, averaged over seeds);
 - a performance table, measured in the same run as the method: wall time, time ÷ retrain time,
   speed-up over retrain, time ÷ one forward+backward pass over the forget set (the practical floor of a
   gradient method), peak RSS and its increase during the method;
@@ -33,6 +37,7 @@ from excise.bench.runner import current_cells
 from excise.bench.store import latest, read_records, resolve_results_path, status_of
 from excise.bench.suite import Suite
 from excise.checkpoint import atomic_write, atomic_write_text
+from excise.metrics.uncertainty import percentile_interval
 
 QUALITY_KEYS = ("FA", "RA", "TA", "TA_forget", "MIA", "forget_AP", "retain_mAP")
 CURVE_KEYS = ("FA", "RA", "TA", "MIA")
@@ -94,6 +99,23 @@ class MethodSummary:
                 values.append(steps[step]["avg_gap"] if name == "avg_gap"
                               else _get(steps[step], ("metrics", name, "value")))
         return Stat.of(values)
+
+    def gap_interval(self, level: float = 0.95) -> list[float] | None:
+        """95% interval of the mean over seeds of the average gap: replicate ``j`` of the mean is the mean over
+        seeds of each record's replicate ``j`` (independent across seeds), so the interval pools the evaluation
+        noise of every seed. ``None`` when a record has no replicates (an older record, or intervals off)."""
+        replicates = [r.get("avg_gap_replicates") for r in self.records]
+        if not replicates or any(not r for r in replicates) or len({len(r) for r in replicates}) != 1:
+            return None
+        return percentile_interval([sum(values) / len(values) for values in zip(*replicates, strict=True)], level)
+
+    def mean_interval(self, name: str) -> list[float] | None:
+        """Each seed's bootstrap interval of metric ``name``, averaged over the seeds that have one."""
+        found = [_get(r, ("metrics", name, "interval")) for r in self.records]
+        found = [i for i in found if i is not None]
+        if not found:
+            return None
+        return [sum(i[0] for i in found) / len(found), sum(i[1] for i in found) / len(found)]
 
     def ratio(self, numerator: str, denominator: str) -> Stat:
         """Per-seed ratio of two record fields, then mean ± std (not a ratio of means)."""
@@ -199,27 +221,69 @@ def _value_gap(method: MethodSummary, name: str) -> str:
     return value.fmt() if gap.mean is None else f"{value.fmt()} [{gap.mean:.2f}]"
 
 
+def _interval(interval: list[float] | None) -> str:
+    return "—" if interval is None else f"[{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
+def versus_nothing(method: MethodSummary, original: MethodSummary | None) -> str:
+    """Whether ``method``'s average gap to retrain is distinguishable from the original (do-nothing) model's: their
+    95% intervals overlap -> not distinguishable; else closer to retrain, or further from it, than doing nothing."""
+    if original is None or method.label in REFERENCE_ROWS:
+        return ""
+    mine, theirs = method.gap_interval(), original.gap_interval()
+    if mine is None or theirs is None:
+        return "—"
+    if mine[0] <= theirs[1] and theirs[0] <= mine[1]:
+        return NOT_DISTINGUISHABLE
+    return "closer than doing nothing" if mine[1] < theirs[0] else "further than doing nothing"
+
+
+NOT_DISTINGUISHABLE = "not distinguishable from doing nothing"
+
+
+def _original(summary: ScenarioSummary) -> MethodSummary | None:
+    return next((m for m in summary.methods if m.label == "original" and m.records), None)
+
+
 def quality_table(summary: ScenarioSummary) -> Table:
     present = [k for k in QUALITY_KEYS if any(k in m.metric_names for m in summary.methods)]
+    original = _original(summary)
+    original_gap = "—" if original is None else Stat.of([r.get("avg_gap") for r in original.records]).fmt()
     rows = []
     for m in summary.methods:
         if not m.records:
             continue
         gap = Stat.of([r.get("avg_gap") for r in m.records])
-        rows.append([m.label, str(len(m.records)), *(_value_gap(m, k) for k in present), gap.fmt()])
+        rows.append([m.label, str(len(m.records)), *(_value_gap(m, k) for k in present), gap.fmt(),
+                     _interval(m.gap_interval()), original_gap, versus_nothing(m, original)])
     return Table(
-        ["method", "seeds", *present, "avg gap ↓"], rows,
+        ["method", "seeds", *present, "avg gap ↓", "95% interval", "original's gap", "vs doing nothing"], rows,
         "mean ± std over seeds, in %; [mean |gap| to the retrained model of the same seed, in points]. "
-        "Avg gap = mean |gap| over FA, RA, TA, MIA (lower is better). TA is on the test samples of the remaining "
-        "(sub)classes, TA_forget on those of the forgotten one. MIA = SVC confidence MIA-efficacy (share of the "
-        "forget set called non-member).",
+        "Avg gap = mean |gap| over FA, RA, TA, MIA (lower is better); its 95% interval is a bootstrap over the "
+        "evaluated populations, paired with the reference and pooled over seeds; the original row is the cost of "
+        "doing nothing, and a method whose interval overlaps it is not distinguishable from doing nothing. TA is on "
+        "the test samples of the remaining (sub)classes, TA_forget on those of the forgotten one. MIA = SVC "
+        "confidence MIA-efficacy (share of the forget set called non-member).",
     )
+
+
+def interval_table(summary: ScenarioSummary) -> Table:
+    """Each quality metric's 95% bootstrap interval (each seed's, averaged over seeds)."""
+    present = [k for k in QUALITY_KEYS if any(m.mean_interval(k) is not None for m in summary.methods)]
+    rows = [[m.label, *(_interval(m.mean_interval(k)) for k in present)] for m in summary.methods if m.records]
+    return Table(["method", *present], rows,
+                 "95% percentile bootstrap interval of each metric on one seed's evaluation (forget, retain and "
+                 "test sets redrawn, MIA attacks re-fitted), averaged over seeds: the evaluation's own sampling "
+                 "noise, beside the seed spread of the quality table.")
 
 
 def performance_table(summary: ScenarioSummary) -> Table:
     rows = []
     for m in summary.methods:
-        if not m.records or m.label == "original":
+        if not m.records:
+            continue
+        if m.label == "original":  # doing nothing takes no time; the row is there so every table has it
+            rows.append([m.label, *(["—"] * 6)])
             continue
         rows.append([
             m.label,
@@ -296,10 +360,13 @@ def overview_table(summaries: list[ScenarioSummary]) -> Table:
                 text = "—" if gap is None else f"{gap:.2f}"
                 if speed is not None and label != "original":
                     text += f" / {speed:.1f}×"
+                if versus_nothing(m, _original(s)) == NOT_DISTINGUISHABLE:
+                    text += " ≈"
                 row.append(text)
         rows.append(row)
     return Table(["method", *(s.name for s in summaries)], rows,
-                 "avg gap to retrain (points, lower is better) / speed-up over retrain, mean over seeds.")
+                 "avg gap to retrain (points, lower is better) / speed-up over retrain, mean over seeds; ≈: not "
+                 "distinguishable from doing nothing (its gap's 95% interval overlaps the original model's).")
 
 
 # --- plots -------------------------------------------------------------------------------------
@@ -529,6 +596,10 @@ def build_report(results: str | Path, out_dir: str | Path, *, title: str | None 
         )
         doc.heading(3, "Quality")
         doc.table(quality_table(summary))
+        intervals = interval_table(summary)
+        if intervals.headers[1:]:
+            doc.heading(3, "Uncertainty of one evaluation")
+            doc.table(intervals)
         doc.heading(3, "Performance")
         doc.table(performance_table(summary))
         table, directions = task_metrics_table(summary)

@@ -63,11 +63,13 @@ from excise.bench.store import RESULTS_FILE, ResultStore, status_of
 from excise.bench.suite import MethodSpec, Scenario, Suite, SuiteError, content_hash
 from excise.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint, versions
 from excise.data import DatasetBundle, load_dataset
-from excise.experiment import RunRecord, build_model, judge, run_method, train_original
+from excise.experiment import RunRecord, build_model, judge, reference_replicate_metrics, run_method, train_original
 from excise.methods import UnlearningMethod, get_method
 from excise.metrics import DIRECTIONS, EvalViews, MiaInputs, avg_gap, run_mia
 from excise.metrics.distance import DISTANCE_DIRECTIONS, prediction_distances, reference_distances
+from excise.metrics.evaluate import collect_outputs
 from excise.metrics.lira import ULIRA_CHANCE, ULIRA_DIRECTIONS, ulira_metrics
+from excise.metrics.uncertainty import Evidence, evidence, intervals
 from excise.progress import progress_bar
 from excise.requests import ForgetRequest, RequestError
 from excise.sequential import cumulative_views, run_sequence, step_forget_sets
@@ -196,6 +198,17 @@ class ModelCache:
         save_checkpoint(path, model, {**meta, "cache_key": payload}, overwrite=True)
         checkpoint = load_checkpoint(path)
         return checkpoint.model, checkpoint.meta, False
+
+
+def _attach_evidence(record: dict[str, Any], found: Evidence) -> None:
+    """Each metric's bootstrap interval into its block, the average gap's interval and paired replicates into the
+    record (the report pools the replicates of several seeds), and the settings that produced them."""
+    for name, interval in found.intervals.items():
+        if name in record["metrics"]:
+            record["metrics"][name]["interval"] = interval
+    record["avg_gap_interval"] = found.avg_gap_interval
+    record["avg_gap_replicates"] = found.avg_gap_replicates
+    record["uncertainty"] = found.uncertainty.to_dict()
 
 
 # --- plan --------------------------------------------------------------------------------------
@@ -385,6 +398,11 @@ class _GroupModels:
             self.reference_models.append(reference_model)
             self.reference_shas.append(meta["sha256"])
             self.reference_cached.append(hit)
+        # Every cell's intervals are those of its last step (its headline numbers), and its gap interval is paired
+        # with the reference's replicates on that step's views: computed once for the whole group.
+        self.uncertainty = runner.suite.uncertainty
+        self.reference_replicates = (None if not self.uncertainty.enabled else reference_replicate_metrics(
+            self.reference_models[-1], item.steps[-1].views, self.uncertainty, seed=seed))
         # U-LiRA (a scenario option): shadows trained once per (scenario, seed) and cached like the models above,
         # and retrain's attack (num_shadows retrainings) cached as a row. The reference of the MIA:ulira_*
         # metrics is chance, which exact unlearning reaches by construction; retrain's measured row (noise around
@@ -501,11 +519,16 @@ class _Runner:
         record = self._base_record(cell, item)
         seed, recipe = cell.seed, cell.scenario.training
         steps: list[dict[str, Any]] = []
+        last = len(item.steps) - 1
+        found: Evidence | None = None
         if cell.label == "original":
             for k, step in enumerate(item.steps):
-                metrics = {**judge(models.original, step.views, seed=seed,
-                                   reference_model=models.reference_models[k]),
-                           **models.ulira_metrics(None, record)}
+                metrics, judged = judge(models.original, step.views, seed=seed,
+                                        reference_model=models.reference_models[k],
+                                        uncertainty=models.uncertainty if k == last else None,
+                                        reference_replicates=models.reference_replicates)
+                found = judged or found
+                metrics.update(models.ulira_metrics(None, record))
                 steps.append(self._step_record(k, step, metrics, models.references[k], None, None, None, {}))
             self._finish(record, steps, models)
             record["hashes"]["unlearned"] = models.original_sha
@@ -519,6 +542,9 @@ class _Runner:
             self._finish(record, steps, models)
             record["speedup_vs_retrain"] = 1.0
             record["hashes"]["unlearned"] = models.reference_shas[-1]
+            if models.reference_replicates is not None:  # its own replicates; its gap to itself is 0 in each
+                found = Evidence(models.uncertainty, intervals(models.reference_replicates, models.uncertainty.level),
+                                 [0.0, 0.0], [0.0] * len(models.reference_replicates))
         else:
             assert cell.method is not None
             method_spec = cell.method
@@ -534,9 +560,14 @@ class _Runner:
                 runs = [(r.metrics, r.seconds, r.stats) for r in seq]
                 # Only the last step's model is returned: its predictions are compared with the last reference.
                 runs[-1][0].update(prediction_distances(final, models.reference_models[-1], item.steps[-1].views))
+                if models.uncertainty.enabled:
+                    found = evidence(collect_outputs(final, item.steps[-1].views), models.uncertainty, seed=seed,
+                                     evaluated=runs[-1][0], reference=models.reference_replicates)
             else:
                 final, run = run_method(method, models.original, item.steps[0].views, recipe, seed=seed,
-                                        reference_model=models.reference_models[0])
+                                        reference_model=models.reference_models[0], uncertainty=models.uncertainty,
+                                        reference_replicates=models.reference_replicates)
+                found = run.evidence
                 # A fresh instance: the measured one would add the shadows' unlearning to the cell's peak RSS.
                 attacked = models.ulira_metrics(get_method(method_spec.name, **method_spec.params), record)
                 runs = [({**run.metrics, **attacked}, run.seconds, run.stats)]
@@ -546,6 +577,8 @@ class _Runner:
             record["config"]["method"]["resolved"] = method.config_dict()
             self._finish(record, steps, models)
             record["hashes"]["unlearned"] = model_sha256(final)
+        if found is not None:
+            _attach_evidence(record, found)
         record["status"] = "ok"
         return record
 

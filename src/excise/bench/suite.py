@@ -13,6 +13,9 @@ Schema (``?`` = optional)::
     model: {name: small_cnn, <kwargs>}          # e.g. width: 16
     training?: {epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule}
     on_unsupported?: skip | error      # a listed method that cannot serve a scenario (default: skip)
+    uncertainty?: {replicates?: 200, attack_refits?: 10, level?: 0.95, variants?: [svc_confidence]}
+                                       # bootstrap intervals of every cell (excise.metrics.uncertainty);
+                                       # replicates: 0 = none; variants: MIA variants given intervals
     methods:                           # the string "all" = every registered method except retrain
       - all
       - gradient_ascent                # a name with its default hyper-parameters
@@ -54,6 +57,8 @@ from typing import Any
 
 from excise._files import read_json_or_yaml
 from excise.data.registry import dataset_builder
+from excise.metrics.mia import HEADLINE_MIA
+from excise.metrics.uncertainty import Uncertainty
 from excise.requests import KINDS, ForgetRequest, RequestError
 from excise.training import TrainConfig
 
@@ -63,7 +68,11 @@ RESERVED_LABELS = ("original", "retrain")
 ON_UNSUPPORTED = ("skip", "error")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _SUITE_KEYS = {"suite", "description", "seeds", "dataset", "model", "training", "methods", "scenarios",
-               "on_unsupported"}
+               "on_unsupported", "uncertainty"}
+_UNCERTAINTY_KEYS = {"replicates", "attack_refits", "level", "variants"}
+BENCH_UNCERTAINTY = Uncertainty(variants=(HEADLINE_MIA,))
+"""A cell's intervals by default: every metric, and of the MIA variants the headline (all the average gap needs;
+each further variant costs ``attack_refits`` SVC fits per cell)."""
 _SCENARIO_KEYS = {"name", "description", "request", "sequence", "dataset", "model", "training", "methods",
                   "method_params", "ulira"}
 _ULIRA_KEYS = {"shadows", "variance"}
@@ -169,6 +178,7 @@ class Suite:
     description: str = ""
     on_unsupported: str = "skip"
     source: str = "<suite>"
+    uncertainty: Uncertainty = BENCH_UNCERTAINTY
     skips: dict[tuple[str, str], str] = field(default_factory=dict)
     """(scenario, method label) -> why the method cannot serve the scenario's request kind."""
 
@@ -188,7 +198,8 @@ class Suite:
     def cell_hash(self, scenario: Scenario, method: MethodSpec | str, seed: int) -> str:
         """Identity of one cell's configuration; a results file computed under another one is not reused."""
         payload = {"scenario": scenario.to_dict(), "seed": seed,
-                   "method": method.to_dict() if isinstance(method, MethodSpec) else method}
+                   "method": method.to_dict() if isinstance(method, MethodSpec) else method,
+                   "uncertainty": self.uncertainty.to_dict()}
         return content_hash(payload)
 
 
@@ -432,6 +443,24 @@ def _ulira(value: Any, where: str, requests: tuple[ForgetRequest, ...], sequenti
     return ulira
 
 
+def _uncertainty(value: Any) -> Uncertainty:
+    spec = _mapping(value, "uncertainty")
+    _check_keys(spec, _UNCERTAINTY_KEYS, "uncertainty")
+    options = {**BENCH_UNCERTAINTY.to_dict(), **spec}
+    if isinstance(options["variants"], str):
+        options["variants"] = [options["variants"]]
+    if options["variants"] is not None:
+        if not isinstance(options["variants"], list):
+            raise _fail("uncertainty.variants", f"expected a list of MIA variant names, got {options['variants']!r}")
+        options["variants"] = tuple(options["variants"])
+    if isinstance(options["level"], int) and not isinstance(options["level"], bool):
+        options["level"] = float(options["level"])
+    try:
+        return Uncertainty(**options)
+    except ValueError as err:
+        raise _fail("uncertainty", str(err)) from None
+
+
 def parse_suite(data: Any, source: str = "<suite>", *, check_registry: bool = True) -> Suite:
     """Validate a suite mapping. ``check_registry=False`` checks the structure only (data sets, models and
     methods need not be installed), e.g. to lint a GPU suite on a laptop."""
@@ -474,7 +503,8 @@ def _parse_suite(data: Any, check_registry: bool) -> Suite:
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise _fail("scenarios", f"scenario name(s) {duplicated} appear more than once")
-    suite = Suite(name, seeds, scenarios, methods, str(spec.get("description", "")), on_unsupported)
+    suite = Suite(name, seeds, scenarios, methods, str(spec.get("description", "")), on_unsupported,
+                  uncertainty=_uncertainty(spec["uncertainty"]) if "uncertainty" in spec else BENCH_UNCERTAINTY)
     if check_registry:
         _check_method_params(suite)
         _decide_kind_support(suite)

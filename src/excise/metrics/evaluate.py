@@ -12,7 +12,7 @@ and the forgotten target's and remaining targets' average precision on the test 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from excise.data.base import DatasetBundle, LabeledData
 from excise.metrics.accuracy import accuracy, per_target_accuracy, per_target_ap
-from excise.metrics.mia import HEADLINE_MIA, MiaInputs, run_mia
+from excise.metrics.mia import CV_REPEATS, HEADLINE_MIA, Judge, MiaInputs, run_mia
 from excise.requests import ForgetRequest, split, split_test
 from excise.training import predict_logits
 
@@ -56,9 +56,57 @@ def _probs(logits: Tensor) -> np.ndarray:
     return torch.softmax(logits, dim=1).numpy()
 
 
-def _binary_probs(logits: Tensor) -> np.ndarray:
-    p = torch.sigmoid(logits).numpy()
-    return np.stack([1.0 - p, p], axis=1)
+@dataclass(frozen=True)
+class Population:
+    """A model's logits on one evaluated population, with that population's targets and label mask."""
+
+    logits: Tensor
+    targets: Tensor
+    label_mask: Tensor | None = None
+
+    @classmethod
+    def of(cls, model: nn.Module, data: LabeledData) -> Population:
+        return cls(predict_logits(model, data), data.targets, data.label_mask)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def take(self, rows: np.ndarray) -> Population:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return Population(self.logits[index], self.targets[index],
+                          None if self.label_mask is None else self.label_mask[index])
+
+    def pairs(self, positives: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """A multi-label population as (instance, target) pairs: each label column's sigmoid as a two-class
+        distribution over absent / present, and the label; only the entries the label mask selects, and of those
+        only the targets present in the instance when ``positives``."""
+        keep = torch.ones_like(self.targets, dtype=torch.bool) if self.label_mask is None else self.label_mask
+        if positives:
+            keep = keep & (self.targets > 0.5)
+        p = torch.sigmoid(self.logits[keep]).numpy()
+        return np.stack([1.0 - p, p], axis=1), self.targets[keep].long().numpy()
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Everything a model is scored on for one request: its logits on every population of :class:`EvalViews`.
+    Metrics are functions of this alone, so :mod:`excise.metrics.uncertainty` can resample it."""
+
+    forget: Population
+    retain: Population
+    test_retain: Population
+    test_forget: Population | None
+    task: str
+    kind: str
+    classes: tuple[str, ...]
+
+    def resample(self, rng: np.random.Generator) -> Outputs:
+        """A bootstrap replicate: every population drawn with replacement at its own size."""
+        def draw(population: Population | None) -> Population | None:
+            return None if population is None else population.take(rng.integers(0, len(population), len(population)))
+
+        return replace(self, forget=draw(self.forget), retain=draw(self.retain),
+                       test_retain=draw(self.test_retain), test_forget=draw(self.test_forget))
 
 
 Evaluator = Callable[..., dict[str, float]]
@@ -70,132 +118,150 @@ def register_evaluator(task: str, evaluator: Evaluator) -> None:
     _EVALUATORS[task] = evaluator
 
 
+def collect_outputs(model: nn.Module, views: EvalViews) -> Outputs | None:
+    """``model``'s logits on every population of ``views``; ``None`` for a task with its own registered
+    evaluator (dense, sequence), which scores the model itself."""
+    task = views.forget_set.task
+    if task in _EVALUATORS:
+        return None
+    test_forget = views.test_forget
+    return Outputs(
+        Population.of(model, views.forget_set), Population.of(model, views.retain_set),
+        Population.of(model, views.test_retain),
+        None if test_forget is None or len(test_forget) == 0 else Population.of(model, test_forget),
+        task, views.request.kind, views.forget_set.classes,
+    )
+
+
 def evaluate(
     model: nn.Module, views: EvalViews, *, mia_variants: tuple[str, ...] | None = None, seed: int = 0
 ) -> dict[str, float]:
     """Every metric of ``model`` on ``views``, in percent."""
-    task = views.forget_set.task
-    if task in _EVALUATORS:
-        return _EVALUATORS[task](model, views, mia_variants=mia_variants, seed=seed)
-    if task == "multilabel":
-        if views.request.kind != "target":  # samples: whole instances forgotten, every label with them
-            return _evaluate_instances(model, views, mia_variants, seed)
-        return _evaluate_target(model, views, mia_variants, seed)
-    forget_logits = predict_logits(model, views.forget_set)
-    retain_logits = predict_logits(model, views.retain_set)
-    test_logits = predict_logits(model, views.test_retain)
+    return evaluate_outputs(model, views, collect_outputs(model, views), mia_variants=mia_variants, seed=seed)
+
+
+def evaluate_outputs(model: nn.Module, views: EvalViews, outputs: Outputs | None, *,
+                     mia_variants: tuple[str, ...] | None = None, seed: int = 0) -> dict[str, float]:
+    """:func:`evaluate` with ``outputs`` already collected (``None``: the task's registered evaluator)."""
+    if outputs is None:
+        return _EVALUATORS[views.forget_set.task](model, views, mia_variants=mia_variants, seed=seed)
+    return score(outputs, mia_variants=mia_variants, seed=seed)
+
+
+def score(outputs: Outputs, *, mia_variants: tuple[str, ...] | None = None, seed: int = 0,
+          judges: dict[str, Judge] | None = None, cv_repeats: int = CV_REPEATS) -> dict[str, float]:
+    """Every metric computed from a model's :class:`Outputs`, in percent. ``judges`` and ``cv_repeats``: see
+    :func:`excise.metrics.mia.run_mia` and :class:`excise.metrics.mia.MiaInputs`."""
+    mia = _MiaRun(mia_variants, seed, judges, cv_repeats)
+    if outputs.task == "multilabel":
+        if outputs.kind != "target":  # samples: whole instances forgotten, every label with them
+            return _score_instances(outputs, mia)
+        return _score_target(outputs, mia)
     out = {
-        "FA": accuracy(forget_logits, views.forget_set.targets),
-        "RA": accuracy(retain_logits, views.retain_set.targets),
-        "TA": accuracy(test_logits, views.test_retain.targets),
+        "FA": accuracy(outputs.forget.logits, outputs.forget.targets),
+        "RA": accuracy(outputs.retain.logits, outputs.retain.targets),
+        "TA": accuracy(outputs.test_retain.logits, outputs.test_retain.targets),
     }
-    if views.test_forget is not None:
-        out["TA_forget"] = accuracy(predict_logits(model, views.test_forget), views.test_forget.targets)
-    mia = run_mia(
-        MiaInputs(
-            _probs(retain_logits), views.retain_set.targets.numpy(),
-            _probs(test_logits), views.test_retain.targets.numpy(),
-            _probs(forget_logits), views.forget_set.targets.numpy(),
-            seed=seed,
-        ),
-        mia_variants,
-    )
-    out.update({f"MIA:{name}": 100.0 * result.value for name, result in mia.items()})
-    if HEADLINE_MIA in mia:
-        out["MIA"] = 100.0 * mia[HEADLINE_MIA].value
+    test_forget = outputs.test_forget
+    if test_forget is not None:
+        out["TA_forget"] = accuracy(test_forget.logits, test_forget.targets)
+
+    def probs_labels(population: Population) -> tuple[np.ndarray, np.ndarray]:
+        return _probs(population.logits), population.targets.numpy()
+
+    out.update(mia(probs_labels(outputs.retain), probs_labels(outputs.test_retain), probs_labels(outputs.forget),
+                   None if test_forget is None else probs_labels(test_forget)))
     return out
 
 
-def _multilabel_outputs(model: nn.Module, views: EvalViews) -> tuple[Tensor, Tensor, Tensor, np.ndarray, np.ndarray]:
-    """A multi-label model's logits on the forget, retain and test views, and its per-target test accuracy / AP."""
-    test_logits = predict_logits(model, views.test_retain)
-    return (predict_logits(model, views.forget_set), predict_logits(model, views.retain_set), test_logits,
-            per_target_accuracy(test_logits, views.test_retain.targets),
-            per_target_ap(test_logits, views.test_retain.targets))
+Pair = tuple[np.ndarray, np.ndarray]
 
 
-def _per_target_scores(classes: tuple[str, ...], test_acc: np.ndarray, test_ap: np.ndarray) -> dict[str, float]:
-    """``acc:<target>`` and ``AP:<target>`` on the test set, for every target."""
+@dataclass(frozen=True)
+class _MiaRun:
+    """How one scoring runs the MIA variants: which, with which seed, reusing which fitted attacks."""
+
+    variants: tuple[str, ...] | None
+    seed: int
+    judges: dict[str, Judge] | None
+    cv_repeats: int
+
+    def __call__(self, retain: Pair, test: Pair, forget: Pair, test_forget: Pair | None) -> dict[str, float]:
+        """``MIA:<variant>`` for every variant asked, and the headline ``MIA``, in percent."""
+        inputs = MiaInputs(*retain, *test, *forget, seed=self.seed, cv_repeats=self.cv_repeats,
+                           **({} if test_forget is None else
+                              {"test_forget_probs": test_forget[0], "test_forget_labels": test_forget[1]}))
+        results = run_mia(inputs, self.variants, self.judges)
+        out = {f"MIA:{name}": 100.0 * result.value for name, result in results.items()}
+        if HEADLINE_MIA in results:
+            out["MIA"] = 100.0 * results[HEADLINE_MIA].value
+        return out
+
+
+def _per_target_scores(outputs: Outputs) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Per-target test accuracy and AP, and ``acc:<target>`` / ``AP:<target>`` for every target."""
+    test = outputs.test_retain
+    test_acc = per_target_accuracy(test.logits, test.targets)
+    test_ap = per_target_ap(test.logits, test.targets)
     out: dict[str, float] = {}
-    for c, name in enumerate(classes):
+    for c, name in enumerate(outputs.classes):
         out[f"acc:{name}"] = float(test_acc[c])
         out[f"AP:{name}"] = float(test_ap[c])
-    return out
+    return test_acc, test_ap, out
 
 
-def _evaluate_target(
-    model: nn.Module, views: EvalViews, mia_variants: tuple[str, ...] | None, seed: int
-) -> dict[str, float]:
-    forgotten = views.forget_set.label_mask.any(dim=0).nonzero().flatten().tolist()
-    remaining = [c for c in range(views.forget_set.num_classes) if c not in forgotten]
-    forget_logits, retain_logits, test_logits, test_acc, test_ap = _multilabel_outputs(model, views)
+def _score_target(outputs: Outputs, mia: _MiaRun) -> dict[str, float]:
+    forget, retain, test = outputs.forget, outputs.retain, outputs.test_retain
+    gone = forget.label_mask.any(dim=0)
+    forgotten = gone.nonzero().flatten().tolist()
+    remaining = (~gone).nonzero().flatten().tolist()
+    test_acc, test_ap, per_target = _per_target_scores(outputs)
     out = {
-        "FA": float(per_target_accuracy(forget_logits[:, forgotten], views.forget_set.targets[:, forgotten]).mean()),
-        "RA": float(per_target_accuracy(retain_logits[:, remaining], views.retain_set.targets[:, remaining]).mean()),
+        "FA": float(per_target_accuracy(forget.logits[:, forgotten], forget.targets[:, forgotten]).mean()),
+        "RA": float(per_target_accuracy(retain.logits[:, remaining], retain.targets[:, remaining]).mean()),
         "TA": float(test_acc[remaining].mean()),
         "forget_AP": float(np.nanmean(test_ap[forgotten])),
         "retain_mAP": float(np.nanmean(test_ap[remaining])),
     }
-    if views.test_forget is not None:
-        out["TA_forget"] = float(per_target_accuracy(
-            predict_logits(model, views.test_forget)[:, forgotten], views.test_forget.targets[:, forgotten]
-        ).mean())
-    out.update(_per_target_scores(views.forget_set.classes, test_acc, test_ap))
+    if outputs.test_forget is not None:
+        test_forget = outputs.test_forget
+        out["TA_forget"] = float(per_target_accuracy(test_forget.logits[:, forgotten],
+                                                     test_forget.targets[:, forgotten]).mean())
+    out.update(per_target)
     # The Essential-Graph paper's protocol: per-target accuracy on the test instances that carry every target
     # (there, a forgotten target's positives predicted negative is the reported collapse). Absent when no test
     # instance carries all targets.
-    every = (views.test_retain.targets > 0.5).all(dim=1)
+    every = (test.targets > 0.5).all(dim=1)
     if every.any():
-        all_positive_acc = per_target_accuracy(test_logits[every], views.test_retain.targets[every])
-        for c, name in enumerate(views.forget_set.classes):
+        all_positive_acc = per_target_accuracy(test.logits[every], test.targets[every])
+        for c, name in enumerate(outputs.classes):
             out[f"acc_all_positive:{name}"] = float(all_positive_acc[c])
-    out.update(_per_target_mia(forgotten, retain_logits, test_logits, forget_logits, views, mia_variants, seed))
+    # The MIA on (instance, present target) pairs, as a class request's on samples: members are the training pairs
+    # of the remaining targets (the labels retraining keeps), non-members their test pairs plus the forgotten
+    # targets' test pairs (where a never-trained output lands), judged: the forgotten targets' training pairs.
+    # (Each forgotten target's own column alone, with members = every training instance, forget set included,
+    # made the SVC's verdict arbitrary when that output carries no membership signal: retrain 20.6-79.1 over six
+    # member draws.) Present targets only: a target's data is where it appears, and absent pairs would double the
+    # attack's training set (its SVC fits are quadratic) without covering where forget pairs land.
+    test_forget = outputs.test_forget
+    out.update(mia(retain.pairs(positives=True), test.pairs(positives=True), forget.pairs(positives=True),
+                   None if test_forget is None else test_forget.pairs(positives=True)))
     return out
 
 
-def _per_target_mia(columns: list[int], retain_logits: Tensor, test_logits: Tensor, forget_logits: Tensor,
-                    views: EvalViews, mia_variants: tuple[str, ...] | None, seed: int) -> dict[str, float]:
-    """Every MIA variant on each of ``columns``' outputs (the sigmoid as a two-class distribution over absent /
-    present: members = retain, non-members = test, judged = forget), averaged over the columns, so a request
-    forgetting several targets (or a sequence step) is judged on all of them, whatever their order.
-
-    Read it with care: when that output carries no membership signal (retrained, or pruned, on a task the model
-    generalises perfectly) members and non-members look alike and the SVC's decision is arbitrary. Measured on
-    the multidigits fixture over six member draws (evaluation seeds 0-5): retrain 20.6-79.1, essential graph
-    3.8-93.4, original 0.0 in all six. Compare seeds, not single values."""
-    values: dict[str, list[float]] = {}
-    for column in columns:
-        mia = run_mia(
-            MiaInputs(
-                _binary_probs(retain_logits[:, column]), views.retain_set.targets[:, column].long().numpy(),
-                _binary_probs(test_logits[:, column]), views.test_retain.targets[:, column].long().numpy(),
-                _binary_probs(forget_logits[:, column]), views.forget_set.targets[:, column].long().numpy(),
-                seed=seed,
-            ),
-            mia_variants,
-        )
-        for name, result in mia.items():
-            values.setdefault(name, []).append(result.value)
-    out = {f"MIA:{name}": 100.0 * float(np.mean(v)) for name, v in values.items()}
-    if HEADLINE_MIA in values:
-        out["MIA"] = 100.0 * float(np.mean(values[HEADLINE_MIA]))
-    return out
-
-
-def _evaluate_instances(
-    model: nn.Module, views: EvalViews, mia_variants: tuple[str, ...] | None, seed: int
-) -> dict[str, float]:
+def _score_instances(outputs: Outputs, mia: _MiaRun) -> dict[str, float]:
     """A ``samples`` request on a multi-label model forgets whole instances with every label they carry: FA / RA
-    / TA are the mean per-target accuracy on the forget set, the retain set and the test set, the MIA is every
-    target's averaged, and each target's test accuracy and AP are reported."""
-    forget_logits, retain_logits, test_logits, test_acc, test_ap = _multilabel_outputs(model, views)
+    / TA are the mean per-target accuracy on the forget set, the retain set and the test set, the MIA is judged
+    on the forget set's (instance, present target) pairs against the retain set's and the test set's (as for a
+    target request, :func:`_score_target`), and each target's test accuracy and AP are reported."""
+    forget, retain, test = outputs.forget, outputs.retain, outputs.test_retain
+    test_acc, test_ap, per_target = _per_target_scores(outputs)
     out = {
-        "FA": float(per_target_accuracy(forget_logits, views.forget_set.targets).mean()),
-        "RA": float(per_target_accuracy(retain_logits, views.retain_set.targets).mean()),
+        "FA": float(per_target_accuracy(forget.logits, forget.targets).mean()),
+        "RA": float(per_target_accuracy(retain.logits, retain.targets).mean()),
         "TA": float(test_acc.mean()),
         "test_mAP": float(np.nanmean(test_ap)),
     }
-    out.update(_per_target_scores(views.forget_set.classes, test_acc, test_ap))
-    columns = list(range(views.forget_set.num_classes))
-    out.update(_per_target_mia(columns, retain_logits, test_logits, forget_logits, views, mia_variants, seed))
+    out.update(per_target)
+    out.update(mia(retain.pairs(positives=True), test.pairs(positives=True), forget.pairs(positives=True), None))
     return out
