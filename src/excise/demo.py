@@ -18,14 +18,18 @@ from rich.table import Table
 
 from excise.checkpoint import atomic_write_text, versions
 from excise.data import load_dataset
-from excise.experiment import RunRecord, evaluate_original, run_method, train_original
+from excise.experiment import RunRecord, evaluate_original, reference_replicate_metrics, run_method, train_original
 from excise.methods import list_methods, method_class
 from excise.metrics import EvalViews
 from excise.metrics.distance import reference_distances
+from excise.metrics.mia import HEADLINE_MIA
+from excise.metrics.uncertainty import Evidence, Uncertainty, intervals
 from excise.requests import ForgetRequest
 from excise.training import TrainConfig
 
 DEMO_RECIPE = TrainConfig(epochs=20, batch_size=64, lr=0.05)
+DEMO_UNCERTAINTY = Uncertainty(variants=(HEADLINE_MIA,))
+"""The demo's intervals: every metric and the headline MIA, enough for the avg gap's (as the bench)."""
 
 
 def demo_methods(kind: str = "class", task: str = "multiclass") -> list[str]:
@@ -64,14 +68,20 @@ def run_demo(
     retrained, reference = run_method("retrain", original, views, recipe, seed=seed)
     reference.metrics.update(reference_distances(views))  # zeros, for the table
     reference.avg_gap, reference.speedup = 0.0, 1.0
-    records = [evaluate_original(original, views, seed=seed, reference_model=retrained)]
+    # The reference's bootstrap replicates, computed once: every row's gap interval is paired with them.
+    replicates = reference_replicate_metrics(retrained, views, DEMO_UNCERTAINTY, seed=seed)
+    if replicates is not None:
+        reference.evidence = Evidence(DEMO_UNCERTAINTY, intervals(replicates), [0.0, 0.0], [0.0] * len(replicates))
+    records = [evaluate_original(original, views, seed=seed, reference_model=retrained,
+                                 uncertainty=DEMO_UNCERTAINTY, reference_replicates=replicates)]
     records[0].seconds = train_seconds
     records.append(reference)
     records[0].avg_gap = _gap(records[0], reference)
     for name in methods:
         try:
             _, record = run_method(name, original, views, recipe, seed=seed, reference=reference,
-                                   reference_model=retrained)
+                                   reference_model=retrained, uncertainty=DEMO_UNCERTAINTY,
+                                   reference_replicates=replicates)
         except Exception as err:  # one failing method must not hide the others' results
             console.print(f"[red]{name} failed:[/red] {err}")
             continue
@@ -95,24 +105,41 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _gap_interval_cell(record: RunRecord, original: RunRecord | None) -> str:
+    """The avg gap's 95% interval; ``≈`` when it overlaps the original's (not distinguishable from doing nothing)."""
+    found = record.evidence
+    if found is None or found.avg_gap_interval is None:
+        return "—"
+    low, high = found.avg_gap_interval
+    text = f"{low:.1f}-{high:.1f}"
+    theirs = None if original is None or original.evidence is None else original.evidence.avg_gap_interval
+    if theirs is not None and record.method not in ("original", "retrain") and low <= theirs[1] and theirs[0] <= high:
+        text += " ≈"
+    return text
+
+
 def results_table(records: Sequence[RunRecord], title: str = "") -> Table:
-    table = Table(title=title, title_justify="left", collapse_padding=True)
-    # Method names are never cut; on an 80-column terminal the numbers' columns give way instead.
+    # One space between columns and no edges: the ten columns fit 80 without cutting a method name or a number.
+    table = Table(title=title, title_justify="left", box=None, padding=(0, 0, 0, 1), pad_edge=False,
+                  show_edge=False)
     table.add_column("method", no_wrap=True, min_width=max([len(r.method) for r in records] + [6]))
-    for column in ("FA", "RA", "TA", "MIA", "avg gap", "KL", "time s", "speed-up"):
-        table.add_column(column, justify="right")
+    for column in ("FA", "RA", "TA", "MIA", "gap", "gap 95%", "KL", "time s", "speed-up"):
+        table.add_column(column, justify="right", no_wrap=True)
+    original = next((r for r in records if r.method == "original"), None)
     for record in records:
         m = record.metrics
         speedup = "—" if record.method == "original" or record.speedup is None else f"{record.speedup:.1f}x"
         table.add_row(
             record.method, _fmt(m.get("FA")), _fmt(m.get("RA")), _fmt(m.get("TA")), _fmt(m.get("MIA")),
-            _fmt(record.avg_gap), _fmt(m.get("KL_ref:forget"), ".2f"), _fmt(record.seconds, ".2f"), speedup,
+            _fmt(record.avg_gap), _gap_interval_cell(record, original), _fmt(m.get("KL_ref:forget"), ".2f"),
+            _fmt(record.seconds, ".2f"), speedup,
         )
     table.caption = (
         "FA/RA/TA: forget/retain/test accuracy % (TA on remaining classes); MIA: SVC confidence MIA-efficacy % "
-        "(share of forget set called non-member). Avg gap: mean |Δ| to retrain over FA, RA, TA, MIA "
-        "(lower is better). KL: KL(retrain || model) of the predictions on the forget set, nats (0 = "
-        "predicts like retrain). Time of the original row = its training time."
+        "(share of forget set called non-member). gap: mean |Δ| to retrain over FA, RA, TA, MIA (lower is "
+        "better); gap 95%: its bootstrap interval, paired with retrain's; ≈: it overlaps the original's, not "
+        "distinguishable from doing nothing. KL: KL(retrain || model) of the predictions on the forget set, nats "
+        "(0 = predicts like retrain). Time of the original row = its training time."
     )
     return table
 

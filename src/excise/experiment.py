@@ -128,10 +128,11 @@ def run_method(
 
 
 def evaluate_original(model: nn.Module, views: EvalViews, seed: int = 0,
-                      reference_model: nn.Module | None = None,
-                      uncertainty: Uncertainty | None = None) -> RunRecord:
+                      reference_model: nn.Module | None = None, uncertainty: Uncertainty | None = None,
+                      reference_replicates: list[dict[str, float]] | None = None) -> RunRecord:
     start = time.perf_counter()
-    metrics, found = judge(model, views, seed=seed, reference_model=reference_model, uncertainty=uncertainty)
+    metrics, found = judge(model, views, seed=seed, reference_model=reference_model, uncertainty=uncertainty,
+                           reference_replicates=reference_replicates)
     stats = {"eval_seconds": time.perf_counter() - start}
     return RunRecord("original", views.request.to_dict(), metrics, 0.0, {}, stats, evidence=found)
 
