@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from excise.cli import app
 from excise.graph import EssentialGraph
+from tests.test_cli import invoke
 
-runner = CliRunner()
 DATA = ["--dataset", "multidigits", "--model", "resnet18", "--width", "8", "--optimizer", "adam", "--lr", "0.003",
         "--data-option", "num_classes=4", "--data-option", "min_digits=3", "--data-option", "max_digits=3",
         "--data-option", "canvas_size=20", "--data-option", "num_train=200", "--data-option", "num_test=100"]
@@ -18,15 +16,6 @@ DATA = ["--dataset", "multidigits", "--model", "resnet18", "--width", "8", "--op
 
 # Tiny models gain nothing from a second thread; spinning OpenMP threads on a shared machine do cost.
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def invoke(*args, intervals: bool = False):
-    """Run the CLI. ``unlearn`` and ``evaluate`` skip their bootstrap intervals (``--replicates 0``) unless a test
-    asks for them: they cost seconds per call, and the tests that check them ask."""
-    args = [str(a) for a in args]
-    if not intervals and args and args[0] in ("unlearn", "evaluate") and "--replicates" not in args:
-        args += ["--replicates", "0"]
-    return runner.invoke(app, ["--quiet", *args])
 
 
 def flat(result) -> str:
