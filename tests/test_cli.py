@@ -377,3 +377,24 @@ def test_the_clis_timed_region_starts_after_the_one_time_setup(trained, tmp_path
         assert done.returncode == 0, done.stderr
         seen[mode] = "dynamo imported before the clock: True" in done.stdout
     assert seen == {"with-setup": True, "without-setup": False}
+
+
+def test_progress_outside_a_terminal_is_plain_timed_lines_without_blank_lines(tmp_path):
+    """Piped to a file (CI logs, `| tee`), rich's transient bars printed nothing while they ran and one blank line
+    each when they ended. Outside a terminal, loops log plain throttled lines to stderr; --quiet silences them."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EXCISE_PROGRESS": "1", "EXCISE_PROGRESS_INTERVAL": "0.05", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "excise.cli", "train", "--out", str(tmp_path / "m.safetensors"), "--epochs", "3",
+               "--width", "4", "--batch-size", "256"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines and all(line.startswith("[excise] train: ") for line in lines), done.stderr
+    assert lines[-1].startswith("[excise] train: done 18/18 (100%)")
+    assert "\n\n" not in done.stdout and "\n\n" not in done.stderr
+    quiet = subprocess.run([*command[:3], "--quiet", *command[3:], "--overwrite"], capture_output=True, text=True,
+                           env=env, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr

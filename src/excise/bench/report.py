@@ -6,8 +6,9 @@ report computes only means, standard deviations and ratios of them. Per scenario
 - a quality table: FA/RA/TA/MIA (and TA_forget, AP for target requests) as mean ± std over seeds with
   the mean gap to the retrained model of the same seed in brackets, the average gap with its 95% bootstrap
   interval, the original (do-nothing) model's gap beside it, and whether the method is distinguishable from
-  doing nothing: its gap interval and the original's do not overlap (the interval of the mean over seeds, pooled
-  from each record's paired bootstrap replicates of the gap, :mod:`excise.metrics.uncertainty`);
+  doing nothing: its gap interval and the original's do not overlap (the interval of the mean over seeds: seeds
+  redrawn with replacement, each with its own paired bootstrap replicates of the gap,
+  :mod:`excise.metrics.uncertainty`);
 - the metrics' 95% bootstrap intervals (each seed's, averaged over seeds);
 - a performance table, measured in the same run as the method: wall time, time ÷ retrain time,
   speed-up over retrain, time ÷ one forward+backward pass over the forget set (the practical floor of a
@@ -32,6 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from excise.bench.runner import current_cells
 from excise.bench.store import latest, read_records, resolve_results_path, status_of
@@ -101,13 +104,17 @@ class MethodSummary:
         return Stat.of(values)
 
     def gap_interval(self, level: float = 0.95) -> list[float] | None:
-        """95% interval of the mean over seeds of the average gap: replicate ``j`` of the mean is the mean over
-        seeds of each record's replicate ``j`` (independent across seeds), so the interval pools the evaluation
-        noise of every seed. ``None`` when a record has no replicates (an older record, or intervals off)."""
+        """95% interval of the mean over seeds of the average gap, by a two-level bootstrap: replicate ``j`` draws
+        the seeds with replacement (training noise: a method that forgot on one seed and did nothing on another
+        must not look certain) and takes each drawn seed's own replicate ``j`` (evaluation noise, paired with the
+        reference). With one seed it is that seed's interval. ``None`` when a record has no replicates (an older
+        record, or intervals off)."""
         replicates = [r.get("avg_gap_replicates") for r in self.records]
         if not replicates or any(not r for r in replicates) or len({len(r) for r in replicates}) != 1:
             return None
-        return percentile_interval([sum(values) / len(values) for values in zip(*replicates, strict=True)], level)
+        table = np.asarray(replicates, dtype=float)  # seeds x replicates
+        seeds = np.random.default_rng(0).integers(0, len(table), size=table.shape)
+        return percentile_interval(table[seeds, np.arange(table.shape[1])].mean(axis=0), level)
 
     def mean_interval(self, name: str) -> list[float] | None:
         """Each seed's bootstrap interval of metric ``name``, averaged over the seeds that have one."""
@@ -259,8 +266,9 @@ def quality_table(summary: ScenarioSummary) -> Table:
     return Table(
         ["method", "seeds", *present, "avg gap ↓", "95% interval", "original's gap", "vs doing nothing"], rows,
         "mean ± std over seeds, in %; [mean |gap| to the retrained model of the same seed, in points]. "
-        "Avg gap = mean |gap| over FA, RA, TA, MIA (lower is better); its 95% interval is a bootstrap over the "
-        "evaluated populations, paired with the reference and pooled over seeds; the original row is the cost of "
+        "Avg gap = mean |gap| over FA, RA, TA, MIA (lower is better); its 95% interval is a two-level bootstrap of "
+        "the mean over seeds (seeds redrawn, and each seed's evaluated populations, paired with the reference); "
+        "the original row is the cost of "
         "doing nothing, and a method whose interval overlaps it is not distinguishable from doing nothing. TA is on "
         "the test samples of the remaining (sub)classes, TA_forget on those of the forgotten one. MIA = SVC "
         "confidence MIA-efficacy (share of the forget set called non-member).",
