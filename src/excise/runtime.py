@@ -14,25 +14,19 @@ A fresh Python process pays for things the first time torch does them, not every
 ``excise bench`` used to escape this because training the original model paid first, while a one-shot
 ``excise unlearn`` paid it inside the method's timed region: the same method on the same checkpoint was timed
 ~4x slower from the CLI than from the API. :func:`prepare` does the first part once, on tiny tensors, and
-:func:`warm_model` the second, once per model class, input shape and batch size, on a copy of the model;
-:meth:`excise.methods.base.UnlearningMethod.unlearn` calls both (and :func:`excise.training.train` the first)
-before starting its clock, and reports the seconds they took (``setup_seconds`` in a method's stats).
+:func:`excise.methods.base.warm_model` the second, once per model class, input shape and batch size, on a copy
+of the model; :meth:`excise.methods.base.UnlearningMethod.unlearn` calls both (and :func:`excise.training.train`
+the first) before starting its clock, and reports the seconds they took (``setup_seconds`` in a method's stats).
 """
 
 from __future__ import annotations
 
-import copy
 import time
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from excise.data.base import LabeledData
-
 _done = False
-_warmed: set[tuple[object, ...]] = set()
 
 
 def prepare() -> float:
@@ -59,26 +53,4 @@ def prepare() -> float:
     return time.perf_counter() - start
 
 
-def warm_model(model: nn.Module, data: LabeledData, batch_size: int) -> float:
-    """One training-mode forward and backward pass of a copy of ``model`` on a batch of ``data``, and an
-    eval-mode pass over ``data``, the first time this model class meets inputs of this shape and this batch size:
-    the shapes' kernels exist before a method's clock starts. The model itself is untouched. Seconds taken (0.0
-    when already warm, or when the pass does not apply to this model: a warm-up never fails a run)."""
-    key = (type(model), tuple(data.inputs.shape[1:]), data.task, batch_size)
-    if key in _warmed or len(data) == 0:
-        return 0.0
-    from excise.training import batch_loss, make_loader, predict_logits  # excise.training imports this module
-
-    start = time.perf_counter()
-    probe = copy.deepcopy(model)
-    try:
-        probe.train()
-        batch_loss(probe, next(iter(make_loader(data, batch_size, shuffle=False))), data.task).backward()
-        predict_logits(probe, data)
-    except Exception:  # noqa: BLE001 - a model the generic pass does not fit warms up in its method instead
-        return 0.0
-    _warmed.add(key)
-    return time.perf_counter() - start
-
-
-__all__ = ["prepare", "warm_model"]
+__all__ = ["prepare"]

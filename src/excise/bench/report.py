@@ -411,6 +411,12 @@ def plot_gap_vs_time(summary: ScenarioSummary) -> bytes | None:
                     ms=10 if label == "retrain" else 6, capsize=3, label=label)
         ax.annotate(label, (t.mean, g.mean), textcoords="offset points", xytext=(5, 4 if rank % 2 == 0 else -11),
                     fontsize=8)
+    original = _original(summary)
+    nothing = None if original is None else Stat.of([r.get("avg_gap") for r in original.records]).mean
+    if nothing is not None:  # doing nothing takes no time: a line, not a point
+        ax.axhline(nothing, color="grey", linestyle="--", linewidth=1)
+        ax.annotate("original (doing nothing)", (0.01, nothing), xycoords=("axes fraction", "data"),
+                    textcoords="offset points", xytext=(0, 3), fontsize=8, color="grey")
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
