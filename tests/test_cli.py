@@ -24,6 +24,8 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "original.safetensors"
     result = invoke("train", "--out", out, "--width", 8, "--epochs", 6)
     assert result.exit_code == 0, result.output
+    printed = " ".join(result.output.split())  # says what it built, and where its sidecar is
+    assert "top-1 accuracy: train" in printed and "original.json" in printed
     return out
 
 
@@ -331,7 +333,7 @@ def test_a_reference_for_a_mixed_sequence_is_trained_with_repeated_requests(trai
     result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "samples:0.05", "--reference",
                     single)
     assert result.exit_code == 2
-    assert "retrain one with `excise train --request class:3 --request samples:0.05`" in " ".join(
+    assert "retrain one with `excise train --request class:3 --request samples:fraction=0.05`" in " ".join(
         result.output.split())
 
 
@@ -398,3 +400,73 @@ def test_progress_outside_a_terminal_is_plain_timed_lines_without_blank_lines(tm
     quiet = subprocess.run([*command[:3], "--quiet", *command[3:], "--overwrite"], capture_output=True, text=True,
                            env=env, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_a_reference_trained_differently_is_refused_naming_each_difference(trained, tmp_path):
+    """A width-4, 1-epoch reference for the width-8, 6-epoch original: its gap would measure training, not
+    forgetting. Refused by unlearn and evaluate --reference, naming each field with both values; accepted and
+    recorded with --allow-reference-mismatch."""
+    other = tmp_path / "other.safetensors"
+    assert invoke("train", "--out", other, "--width", 4, "--epochs", 1, "--request", "class:3").exit_code == 0
+    unlearned = tmp_path / "u.safetensors"
+    for command in (("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out", unlearned),
+                    ("evaluate", trained, "--request", "class:3")):
+        result = invoke(*command, "--reference", other)
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and "was not trained like" in text, result.output
+        assert "width: 4 (reference) vs 8 (original)" in text and "recipe.epochs: 1 (reference) vs 6 (original)" in text
+        assert "--allow-reference-mismatch" in text
+    assert not unlearned.exists()
+    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out", unlearned,
+                    "--reference", other, "--allow-reference-mismatch")
+    assert result.exit_code == 0, result.output
+    recorded = json.loads(unlearned.with_suffix(".json").read_text())
+    assert "width: 4 (reference) vs 8 (original)" in recorded["reference"]["mismatch"]
+    assert recorded["train_seed"] == 0
+    result = invoke("evaluate", unlearned, "--reference", other, "--allow-reference-mismatch", "--json")
+    assert result.exit_code == 0 and json.loads(result.output)["reference"]["mismatch"], result.output
+
+
+def test_every_check_runs_before_any_model_is_loaded(trained, tmp_path, monkeypatch):
+    """An --out that cannot be written (under a regular file; as root, a permission bit would not stop us) is
+    refused before the model is loaded or the method runs; a bad request behind an existing --out reports the
+    request, not the file."""
+    from excise import api
+    from excise.methods.base import UnlearningMethod
+
+    calls = []
+    monkeypatch.setattr(UnlearningMethod, "unlearn", lambda *a, **k: calls.append("unlearn"))
+    monkeypatch.setattr(api, "load_checkpoint", lambda *a, **k: calls.append("load"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3",
+                    "--out", blocker / "sub" / "u.safetensors")
+    assert result.exit_code == 2 and "is a file, not a directory" in " ".join(result.output.split())
+    existing = tmp_path / "exists.safetensors"
+    existing.write_text("")
+    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:99", "--out", existing)
+    assert result.exit_code == 2 and "99" in result.output and "exists" not in result.output, result.output
+    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out", existing)
+    assert result.exit_code == 2 and "exists" in result.output
+    assert calls == []  # nothing was loaded, nothing ran
+
+
+def test_discovery_commands_list_every_name_whole_and_as_json():
+    """`excise datasets` says which sets are bundled or need --root, their task, classes, super-classes and the
+    requests they serve; `excise methods` never cuts a name a user must type (80 columns); both take --json."""
+    from excise.data import list_datasets
+    from excise.methods import list_methods
+
+    datasets = json.loads(invoke("datasets", "--json").output)
+    assert [d["name"] for d in datasets] == list_datasets()
+    by_name = {d["name"]: d for d in datasets}
+    assert by_name["digits-super"]["requests"] == "samples, class, subclass"
+    assert by_name["multidigits"]["requests"] == "samples, target" and by_name["cifar10"]["source"].startswith("local")
+    assert by_name["digits"]["source"].startswith("bundled") and all(d["licence"] for d in datasets)
+    methods = json.loads(invoke("methods", "--json").output)
+    assert [m["name"] for m in methods] == list_methods()
+    assert {m["name"]: m["citation"] for m in methods}["jit"] == "Foster et al., TMLR 2025"
+    table = runner.invoke(app, ["methods"], terminal_width=80).output
+    for name in list_methods():
+        assert f"│ {name} " in table, name  # whole, on one line
+    assert "Fan, Wu, Zhou" not in table and "Fan, Wu, Zhou" in " ".join(invoke("methods", "--long").output.split())

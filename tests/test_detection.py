@@ -234,7 +234,7 @@ def test_target_split_removes_the_boxes(small_det) -> None:
 def test_class_requests_are_refused_on_detection(small_det) -> None:
     with pytest.raises(ValueError, match="is detection"):
         split(small_det.train, ForgetRequest(kind="class", labels=("2",)))
-    with pytest.raises(ValueError, match="not a known class"):
+    with pytest.raises(ValueError, match="not a known target"):
         split(small_det.train, ForgetRequest(kind="target", labels=("background",)))
 
 

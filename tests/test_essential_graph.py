@@ -545,7 +545,7 @@ def test_a_target_sequence_is_judged_against_every_target_forgotten_so_far(canva
     assert steps[1].label_mask.any(dim=0).nonzero().flatten().tolist() == [1]
     with pytest.raises(RequestError, match=r"request 1 \('target:0,1'\) names target\(s\) \['0'\] that an earlier"):
         step_forget_sets(canvases.train, [SEQUENCE[0], ForgetRequest(kind="target", labels=("0", "1"))])
-    with pytest.raises(RequestError, match=r"request 1 \('target:nine'\): labels='nine' is not a known class"):
+    with pytest.raises(RequestError, match=r"request 1 \('target:nine'\): labels='nine' is not a known target"):
         cumulative_views(canvases, [SEQUENCE[0], ForgetRequest(kind="target", labels=("nine",))])
     with pytest.raises(RequestError, match="mixing kind='target' with other kinds"):
         cumulative_views(canvases, [SEQUENCE[0], ForgetRequest(kind="samples", fraction=0.1)])

@@ -86,9 +86,9 @@ def test_a_graph_for_another_model_is_refused(models, tmp_path):
     ("args", "message"),
     [
         (("graph", "{model}", "--target", "7", "--out", "{tmp}/g.json"),
-         "labels='7' is not a known class; known: ['0', '1', '2', '3']"),
+         "labels='7' is not a known target; known: ['0', '1', '2', '3']"),
         (("unlearn", "{model}", "--method", "essential_graph", "--request", "target:cat"),
-         "labels='cat' is not a known class; known: ['0', '1', '2', '3']"),
+         "labels='cat' is not a known target; known: ['0', '1', '2', '3']"),
         (("graph", "{model}", "--target", "1"), "nothing to do"),
         (("graph", "{model}", "--target", "1", "--out", "{tmp}/g.txt"), "must end in .json"),
         (("graph", "{model}", "--target", "1", "--out", "{tmp}/g.json", "--proportion", "0"),

@@ -172,6 +172,36 @@ def test_request_from_json_yaml_and_cli_shorthand(tmp_path):
         ForgetRequest.from_file(tmp_path / "missing.yaml")
 
 
+def test_samples_shorthand_is_unmistakable():
+    """samples:1 was read as "training index 1" and samples:1.0 as a fraction: explicit spellings now exist, a
+    lone 0 or 1 is refused naming both, and a request describes itself in a spelling parse reads back."""
+    assert ForgetRequest.parse("samples:indices=1").indices == (1,)
+    assert ForgetRequest.parse("samples:indices=0,5,9").indices == (0, 5, 9)
+    assert ForgetRequest.parse("samples:fraction=0.1").fraction == 0.1
+    for lone in ("samples:0", "samples:1", "samples: 1"):
+        with pytest.raises(RequestError, match=r"ambiguous: write samples:indices=\d .* or samples:fraction=0\.1"):
+            ForgetRequest.parse(lone)
+    with pytest.raises(RequestError, match="fraction='x' is not a number"):
+        ForgetRequest.parse("samples:fraction=x")
+    with pytest.raises(RequestError, match="outside"):
+        ForgetRequest.parse("samples:fraction=1")
+    for request in (ForgetRequest.parse("samples:indices=1"), ForgetRequest.parse("samples:0.25"),
+                    ForgetRequest.parse("samples:3,4")):
+        assert ForgetRequest.parse(request.describe()) == request
+    assert ForgetRequest(kind="samples", indices=tuple(range(50))).describe() == "samples: 50 given training indices"
+
+
+def test_label_errors_say_what_the_labels_are(digits_super):
+    from excise.data import load_dataset
+    from excise.requests import resolve
+
+    with pytest.raises(ValueError, match="labels='eleven' is not a known fine class"):
+        resolve(digits_super.train, ForgetRequest(kind="subclass", labels=("eleven",)))
+    canvases = load_dataset("multidigits", seed=0, num_train=20, num_test=10)
+    with pytest.raises(ValueError, match="labels='9' is not a known target"):
+        resolve(canvases.train, ForgetRequest(kind="target", labels=("9",)))
+
+
 def test_repeated_keys_are_refused_in_inline_json_and_files_but_yaml_merge_keys_work(tmp_path):
     with pytest.raises(RequestError, match=r"key\(s\) \['labels'\] appear twice"):
         ForgetRequest.parse('{"kind": "class", "labels": [3], "labels": [5]}')

@@ -1,9 +1,13 @@
-"""Reading the small JSON/YAML files users hand excise (requests, suites), with errors that name the file."""
+"""Small file helpers: reading the JSON/YAML files users hand excise (requests, suites) with errors that name the
+file, and writing files atomically (a temporary file renamed into place), for every module that writes."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -74,3 +78,56 @@ def unique_key_loader() -> type:
         resolvers[first] = [("tag:yaml.org,2002:float", float_12), *resolvers.get(first, [])]
     UniqueKeyLoader.yaml_implicit_resolvers = resolvers
     return UniqueKeyLoader
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a new file at ``path`` should get: the replaced file's, else what ``open`` would give under
+    the current umask (``mkstemp`` creates private 0600 files, which would make shared outputs unreadable)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_many(
+    files: list[tuple[str | Path, Callable[[Path], None]]], *, overwrite: bool = False
+) -> list[Path]:
+    """Write several files so that a failure leaves every existing file intact.
+
+    Each ``write(tmp_path)`` fills a temporary file in its target's directory; only when all of them have
+    been written are they renamed into place, back to back. Serialisation, a full disk or an exception
+    therefore never leaves a half-written or half-replaced set; only a crash in the microseconds between
+    two renames could, and a checkpoint's sha256 check refuses such a pair on load."""
+    targets = [Path(path) for path, _ in files]
+    if not overwrite:
+        for path in targets:
+            if path.exists():
+                raise FileExistsError(
+                    f"{str(path)!r} exists; refusing to overwrite it (pass overwrite=True / --overwrite)"
+                )
+    staged: list[Path] = []
+    try:
+        for path, (_, write) in zip(targets, files, strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            staged.append(Path(tmp_name))
+            write(staged[-1])
+            staged[-1].chmod(_file_mode(path))
+        for tmp, path in zip(staged, targets, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in staged:
+            if tmp.exists():
+                tmp.unlink()
+    return targets
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+    """Call ``write(tmp_path)`` and rename the result onto ``path``; refuse to replace unless asked."""
+    return atomic_write_many([(path, write)], overwrite=overwrite)[0]
+
+
+def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite=overwrite)

@@ -8,7 +8,7 @@ failed run leaves existing files untouched.
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from excise.checkpoint import (
     CheckpointError,
     atomic_write_text,
     load_checkpoint,
+    read_meta,
     save_checkpoint,
     versions,
 )
@@ -58,8 +59,13 @@ def _check_output(out: str | Path, overwrite: bool, suffix: str = ".safetensors"
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise ValueError(f"out={str(out)!r}: {str(ancestor)!r} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"out={str(out)!r}: the directory {str(ancestor)!r} is not writable")
+    # Try it: os.access answers yes to root on a read-only file system (/sys), where the write failed only after
+    # the work, with a bare "[Errno 1] Operation not permitted".
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise ValueError(f"out={str(out)!r}: cannot write in {str(ancestor)!r} ({err.strerror or err})") from None
     return out
 
 
@@ -104,6 +110,7 @@ def train_model(
     }
     if len(requests) > 1:
         meta["history"] = [r.to_dict() for r in requests]  # retrained without all of them
+    meta.update(fit_accuracy(network, training_set, bundle.test))
     if views is not None:
         meta["metrics"] = evaluate(network, views, seed=seed)
     # Only rank 0 writes; the others wait until the file is complete, then read the same checkpoint.
@@ -111,6 +118,24 @@ def train_model(
         save_checkpoint(out, network, meta, overwrite=overwrite)
     distributed.barrier()
     return load_checkpoint(out)
+
+
+def fit_accuracy(model: nn.Module, train_set: LabeledData, test_set: LabeledData) -> dict[str, float]:
+    """``train_accuracy`` / ``test_accuracy`` in percent (a multi-label model's mean per-target accuracy), so
+    `excise train` says what it built; empty for dense and sequence tasks, whose own metrics are not accuracies."""
+    from excise.metrics.accuracy import accuracy, per_target_accuracy
+    from excise.training import predict_logits
+
+    def score(data: LabeledData) -> float:
+        logits = predict_logits(model, data)
+        if data.task == "multiclass":
+            return accuracy(logits, data.targets)
+        return float(per_target_accuracy(logits, data.targets).mean())
+
+    if train_set.task not in ("multiclass", "multilabel"):
+        return {}
+    return {"train_accuracy": score(train_set), "test_accuracy": score(test_set),
+            "accuracy_of": "top-1" if train_set.task == "multiclass" else "mean per-target (threshold 0.5)"}
 
 
 def bundle_for(checkpoint: Checkpoint) -> DatasetBundle:
@@ -155,47 +180,56 @@ def unlearn_checkpoint(
     overwrite: bool = False,
     graph: str | Path | None = None,
     uncertainty: Uncertainty | None = None,
+    allow_reference_mismatch: bool = False,
 ) -> UnlearnOutcome:
     """Unlearn ``request`` from the model at ``model_path``; the input checkpoint is never modified.
 
     ``graph``: an essential-graph file (``excise graph``) for the methods that prune with one. ``uncertainty``:
     bootstrap intervals of the metrics and (with a reference) of the average gap; default
     :class:`~excise.metrics.uncertainty.Uncertainty` (``Uncertainty(replicates=0)``: none)."""
-    if out is not None:
-        out = _check_output(out, overwrite)
-        if Path(out).resolve() == Path(model_path).resolve():
-            raise ValueError("out must differ from the input model: the original model is never overwritten")
     if graph is not None:
         from excise.graph import graph_hyperparameters
 
         hyperparameters = graph_hyperparameters(method, hyperparameters, graph)
     unlearner = get_method(method, **(hyperparameters or {}))
-    original = load_checkpoint(model_path)
-    bundle = bundle_for(original)
+    # Every check before any model is loaded or any work starts, in the order a user fixes them: the request
+    # against the data (rebuilt from the sidecar alone), the method's support for it, the output path, the
+    # reference. (An unwritable --out used to surface only when the result was written.)
+    head = Checkpoint(None, read_meta(model_path), Path(model_path))
+    bundle = bundle_for(head)
     # A checkpoint that already served requests continues its sequence: this step unlearns only what is new
     # and is judged against everything forgotten so far, as excise.sequential.run_sequence does.
-    earlier, complete = served_requests(original)
+    earlier, complete = served_requests(head)
     own_views = EvalViews.from_bundle(bundle, request)  # the request's own errors first, as on a fresh model
     unlearner.check_request(request, bundle.task)
+    if out is not None:
+        out = _check_output(out, overwrite)
+        if Path(out).resolve() == Path(model_path).resolve():
+            raise ValueError("out must differ from the input model: the original model is never overwritten")
     if not complete:
-        warnings.warn(history_warning(original, earlier), stacklevel=2)
+        warnings.warn(history_warning(head, earlier), stacklevel=2)
     requests = [*earlier, request]
     if earlier:
-        views, step_forget = history_views(bundle, original, requests, len(earlier))
+        views, step_forget = history_views(bundle, head, requests, len(earlier))
         step_views = EvalViews(step_forget, views.retain_set, views.test_retain, views.test_forget, request)
     else:
         views = step_views = own_views
-    recipe = recipe_of(original)
+    recipe = recipe_of(head)
     uncertainty = Uncertainty() if uncertainty is None else uncertainty
     reference, ref_metrics, ref_replicates = None, None, None
     if reference_path:
         # Checked and evaluated before the run: a wrong reference would otherwise fail (or, worse, give a
         # gap to retrain for another request) only after the unlearning work is done.
         reference = load_checkpoint(reference_path)
-        check_reference(reference, original, requests, bundle.train)  # the known history (warned above if partial)
+        # the known history (warned above if partial)
+        mismatch = check_reference(reference, head, requests, bundle.train, allow_mismatch=allow_reference_mismatch)
+        if mismatch:
+            warnings.warn(f"comparing with a reference trained differently ({'; '.join(mismatch)}): recorded beside "
+                          "the gap", stacklevel=2)
         ref_metrics = evaluate(reference.model, views, seed=seed)
         if uncertainty.enabled:
             ref_replicates = reference_replicate_metrics(reference.model, views, uncertainty, seed=seed)
+    original = load_checkpoint(model_path)
     model, record = run_method(unlearner, original.model, step_views, recipe, seed=seed,
                                reference_model=None if reference is None else reference.model, eval_views=views,
                                uncertainty=uncertainty, reference_replicates=ref_replicates)
@@ -212,6 +246,7 @@ def unlearn_checkpoint(
             "dataset": original.meta["dataset"],
             "recipe": original.meta.get("recipe"),
             "seed": seed,
+            "train_seed": training_seed(original),  # what a retrained reference must be trained with
             "request": request.to_dict(),
             "history": [r.to_dict() for r in requests],  # every request this model has served, oldest first
             "history_complete": complete,
@@ -226,7 +261,8 @@ def unlearn_checkpoint(
         }
         if reference is not None:
             meta["reference"] = {"path": str(reference.path), "sha256": reference.sha256, "metrics": ref_metrics,
-                                 "avg_gap": record.avg_gap, "speedup_across_runs": record.speedup}
+                                 "avg_gap": record.avg_gap, "speedup_across_runs": record.speedup,
+                                 "mismatch": mismatch}
         if graph is not None:
             from excise.checkpoint import sha256_file
 
@@ -323,10 +359,13 @@ def _forgotten(data: LabeledData, requests: list[ForgetRequest]) -> tuple[list[i
 
 
 def check_reference(reference: Checkpoint, original: Checkpoint, request: ForgetRequest | list[ForgetRequest],
-                    data: LabeledData) -> None:
+                    data: LabeledData, *, allow_mismatch: bool = False) -> list[str]:
     """A retrained reference must be one: trained by excise on the same data without exactly what ``request``
     (or a sequence of requests, together) forgets — compared as resolved on ``data``, so ``class:3`` and
-    ``{"kind": "class", "labels": [3]}`` agree, and so do ``class:3`` then ``class:5`` and ``class:3,5``."""
+    ``{"kind": "class", "labels": [3]}`` agree, and so do ``class:3`` then ``class:5`` and ``class:3,5`` — and
+    trained like the original: the same architecture and arguments, recipe and training seed
+    (:func:`reference_differences`). A difference there is refused unless ``allow_mismatch``; the differences
+    found are returned, to be recorded beside the numbers they affect."""
     requests = request if isinstance(request, list) else [request]
     where = f"reference {str(reference.path)!r}"
     kind = reference.meta.get("kind")
@@ -363,6 +402,43 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
     if fingerprints[0] != fingerprints[1]:
         raise ValueError(f"{where} was trained on other data than {str(original.path)!r} (data set fingerprint "
                          f"{str(fingerprints[0])[:12]} vs {str(fingerprints[1])[:12]})")
+    differences = reference_differences(reference, original)
+    if differences and not allow_mismatch:
+        # Measured: a width-8, 2-epoch reference for a width-32, 20-epoch original gave "avg gap to retrain 22.81";
+        # the matching reference gives 3.42.
+        raise ValueError(f"{where} was not trained like {str(original.path)!r} ({'; '.join(differences)}): the gap "
+                         "to it would measure the difference in training, not in forgetting. Retrain it with the "
+                         "original's settings, or pass --allow-reference-mismatch to compare anyway (recorded)")
+    return differences
+
+
+def training_seed(checkpoint: Checkpoint) -> int | None:
+    """The seed the weights were trained with (an unlearned checkpoint carries its original's; ``None`` when an
+    older sidecar does not say)."""
+    meta = checkpoint.meta
+    return meta.get("seed") if meta.get("kind") in ("original", "retrained") else meta.get("train_seed")
+
+
+def reference_differences(reference: Checkpoint, original: Checkpoint) -> list[str]:
+    """Each way ``reference`` was trained differently from ``original``, as ``field: value (reference) vs value
+    (original)``: the model's name and every argument, every recipe field, the training seed. A field one sidecar
+    does not record is not compared."""
+    def flat(meta: dict[str, Any]) -> dict[str, Any]:
+        model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+        out: dict[str, Any] = {}
+        if "name" in model:
+            out["model"] = model["name"]
+        out.update({key: value for key, value in (model.get("kwargs") or {}).items()})
+        recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
+        out.update({f"recipe.{key}": value for key, value in recipe.items()})
+        return out
+
+    mine, theirs = flat(reference.meta), flat(original.meta)
+    mine["seed"], theirs["seed"] = training_seed(reference), training_seed(original)
+    return [f"{key}: {mine[key]!r} (reference) vs {theirs[key]!r} (original)"
+            for key in dict.fromkeys([*mine, *theirs])
+            if key in mine and key in theirs and mine[key] is not None and theirs[key] is not None
+            and mine[key] != theirs[key]]
 
 
 def evaluate_checkpoint(model_path: str | Path, request: ForgetRequest | None = None,
@@ -372,8 +448,8 @@ def evaluate_checkpoint(model_path: str | Path, request: ForgetRequest | None = 
 
 
 def evaluation_record(model_path: str | Path, request: ForgetRequest | None = None, seed: int = 0, *,
-                      reference_path: str | Path | None = None,
-                      uncertainty: Uncertainty | None = None) -> dict[str, Any]:
+                      reference_path: str | Path | None = None, uncertainty: Uncertainty | None = None,
+                      allow_reference_mismatch: bool = False) -> dict[str, Any]:
     """The metrics with what produced them: the model's path and sha256, the request(s), the seed, the data's
     fingerprint and the versions — so a number read back later can be traced and reproduced — and each metric's
     bootstrap interval (``uncertainty``, default :class:`~excise.metrics.uncertainty.Uncertainty`).
@@ -396,10 +472,11 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
         if not complete:
             warnings.warn(history_warning(checkpoint, requests), stacklevel=2)
     views, _ = history_views(bundle, checkpoint, requests, len(requests) - 1)
-    reference = None
+    reference, mismatch = None, []
     if reference_path is not None:
         reference = load_checkpoint(reference_path)
-        check_reference(reference, checkpoint, requests, bundle.train)
+        mismatch = check_reference(reference, checkpoint, requests, bundle.train,
+                                   allow_mismatch=allow_reference_mismatch)
     metrics, found = judge(checkpoint.model, views, seed=seed, uncertainty=uncertainty,
                            reference_model=None if reference is None else reference.model)
     out: dict[str, Any] = {
@@ -418,7 +495,7 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
     if reference is not None:
         reference_metrics = evaluate(reference.model, views, seed=seed)
         out["reference"] = {"path": str(reference.path.resolve()), "sha256": reference.sha256,
-                            "metrics": reference_metrics}
+                            "metrics": reference_metrics, "mismatch": mismatch}
         out["avg_gap"] = avg_gap(metrics, reference_metrics)
         out["avg_gap_interval"] = None if found is None else found.avg_gap_interval
     return out

@@ -83,7 +83,8 @@ def set_threads(threads: int | None) -> None:
 def parse_request(text: str | None, required: bool = True) -> ForgetRequest | None:
     if text is None:
         if required:
-            raise ValueError("--request is required (e.g. class:3, samples:0.1, subclass:8, target:2, or a file)")
+            raise ValueError("--request is required (e.g. class:3, samples:fraction=0.1, subclass:8, target:2, "
+                             "or a file)")
         return None
     return ForgetRequest.parse(text)
 
@@ -168,8 +169,12 @@ def train_command(
         )
     except USER_ERRORS as err:
         fail(err)
-    seconds = checkpoint.meta["train_seconds"]
-    console.print(f"wrote {checkpoint.path} (sha256 {checkpoint.sha256[:12]}…) in {seconds:.1f}s")
+    meta = checkpoint.meta
+    console.print(f"wrote {checkpoint.path} (sha256 {checkpoint.sha256[:12]}…) in {meta['train_seconds']:.1f}s; "
+                  f"sidecar {checkpoint.path.with_suffix('.json')}")
+    if "train_accuracy" in meta:
+        console.print(f"{meta['accuracy_of']} accuracy: train {meta['train_accuracy']:.1f}%, "
+                      f"test {meta['test_accuracy']:.1f}%")
     if checkpoint.meta.get("metrics"):
         console.print(metrics_table(checkpoint.meta["metrics"], "retrained reference"))
 
@@ -178,8 +183,8 @@ def train_command(
 def unlearn_command(
     model: Path = typer.Argument(..., help="The trained model (.safetensors). It is never modified."),
     method: str = typer.Option(..., help="Registered method (see `excise methods`)."),
-    request: str = typer.Option(..., help="What to forget: class:3, samples:0.1, samples:0,5,9, subclass:8, "
-                                         "target:2, or a .json/.yaml request file."),
+    request: str = typer.Option(..., help="What to forget: class:3, samples:fraction=0.1, samples:indices=0,5,9, "
+                                         "subclass:8, target:2, or a .json/.yaml request file."),
     out: Path | None = typer.Option(None, help="Where to write the unlearned model (.safetensors)."),
     param: list[str] | None = typer.Option(None, "--param", help="Method hyper-parameter key=value (repeatable)."),
     reference: Path | None = typer.Option(None, help="Retrained reference model, for the gap to retrain."),
@@ -187,13 +192,16 @@ def unlearn_command(
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     graph: Path | None = typer.Option(None, help="Essential-graph file from `excise graph` (essential_graph methods)."),
     replicates: int = typer.Option(200, help="Bootstrap replicates for the 95% intervals (0 = none)."),
+    allow_reference_mismatch: bool = typer.Option(
+        False, help="Compare with a --reference trained differently from the model (architecture, recipe, seed); "
+                    "the differences are recorded."),
 ) -> None:
     """Make a model forget what --request names, then print the evidence."""
     try:
         outcome = api.unlearn_checkpoint(
             model, method, parse_request(request), out=out, hyperparameters=parse_params(param),
             reference_path=reference, seed=seed, overwrite=overwrite, graph=graph,
-            uncertainty=uncertainty_option(replicates),
+            uncertainty=uncertainty_option(replicates), allow_reference_mismatch=allow_reference_mismatch,
         )
     except USER_ERRORS as err:
         fail(err)
@@ -224,6 +232,9 @@ def evaluate_command(
         None, help="Retrained reference model: also the avg gap to it (with its interval) and the distances of the "
                    "predictions. Checked like `excise unlearn --reference`."),
     replicates: int = typer.Option(200, help="Bootstrap replicates for the 95% intervals (0 = none)."),
+    allow_reference_mismatch: bool = typer.Option(
+        False, help="Compare with a --reference trained differently from the model (architecture, recipe, seed); "
+                    "the differences are recorded."),
 ) -> None:
     """FA/RA/TA and every MIA variant of a model for a request, with bootstrap intervals."""
     try:
@@ -235,7 +246,8 @@ def evaluate_command(
         elif before is not None:
             raise ValueError("--before only makes sense with --plot (it is drawn, not evaluated)")
         record = api.evaluation_record(model, parse_request(request, required=False), seed=seed,
-                                       reference_path=reference, uncertainty=uncertainty_option(replicates))
+                                       reference_path=reference, uncertainty=uncertainty_option(replicates),
+                                       allow_reference_mismatch=allow_reference_mismatch)
     except USER_ERRORS as err:
         fail(err)
     if as_json:  # metrics with their provenance (model sha256, request, seed, data, versions)
@@ -251,26 +263,47 @@ def evaluate_command(
 
 
 @app.command("methods")
-def methods_command() -> None:
+def methods_command(
+    long: bool = typer.Option(False, "--long", help="Full citations (one per line under each method)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: every method's description."),
+) -> None:
     """Every registered method with its paper, the data it needs and the requests it serves."""
     from excise.methods import list_methods, method_class
 
+    described = [method_class(name).describe() for name in list_methods()]
+    if as_json:
+        print(json.dumps(described, indent=2, default=str))
+        return
+    # Names are what a user types: never cut. Everything else goes in one wrapping cell, so 80 columns suffice.
     table = Table(title="excise methods", title_justify="left", show_lines=True)
-    for column in ("name", "data", "request kinds", "tasks", "paper"):
-        table.add_column(column)
-    for name in list_methods():
-        info = method_class(name).describe()
-        table.add_row(name, info["data"], ", ".join(info["kinds"]), ", ".join(info["tasks"]), info["paper"])
+    table.add_column("name", no_wrap=True)
+    table.add_column("data · requests (tasks) · paper")
+    for info in described:
+        tasks = "" if info["tasks"] == ["multiclass"] else f" ({', '.join(info['tasks'])})"
+        table.add_row(info["name"], f"{info['data']} · {', '.join(info['kinds'])}{tasks}\n"
+                                    f"{info['paper'] if long else info['citation']}")
     console.print(table)
 
 
 @app.command("datasets")
-def datasets_command() -> None:
-    """Registered data sets (bundled, synthetic, or local-directory loaders)."""
-    from excise.data import list_datasets
+def datasets_command(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: every data set's description."),
+) -> None:
+    """Registered data sets: task, size, classes, super-classes, the requests they serve, where they come from."""
+    from excise.data import dataset_info, list_datasets
 
-    for name in list_datasets():
-        console.print(name)
+    described = [dataset_info(name).to_dict(name) for name in list_datasets()]
+    if as_json:
+        print(json.dumps(described, indent=2))
+        return
+    table = Table(title="excise datasets (local ones need --root DIR)", title_justify="left", show_lines=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("task · classes · requests · size · source · licence")
+    for info in described:
+        groups = f" · fine classes: {info['superclasses']}" if info["superclasses"] else ""
+        table.add_row(info["name"], f"{info['task']} · {info['classes']}{groups} · requests: {info['requests']}\n"
+                                    f"{info['size']}\n{info['source']} · {info['licence']}")
+    console.print(table)
 
 
 @app.command("demo")

@@ -145,8 +145,9 @@ class ForgetRequest:
 
     @classmethod
     def parse(cls, text: str) -> ForgetRequest:
-        """Parse the CLI shorthand: ``class:3``, ``subclass:7``, ``target:2``, ``samples:0.1``,
-        ``samples:0,5,9``, a path to a JSON/YAML file, or inline JSON."""
+        """Parse the CLI shorthand: ``class:3``, ``subclass:7``, ``target:2``, ``samples:fraction=0.1`` (or
+        ``samples:0.1``), ``samples:indices=0,5,9`` (or ``samples:0,5,9``), a path to a JSON/YAML file, or inline
+        JSON. A lone ``samples:0`` or ``samples:1`` is refused as ambiguous."""
         text = text.strip()
         if text.startswith("{"):
             try:
@@ -160,22 +161,36 @@ class ForgetRequest:
         kind, sep, value = text.partition(":")
         if not sep or not value:
             raise RequestError(
-                f"request {text!r} is not of the form KIND:VALUE (e.g. class:3, samples:0.1, "
-                "samples:0,5,9, subclass:7, target:2) nor a .json/.yaml file"
+                f"request {text!r} is not of the form KIND:VALUE (e.g. class:3, samples:fraction=0.1, "
+                "samples:indices=0,5,9, subclass:7, target:2) nor a .json/.yaml file"
             )
         if kind == "samples":
-            if "," not in value and any(c in value for c in ".eE"):
-                try:
-                    fraction = float(value)
-                except ValueError as err:
-                    raise RequestError(f"fraction={value!r} is not a number") from err
-                return cls(kind="samples", fraction=fraction)
-            try:
-                indices = tuple(int(v) for v in value.split(","))
-            except ValueError as err:
-                raise RequestError(f"indices={value!r} must be comma-separated integers") from err
-            return cls(kind="samples", indices=indices)
+            spelled, _, rest = value.partition("=")
+            if rest and spelled in ("fraction", "indices"):
+                return cls._samples(rest, as_fraction=spelled == "fraction")
+            if "," not in value and value.strip() in ("0", "1"):
+                # samples:1 read as "training index 1" while samples:1.0 or samples:0.0 mean a share of the set.
+                raise RequestError(
+                    f"request {text!r} is ambiguous: write samples:indices={value.strip()} to forget the training "
+                    f"sample with index {value.strip()}, or samples:fraction=0.1 (say) to forget a random share "
+                    "of the training set (a fraction lies strictly between 0 and 1)")
+            return cls._samples(value, as_fraction="," not in value and any(c in value for c in ".eE"))
         return cls(kind=kind, labels=tuple(v.strip() for v in value.split(",")))
+
+    @classmethod
+    def _samples(cls, value: str, *, as_fraction: bool) -> ForgetRequest:
+        if as_fraction:
+            try:
+                return cls(kind="samples", fraction=float(value))
+            except ValueError as err:
+                if "could not convert" in str(err):
+                    raise RequestError(f"fraction={value!r} is not a number") from err
+                raise
+        try:
+            indices = tuple(int(v) for v in value.split(","))
+        except ValueError as err:
+            raise RequestError(f"indices={value!r} must be comma-separated integers") from err
+        return cls(kind="samples", indices=indices)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -187,7 +202,12 @@ class ForgetRequest:
         if self.name:
             return self.name
         if self.kind == "samples":
-            return f"samples:{self.fraction}" if self.fraction is not None else f"samples:{len(self.indices)} idx"
+            if self.fraction is not None:
+                return f"samples:fraction={self.fraction}"
+            # The spelling `parse` reads back, when it is short enough to be read; else how many rows it names.
+            if len(self.indices) <= 10:
+                return f"samples:indices={','.join(str(i) for i in self.indices)}"
+            return f"samples: {len(self.indices)} given training indices"
         return f"{self.kind}:{','.join(str(x) for x in self.labels)}"
 
 
@@ -258,10 +278,10 @@ def resolve(data: LabeledData, request: ForgetRequest) -> ResolvedRequest:
                 f"kind='subclass' needs a data set with super-classes (fine labels inside coarse ones); "
                 f"{data.name!r} has none — try 'digits-super' or 'cifar20'"
             )
-        labels = tuple(_resolve_label(lbl, data.subclasses, "labels") for lbl in request.labels)
+        labels = tuple(_resolve_label(lbl, data.subclasses, "labels", "fine class") for lbl in request.labels)
         forget = np.flatnonzero(np.isin(data.subclass_targets.numpy(), labels))
     else:
-        labels = tuple(_resolve_label(lbl, data.classes, "labels") for lbl in request.labels)
+        labels = tuple(_resolve_label(lbl, data.classes, "labels", "target") for lbl in request.labels)
         if len(set(labels)) == data.num_classes:
             raise RequestError("kind='target' cannot forget every target: at least one must remain")
         if data.task in _TARGET_SPLITTERS:
@@ -350,7 +370,7 @@ def cumulative_target_requests(requests: Sequence[ForgetRequest], classes: Seque
     gone: list[int] = []
     for k, request in enumerate(requests):
         try:
-            labels = [_resolve_label(label, classes, "labels") for label in request.labels]
+            labels = [_resolve_label(label, classes, "labels", "target") for label in request.labels]
         except ValueError as err:
             raise RequestError(f"request {k} ({request.describe()!r}): {err}") from None
         again = [classes[label] for label in dict.fromkeys(labels) if label in gone]

@@ -154,12 +154,14 @@ def _take(value: Any, idx: Tensor) -> Any:
     return value
 
 
-def _resolve_label(label: str | int, names: Sequence[str], field_name: str) -> int:
+def _resolve_label(label: str | int, names: Sequence[str], field_name: str, what: str = "class") -> int:
+    """The index of ``label`` (a name, or an index) among ``names``; ``what`` names what the labels are in the
+    error ("class", "target", "fine class")."""
     if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
         if 0 <= int(label) < len(names):
             return int(label)
         raise ValueError(
-            f"{field_name}={label!r} is out of range: expected a class index in [0, {len(names) - 1}] "
+            f"{field_name}={label!r} is out of range: expected a {what} index in [0, {len(names) - 1}] "
             f"or a name in {list(names)}"
         )
     text = str(label)
@@ -167,7 +169,7 @@ def _resolve_label(label: str | int, names: Sequence[str], field_name: str) -> i
         return list(names).index(text)
     if text.isdigit() and text not in names and 0 <= int(text) < len(names):
         return int(text)
-    raise ValueError(f"{field_name}={label!r} is not a known class; known: {list(names)}")
+    raise ValueError(f"{field_name}={label!r} is not a known {what}; known: {list(names)}")
 
 
 @dataclass

@@ -33,7 +33,7 @@ import torch
 
 from excise.data.base import DatasetBundle, LabeledData
 from excise.data.cifar import check_cap
-from excise.data.registry import register_dataset
+from excise.data.registry import DatasetInfo, register_dataset
 from excise.progress import progress_bar
 
 ATTR_FILE = "list_attr_celeba.txt"
@@ -52,7 +52,8 @@ _LAYOUT = (
 def _resolve_root(root: str | Path | None) -> Path:
     if root is None:
         raise ValueError(
-            "root=None: celeba is read from a local directory; pass root=<the folder holding the CelebA files>.\n"
+            "celeba is read from a local directory: pass --root DIR (Python: root=DIR), DIR holding the CelebA "
+            "files.\n"
             + _LAYOUT
         )
     base = Path(root).expanduser()
@@ -161,7 +162,9 @@ def _load_images(directory: Path, files: Sequence[str], image_size: int, descrip
     return torch.from_numpy(out).float().div_(255.0)
 
 
-@register_dataset("celeba")
+@register_dataset("celeba", DatasetInfo(
+    "multilabel", "202,599 face images (resized, default 64x64)", "40 attributes", "local (--root)",
+    "CelebA agreement: non-commercial research only"))
 def celeba(
     *,
     root: str | Path | None = None,

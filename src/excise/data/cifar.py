@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from excise.data.base import DatasetBundle, LabeledData
-from excise.data.registry import register_dataset
+from excise.data.registry import DatasetInfo, register_dataset
 
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_FILES: tuple[str, ...] = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
@@ -103,7 +103,7 @@ def _images(batch: dict[Any, Any], path: Path) -> np.ndarray:
 def _resolve_dir(root: str | Path | None, name: str, folder: str, files: Sequence[str]) -> Path:
     if root is None:
         raise ValueError(
-            f"root=None: {name} is read from a local directory and never downloaded; pass root= the folder "
+            f"{name} is read from a local directory and never downloaded: pass --root DIR (Python: root=DIR), DIR "
             f"holding {folder}/ (or {folder}/ itself) with {list(files)}"
         )
     base = Path(root).expanduser()
@@ -165,7 +165,9 @@ def _part(
     )
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", DatasetInfo(
+    "multiclass", "60,000 images, 32x32 colour (50,000 train / 10,000 test)", "10 classes", "local (--root)",
+    "none stated by its authors (Krizhevsky 2009)"))
 def cifar10(
     *, root: str | Path | None = None, seed: int = 0, max_train: int | None = None, max_test: int | None = None
 ) -> DatasetBundle:
@@ -221,7 +223,9 @@ def _read_cifar100(root: str | Path | None, name: str) -> dict[str, Any]:
     return out
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", DatasetInfo(
+    "multiclass", "60,000 images, 32x32 colour (50,000 train / 10,000 test)", "100 classes", "local (--root)",
+    "none stated by its authors (Krizhevsky 2009)"))
 def cifar100(
     *, root: str | Path | None = None, seed: int = 0, max_train: int | None = None, max_test: int | None = None
 ) -> DatasetBundle:
@@ -240,7 +244,10 @@ def cifar100(
     return DatasetBundle("cifar100", train, test, {"source": str(d["folder"]), "split": "official"})
 
 
-@register_dataset("cifar20")
+@register_dataset("cifar20", DatasetInfo(
+    "multiclass", "60,000 images, 32x32 colour (50,000 train / 10,000 test)", "20 super-classes",
+    "local (--root)", "none stated by its authors (Krizhevsky 2009)",
+    superclasses="100 fine classes, 5 per super-class"))
 def cifar20(
     *, root: str | Path | None = None, seed: int = 0, max_train: int | None = None, max_test: int | None = None
 ) -> DatasetBundle:

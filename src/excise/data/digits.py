@@ -16,7 +16,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from excise.data.base import DatasetBundle, LabeledData
-from excise.data.registry import register_dataset
+from excise.data.registry import DatasetInfo, register_dataset
 from excise.data.splits import stratified_split
 
 DIGIT_NAMES = tuple(str(d) for d in range(10))
@@ -29,7 +29,9 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, raw.target.astype(np.int64)
 
 
-@register_dataset("digits")
+@register_dataset("digits", DatasetInfo(
+    "multiclass", "1,797 images, 8x8 grey (1,347 train / 450 test)", "10 digits", "bundled (scikit-learn)",
+    "UCI hand-written digits, CC BY 4.0"))
 def digits(*, root: str | Path | None = None, seed: int = 0, test_fraction: float = 0.25) -> DatasetBundle:
     images, labels = _digits_arrays()
     train_idx, test_idx = stratified_split(labels, test_fraction, seed)
@@ -48,7 +50,9 @@ def digits(*, root: str | Path | None = None, seed: int = 0, test_fraction: floa
 SUPER_NAMES = tuple(f"{k}|{k + 5}" for k in range(5))
 
 
-@register_dataset("digits-super")
+@register_dataset("digits-super", DatasetInfo(
+    "multiclass", "1,797 images, 8x8 grey (1,347 train / 450 test)", "5 super-classes", "bundled (scikit-learn)",
+    "UCI hand-written digits, CC BY 4.0", superclasses="10 digits in pairs {k, k+5}"))
 def digits_super(
     *, root: str | Path | None = None, seed: int = 0, test_fraction: float = 0.25
 ) -> DatasetBundle:

@@ -45,7 +45,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from excise.data.base import DatasetBundle, LabeledData
-from excise.data.registry import register_dataset
+from excise.data.registry import DatasetInfo, register_dataset
 from excise.requests import CLASS_TARGETS
 
 # The module, not its names: importing it registers the sequence task, and either of the two modules may be
@@ -93,7 +93,9 @@ def _lengths(seq_length: int | Sequence[int]) -> tuple[int, int, int]:
     return tuple(int(v) for v in values)  # type: ignore[return-value]
 
 
-@register_dataset("markov")
+@register_dataset("markov", DatasetInfo(
+    "sequence", "20,000 token sequences of three Markov chains (options)", "3 chains (retain, forget1, forget2)",
+    "synthetic (IMU's benchmark)", "excise's own (Apache-2.0)"))
 def markov(
     *,
     root: str | Path | None = None,

@@ -46,7 +46,7 @@ import torch
 
 from excise.data.base import DatasetBundle, LabeledData
 from excise.data.digits import DIGIT_NAMES, _digits_arrays
-from excise.data.registry import register_dataset
+from excise.data.registry import DatasetInfo, register_dataset
 from excise.data.splits import stratified_split
 
 SOURCES: tuple[str, ...] = ("digits", "mnist")
@@ -154,7 +154,9 @@ def _make_canvases(
     }
 
 
-@register_dataset("multidigits")
+@register_dataset("multidigits", DatasetInfo(
+    "multilabel", "1,000 / 500 canvases of 2-4 real digits (options)", "5 targets (digits 0-4)",
+    "synthetic, from bundled digits or MNIST", "as its source digits"))
 def multidigits(
     *,
     root: str | Path | None = None,

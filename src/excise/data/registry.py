@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,42 @@ DatasetBuilder = Callable[..., DatasetBundle]
 DATASETS: Registry[DatasetBundle] = Registry("dataset", "data sets")
 _DATASETS: dict[str, DatasetBuilder] = DATASETS.builders
 
+REQUEST_KINDS = {"multiclass": "samples, class", "multilabel": "samples, target", "segmentation": "target",
+                 "detection": "target", "sequence": "samples, class"}
 
-def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
-    """Register ``builder(*, root=None, seed=0, **options) -> DatasetBundle`` under ``name``."""
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a user needs to pick a data set and a request kind, without loading it (``excise datasets``)."""
+
+    task: str
+    size: str  # e.g. "1,797 images, 8x8 grey"
+    classes: str  # e.g. "10 digits", "5 targets"
+    source: str  # "bundled" (ships with a package), "synthetic" (made here) or "local (--root)"
+    licence: str
+    superclasses: str = ""  # e.g. "5 pairs {k, k+5}": sub-class requests need them
+
+    def to_dict(self, name: str) -> dict[str, str]:
+        kinds = REQUEST_KINDS.get(self.task, "")
+        if self.superclasses:
+            kinds += ", subclass"
+        return {"name": name, "task": self.task, "size": self.size, "classes": self.classes,
+                "superclasses": self.superclasses, "requests": kinds, "source": self.source, "licence": self.licence}
+
+
+_INFO: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, info: DatasetInfo) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Register ``builder(*, root=None, seed=0, **options) -> DatasetBundle`` under ``name``, described by
+    ``info``."""
+    _INFO[name] = info
     return DATASETS.register(name)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    dataset_builder(name)  # an unknown name: the registry's error, listing the known ones
+    return _INFO[name]
 
 
 def list_datasets() -> list[str]:

@@ -23,6 +23,7 @@ model is broadcast at the end, so every rank returns the model rank 0 writes.
 from __future__ import annotations
 
 import copy
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -159,12 +160,28 @@ class UnlearningMethod(ABC):
     def describe(cls) -> dict[str, Any]:
         return {
             "name": cls.name,
+            "citation": short_citation(cls.paper),
             "paper": cls.paper,
             "data": "forget + retain" if cls.needs_retain else "forget only",
             "kinds": list(cls.kinds),
             "tasks": list(cls.tasks),
             "defaults": asdict(cls.Config()) if is_dataclass(cls.Config) else {},
         }
+
+
+_VENUE = re.compile(r"\b((?:NeurIPS|ICLR|ICML|CVPR|ECCV|ICCV|AAAI|TMLR|NDSS|EuroS&P|IEEE S&P)\s+\d{4})")
+_ARXIV = re.compile(r"\b(arXiv \d{4}\.\d{4,5})")
+
+
+def short_citation(paper: str) -> str:
+    """``First-author et al., Venue Year`` from a method's full citation (``excise methods``; ``--long`` for the
+    full one): the first author is the leading name, or the first one in parentheses ("Relabel-and-fine-tune
+    (Graves et al., ...)"); the venue is a conference or journal with its year, else the arXiv number."""
+    author = (re.match(r"([A-Z][\w\-]+)(?:,| et al\.| and )", paper)
+              or re.search(r"\(([A-Z][\w\-]+)(?:,| et al\.)", paper))
+    venue = _VENUE.search(paper) or _ARXIV.search(paper)
+    name = f"{author.group(1)} et al." if author else paper.split(",")[0]
+    return name if venue is None else f"{name}, {venue.group(1)}"
 
 
 _WARMED: set[tuple[object, ...]] = set()

@@ -138,7 +138,7 @@ class EssentialGraphConfig:
 
 def forgotten_targets(data: UnlearnData) -> tuple[int, ...]:
     classes = data.forget_set.classes
-    return tuple(sorted({_resolve_label(label, classes, "labels") for label in data.request.labels}))
+    return tuple(sorted({_resolve_label(label, classes, "labels", "target") for label in data.request.labels}))
 
 
 def earlier_targets(data: UnlearnData) -> tuple[int, ...] | None:

@@ -47,7 +47,7 @@ class TargetFinetune(UnlearningMethod):
 
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
         classes = data.forget_set.classes
-        forgotten = sorted({_resolve_label(label, classes, "labels") for label in data.request.labels})
+        forgotten = sorted({_resolve_label(label, classes, "labels", "target") for label in data.request.labels})
         instances = retain_rows_of(data.forget_set, data.retain_set)
         relabelled = instances.targets.clone()
         relabelled[:, forgotten] = 0.0

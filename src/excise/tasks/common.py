@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from excise.data.base import DatasetBundle, LabeledData, _resolve_label
 from excise.data.multidigits import multidigits
-from excise.data.registry import register_dataset
+from excise.data.registry import dataset_info, register_dataset
 from excise.metrics.dense import nanmean
 from excise.metrics.evaluate import EvalViews, register_evaluator
 from excise.requests import TargetSplitter, register_target_splitter
@@ -44,7 +44,8 @@ def register_multidigits_view(
     builder.__signature__ = inspect.signature(multidigits)  # type: ignore[attr-defined]
     builder.__name__ = name.replace("-", "_")
     builder.__doc__ = f"``{task}`` view of the ``multidigits`` canvases; takes the same options."
-    register_dataset(name)(builder)
+    base = dataset_info("multidigits")
+    register_dataset(name, replace(base, task=task, source=f"synthetic: {task} view of multidigits"))(builder)
     DENSE_DATASETS[name] = task
     return builder
 
@@ -87,7 +88,7 @@ def train_defaults(task: str | None, dataset: str | None, model: str | None) -> 
 
 
 def forgotten_and_remaining(data: LabeledData, labels: Sequence[str | int]) -> tuple[list[int], list[int]]:
-    forgotten = sorted({_resolve_label(label, data.classes, "labels") for label in labels})
+    forgotten = sorted({_resolve_label(label, data.classes, "labels", "target") for label in labels})
     return forgotten, [c for c in range(data.num_classes) if c not in forgotten]
 
 
