@@ -34,3 +34,14 @@ def test_every_module_imports_first():
     # imported as if it were the first (torch and the other dependencies stay loaded, which keeps this fast).
     done = subprocess.run([sys.executable, "-c", SCRIPT, *modules], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_command_line_starts_without_torch():
+    """`excise --help` used ~3-4 s of CPU, most of it importing torch through the package's eager imports: the
+    package and the CLI module import nothing heavy now (benchmarks/startup.py measures the CPU time)."""
+    probe = "import sys, excise, excise.cli; print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+    help_text = subprocess.run([sys.executable, "-m", "excise.cli", "--help"], capture_output=True, text=True,
+                               timeout=120)
+    assert help_text.returncode == 0 and "unlearn" in help_text.stdout

@@ -1,25 +1,27 @@
 """The ``excise`` command line: a thin layer over :mod:`excise.api`.
 
 Each command parses flags, calls one API function and prints the result; validation and all work live
-in the API so Python users get the same behaviour.
+in the API so Python users get the same behaviour. Everything that imports torch is imported inside the
+commands: ``excise --help`` and a refused request start in a fraction of a second (``benchmarks/startup.py``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from excise import api, distributed
 from excise._files import DuplicateKeyError, unique_key_loader
 from excise.progress import set_progress
-from excise.requests import ForgetRequest, RequestError
-from excise.training import TrainConfig
+
+if TYPE_CHECKING:
+    from excise.requests import ForgetRequest
 
 app = typer.Typer(
     help="excise: make a trained model forget samples, classes, sub-classes or targets — and prove it.",
@@ -30,7 +32,8 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 # OSError covers what only the file system can tell (permissions, a full disk): its message names the path.
-USER_ERRORS = (ValueError, OSError, RequestError, ImportError, TypeError)
+# A RequestError is a ValueError.
+USER_ERRORS = (ValueError, OSError, ImportError, TypeError)
 
 
 def fail(err: Exception) -> None:
@@ -81,6 +84,8 @@ def set_threads(threads: int | None) -> None:
 
 
 def parse_request(text: str | None, required: bool = True) -> ForgetRequest | None:
+    from excise.requests import ForgetRequest
+
     if text is None:
         if required:
             raise ValueError("--request is required (e.g. class:3, samples:fraction=0.1, subclass:8, target:2, "
@@ -123,10 +128,16 @@ def gap_text(gap: float, interval: list[float] | None) -> str:
 
 @app.callback()
 def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.")) -> None:
-    # Under torchrun every rank runs the same command; only rank 0 draws progress and writes files.
-    distributed.init_from_env()
-    set_progress(not quiet and distributed.is_main())
-    console.quiet = not distributed.is_main()
+    # Under torchrun every rank runs the same command; only rank 0 draws progress and writes files. torchrun's
+    # environment says whether that is the case, so a single-process command does not import torch here.
+    writes = True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from excise import distributed
+
+        distributed.init_from_env()
+        writes = distributed.is_main()
+    set_progress(not quiet and writes)
+    console.quiet = not writes
 
 
 @app.command("train")
@@ -156,6 +167,9 @@ def train_command(
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
     """Train an original model, or (with --request) the retrained reference that never saw the forget set."""
+    from excise import api
+    from excise.training import TrainConfig
+
     try:
         from excise.tasks.dense import train_defaults
 
@@ -197,6 +211,8 @@ def unlearn_command(
                     "the differences are recorded."),
 ) -> None:
     """Make a model forget what --request names, then print the evidence."""
+    from excise import api
+
     try:
         outcome = api.unlearn_checkpoint(
             model, method, parse_request(request), out=out, hyperparameters=parse_params(param),
@@ -237,6 +253,9 @@ def evaluate_command(
                     "the differences are recorded."),
 ) -> None:
     """FA/RA/TA and every MIA variant of a model for a request, with bootstrap intervals."""
+    from excise import api
+    from excise.requests import ForgetRequest
+
     try:
         if plot is not None:  # first: a bad picture path fails before the (longer) evaluation
             from excise.tasks.dense import plot_checkpoints
@@ -357,8 +376,10 @@ def ulira_command(
     attack's AUC, accuracy and TPR at low FPR (ideal: 0.5 / 50 / = FPR, where retrain sits) beside the
     shadows' forget and test accuracy.
     """
+    from excise import api
     from excise.bench.ulira import ULiraConfig
     from excise.demo import demo_methods
+    from excise.training import TrainConfig
 
     try:
         set_threads(threads)

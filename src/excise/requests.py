@@ -27,12 +27,9 @@ import numpy as np
 import torch
 
 from excise._files import DuplicateKeyError, read_json_or_yaml, refuse_duplicate_json_keys
-from excise.data.base import LabeledData, _resolve_label
+from excise.data.base import CLASS_TARGETS, LabeledData, _resolve_label, load_task
 
 KINDS: tuple[str, ...] = ("samples", "class", "subclass", "target")
-CLASS_TARGETS = "class_targets"
-"""``LabeledData.extras`` key of a per-sample class index (into ``classes``) for tasks whose ``targets`` are not
-class indices — a sequence's source chain (:mod:`excise.tasks.sequence`); ``class`` requests select on it."""
 
 
 class RequestError(ValueError):
@@ -243,6 +240,7 @@ def register_target_splitter(task: str, splitter: TargetSplitter) -> None:
 
 def resolve(data: LabeledData, request: ForgetRequest) -> ResolvedRequest:
     """Check ``request`` against ``data`` and find the training rows it names."""
+    load_task(data.task)  # a dense task registers its target splitter when first used
     n = len(data)
     if request.kind == "target" and data.task != "multilabel" and data.task not in _TARGET_SPLITTERS:
         raise RequestError(

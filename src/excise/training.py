@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from excise import distributed, runtime
-from excise.data.base import LabeledData
+from excise.data.base import LabeledData, load_task
 from excise.progress import progress_bar
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -146,6 +146,8 @@ register_task_loss("multilabel", _multilabel_loss)
 def per_sample_loss(logits: Tensor, targets: Tensor, task: str, label_mask: Tensor | None = None) -> Tensor:
     """Loss of each sample: cross-entropy (multiclass), BCE averaged over the sample's masked labels
     (multilabel), or a registered task's loss."""
+    if task not in _TASK_LOSSES:
+        load_task(task)  # a plug-in task registers its loss when first used
     if task not in _TASK_LOSSES:
         raise ValueError(f"task={task!r} has no registered loss; known: {sorted(_TASK_LOSSES)}")
     return _TASK_LOSSES[task](logits, targets, label_mask)

@@ -9,7 +9,6 @@ from excise.data import mnist as _mnist  # noqa: F401  (registers)
 from excise.data import multidigits as _multidigits  # noqa: F401  (registers)
 from excise.data.base import DatasetBundle, LabeledData
 from excise.data.registry import DatasetInfo, dataset_info, list_datasets, load_dataset, register_dataset
-from excise.tasks import dense as _dense_tasks  # noqa: F401, E402  (registers multidigits-seg/-det)
 
 __all__ = ["DatasetBundle", "DatasetInfo", "LabeledData", "dataset_info", "list_datasets", "load_dataset",
            "register_dataset"]

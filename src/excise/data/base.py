@@ -9,6 +9,7 @@ gathers a whole batch with one indexing op instead of collating thousands of sin
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,14 +19,32 @@ import torch
 from torch import Tensor
 
 Task = str
-# Tasks a LabeledData may carry. Classification tasks are built in; dense and sequence tasks register
-# themselves (with their loss in excise.training and their metrics in excise.metrics) via register_task.
-TASKS: set[str] = {"multiclass", "multilabel"}
+TASK_PLUGINS: dict[str, str] = {
+    "sequence": "excise.tasks.sequence",
+    "segmentation": "excise.tasks.segmentation",
+    "detection": "excise.tasks.detection",
+}
+"""The module that plugs each non-classification task in: its loss (:mod:`excise.training`), evaluator
+(:mod:`excise.metrics.evaluate`) and ``target`` splitter (:mod:`excise.requests`). Those modules sit above the
+data, training and metrics layers, so the layers below import them when a task is first needed
+(:func:`load_task`), never at import time: no import cycle, and ``import excise`` stays cheap."""
+# Tasks a LabeledData may carry: classification, the plug-in tasks above, and any a user registers.
+TASKS: set[str] = {"multiclass", "multilabel", *TASK_PLUGINS}
+
+CLASS_TARGETS = "class_targets"
+"""``LabeledData.extras`` key of a per-sample class index (into ``classes``) for tasks whose ``targets`` are not
+class indices — a sequence's source chain (:mod:`excise.tasks.sequence`); ``class`` requests select on it."""
 
 
 def register_task(name: str) -> None:
     """Declare a task name (e.g. ``"segmentation"``) so data sets may carry it."""
     TASKS.add(name)
+
+
+def load_task(task: str) -> None:
+    """Import the module that plugs ``task`` in (:data:`TASK_PLUGINS`), if it has one and it is not loaded."""
+    if task in TASK_PLUGINS:
+        importlib.import_module(TASK_PLUGINS[task])
 
 
 @dataclass

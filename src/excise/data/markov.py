@@ -44,13 +44,14 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from excise.data.base import DatasetBundle, LabeledData
+from excise.data.base import CLASS_TARGETS, DatasetBundle, LabeledData
 from excise.data.registry import DatasetInfo, register_dataset
-from excise.requests import CLASS_TARGETS
 
-# The module, not its names: importing it registers the sequence task, and either of the two modules may be
-# the first one imported (the GPT model imports the task too), so names are read when data is built.
-from excise.tasks import sequence as sequence_task
+TASK = "sequence"
+IGNORE_INDEX = -100
+"""Target of a padding position (no token to predict)."""
+TRUE_NEXT = "true_next"
+"""``LabeledData.extras`` key of the true next-token distribution at each position."""
 
 CHAINS = ("retain", "forget1", "forget2")
 
@@ -145,7 +146,7 @@ def markov(
             seqs = sequences[c][torch.as_tensor(idx, dtype=torch.long)]
             n, t = len(seqs), lengths[c] - 1
             x = torch.zeros(n, width, dtype=torch.long)
-            y = torch.full((n, width), sequence_task.IGNORE_INDEX, dtype=torch.long)
+            y = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
             truth = torch.zeros(n, width, state_size)
             x[:, :t], y[:, :t] = seqs[:, :-1], seqs[:, 1:]
             truth[:, :t] = matrices[c][seqs[:, :-1]]
@@ -154,8 +155,8 @@ def markov(
             true_next.append(truth)
             chains.append(torch.full((n,), c, dtype=torch.long))
         return LabeledData(
-            inputs=torch.cat(inputs), targets=torch.cat(targets), classes=CHAINS, task=sequence_task.TASK,
-            extras={CLASS_TARGETS: torch.cat(chains), sequence_task.TRUE_NEXT: torch.cat(true_next)},
+            inputs=torch.cat(inputs), targets=torch.cat(targets), classes=CHAINS, task=TASK,
+            extras={CLASS_TARGETS: torch.cat(chains), TRUE_NEXT: torch.cat(true_next)},
             name="markov",
         )
 

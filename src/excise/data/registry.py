@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from excise._registry import Registry
-from excise.data.base import DatasetBundle
+from excise.data.base import DatasetBundle, load_task
 
 DatasetBuilder = Callable[..., DatasetBundle]
 DATASETS: Registry[DatasetBundle] = Registry("dataset", "data sets")
@@ -52,11 +52,21 @@ def dataset_info(name: str) -> DatasetInfo:
     return _INFO[name]
 
 
+def _load_plugins() -> None:
+    """The dense tasks register their views of ``multidigits`` (``multidigits-seg``, ``multidigits-det``) when
+    their modules are imported; they sit above this layer, so they are imported on the first query instead."""
+    for task in ("segmentation", "detection"):
+        load_task(task)
+
+
 def list_datasets() -> list[str]:
+    _load_plugins()
     return DATASETS.names()
 
 
 def dataset_builder(name: str) -> DatasetBuilder:
+    if name not in DATASETS.builders:
+        _load_plugins()
     return DATASETS.get(name)
 
 

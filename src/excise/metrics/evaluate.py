@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from excise.data.base import DatasetBundle, LabeledData
+from excise.data.base import DatasetBundle, LabeledData, load_task
 from excise.metrics.accuracy import accuracy, per_target_accuracy, per_target_ap
 from excise.metrics.mia import CV_REPEATS, HEADLINE_MIA, Judge, MiaInputs, run_mia
 from excise.requests import ForgetRequest, split, split_test
@@ -122,6 +122,7 @@ def collect_outputs(model: nn.Module, views: EvalViews) -> Outputs | None:
     """``model``'s logits on every population of ``views``; ``None`` for a task with its own registered
     evaluator (dense, sequence), which scores the model itself."""
     task = views.forget_set.task
+    load_task(task)  # a plug-in task registers its evaluator when first used
     if task in _EVALUATORS:
         return None
     test_forget = views.test_forget

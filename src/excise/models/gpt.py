@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from excise.models.registry import register_model
-from excise.tasks import sequence as _sequence  # noqa: F401  (registers the sequence task)
 
 
 class CausalSelfAttention(nn.Module):

@@ -45,14 +45,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from excise.data.base import LabeledData
+from excise.data.base import CLASS_TARGETS, LabeledData
+from excise.data.markov import IGNORE_INDEX, TASK, TRUE_NEXT
 from excise.metrics.evaluate import EvalViews, register_evaluator
-from excise.requests import CLASS_TARGETS
 from excise.training import make_loader, register_task_loss
-
-TASK = "sequence"
-IGNORE_INDEX = -100
-TRUE_NEXT = "true_next"
 
 
 def token_losses(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
