@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from excise.bench.runner import ModelCache, code_version
+from excise.bench.cache import ModelCache, code_version
 from excise.checkpoint import atomic_write, atomic_write_text
 from excise.data import load_dataset
 from excise.experiment import run_method, train_original

@@ -32,6 +32,7 @@ from excise import api  # noqa: E402
 from excise.experiment import run_method  # noqa: E402
 from excise.metrics import EvalViews  # noqa: E402
 from excise.metrics.uncertainty import Uncertainty  # noqa: E402
+from excise.provenance.history import bundle_for  # noqa: E402
 from excise.requests import ForgetRequest  # noqa: E402
 from excise.training import TrainConfig  # noqa: E402
 
@@ -63,7 +64,7 @@ def main() -> None:
         recipe = TrainConfig(epochs=args.epochs, batch_size=64, lr=0.05)
         api.train_model("digits", "small_cnn", checkpoint, recipe=recipe, model_kwargs={"width": 16})
         original = api.load_checkpoint(checkpoint)
-        views = EvalViews.from_bundle(api.bundle_for(original), request)
+        views = EvalViews.from_bundle(bundle_for(original), request)
         table = Table(title=f"digits, small_cnn width 16, {request.describe()}: method seconds as each entry point "
                             f"records them (median of {args.repeats}; {args.threads} thread(s))", title_justify="left")
         for column in ("method", "CLI s", "API s", "bench s", "CLI / API", "bench / API"):

@@ -177,8 +177,8 @@ def test_train_uses_the_models_own_width_unless_given(tmp_path):
 def test_reference_check_ignores_label_order_and_refuses_sidecars_without_a_data_fingerprint(digits, tmp_path):
     """``class:5,3`` and ``class:3,5`` are one request; a sidecar whose dataset record is null or lacks the
     fingerprint cannot be shown to share the original's data, and is refused by name (not an AttributeError)."""
-    from excise.api import check_reference
     from excise.checkpoint import Checkpoint, CheckpointError
+    from excise.provenance.history import check_reference
     from excise.requests import ForgetRequest
 
     dataset = {"name": "digits", "fingerprint": digits.fingerprint()}
@@ -222,6 +222,7 @@ def test_unlearning_an_unlearned_checkpoint_continues_its_sequence(trained, refe
     from excise.data import load_dataset
     from excise.experiment import run_method
     from excise.metrics import EvalViews, evaluate
+    from excise.provenance.history import bundle_for
     from excise.requests import ForgetRequest
 
     first, second = tmp_path / "step1.safetensors", tmp_path / "step2.safetensors"
@@ -250,7 +251,7 @@ def test_unlearning_an_unlearned_checkpoint_continues_its_sequence(trained, refe
     tuned = tmp_path / "tuned.safetensors"
     assert invoke("unlearn", first, "--method", "finetune", "--request", "class:5", "--out", tuned).exit_code == 0
     step1 = api.load_checkpoint(first)
-    bundle = api.bundle_for(step1)
+    bundle = bundle_for(step1)
     single, _ = run_method("finetune", step1.model, EvalViews.from_bundle(bundle, ForgetRequest.parse("class:5")),
                            api.recipe_of(step1), seed=0)
     three = EvalViews.from_bundle(bundle, ForgetRequest.parse("class:3"))

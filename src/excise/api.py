@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from torch import nn
 
 from excise import distributed
@@ -33,9 +33,22 @@ from excise.experiment import RunRecord, build_model, judge, reference_replicate
 from excise.methods import get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.metrics.uncertainty import Uncertainty
-from excise.requests import ForgetRequest, RequestError, resolve
-from excise.sequential import cumulative_views, step_forget_sets
+from excise.provenance.certificate import certificate_path, sign
+from excise.provenance.history import (
+    bundle_for,
+    check_reference,
+    history_views,
+    history_warning,
+    served_requests,
+    training_seed,
+)
+from excise.provenance.issue import certify
+from excise.provenance.ledger import read_ledger
+from excise.requests import ForgetRequest, resolve
 from excise.training import TrainConfig, seed_everything, train
+
+if TYPE_CHECKING:  # the essential graph is imported by the commands that use it
+    from excise.graph import EssentialGraph
 
 
 def _dataset_record(bundle: DatasetBundle, options: dict[str, Any], seed: int, root: str | None) -> dict[str, Any]:
@@ -138,29 +151,6 @@ def fit_accuracy(model: nn.Module, train_set: LabeledData, test_set: LabeledData
             "accuracy_of": "top-1" if train_set.task == "multiclass" else "mean per-target (threshold 0.5)"}
 
 
-def bundle_for(checkpoint: Checkpoint) -> DatasetBundle:
-    """Rebuild the data set a checkpoint was trained on, and check it is the same data."""
-    record = checkpoint.meta.get("dataset")
-    if not record:
-        raise ValueError(f"checkpoint {str(checkpoint.path)!r} records no data set; it was not trained by excise")
-    where = f"the sidecar of {str(checkpoint.path)!r}"
-    if not isinstance(record, dict):
-        raise CheckpointError(f"{where}: 'dataset' must be an object, not {type(record).__name__}")
-    expected = {"name": str, "seed": int, "options": dict}
-    for key, kind in expected.items():
-        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
-            raise CheckpointError(
-                f"{where}: dataset.{key}={record.get(key)!r} must be a {kind.__name__} (fields: {sorted(expected)})"
-            )
-    bundle = load_dataset(record["name"], root=record.get("root"), seed=record["seed"], **record["options"])
-    if record.get("fingerprint") and bundle.fingerprint() != record["fingerprint"]:
-        raise ValueError(
-            f"the data set {record['name']!r} now differs from the one checkpoint {str(checkpoint.path)!r} was "
-            "trained on (fingerprint mismatch): refusing to evaluate against other data"
-        )
-    return bundle
-
-
 @dataclass
 class UnlearnOutcome:
     model: nn.Module
@@ -181,15 +171,19 @@ def unlearn_checkpoint(
     graph: str | Path | None = None,
     uncertainty: Uncertainty | None = None,
     allow_reference_mismatch: bool = False,
+    ledger: str | Path | None = None,
+    sign_key: str | Path | None = None,
 ) -> UnlearnOutcome:
     """Unlearn ``request`` from the model at ``model_path``; the input checkpoint is never modified.
 
     ``graph``: an essential-graph file (``excise graph``) for the methods that prune with one. ``uncertainty``:
     bootstrap intervals of the metrics and (with a reference) of the average gap; default
-    :class:`~excise.metrics.uncertainty.Uncertainty` (``Uncertainty(replicates=0)``: none)."""
-    if graph is not None:
-        from excise.graph import graph_hyperparameters
+    :class:`~excise.metrics.uncertainty.Uncertainty` (``Uncertainty(replicates=0)``: none).
 
+    With ``out``, a deletion certificate is written beside the checkpoint (:mod:`excise.provenance.certificate`;
+    signed with the Ed25519 key at ``sign_key`` if given); with ``ledger``, it is appended to that model lineage's
+    ledger (:mod:`excise.provenance.ledger`), which must be new or end at this input model."""
+    if graph is not None:
         hyperparameters = graph_hyperparameters(method, hyperparameters, graph)
     unlearner = get_method(method, **(hyperparameters or {}))
     # Every check before any model is loaded or any work starts, in the order a user fixes them: the request
@@ -206,6 +200,8 @@ def unlearn_checkpoint(
         out = _check_output(out, overwrite)
         if Path(out).resolve() == Path(model_path).resolve():
             raise ValueError("out must differ from the input model: the original model is never overwritten")
+        _check_output(certificate_path(out), overwrite, suffix=".json")
+    _check_provenance(head, out, ledger, sign_key)
     if not complete:
         warnings.warn(history_warning(head, earlier), stacklevel=2)
     requests = [*earlier, request]
@@ -270,8 +266,38 @@ def unlearn_checkpoint(
         path = Path(out)
         if distributed.is_main():
             save_checkpoint(out, model, meta, overwrite=overwrite)
+            certify(path, meta, original={"path": original.path, "sha256": original.sha256,
+                                          "kind": original.meta.get("kind")},
+                    bundle=bundle, covers=[request], evidence=record.evidence, ledger=ledger, sign_key=sign_key,
+                    overwrite=overwrite)
         distributed.barrier()
     return UnlearnOutcome(model, record, path)
+
+
+def _check_provenance(head: Checkpoint, out: Path | None, ledger: str | Path | None,
+                      sign_key: str | Path | None) -> None:
+    """Before any work: a ledger needs a certificate (so an output), must be new or end at this input model, and
+    a signing key must load."""
+    if ledger is not None:
+        if out is None:
+            raise ValueError("--ledger needs --out: a ledger entry certifies a written model file")
+        ledger = Path(ledger)
+        if ledger.exists():
+            state = read_ledger(ledger)
+            if state.entries and state.head_model != head.sha256:
+                raise ValueError(
+                    f"ledger {str(ledger)!r} tracks a lineage whose current model is {state.head_model[:16]}…, but "
+                    f"{str(head.path)!r} is {head.sha256[:16]}…: a ledger records one model's successive deletions; "
+                    "unlearn from its current model, or start a new ledger")
+        else:
+            _check_output(ledger, False, suffix=ledger.suffix or ".jsonl")
+    if sign_key is not None:
+        if out is None:
+            raise ValueError("--sign-key needs --out: the signature goes into the certificate written beside it")
+        sign(_PROBE, sign_key)  # an unreadable or non-Ed25519 key fails now, not after the work
+
+
+_PROBE: dict[str, Any] = {"probe": True}
 
 
 def recipe_of(checkpoint: Checkpoint) -> TrainConfig:
@@ -280,165 +306,6 @@ def recipe_of(checkpoint: Checkpoint) -> TrainConfig:
         return TrainConfig.from_dict(checkpoint.meta.get("recipe"))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"the sidecar of {str(checkpoint.path)!r} records an invalid recipe: {err}") from err
-
-
-def served_requests(checkpoint: Checkpoint) -> tuple[list[ForgetRequest], bool]:
-    """The requests a checkpoint has served already, oldest first, and whether that history is complete.
-
-    A retrained reference has served the request(s) it was retrained without; a trained model none. An unlearned
-    checkpoint written before excise recorded histories knows only its own last request (incomplete), and so
-    does every checkpoint continued from it. A sidecar that contradicts itself is refused, naming the field."""
-    meta = checkpoint.meta
-    kind = meta.get("kind")
-    if kind not in ("unlearned", "retrained"):
-        return [], True
-    where = f"the sidecar of {str(checkpoint.path)!r}"
-    if not meta.get("request"):
-        raise CheckpointError(f"{where} is of kind {kind!r} but records no 'request'")
-    history = meta.get("history")
-    complete = True
-    if history is None:
-        history = [meta["request"]]
-        complete = kind == "retrained"  # an unlearned model of an older excise: earlier requests unknown
-    elif kind == "unlearned":
-        complete = meta.get("history_complete", True) is True
-    try:
-        if not isinstance(history, list) or not history:
-            raise ValueError(f"'history' must be a non-empty list of requests, got {history!r}")
-        requests = [ForgetRequest.from_dict(r) for r in history]
-        last = ForgetRequest.from_dict(meta["request"])
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{where} records an invalid request history: {err}") from err
-    if requests[-1] != last:
-        raise CheckpointError(f"{where}: the last entry of 'history' ({requests[-1].describe()!r}) is not its "
-                              f"'request' ({last.describe()!r})")
-    return requests, complete
-
-
-def history_warning(checkpoint: Checkpoint, requests: list[ForgetRequest]) -> str:
-    """What an incomplete history means for the numbers built on it."""
-    if "history" not in checkpoint.meta:
-        return (f"{str(checkpoint.path)!r} was written by an excise that did not record request histories: only "
-                f"its last request ({_describe(requests)}) is known, so anything forgotten before it is neither "
-                "excluded from the retain set nor judged; start from the original model for an exact sequence")
-    return (f"the request history of {str(checkpoint.path)!r} is incomplete: it continues a checkpoint written by "
-            f"an older excise, so requests served before {requests[0].describe()!r} are unknown and neither "
-            "excluded from the retain set nor judged")
-
-
-def _describe(requests: list[ForgetRequest]) -> str:
-    return " then ".join(repr(r.describe()) for r in requests)
-
-
-def history_views(bundle: DatasetBundle, checkpoint: Checkpoint | None, requests: list[ForgetRequest],
-                  earlier: int) -> tuple[EvalViews, LabeledData]:
-    """The cumulative views of ``requests`` and the last one's own forget set; an error names the checkpoint's
-    history (its first ``earlier`` requests) rather than a sequence the user never wrote."""
-    if len(requests) == 1:
-        views = EvalViews.from_bundle(bundle, requests[0])
-        return views, views.forget_set
-    try:
-        return cumulative_views(bundle, requests)[-1], step_forget_sets(bundle.train, requests)[-1]
-    except RequestError as err:
-        if checkpoint is None:
-            raise
-        raise RequestError(f"{str(checkpoint.path)!r} has already served {_describe(requests[:earlier])}; "
-                           f"{requests[-1].describe()!r} cannot follow it: {err}") from err
-
-
-def _forgotten(data: LabeledData, requests: list[ForgetRequest]) -> tuple[list[int], list[int]]:
-    """What ``requests`` forget together on ``data``: (training rows, label columns of ``target`` requests)."""
-    rows: set[int] = set()
-    labels: set[int] = set()
-    for r in requests:
-        resolved = resolve(data, r)
-        rows |= set(np.asarray(resolved.forget_indices).tolist())
-        if r.kind == "target":
-            labels |= set(resolved.label_indices)
-    return sorted(rows), sorted(labels)
-
-
-def check_reference(reference: Checkpoint, original: Checkpoint, request: ForgetRequest | list[ForgetRequest],
-                    data: LabeledData, *, allow_mismatch: bool = False) -> list[str]:
-    """A retrained reference must be one: trained by excise on the same data without exactly what ``request``
-    (or a sequence of requests, together) forgets — compared as resolved on ``data``, so ``class:3`` and
-    ``{"kind": "class", "labels": [3]}`` agree, and so do ``class:3`` then ``class:5`` and ``class:3,5`` — and
-    trained like the original: the same architecture and arguments, recipe and training seed
-    (:func:`reference_differences`). A difference there is refused unless ``allow_mismatch``; the differences
-    found are returned, to be recorded beside the numbers they affect."""
-    requests = request if isinstance(request, list) else [request]
-    where = f"reference {str(reference.path)!r}"
-    kind = reference.meta.get("kind")
-    if kind != "retrained":
-        raise ValueError(f"{where} records kind={kind!r}, not a retrained reference (train one with "
-                         "`excise train --request ...`)")
-    try:
-        retrained_for, _ = served_requests(reference)
-        if not retrained_for:
-            raise ValueError("it records no request")
-    except ValueError as err:
-        raise CheckpointError(f"{where} records an invalid request: {err}") from err
-    same = ((requests[0].kind == "target") == (retrained_for[0].kind == "target")
-            and _forgotten(data, requests) == _forgotten(data, retrained_for))
-    if not same:
-        hint = ""
-        if len(requests) > 1 and len({r.kind for r in requests}) == 1 and requests[0].kind != "samples":
-            labels = ",".join(dict.fromkeys(str(label) for r in requests for label in r.labels))
-            hint = f"; retrain one with `excise train --request {requests[0].kind}:{labels}`"
-        if len(requests) > 1 and not hint:
-            hint = "; retrain one with `excise train " + " ".join(f"--request {r.describe()}" for r in requests) + "`"
-        raise ValueError(f"{where} was retrained without {_describe(retrained_for)}, but this run forgets "
-                         f"{_describe(requests)}: its metrics are not this request's reference{hint}")
-    fingerprints = []
-    for role, checkpoint in (("reference", reference), ("original model", original)):
-        record = checkpoint.meta.get("dataset")
-        fingerprint = record.get("fingerprint") if isinstance(record, dict) else None
-        if not fingerprint:
-            raise CheckpointError(
-                f"the sidecar of the {role} {str(checkpoint.path)!r} records no dataset.fingerprint, so the "
-                "reference cannot be shown to be trained on the original's data; train both with this excise, "
-                "or run without --reference")
-        fingerprints.append(fingerprint)
-    if fingerprints[0] != fingerprints[1]:
-        raise ValueError(f"{where} was trained on other data than {str(original.path)!r} (data set fingerprint "
-                         f"{str(fingerprints[0])[:12]} vs {str(fingerprints[1])[:12]})")
-    differences = reference_differences(reference, original)
-    if differences and not allow_mismatch:
-        # Measured: a width-8, 2-epoch reference for a width-32, 20-epoch original gave "avg gap to retrain 22.81";
-        # the matching reference gives 3.42.
-        raise ValueError(f"{where} was not trained like {str(original.path)!r} ({'; '.join(differences)}): the gap "
-                         "to it would measure the difference in training, not in forgetting. Retrain it with the "
-                         "original's settings, or pass --allow-reference-mismatch to compare anyway (recorded)")
-    return differences
-
-
-def training_seed(checkpoint: Checkpoint) -> int | None:
-    """The seed the weights were trained with (an unlearned checkpoint carries its original's; ``None`` when an
-    older sidecar does not say)."""
-    meta = checkpoint.meta
-    return meta.get("seed") if meta.get("kind") in ("original", "retrained") else meta.get("train_seed")
-
-
-def reference_differences(reference: Checkpoint, original: Checkpoint) -> list[str]:
-    """Each way ``reference`` was trained differently from ``original``, as ``field: value (reference) vs value
-    (original)``: the model's name and every argument, every recipe field, the training seed. A field one sidecar
-    does not record is not compared."""
-    def flat(meta: dict[str, Any]) -> dict[str, Any]:
-        model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
-        out: dict[str, Any] = {}
-        if "name" in model:
-            out["model"] = model["name"]
-        out.update({key: value for key, value in (model.get("kwargs") or {}).items()})
-        recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
-        out.update({f"recipe.{key}": value for key, value in recipe.items()})
-        return out
-
-    mine, theirs = flat(reference.meta), flat(original.meta)
-    mine["seed"], theirs["seed"] = training_seed(reference), training_seed(original)
-    return [f"{key}: {mine[key]!r} (reference) vs {theirs[key]!r} (original)"
-            for key in dict.fromkeys([*mine, *theirs])
-            if key in mine and key in theirs and mine[key] is not None and theirs[key] is not None
-            and mine[key] != theirs[key]]
 
 
 def evaluate_checkpoint(model_path: str | Path, request: ForgetRequest | None = None,
@@ -499,6 +366,87 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
         out["avg_gap"] = avg_gap(metrics, reference_metrics)
         out["avg_gap_interval"] = None if found is None else found.avg_gap_interval
     return out
+
+
+# --- essential graphs (the `excise graph` command and `unlearn --graph`) -----------------------------
+def graph_hyperparameters(
+    method: str, hyperparameters: dict[str, Any] | None, graph: str | Path
+) -> dict[str, Any]:
+    """The method's hyper-parameters with ``graph`` added, refusing methods that take no graph."""
+    from dataclasses import fields
+
+    from excise.graph import GraphError
+    from excise.methods import list_methods, method_class
+
+    takes = [name for name in list_methods() if "graph" in {f.name for f in fields(method_class(name).Config)}]
+    if "graph" not in {f.name for f in fields(method_class(method).Config)}:
+        raise GraphError(f"graph={str(graph)!r} is only used by the methods that prune with an essential graph "
+                         f"({takes}); method {method!r} takes no graph")
+    hyperparameters = dict(hyperparameters or {})
+    if hyperparameters.get("graph") not in (None, str(graph)):
+        raise GraphError(f"graph given twice with different values: {hyperparameters['graph']!r} and {str(graph)!r}")
+    hyperparameters["graph"] = str(graph)
+    return hyperparameters
+
+
+def graph_checkpoint(
+    model_path: str | Path,
+    targets: Sequence[str | int],
+    *,
+    out: str | Path | None = None,
+    plot: str | Path | None = None,
+    graph: str | Path | None = None,
+    proportion: float = 0.1,
+    num_images: int | None = None,
+    layers: Sequence[str] | None = None,
+    num_layers: int = 5,
+    balanced: bool = True,
+    overwrite: bool = False,
+) -> EssentialGraph:
+    """Build (or, with ``graph``, load and check) the essential graph of a checkpoint for forgetting
+    ``targets``; write it to ``out`` (JSON) and/or a picture to ``plot`` (PNG)."""
+    from excise.graph import DEFAULT_NUM_IMAGES, EssentialGraph, GraphError, build_graph
+
+    if out is None and plot is None:
+        raise GraphError("nothing to do: give out (the graph file to write) and/or plot (a PNG picture)")
+    for path, suffix, what in ((out, ".json", "out"), (plot, ".png", "plot")):
+        if path is not None:
+            if Path(path).suffix != suffix:
+                raise GraphError(f"{what}={str(path)!r} must end in {suffix}")
+            if Path(path).exists() and not overwrite:
+                raise FileExistsError(f"{str(path)!r} exists; refusing to overwrite it (pass --overwrite)")
+    if graph is not None and out is not None:
+        raise GraphError("give either graph (an existing graph to plot) or out (a new graph to build), not both")
+    checkpoint = load_checkpoint(model_path)
+    bundle = bundle_for(checkpoint)
+    request = ForgetRequest(kind="target", labels=tuple(targets))
+    forgotten = resolve(bundle.train, request).label_indices
+    # A model that already forgot targets (an unlearned checkpoint's history) builds the graph of the next step
+    # of its sequence: the earlier targets are neither scored nor spared, as the one-shot method does.
+    if graph is not None:  # plot a stored graph: it must fit this model and request, whatever came before
+        built = EssentialGraph.load(graph)
+        built.check_model(checkpoint.model, f"graph file {str(graph)!r}")
+        built.check_request(bundle.classes, forgotten, f"graph file {str(graph)!r}", gone=None)
+    else:
+        earlier, _ = served_requests(checkpoint)
+        already = {t for r in earlier if r.kind == "target" for t in resolve(bundle.train, r).label_indices}
+        if already & set(forgotten):
+            raise GraphError(f"{str(model_path)!r} has already forgotten target(s) "
+                             f"{[bundle.classes[t] for t in sorted(already & set(forgotten))]}: there is no graph of "
+                             "them left to build")
+        gone = sorted(already)
+        built = build_graph(
+            checkpoint.model, bundle.train.targets, bundle.train.inputs, forgotten, classes=bundle.classes,
+            proportion=proportion, num_images=DEFAULT_NUM_IMAGES if num_images is None else num_images,
+            layers=layers, num_layers=num_layers, balanced=balanced, gone=gone,
+        )
+        if built.model_sha256 != checkpoint.sha256:  # cannot happen unless the loader changed the weights
+            raise GraphError("the loaded model's weights do not hash to its checkpoint's sha256")
+    if out is not None:
+        built.save(out, overwrite=overwrite)
+    if plot is not None:
+        built.plot(plot, overwrite=overwrite)
+    return built
 
 
 def ulira_audit(

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from excise._files import atomic_write, atomic_write_many, atomic_write_text  # noqa: F401  (their home: _files)
+from excise.hashing import sha256_file  # noqa: F401  (its home: hashing)
 from excise.models import create_model, model_spec
 
 FORMAT_VERSION = 1
@@ -30,14 +31,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not match what it claims to be."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @lru_cache(maxsize=1)

@@ -209,8 +209,13 @@ def unlearn_command(
     allow_reference_mismatch: bool = typer.Option(
         False, help="Compare with a --reference trained differently from the model (architecture, recipe, seed); "
                     "the differences are recorded."),
+    ledger: Path | None = typer.Option(
+        None, help="Append the deletion certificate to this model lineage's ledger (.jsonl; created if new)."),
+    sign_key: Path | None = typer.Option(
+        None, help="Sign the certificate with this Ed25519 private key (PEM, from `excise keygen`)."),
 ) -> None:
-    """Make a model forget what --request names, then print the evidence."""
+    """Make a model forget what --request names, then print the evidence. With --out, a deletion certificate is
+    written beside the model (OUT.certificate.json)."""
     from excise import api
 
     try:
@@ -218,6 +223,7 @@ def unlearn_command(
             model, method, parse_request(request), out=out, hyperparameters=parse_params(param),
             reference_path=reference, seed=seed, overwrite=overwrite, graph=graph,
             uncertainty=uncertainty_option(replicates), allow_reference_mismatch=allow_reference_mismatch,
+            ledger=ledger, sign_key=sign_key,
         )
     except USER_ERRORS as err:
         fail(err)
@@ -228,7 +234,12 @@ def unlearn_command(
         title += "; " + gap_text(record.avg_gap, None if found is None else found.avg_gap_interval)
     console.print(metrics_table(record.metrics, title, None if found is None else found.intervals))
     if outcome.path:
-        console.print(f"wrote {outcome.path}")
+        from excise.provenance.certificate import certificate_path
+
+        signed = " (signed)" if sign_key is not None else ""
+        console.print(f"wrote {outcome.path} and its certificate {certificate_path(outcome.path)}{signed}")
+        if ledger is not None:
+            console.print(f"appended to {ledger}; check with `excise verify {ledger}`")
 
 
 @app.command("evaluate")
@@ -438,7 +449,7 @@ def graph_command(
 ) -> None:
     """Build the (balanced) essential graph of MODEL for forgetting --target; prune later with
     `excise unlearn MODEL --method essential_graph --graph FILE --request target:T`."""
-    from excise.graph import graph_checkpoint
+    from excise.api import graph_checkpoint
 
     try:
         built = graph_checkpoint(
@@ -472,6 +483,8 @@ def bench_command(
         False, help="Recompute cells whose configuration (suite file), results code or data changed since stored."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     check: bool = typer.Option(False, "--check", help="Only validate the suite (and load its data); run nothing."),
+    certify: bool = typer.Option(
+        False, help="Keep each cell's model under OUT/certified/ with its deletion certificate (`excise verify`)."),
 ) -> None:
     """Run a benchmark suite: every method on every scenario and seed, cached and resumable."""
     from excise.bench import load_suite, plan, read_records, run_suite
@@ -486,7 +499,7 @@ def bench_command(
                           f"methods, seeds {list(spec.seeds)}; {len(spec.skips)} (scenario, method) pairs skipped")
             return
         summary = run_suite(spec, out, root=root, cache_dir=cache, retry_failed=retry_failed,
-                            rerun_changed=rerun_changed)
+                            rerun_changed=rerun_changed, certify=certify)
     except KeyboardInterrupt:
         err_console.print(f"[yellow]interrupted[/yellow]: finished cells are saved in {out}; "
                           "run the same command again to resume")
@@ -529,6 +542,134 @@ def report_command(
     except USER_ERRORS as err:
         fail(err)
     console.print(f"wrote {files.markdown} and {files.html} ({len(files.figures)} figures)")
+
+
+@app.command("verify")
+def verify_command(
+    path: Path = typer.Argument(..., help="A deletion certificate (*.certificate.json) or a ledger (.jsonl)."),
+    public_key: Path | None = typer.Option(
+        None, help="The issuer's Ed25519 public key (PEM): signatures must be by this key, not just any."),
+    head: str | None = typer.Option(
+        None, help="A ledger head hash you kept (`excise ledger show`): entries removed from its end then fail."),
+    evaluate: bool = typer.Option(
+        True, "--evaluate/--no-evaluate", help="Re-evaluate each unlearned model on its recorded views."),
+    json_output: bool = typer.Option(False, "--json", help="Print every check as JSON."),
+) -> None:
+    """Re-check a certificate or a ledger: hashes, chain, data, signature, metrics. Exits 1 naming the first
+    mismatch."""
+    from excise.provenance.verify import VerificationError, verify
+
+    try:
+        found = verify(path, public_key=public_key, reevaluate=evaluate, head=head)
+    except VerificationError as err:
+        if not json_output:
+            console.print(_checks_table(err.passed, f"{path}: checks passed before the failure"))
+        err_console.print(f"[bold red]verification failed[/bold red] at {err}")
+        raise typer.Exit(code=1) from None
+    except USER_ERRORS as err:
+        fail(err)
+    if json_output:
+        console.print_json(json.dumps(found.to_dict()))
+        return
+    console.print(_checks_table(found.checks, str(path)))
+    skipped = sum(c.status == "skipped" for c in found.checks)
+    console.print(f"verified: {len(found.checks) - skipped} checks passed"
+                  + (f", {skipped} skipped (see why above)" if skipped else ""))
+
+
+def _checks_table(checks: list[Any], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("check", "status", "detail"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        table.add_row(check.name, check.status, check.detail)
+    return table
+
+
+@app.command("prove")
+def prove_command(
+    certificate: Path = typer.Argument(..., help="A deletion certificate (*.certificate.json)."),
+    index: int | None = typer.Option(None, help="The training row to prove was forgotten."),
+    out: Path | None = typer.Option(None, help="Write the proof here (JSON) instead of printing it."),
+    check: Path | None = typer.Option(None, help="Check this proof against the certificate instead."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+) -> None:
+    """An inclusion proof that a training row was among the rows a request forgot (--index), or its check
+    (--check): the row's content is rehashed from the data and its audit path must reach the Merkle root."""
+    from excise._files import atomic_write_text
+    from excise.provenance.verify import check_proof, prove
+
+    if (index is None) == (check is None):
+        fail(ValueError("give exactly one of --index (make a proof) and --check (check one)"))
+    if check is not None:
+        try:
+            proof = json.loads(check.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            fail(ValueError(f"proof {str(check)!r} cannot be read as JSON: {err}"))
+        try:
+            said = check_proof(certificate, proof)
+        except USER_ERRORS as err:
+            err_console.print(f"[bold red]proof rejected:[/bold red] {err}")
+            raise typer.Exit(code=1) from None
+        console.print(f"proof holds: {said}")
+        return
+    try:
+        made = prove(certificate, index)
+        text = json.dumps(made.to_dict(), indent=2)
+        if out is not None:
+            atomic_write_text(out, text + "\n", overwrite=overwrite)
+    except USER_ERRORS as err:
+        fail(err)
+    if out is None:
+        console.print_json(text)
+    else:
+        console.print(f"wrote {out}: row {index} is leaf {made.position} of {made.tree_size}")
+
+
+@app.command("keygen")
+def keygen_command(
+    out: Path = typer.Argument(..., help="Where to write the Ed25519 private key (PEM); the public key goes to "
+                                        "OUT.pub. Keep the private key to yourself; hand out the .pub."),
+    overwrite: bool = typer.Option(False, help="Replace existing key files."),
+) -> None:
+    """A key pair for signing deletion certificates (`excise unlearn --sign-key`)."""
+    from excise.provenance.certificate import generate_key
+
+    try:
+        private, public = generate_key(out, overwrite=overwrite)
+    except USER_ERRORS as err:
+        fail(err)
+    console.print(f"wrote {private} (private, mode 600) and {public} (public)")
+
+
+ledger_app = typer.Typer(help="The deletion ledger of a model lineage.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command("show")
+def ledger_show_command(
+    path: Path = typer.Argument(..., help="A ledger written by `excise unlearn --ledger`."),
+    json_output: bool = typer.Option(False, "--json", help="Print the entries as JSON."),
+) -> None:
+    """The entries of a ledger, its head hash (keep it to detect later truncation) and whether its chain holds."""
+    from excise.provenance.ledger import read_ledger
+
+    try:
+        state = read_ledger(path)
+    except USER_ERRORS as err:
+        fail(err)
+    if json_output:
+        console.print_json(json.dumps({"entries": state.entries, "head": state.head}))
+        return
+    table = Table(title=f"{path}: {len(state.entries)} entries, chain intact", title_justify="left",
+                  caption=f"head {state.head}")
+    for column in ("seq", "time", "kind", "request", "method", "model", "certificate"):
+        table.add_column(column, overflow="fold")
+    for entry in state.entries:
+        certificate = entry.get("certificate") or {}
+        table.add_row(str(entry["seq"]), entry["time"][:16].replace("T", " "), entry["kind"], entry.get("request", ""),
+                      entry.get("method", ""), entry["model"]["sha256"][:10], str(certificate.get("path", "")))
+    console.print(table)
 
 
 if __name__ == "__main__":

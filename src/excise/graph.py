@@ -33,13 +33,12 @@ final main-path conv and keep a stride-2 projection instead; :func:`default_laye
 the last ``num_layers`` (5) convs that are not projection shortcuts, found structurally in the fx graph
 (a conv feeding a residual ``add`` whose input also reaches the other operand of that ``add``).
 
-A graph records the sha256 of the exact weights it was computed on (:func:`model_sha256`, equal to the
+A graph records the sha256 of the exact weights it was computed on (:func:`excise.hashing.model_sha256`, equal to the
 sha256 of the model's excise checkpoint file) and is refused for any other model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import operator
 import time
@@ -52,6 +51,8 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from excise.hashing import model_sha256
+
 #: Images per target for the Grad-CAM importance (1 in the official code). Chosen by the numbers in
 #: ``benchmarks/essential_graph.py``; see :mod:`excise.methods.essential_graph`.
 DEFAULT_NUM_IMAGES = 10
@@ -62,16 +63,6 @@ _ADD_OPS = (operator.add, operator.iadd, torch.add)
 
 class GraphError(ValueError):
     """An essential graph that cannot be built, stored, loaded or applied; the message says why."""
-
-
-# --- model identity ----------------------------------------------------------------------------
-def model_sha256(model: nn.Module) -> str:
-    """sha256 of the model's weights, serialised exactly as :func:`excise.checkpoint.save_checkpoint`
-    writes them — so it equals the ``sha256`` recorded in the model's checkpoint sidecar."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    return hashlib.sha256(save(state)).hexdigest()
 
 
 # --- module graph: conv -> BatchNorm, projection shortcuts ---------------------------------------
@@ -595,85 +586,3 @@ def prune(model: nn.Module, graph: EssentialGraph) -> dict[str, Any]:
         zeroed[layer.name] = len(layer.pruned)
     return {"pruned_per_layer": zeroed, "pruned_channels": sum(zeroed.values()),
             "prune_seconds": time.perf_counter() - start}
-
-
-# --- checkpoint-level API (the `excise graph` command) ---------------------------------------------
-def graph_hyperparameters(
-    method: str, hyperparameters: dict[str, Any] | None, graph: str | Path
-) -> dict[str, Any]:
-    """The method's hyper-parameters with ``graph`` added, refusing methods that take no graph."""
-    from dataclasses import fields
-
-    from excise.methods import list_methods, method_class
-
-    takes = [name for name in list_methods() if "graph" in {f.name for f in fields(method_class(name).Config)}]
-    if "graph" not in {f.name for f in fields(method_class(method).Config)}:
-        raise GraphError(f"graph={str(graph)!r} is only used by the methods that prune with an essential graph "
-                         f"({takes}); method {method!r} takes no graph")
-    hyperparameters = dict(hyperparameters or {})
-    if hyperparameters.get("graph") not in (None, str(graph)):
-        raise GraphError(f"graph given twice with different values: {hyperparameters['graph']!r} and {str(graph)!r}")
-    hyperparameters["graph"] = str(graph)
-    return hyperparameters
-
-
-def graph_checkpoint(
-    model_path: str | Path,
-    targets: Sequence[str | int],
-    *,
-    out: str | Path | None = None,
-    plot: str | Path | None = None,
-    graph: str | Path | None = None,
-    proportion: float = 0.1,
-    num_images: int | None = None,
-    layers: Sequence[str] | None = None,
-    num_layers: int = 5,
-    balanced: bool = True,
-    overwrite: bool = False,
-) -> EssentialGraph:
-    """Build (or, with ``graph``, load and check) the essential graph of a checkpoint for forgetting
-    ``targets``; write it to ``out`` (JSON) and/or a picture to ``plot`` (PNG)."""
-    from excise.api import bundle_for, served_requests
-    from excise.checkpoint import load_checkpoint
-    from excise.requests import ForgetRequest, resolve
-
-    if out is None and plot is None:
-        raise GraphError("nothing to do: give out (the graph file to write) and/or plot (a PNG picture)")
-    for path, suffix, what in ((out, ".json", "out"), (plot, ".png", "plot")):
-        if path is not None:
-            if Path(path).suffix != suffix:
-                raise GraphError(f"{what}={str(path)!r} must end in {suffix}")
-            if Path(path).exists() and not overwrite:
-                raise FileExistsError(f"{str(path)!r} exists; refusing to overwrite it (pass --overwrite)")
-    if graph is not None and out is not None:
-        raise GraphError("give either graph (an existing graph to plot) or out (a new graph to build), not both")
-    checkpoint = load_checkpoint(model_path)
-    bundle = bundle_for(checkpoint)
-    request = ForgetRequest(kind="target", labels=tuple(targets))
-    forgotten = resolve(bundle.train, request).label_indices
-    # A model that already forgot targets (an unlearned checkpoint's history) builds the graph of the next step
-    # of its sequence: the earlier targets are neither scored nor spared, as the one-shot method does.
-    if graph is not None:  # plot a stored graph: it must fit this model and request, whatever came before
-        built = EssentialGraph.load(graph)
-        built.check_model(checkpoint.model, f"graph file {str(graph)!r}")
-        built.check_request(bundle.classes, forgotten, f"graph file {str(graph)!r}", gone=None)
-    else:
-        earlier, _ = served_requests(checkpoint)
-        already = {t for r in earlier if r.kind == "target" for t in resolve(bundle.train, r).label_indices}
-        if already & set(forgotten):
-            raise GraphError(f"{str(model_path)!r} has already forgotten target(s) "
-                             f"{[bundle.classes[t] for t in sorted(already & set(forgotten))]}: there is no graph of "
-                             "them left to build")
-        gone = sorted(already)
-        built = build_graph(
-            checkpoint.model, bundle.train.targets, bundle.train.inputs, forgotten, classes=bundle.classes,
-            proportion=proportion, num_images=DEFAULT_NUM_IMAGES if num_images is None else num_images,
-            layers=layers, num_layers=num_layers, balanced=balanced, gone=gone,
-        )
-        if built.model_sha256 != checkpoint.sha256:  # cannot happen unless the loader changed the weights
-            raise GraphError("the loaded model's weights do not hash to its checkpoint's sha256")
-    if out is not None:
-        built.save(out, overwrite=overwrite)
-    if plot is not None:
-        built.plot(plot, overwrite=overwrite)
-    return built

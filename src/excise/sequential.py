@@ -7,6 +7,9 @@ after every step measures the model against the *cumulative* truth: the forget s
 those requests, and for class / sub-class requests the test views exclude every class forgotten so far
 (``TA`` on the remaining classes, ``TA_forget`` on the forgotten ones together).
 
+The cumulative views and each step's own forget set are :mod:`excise.provenance.history`'s (the home of request
+histories, which `excise unlearn` chains through checkpoints); this module runs the methods over them.
+
 What a method sees at step ``k``: the step's request and the rows it newly forgets (rows an earlier step
 already forgot are not handed over again), the original training recipe, and — only if the method declared
 ``needs_retain`` — the cumulative retain set. Forget-only methods receive no retain data at any step.
@@ -26,22 +29,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 from torch import nn
 
-from excise.data.base import DatasetBundle, LabeledData
+from excise.data.base import DatasetBundle
 from excise.experiment import RunRecord, _is_plain, run_method
 from excise.methods import UnlearningMethod, get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.progress import progress_bar
-from excise.requests import (
-    ForgetRequest,
-    RequestError,
-    apply_sequence,
-    cumulative_target_requests,
-    resolve,
-    split,
-)
+from excise.provenance.history import cumulative_views, step_forget_sets
+from excise.requests import ForgetRequest
 from excise.training import TrainConfig, seed_everything
 
 
@@ -63,63 +59,6 @@ class SequentialRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _test_forget_mask(test: LabeledData, requests: Sequence[ForgetRequest]) -> np.ndarray:
-    """Test rows of every class / sub-class forgotten so far (random-sample requests forget no test row), found
-    by :func:`excise.requests.resolve` as for one request's test views (a class is a row's label, or its source
-    for sequence tasks)."""
-    mask = np.zeros(len(test), dtype=bool)
-    for request in requests:
-        if request.kind == "samples":
-            continue
-        try:
-            mask[resolve(test, ForgetRequest(kind=request.kind, labels=request.labels)).forget_indices] = True
-        except RequestError as err:
-            if "selects no training sample" not in str(err):  # a class with no test row forgets none
-                raise
-    return mask
-
-
-def cumulative_views(bundle: DatasetBundle, requests: Sequence[ForgetRequest]) -> list[EvalViews]:
-    """One :class:`EvalViews` per step: cumulative forget/retain sets, test views of the classes so far.
-
-    For ``target`` requests step ``k``'s views are exactly those of one request naming every target forgotten so
-    far (:func:`excise.requests.cumulative_target_requests`), that request included: evaluators read the
-    forgotten classes from it. The step's own request is the one handed to the method."""
-    if any(r.kind == "target" for r in requests):
-        return [EvalViews.from_bundle(bundle, together)
-                for together in cumulative_target_requests(requests, bundle.train.classes)]
-    splits = apply_sequence(bundle.train, requests)
-    views = []
-    for k, (forget_set, retain_set) in enumerate(splits):
-        mask = _test_forget_mask(bundle.test, requests[: k + 1])
-        test_forget = bundle.test.subset(np.flatnonzero(mask)) if mask.any() else None
-        test_retain = bundle.test.subset(np.flatnonzero(~mask))
-        views.append(EvalViews(forget_set, retain_set, test_retain, test_forget, requests[k]))
-    return views
-
-
-def step_forget_sets(train: LabeledData, requests: Sequence[ForgetRequest]) -> list[LabeledData]:
-    """What a method unlearns at each step: the training rows the step newly forgets (rows an earlier step
-    already forgot are not handed over again; a step with none is refused). For ``target`` requests: the
-    forget view of the step's own target(s) — every instance that carries them, only their labels visible."""
-    if any(r.kind == "target" for r in requests):
-        cumulative_target_requests(requests, train.classes)  # refuses a step that forgets no new target
-        return [split(train, request)[0] for request in requests]
-    forgotten = np.zeros(len(train), dtype=bool)
-    out = []
-    for k, request in enumerate(requests):
-        rows = resolve(train, request).forget_indices
-        new = rows[~forgotten[rows]]
-        if len(new) == 0:
-            raise RequestError(
-                f"request {k} ({request.describe()!r}) forgets nothing that earlier requests of the sequence "
-                "did not already forget"
-            )
-        forgotten[rows] = True
-        out.append(train.subset(new))
-    return out
 
 
 def run_sequence(

@@ -40,7 +40,6 @@ retrain, so the speed-up compares the sum of unlearning times with the sum of re
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import time
@@ -51,28 +50,30 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-import excise
 from excise import distributed
+from excise.bench.cache import ModelCache, code_version, results_code_version
 from excise.bench.memory import PeakRSS
 from excise.bench.store import RESULTS_FILE, ResultStore, status_of
-from excise.bench.suite import MethodSpec, Scenario, Suite, SuiteError, content_hash
-from excise.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint, versions
+from excise.bench.suite import MethodSpec, Scenario, Suite, SuiteError
+from excise.checkpoint import save_checkpoint, versions
 from excise.data import DatasetBundle, load_dataset
 from excise.experiment import RunRecord, build_model, judge, reference_replicate_metrics, run_method, train_original
+from excise.hashing import content_hash, model_sha256
 from excise.methods import UnlearningMethod, get_method
-from excise.metrics import DIRECTIONS, EvalViews, MiaInputs, avg_gap, run_mia
-from excise.metrics.distance import DISTANCE_DIRECTIONS, prediction_distances, reference_distances
+from excise.metrics import EvalViews, avg_gap
+from excise.metrics.directions import metric_direction
+from excise.metrics.distance import prediction_distances, reference_distances
 from excise.metrics.evaluate import collect_outputs
-from excise.metrics.lira import ULIRA_CHANCE, ULIRA_DIRECTIONS, ulira_metrics
+from excise.metrics.lira import ULIRA_CHANCE, ulira_metrics
 from excise.metrics.uncertainty import Evidence, evidence, intervals
 from excise.progress import progress_bar
+from excise.provenance.certificate import certificate_sha256
+from excise.provenance.history import cumulative_views, step_forget_sets
 from excise.requests import ForgetRequest, RequestError
-from excise.sequential import cumulative_views, run_sequence, step_forget_sets
+from excise.sequential import run_sequence
 from excise.timing import forward_backward_seconds
 
 if TYPE_CHECKING:  # excise.bench.ulira imports this module
@@ -82,73 +83,6 @@ EventHook = Callable[[str, dict[str, Any]], None]
 """``hook(event, info)``; events: ``cell_start``, ``cell_done``, ``cell_reused``, ``train_original``,
 ``train_reference``, ``cache_hit``. Used by tests and by callers that want their own logging."""
 
-_CODE_FILES = (
-    "training.py", "requests.py", "experiment.py", "methods/base.py", "methods/retrain.py",
-    "models/*.py", "metrics/*.py", "tasks/*.py", "sequential.py", "data/*.py", "bench/ulira.py",
-)
-# Modules that only present results (or drive the run) and cannot change a number in a record.
-_PRESENTATION_FILES = ("bench/report.py", "cli.py", "demo.py", "progress.py", "__main__.py")
-
-
-@lru_cache(maxsize=1)
-def results_code_version() -> str:
-    """Hash of every package module that can change a recorded number (all but the presentation ones).
-
-    A resumed run refuses records computed by other code, so one results file never mixes code versions."""
-    root = Path(excise.__file__).parent
-    h = hashlib.sha256(f"{excise.__version__}|{torch.__version__}".encode())
-    for path in sorted(root.rglob("*.py")):
-        name = path.relative_to(root).as_posix()
-        if name not in _PRESENTATION_FILES:
-            h.update(name.encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """Hash of the package version, torch version and the source that trains and evaluates the cached models.
-
-    Editing a method other than retrain does not invalidate the cache (those models do not depend on it);
-    editing the training loop, the models, the request splitter or the metrics does.
-    """
-    root = Path(excise.__file__).parent
-    h = hashlib.sha256(f"{excise.__version__}|{torch.__version__}".encode())
-    for pattern in _CODE_FILES:
-        for path in sorted(root.glob(pattern)):
-            h.update(path.relative_to(root).as_posix().encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-@lru_cache(maxsize=1)
-def _mia_directions() -> dict[str, str]:
-    # The directions live on MiaResult; read them from the variants themselves on a tiny synthetic input
-    # rather than copying the strings here, so a new variant brings its own.
-    rng = np.random.default_rng(0)
-
-    def part(n: int) -> tuple[np.ndarray, np.ndarray]:
-        return rng.dirichlet(np.ones(2), n), np.tile([0, 1], n // 2)
-
-    inputs = MiaInputs(*part(40), *part(40), *part(40), seed=0)
-    return {f"MIA:{name}": result.direction for name, result in run_mia(inputs).items()}
-
-
-def metric_direction(name: str) -> str:
-    """How to read ``name``: from ``excise.metrics.DIRECTIONS`` and each MIA variant's ``MiaResult``."""
-    for table in (DIRECTIONS, DISTANCE_DIRECTIONS, ULIRA_DIRECTIONS):
-        if name in table:
-            return table[name]
-    directions = _mia_directions()
-    if name in directions:
-        return directions[name]
-    if name.startswith(("acc:", "AP:")):
-        return "per-target test score; closer to retrain is better"
-    if name.startswith("KL_ref:"):
-        return "KL(retrain || model) of the next-token predictions on that test chain, nats; lower is better"
-    return "closer to retrain is better"
-
-
 def metric_block(metrics: dict[str, float], reference: dict[str, float] | None) -> dict[str, dict[str, Any]]:
     """``{name: {value, direction, reference, gap}}`` — every metric with how to read it and its gap."""
     out = {}
@@ -157,47 +91,6 @@ def metric_block(metrics: dict[str, float], reference: dict[str, float] | None) 
         gap = None if ref is None or value is None else abs(float(value) - float(ref))
         out[name] = {"value": value, "direction": metric_direction(name), "reference": ref, "gap": gap}
     return out
-
-
-def model_sha256(model: nn.Module) -> str:
-    """sha256 of the safetensors serialisation of the state dict (what a checkpoint file would hash to)."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    return hashlib.sha256(safetensors_bytes(state)).hexdigest()
-
-
-# --- cache -------------------------------------------------------------------------------------
-class ModelCache:
-    """Checkpoints keyed by a content hash; written once, sha256-checked on every load."""
-
-    def __init__(self, directory: str | Path, *, writable: bool = True) -> None:
-        self.directory = Path(directory)
-        self.writable = writable
-
-    def path(self, kind: str, payload: dict[str, Any]) -> Path:
-        return self.directory / f"{kind}-{content_hash(payload)[:24]}.safetensors"
-
-    def get_or_build(
-        self, kind: str, payload: dict[str, Any], build: Callable[[], tuple[nn.Module, dict[str, Any]]]
-    ) -> tuple[nn.Module, dict[str, Any], bool]:
-        """``(model, meta, hit)``; ``build() -> (model, meta)`` runs on a miss and its result is stored."""
-        path = self.path(kind, payload)
-        if path.exists():
-            try:
-                read_meta(path)
-            except CheckpointError as err:
-                if "has no sidecar" not in str(err):
-                    raise
-                if self.writable:  # only the writing rank touches the files
-                    path.unlink(missing_ok=True)  # weights without a sidecar: a save killed between the renames
-            else:
-                checkpoint = load_checkpoint(path)  # raises if the weights do not match their sha256
-                return checkpoint.model, checkpoint.meta, True
-        model, meta = build()
-        if not self.writable:  # another rank of a torchrun job: use the model, leave the files to rank 0
-            return model, {**meta, "sha256": model_sha256(model)}, False
-        save_checkpoint(path, model, {**meta, "cache_key": payload}, overwrite=True)
-        checkpoint = load_checkpoint(path)
-        return checkpoint.model, checkpoint.meta, False
 
 
 def _attach_evidence(record: dict[str, Any], found: Evidence) -> None:
@@ -369,6 +262,7 @@ class _GroupModels:
                            "dataset": scenario.dataset.to_dict(), "recipe": scenario.training.to_dict()}
 
         self.original, meta, hit = runner.cache.get_or_build("original", base, build_original)
+        self.original_path = runner.cache.path("original", base)
         if hit:
             runner.emit("cache_hit", {**info, "model": "original"})
         self.original_sha = meta["sha256"]
@@ -377,6 +271,7 @@ class _GroupModels:
         self.references: list[RunRecord] = []
         self.reference_models: list[nn.Module] = []
         self.reference_shas: list[str] = []
+        self.reference_paths: list[Path] = []
         self.reference_cached: list[bool] = []
         for k, step in enumerate(item.steps):
             payload = {**base, "requests": [r.to_dict() for r in scenario.requests[: k + 1]]}
@@ -397,6 +292,7 @@ class _GroupModels:
                                              float(meta["train_seconds"]), {}, meta.get("stats", {})))
             self.reference_models.append(reference_model)
             self.reference_shas.append(meta["sha256"])
+            self.reference_paths.append(runner.cache.path("retrain", payload))
             self.reference_cached.append(hit)
         # Every cell's intervals are those of its last step (its headline numbers), and its gap interval is paired
         # with the reference's replicates on that step's views: computed once for the whole group.
@@ -442,8 +338,11 @@ class _GroupModels:
 
 
 class _Runner:
-    def __init__(self, suite: Suite, out_dir: Path, cache_dir: Path, on_event: EventHook | None) -> None:
+    def __init__(self, suite: Suite, out_dir: Path, cache_dir: Path, on_event: EventHook | None, *,
+                 certify: bool = False, root: str | None = None) -> None:
         self.suite = suite
+        self.certify_dir = out_dir / "certified" if certify else None
+        self.root = root
         # Decided once, before any rank works alone: only rank 0 of a torchrun job writes results or models
         # (or repairs a truncated results file).
         self.writes = distributed.is_main()
@@ -521,6 +420,7 @@ class _Runner:
         steps: list[dict[str, Any]] = []
         last = len(item.steps) - 1
         found: Evidence | None = None
+        certified: nn.Module | None = None  # the cell's model, kept with a certificate under --certify
         if cell.label == "original":
             for k, step in enumerate(item.steps):
                 metrics, judged = judge(models.original, step.views, seed=seed,
@@ -545,6 +445,7 @@ class _Runner:
             if models.reference_replicates is not None:  # its own replicates; its gap to itself is 0 in each
                 found = Evidence(models.uncertainty, intervals(models.reference_replicates, models.uncertainty.level),
                                  [0.0, 0.0], [0.0] * len(models.reference_replicates))
+            certified = models.reference_models[-1]
         else:
             assert cell.method is not None
             method_spec = cell.method
@@ -577,10 +478,48 @@ class _Runner:
             record["config"]["method"]["resolved"] = method.config_dict()
             self._finish(record, steps, models)
             record["hashes"]["unlearned"] = model_sha256(final)
+            certified = final
         if found is not None:
             _attach_evidence(record, found)
+        if self.certify_dir is not None and certified is not None and self.writes:
+            record["certificate"] = self._certify(cell, item, models, certified, record, found)
         record["status"] = "ok"
         return record
+
+    def _certify(self, cell: _Cell, item: _Prepared, models: _GroupModels, model: nn.Module,
+                 record: dict[str, Any], found: Evidence | None) -> dict[str, str]:
+        """``bench --certify``: keep the cell's model (with a sidecar like `excise unlearn` writes, so `excise
+        evaluate` and a chained `excise unlearn` work on it) and write its deletion certificate beside it."""
+        from excise.provenance.certificate import read_certificate
+        from excise.provenance.issue import certify
+
+        assert self.certify_dir is not None
+        scenario, requests = cell.scenario, list(cell.scenario.requests)
+        metrics = {name: block["value"] for name, block in record["metrics"].items()}
+        ulira = {name: metrics.pop(name) for name in list(metrics) if name.startswith("MIA:ulira")}
+        retrain = cell.label == "retrain"
+        meta: dict[str, Any] = {
+            "kind": "retrained" if retrain else "unlearned",
+            "dataset": {**scenario.dataset.to_dict(), "root": self.root, "fingerprint": item.fingerprint},
+            "recipe": scenario.training.to_dict(), "seed": cell.seed, "train_seed": cell.seed,
+            "request": requests[-1].to_dict(), "history": [r.to_dict() for r in requests], "history_complete": True,
+            "new_samples": len(item.steps[-1].delta_views.forget_set),
+            "forget_size": len(item.steps[-1].views.forget_set),
+            "method": "retrain" if retrain else cell.method.name,
+            "method_config": record["config"]["method"].get("resolved", {}),
+            "parent_sha256": models.original_sha, "metrics": metrics, "unlearn_seconds": record["time_s"],
+            "bench": {"suite": self.suite.name, "scenario": scenario.name, "method": cell.label, "seed": cell.seed},
+        }
+        if not retrain:
+            reference_metrics = models.references[-1].metrics
+            meta["reference"] = {"path": str(models.reference_paths[-1]), "sha256": models.reference_shas[-1],
+                                 "metrics": reference_metrics, "avg_gap": avg_gap(metrics, reference_metrics)}
+        path = self.certify_dir / scenario.name / f"{cell.label}-seed{cell.seed}.safetensors"
+        save_checkpoint(path, model, meta, overwrite=True)  # a re-run cell supersedes its earlier certificate
+        written = certify(path, meta, original={"path": models.original_path, "sha256": models.original_sha,
+                                                "kind": "original"},
+                          bundle=item.bundle, covers=requests, evidence=found, ulira=ulira or None, overwrite=True)
+        return {"path": str(written), "sha256": certificate_sha256(read_certificate(written))}
 
     def run_group(self, item: _Prepared, seed: int, pending: list[_Cell],
                   done: Callable[[dict[str, Any]], None]) -> None:
@@ -647,16 +586,20 @@ def run_suite(
     retry_failed: bool = False,
     rerun_changed: bool = False,
     on_event: EventHook | None = None,
+    certify: bool = False,
 ) -> BenchSummary:
     """Run (or resume) ``suite`` into ``out_dir/results.jsonl``; models are cached in ``cache_dir``
     (default ``out_dir/cache``). ``retry_failed`` runs failed cells again; ``rerun_changed`` recomputes cells
-    whose configuration differs from the stored one (otherwise such a store is refused)."""
+    whose configuration differs from the stored one (otherwise such a store is refused). ``certify``: keep every
+    cell's model under ``out_dir/certified/<scenario>/`` with its deletion certificate
+    (:mod:`excise.provenance.certificate`), for `excise verify`."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out={str(out_dir)!r} exists and is not a directory")
     prepared = plan(suite, root=root)
-    runner = _Runner(suite, out_dir, Path(cache_dir) if cache_dir else out_dir / "cache", on_event)
+    runner = _Runner(suite, out_dir, Path(cache_dir) if cache_dir else out_dir / "cache", on_event, certify=certify,
+                     root=root)
     cells = _cells(suite)
     done = runner.store.latest()
     # Every rank must plan from the same store: nobody appends before all have read it.
@@ -763,4 +706,4 @@ def run_suite(
                         frozenset((suite.name, *c.key) for c in cells))
 
 
-__all__ = ["BenchSummary", "ModelCache", "code_version", "metric_block", "metric_direction", "plan", "run_suite"]
+__all__ = ["BenchSummary", "metric_block", "plan", "run_suite"]

@@ -18,13 +18,13 @@ Records are never rewritten; a cell that is run again (``--retry-failed``) appen
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
-from excise.bench.suite import canonical_json, content_hash
+from excise.hashing import canonical_json, content_hash
+from excise.hashing import json_safe as _clean
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.jsonl"
@@ -46,21 +46,6 @@ def record_key(record: dict[str, Any]) -> tuple[str, str, str, int]:
 def status_of(record: dict[str, Any]) -> str:
     """``ok``, ``failed`` or ``skipped`` (the part of ``status`` before ``:``)."""
     return record["status"].split(":", 1)[0]
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf become null (JSON has no NaN), tuples become lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return _clean(value.item())
-    return str(value)
 
 
 def checksum(record: dict[str, Any]) -> str:

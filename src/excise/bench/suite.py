@@ -47,8 +47,6 @@ seeds, so the spread over seeds is the training and method variance on one fixed
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,6 +55,7 @@ from typing import Any
 
 from excise._files import read_json_or_yaml
 from excise.data.registry import dataset_builder
+from excise.hashing import content_hash
 from excise.metrics.mia import HEADLINE_MIA
 from excise.metrics.uncertainty import Uncertainty
 from excise.requests import KINDS, ForgetRequest, RequestError
@@ -204,15 +203,6 @@ class Suite:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def content_hash(payload: Any) -> str:
-    """sha256 of the canonical JSON of ``payload``."""
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-
-
-def canonical_json(payload: Any) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 

@@ -61,11 +61,11 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from excise import distributed
-from excise.bench.runner import ModelCache, code_version
-from excise.bench.suite import content_hash
+from excise.bench.cache import ModelCache, code_version
 from excise.checkpoint import atomic_write_text, versions
 from excise.data.base import DatasetBundle
 from excise.experiment import build_model
+from excise.hashing import content_hash
 from excise.methods import UnlearningMethod, get_method
 from excise.metrics.lira import (
     MIN_MODELS,

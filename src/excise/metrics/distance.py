@@ -20,10 +20,13 @@ language metric: the KL to the retrained model's next-token predictions, per cha
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from scipy.stats import wasserstein_distance
 from torch import nn
 
+from excise.data.base import load_task
 from excise.metrics.evaluate import EvalViews
 from excise.training import predict_logits
 
@@ -40,16 +43,26 @@ def _kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> float:
     return float((log_p.exp() * (log_p - log_q)).sum(dim=1).mean())
 
 
+Distances = Callable[[nn.Module, nn.Module, EvalViews], dict[str, float]]
+ReferenceDistances = Callable[[EvalViews], dict[str, float]]
+TASK_DISTANCES: dict[str, tuple[Distances, ReferenceDistances]] = {}
+"""Tasks whose predictions are compared with the reference their own way (the sequence task: KL per chain),
+registered by their plug-in module (:func:`register_distances`)."""
+
+
+def register_distances(task: str, distances: Distances, reference_zeros: ReferenceDistances) -> None:
+    """``distances(model, reference, views)`` replaces the classification distances for ``task``;
+    ``reference_zeros(views)`` gives the reference's own row (zeros under the same names)."""
+    TASK_DISTANCES[task] = (distances, reference_zeros)
+
+
 def prediction_distances(model: nn.Module, reference: nn.Module, views: EvalViews) -> dict[str, float]:
     """The three distances of ``model`` to the retrained ``reference`` on ``views``' forget set and whole test
     set (its retained and forgotten test populations together). Empty for tasks other than multiclass."""
     forget_set = views.forget_set
-    if forget_set.task == "sequence":
-        from excise.tasks.sequence import concat_views, source_metrics
-
-        test = concat_views(views.test_retain, views.test_forget)
-        measured = source_metrics(model, test, reference=reference)
-        return {k: v for k, v in measured.items() if k.startswith("KL_ref:")}
+    load_task(forget_set.task)
+    if forget_set.task in TASK_DISTANCES:
+        return TASK_DISTANCES[forget_set.task][0](model, reference, views)
     if forget_set.task != "multiclass":
         return {}
     test = [t for t in (views.test_retain, views.test_forget) if t is not None and len(t)]
@@ -67,11 +80,7 @@ def reference_distances(views: EvalViews) -> dict[str, float]:
     """The retrained model's distances to itself: zeros (for the tasks :func:`prediction_distances` serves), so
     a table can show the reference row and every gap equals the value, without predicting twice."""
     task = views.forget_set.task
-    if task == "sequence":
-        from excise.tasks.sequence import CLASS_TARGETS, concat_views
-
-        test = concat_views(views.test_retain, views.test_forget)
-        sources = test.extras.get(CLASS_TARGETS)
-        names = ["all"] if sources is None else [test.classes[s] for s in sorted(set(sources.tolist()))]
-        return {f"KL_ref:{name}": 0.0 for name in names}
+    load_task(task)
+    if task in TASK_DISTANCES:
+        return TASK_DISTANCES[task][1](views)
     return {} if task != "multiclass" else dict.fromkeys(DISTANCE_DIRECTIONS, 0.0)

@@ -66,8 +66,8 @@ def plot_checkpoints(
 ) -> Path:
     """The picture grid for checkpoints of one dense data set (e.g. ``{"original": ..., "unlearned": ...}``),
     on the test canvases, for the classes ``request`` forgets."""
-    from excise.api import bundle_for
     from excise.checkpoint import load_checkpoint
+    from excise.provenance.history import bundle_for
     from excise.requests import resolve
 
     path = Path(path)

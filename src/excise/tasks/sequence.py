@@ -47,6 +47,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from excise.data.base import CLASS_TARGETS, LabeledData
 from excise.data.markov import IGNORE_INDEX, TASK, TRUE_NEXT
+from excise.metrics.distance import register_distances
 from excise.metrics.evaluate import EvalViews, register_evaluator
 from excise.training import make_loader, register_task_loss
 
@@ -199,6 +200,23 @@ def evaluate_sequence(
 
 
 register_evaluator(TASK, evaluate_sequence)
+
+
+def _distances(model: nn.Module, reference: nn.Module, views: EvalViews) -> dict[str, float]:
+    """KL of ``model``'s next-token predictions to ``reference``'s on each test chain (``KL_ref:<chain>``)."""
+    test = concat_views(views.test_retain, views.test_forget)
+    measured = source_metrics(model, test, reference=reference)
+    return {k: v for k, v in measured.items() if k.startswith("KL_ref:")}
+
+
+def _reference_distances(views: EvalViews) -> dict[str, float]:
+    test = concat_views(views.test_retain, views.test_forget)
+    sources = test.extras.get(CLASS_TARGETS)
+    names = ["all"] if sources is None else [test.classes[s] for s in sorted(set(sources.tolist()))]
+    return {f"KL_ref:{name}": 0.0 for name in names}
+
+
+register_distances(TASK, _distances, _reference_distances)
 
 
 # --- curves ------------------------------------------------------------------------------------

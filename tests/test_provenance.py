@@ -1,0 +1,286 @@
+"""Proof of deletion: certificates, the hash-chained ledger, `excise verify` and `excise prove`.
+
+Every tamper test breaks exactly one thing and checks that verification names it; each would pass if the check
+it exercises were removed, so none of them can pass by accident."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import pytest
+
+from excise.provenance import ledger
+from excise.provenance.certificate import certificate_path
+from tests.test_cli import invoke
+
+UNLEARN = ("--param", "epochs=2")
+
+
+@pytest.fixture(scope="module")
+def lineage(tmp_path_factory):
+    """original → (class 3, signed, with a reference) → (class 5, chained), both in one ledger."""
+    folder = tmp_path_factory.mktemp("provenance")
+    original, retrained = folder / "original.safetensors", folder / "retrained.safetensors"
+    for out, extra in ((original, ()), (retrained, ("--request", "class:3"))):
+        result = invoke("train", "--out", out, "--width", 8, "--epochs", 4, *extra)
+        assert result.exit_code == 0, result.output
+    result = invoke("keygen", folder / "issuer.pem")
+    assert result.exit_code == 0, result.output
+    book = folder / "ledger.jsonl"
+    first, second = folder / "step1.safetensors", folder / "step2.safetensors"
+    result = invoke("unlearn", original, "--method", "gradient_ascent", "--request", "class:3", "--out", first,
+                    "--ledger", book, "--sign-key", folder / "issuer.pem", "--reference", retrained, *UNLEARN)
+    assert result.exit_code == 0, result.output
+    result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--out", second,
+                    "--ledger", book, "--sign-key", folder / "issuer.pem", *UNLEARN)
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def copy_of(lineage, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(lineage, target)
+    return target
+
+
+def verify(*args):
+    return invoke("verify", *args)
+
+
+def text(result) -> str:
+    return " ".join(result.output.split())
+
+
+def test_a_ledger_of_two_deletions_verifies(lineage):
+    result = verify(lineage / "ledger.jsonl", "--public-key", lineage / "issuer.pem.pub")
+    assert result.exit_code == 0, result.output
+    printed = text(result)
+    assert "3 entries" in printed and "verified" in printed
+    assert "metrics reproduced within 1e-06" in printed  # exact at the thread count it was recorded with
+    entries = [json.loads(line) for line in (lineage / "ledger.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in entries] == ["origin", "deletion", "deletion"]
+    assert entries[0]["model"]["sha256"] == json.loads((lineage / "original.json").read_text())["sha256"]
+    assert [e["previous"] for e in entries[1:]] == [e["hash"] for e in entries[:-1]]
+
+
+def test_the_certificate_says_what_was_asked_done_and_measured(lineage):
+    cert_file = certificate_path(lineage / "step1.safetensors")
+    assert cert_file.name == "step1.certificate.json"
+    cert = json.loads(cert_file.read_text())
+    sidecar = json.loads((lineage / "step1.json").read_text())
+    assert cert["request"] == {"kind": "class", "labels": ["3"], "seed": 0} and cert["step"] == 1
+    # The forgotten rows: every training row of class 3, under a Merkle root.
+    assert cert["forgotten"]["count"] == sidecar["forget_size"] == len(cert["forgotten"]["indices"])
+    assert len(cert["forgotten"]["merkle_root"]) == 64
+    assert cert["models"]["unlearned"]["sha256"] == sidecar["sha256"]
+    assert cert["models"]["original"]["sha256"] == sidecar["parent_sha256"]
+    assert cert["models"]["data"]["fingerprint"] == sidecar["dataset"]["fingerprint"]
+    assert cert["run"]["method"] == "gradient_ascent" and cert["run"]["config"]["epochs"] == 2
+    assert cert["run"]["versions"]["excise_source"] == sidecar["versions"]["excise_source"]
+    assert cert["evidence"]["metrics"] == sidecar["metrics"]
+    assert cert["evidence"]["reference"]["avg_gap"] == sidecar["reference"]["avg_gap"]
+    assert "MIA" in cert["evidence"]["directions"]
+    measures = {m["measure"] for m in cert["evidence"]["retrain_free"]}
+    assert "FA - TA_forget" in measures and "MIA" in measures
+    assert cert["limits"].startswith("Approximate unlearning")
+    assert cert["signature"]["algorithm"] == "ed25519"
+    assert "PRIVATE" not in cert_file.read_text()  # the public key is recorded, never the private one
+    chained = json.loads(certificate_path(lineage / "step2.safetensors").read_text())
+    assert chained["step"] == 2 and [r["labels"] for r in chained["history"]] == [["3"], ["5"]]
+    assert chained["evidence"]["reference"] is None  # no reference: the retrain-free evidence carries it
+    assert {m["measure"] for m in chained["evidence"]["retrain_free"]} >= {"FA - TA_forget", "MIA"}
+
+
+def test_a_flipped_weight_byte_fails_verification(lineage, tmp_path):
+    folder = copy_of(lineage, tmp_path)
+    weights = folder / "step2.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    result = verify(folder / "ledger.jsonl")
+    assert result.exit_code == 1
+    assert "entry 2 unlearned model" in text(result) and "step2.safetensors" in text(result)
+    assert "changed" in text(result)
+
+
+def test_an_edited_metric_fails_verification(lineage, tmp_path):
+    folder = copy_of(lineage, tmp_path)
+    cert_file = certificate_path(folder / "step1.safetensors")
+    cert = json.loads(cert_file.read_text())
+    cert["evidence"]["metrics"]["FA"] = cert["evidence"]["metrics"]["FA"] + 7.0
+    cert_file.write_text(json.dumps(cert))
+    # Signed: the signature no longer matches the content.
+    result = verify(cert_file)
+    assert result.exit_code == 1 and "signature" in text(result) and "changed after it was signed" in text(result)
+    # Through the ledger: the certificate no longer hashes to what its entry recorded.
+    result = verify(folder / "ledger.jsonl")
+    assert result.exit_code == 1 and "entry 1" in text(result) and "changed after it was appended" in text(result)
+    # Unsigned, on its own: the recorded gap to the reference no longer follows from the recorded metrics ...
+    del cert["signature"]
+    cert_file.write_text(json.dumps(cert))
+    result = verify(cert_file)
+    assert result.exit_code == 1 and "reference: avg_gap" in text(result)
+    # ... and without a reference, re-evaluating the model does not give the recorded number.
+    cert_file = certificate_path(folder / "step2.safetensors")
+    cert = json.loads(cert_file.read_text())
+    del cert["signature"]
+    cert["evidence"]["metrics"]["RA"] -= 0.5
+    cert_file.write_text(json.dumps(cert))
+    result = verify(cert_file)
+    assert result.exit_code == 1 and "evidence: metric RA" in text(result)
+
+
+@pytest.mark.parametrize("edit", ["delete", "swap"])
+def test_a_deleted_or_swapped_entry_fails_verification(lineage, tmp_path, edit):
+    folder = copy_of(lineage, tmp_path)
+    book = folder / "ledger.jsonl"
+    lines = book.read_text().splitlines(keepends=True)
+    lines = [lines[0], lines[2]] if edit == "delete" else [lines[0], lines[2], lines[1]]
+    book.write_text("".join(lines))
+    result = verify(book, "--no-evaluate")
+    assert result.exit_code == 1 and "chain" in text(result)
+    assert "deleted, inserted or" in text(result)
+
+
+def test_a_truncated_tail_shows_only_against_a_kept_head(lineage, tmp_path):
+    folder = copy_of(lineage, tmp_path)
+    book = folder / "ledger.jsonl"
+    head = json.loads(book.read_text().splitlines()[-1])["hash"]
+    book.write_text("".join(book.read_text().splitlines(keepends=True)[:2]))
+    assert verify(book, "--no-evaluate").exit_code == 0  # a shorter chain is still a chain
+    result = verify(book, "--no-evaluate", "--head", head)
+    assert result.exit_code == 1 and "removed from its end" in text(result)
+
+
+def test_a_wrong_public_key_fails_verification(lineage, tmp_path):
+    assert invoke("keygen", tmp_path / "other.pem").exit_code == 0
+    result = verify(lineage / "ledger.jsonl", "--public-key", tmp_path / "other.pem.pub", "--no-evaluate")
+    assert result.exit_code == 1 and "signature" in text(result) and "not with the given public key" in text(result)
+
+
+def test_an_inclusion_proof_holds_for_a_forgotten_row_only(lineage, tmp_path):
+    cert_file = certificate_path(lineage / "step1.safetensors")
+    cert = json.loads(cert_file.read_text())
+    forgotten = cert["forgotten"]["indices"][7]
+    kept = next(i for i in range(10_000) if i not in set(cert["forgotten"]["indices"]))
+    proof = tmp_path / "proof.json"
+    result = invoke("prove", cert_file, "--index", forgotten, "--out", proof)
+    assert result.exit_code == 0, result.output
+    assert invoke("prove", cert_file, "--check", proof).exit_code == 0
+    # A row the request did not forget has no proof ...
+    result = invoke("prove", cert_file, "--index", kept)
+    assert result.exit_code == 2 and "not among" in text(result)
+    # ... and a proof re-labelled to claim it fails: its content does not hash to that leaf.
+    forged = json.loads(proof.read_text())
+    forged["index"] = kept
+    proof.write_text(json.dumps(forged))
+    result = invoke("prove", cert_file, "--check", proof)
+    assert result.exit_code == 1 and f"row {kept}" in text(result)
+
+
+def test_ledger_show_prints_the_chain(lineage):
+    result = invoke("ledger", "show", lineage / "ledger.jsonl")
+    assert result.exit_code == 0, result.output
+    printed = text(result)
+    assert "origin" in printed and "class:3" in printed and "class:5" in printed and "head" in printed
+
+
+def test_a_ledger_for_another_lineage_is_refused_before_any_work(lineage, tmp_path):
+    result = invoke("unlearn", lineage / "original.safetensors", "--method", "gradient_ascent", "--request", "class:4",
+                    "--out", tmp_path / "x.safetensors", "--ledger", lineage / "ledger.jsonl", *UNLEARN)
+    assert result.exit_code == 2 and "current model" in text(result)
+    assert not (tmp_path / "x.safetensors").exists()
+    result = invoke("unlearn", lineage / "original.safetensors", "--method", "gradient_ascent", "--request", "class:4",
+                    "--ledger", tmp_path / "l.jsonl", *UNLEARN)
+    assert result.exit_code == 2 and "--out" in text(result)
+
+
+ORIGIN = {"model": {"path": "m.safetensors", "sha256": "0" * 64}}
+
+APPENDER = textwrap.dedent("""
+    import sys
+    from excise.provenance import ledger
+    path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    origin = {"model": {"path": "m.safetensors", "sha256": "0" * 64}}
+    for i in range(count):
+        ledger.append(path, {"model": {"path": f"{name}-{i}", "sha256": f"{i:064x}"}, "parent_sha256": None,
+                             "certificate": {"path": "c", "sha256": "c" * 64}, "padding": "x" * 20000},
+                      origin=origin)
+""")
+
+
+def test_two_processes_appending_leave_one_valid_chain(tmp_path):
+    book = tmp_path / "ledger.jsonl"
+    writers = [subprocess.Popen([sys.executable, "-c", APPENDER, str(book), name, "50"]) for name in ("a", "b")]
+    assert [w.wait(timeout=240) for w in writers] == [0, 0]
+    state = ledger.read_ledger(book)
+    assert len(state.entries) == 101 and state.entries[0]["kind"] == "origin"  # one origin, 100 deletions
+    names = [e["model"]["path"].split("-")[0] for e in state.entries[1:]]
+    assert names.count("a") == 50 and names.count("b") == 50
+
+
+def test_a_kill_during_appends_leaves_a_ledger_that_verifies(tmp_path):
+    book = tmp_path / "ledger.jsonl"
+    writer = subprocess.Popen([sys.executable, "-c", APPENDER, str(book), "k", "100000"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not book.exists() or book.read_bytes().count(b"\n") < 30):
+        time.sleep(0.05)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(timeout=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a torn last line, if the kill landed mid-write (tested below)
+        state = ledger.read_ledger(book)
+    assert len(state.entries) >= 30
+    # The next append goes on from the last complete entry.
+    ledger.append(book, {"model": {"path": "after", "sha256": "1" * 64}, "parent_sha256": None,
+                         "certificate": {"path": "c", "sha256": "c" * 64}}, origin=ORIGIN)
+    assert ledger.read_ledger(book).entries[-1]["model"]["path"] == "after"
+
+
+def test_a_torn_last_line_is_ignored_then_cut_off(tmp_path):
+    book = tmp_path / "ledger.jsonl"
+    entry = {"model": {"path": "a", "sha256": "1" * 64}, "parent_sha256": None,
+             "certificate": {"path": "c", "sha256": "c" * 64}}
+    ledger.append(book, entry, origin=ORIGIN)
+    complete = book.read_bytes()
+    line = complete.splitlines(keepends=True)[-1]
+    book.write_bytes(complete + line[: len(line) // 2])  # what a kill in the middle of a write leaves
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert len(ledger.read_ledger(book).entries) == 2
+    ledger.append(book, entry, origin=ORIGIN)
+    assert len(ledger.read_ledger(book).entries) == 3 and book.read_bytes().startswith(complete)
+    # A corrupt line that is not the last one is an error naming the line, not skipped.
+    book.write_bytes(complete.replace(b'"deletion"', b'"deletion', 1) + line)
+    with pytest.raises(ledger.LedgerError, match=":2: not valid JSON"):
+        ledger.read_ledger(book)
+
+
+def test_bench_certify_writes_a_certificate_per_cell_that_verifies(tmp_path):
+    """`excise bench --certify`: every cell but the original keeps its model and certificate; each verifies,
+    re-evaluation included — a sequence's final model against the cumulative views of the whole sequence."""
+    from excise.bench import parse_suite, read_records, run_suite
+    from excise.provenance.verify import verify_certificate
+    from tests.test_bench import tiny
+
+    summary = run_suite(parse_suite(tiny(methods=["gradient_ascent"])), tmp_path / "run", certify=True)
+    records = {(r["scenario"], r["method"]): r for r in read_records(summary.results_path)}
+    assert "certificate" not in records[("class-3", "original")]
+    for key in [("class-3", "retrain"), ("class-3", "gradient_ascent"), ("seq", "gradient_ascent")]:
+        cert_file = records[key]["certificate"]["path"]
+        checks = {c.name: c for c in verify_certificate(cert_file).checks}
+        assert checks["evidence"].status == "ok" and "reproduced" in checks["evidence"].detail
+        assert checks["forgotten data"].status == "ok"
+        cert = json.loads(open(cert_file).read())
+        assert cert["models"]["original"]["sha256"] == records[key]["hashes"]["original"]
+        assert cert["models"]["unlearned"]["sha256"] == records[key]["hashes"]["unlearned"]
+    seq = json.loads(open(records[("seq", "gradient_ascent")]["certificate"]["path"]).read())
+    assert [[str(label) for label in r["labels"]] for r in seq["forgotten"]["requests"]] == [["1"], ["4"]]
+    assert seq["evidence"]["reference"]["avg_gap"] == pytest.approx(records[("seq", "gradient_ascent")]["avg_gap"])
+    assert json.loads(open(records[("class-3", "retrain")]["certificate"]["path"]).read())["limits"].startswith(
+        "Exact unlearning")
