@@ -173,14 +173,43 @@ def test_bad_teacher_student_follows_the_random_teacher_on_forget_data(digits_mo
     assert _kl(g_r, s_r) < 0.1 * _kl(b_r, s_r)
 
 
-def test_bad_teacher_rebuilds_the_architecture_and_needs_a_spec(digits_model, class_views):
+def test_bad_teacher_rebuilds_the_architecture_of_any_module(digits_model, class_views):
     teacher = incompetent_teacher(digits_model, seed=3)
     assert teacher.excise_spec == digits_model.excise_spec
     assert torch.equal(next(teacher.parameters()), next(incompetent_teacher(digits_model, seed=3).parameters()))
     assert not torch.equal(next(teacher.parameters()), next(digits_model.parameters()))
-    bare = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    with pytest.raises(ValueError, match="create_model"):
-        get_method("bad_teacher").unlearn(bare, class_views.request, class_views.forget_set, class_views.retain_set)
+    # A model excise did not build (a plain conv + BatchNorm net): copied and re-initialised, every parameter
+    # re-drawn, BatchNorm statistics reset, the same teacher for the same seed, the user's model untouched.
+    torch.manual_seed(0)
+    foreign = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                  torch.nn.Flatten(), torch.nn.Linear(4 * 64, 10))
+    foreign[1].running_mean.fill_(0.5)
+    with torch.no_grad():
+        foreign[1].weight.fill_(2.0)  # as if trained: BatchNorm's affine parameters away from their 1 / 0 init
+        foreign[1].bias.fill_(0.3)
+    before = {k: v.clone() for k, v in foreign.state_dict().items()}
+    bad = incompetent_teacher(foreign, seed=3)
+    assert all(not torch.equal(new, old) for new, old in zip(bad.parameters(), foreign.parameters(), strict=True))
+    assert torch.equal(bad[1].running_mean, torch.zeros(4)) and not bad.training
+    assert all(torch.equal(a, b) for a, b in zip(bad.parameters(), incompetent_teacher(foreign, seed=3).parameters(),
+                                                  strict=True))
+    assert all(torch.equal(v, before[k]) for k, v in foreign.state_dict().items())
+    result = get_method("bad_teacher").unlearn(foreign, class_views.request, class_views.forget_set,
+                                               class_views.retain_set)
+    assert result.stats["steps"] > 0
+
+    class Positional(torch.nn.Module):  # a bare parameter no reset_parameters() re-draws
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.randn(64))
+            self.head = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.head(x.flatten(1) + self.table)
+
+    with pytest.raises(ValueError, match=r"\['table'\]"):
+        get_method("bad_teacher").unlearn(Positional(), class_views.request, class_views.forget_set,
+                                          class_views.retain_set)
 
 
 def test_jit_lowers_the_local_lipschitz_ratio_on_forget_samples(digits_model, class_views, class_runs):

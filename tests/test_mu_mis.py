@@ -347,6 +347,29 @@ def test_sensitivity_monitor_matches_its_definition(digits_model, class_views):
     assert irrelevant_sensitivity(model, x, other, batch_size=7) == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_one_pass_checks_decide_as_the_separate_passes_did(digits_model, class_views):
+    """The stopping check reads the sensitivity and the forget accuracy from one forward and backward, and the
+    loss both input gradients from one forward: the same numbers as separate passes (so the same stop step)."""
+    from excise.methods.mu_mis import _Monitor
+
+    model = copy.deepcopy(digits_model).eval()
+    forget = class_views.forget_set
+    monitor = _Monitor.build(forget, 64, torch.Generator().manual_seed(0))
+    sensitivity, accuracy = monitor.check(model, with_accuracy=True)
+    with torch.no_grad():
+        separate_accuracy = float((model(monitor.inputs).argmax(1) == monitor.targets).float().mean())
+    assert accuracy == separate_accuracy
+    assert sensitivity == pytest.approx(irrelevant_sensitivity(model, monitor.inputs, monitor.irrelevant), rel=1e-6)
+    assert monitor.check(model, with_accuracy=False) == (monitor.sensitivity(model), None)
+    x, y = forget.inputs[:16], forget.targets[:16]
+    other = draw_irrelevant(y, 10, torch.Generator().manual_seed(1))
+    loss, target_sq, other_sq = mu_mis_loss(model, x, y, other)
+    separate_target = logit_input_gradients(model, x, y, create_graph=False).flatten(1).pow(2).sum(1)
+    separate_other = logit_input_gradients(model, x, other, create_graph=False).flatten(1).pow(2).sum(1)
+    assert torch.allclose(target_sq, separate_target) and torch.allclose(other_sq, separate_other)
+    assert float(loss.detach()) == pytest.approx(float((separate_target - separate_other).mean()), rel=1e-6)
+
+
 def test_subclass_request_is_served(digits_super_model, subclass_views):
     original = evaluate_original(digits_super_model, subclass_views).metrics
     _, record = run_method("mu_mis", digits_super_model, subclass_views, RECIPE, seed=0)

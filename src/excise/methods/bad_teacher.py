@@ -11,7 +11,8 @@ Algorithm (the official code):
 
 - teachers, both in eval mode: the *competent* teacher is the original model; the *incompetent* teacher is
   a randomly initialised network of the same architecture (excise rebuilds it from ``model.excise_spec``
-  with :func:`excise.models.create_model`, seeded by the run's seed);
+  with :func:`excise.models.create_model`; a model excise did not build is copied and re-initialised with
+  its modules' ``reset_parameters``; seeded by the run's seed);
 - data: the whole forget set (tagged 1) plus a random ``retain_fraction = 0.3`` subset of the retain set
   (tagged 0), shuffled together;
 - the student starts as a copy of the original and, per sample, minimises
@@ -64,7 +65,7 @@ from excise.methods._common import BN_MODES, concat_labeled, kl_to_teacher, set_
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.models import create_model, model_spec
 from excise.progress import progress_bar
-from excise.training import check_fraction, check_positive_int, make_loader, make_optimizer
+from excise.training import check_fraction, check_positive_int, make_loader, make_optimizer, reinitialize
 
 
 @dataclass
@@ -93,14 +94,30 @@ class BadTeacherConfig:
 
 
 def incompetent_teacher(model: nn.Module, seed: int) -> nn.Module:
-    """A randomly initialised network of ``model``'s architecture (from its ``excise_spec``), in eval mode.
+    """A randomly initialised network of ``model``'s architecture, in eval mode.
 
-    Seeded by ``seed`` without disturbing the global random state, so the same call gives the same teacher.
+    A model built by :func:`excise.models.create_model` is rebuilt from its ``excise_spec`` (excise's own
+    initialisation); any other module is copied and every submodule's ``reset_parameters`` re-draws its weights
+    (PyTorch's default initialisation), BatchNorm statistics reset. A parameter that no ``reset_parameters``
+    covers (a bare ``nn.Parameter`` such as a learned positional table) would keep its trained value and leak the
+    original into the "incompetent" teacher: refused, naming it. Seeded by ``seed`` without disturbing the
+    global random state, so the same call gives the same teacher.
     """
-    spec = model_spec(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        teacher = create_model(spec["name"], **spec["kwargs"])
+        if getattr(model, "excise_spec", None) is not None:
+            spec = model_spec(model)
+            return create_model(spec["name"], **spec["kwargs"]).eval()
+        teacher = copy.deepcopy(model)
+        reinitialize(teacher, seed)
+    covered = {id(p) for m in teacher.modules() if callable(getattr(m, "reset_parameters", None))
+               for p in m.parameters(recurse=False)}
+    kept = [name for name, p in teacher.named_parameters() if id(p) not in covered]
+    if kept:
+        raise ValueError(
+            f"bad_teacher cannot re-initialise {type(model).__name__}: parameter(s) {kept[:5]} belong to no module "
+            "with reset_parameters(), so the incompetent teacher would keep their trained values; give those "
+            "modules a reset_parameters() or build the model with excise.models.create_model")
     return teacher.eval()
 
 

@@ -197,6 +197,11 @@ def warm_model(model: nn.Module, data: LabeledData, batch_size: int) -> float:
         return 0.0
     start = time.perf_counter()
     probe = copy.deepcopy(model)
+    # A deep copy carries the model's hooks; the warm-up is no step of the method, so nothing observing the model
+    # (e.g. excise.tasks.sequence.step_probe, which follows the first copy that runs a forward) may see it.
+    for module in probe.modules():
+        module._forward_pre_hooks.clear()
+        module._forward_hooks.clear()
     try:
         probe.train()
         batch_loss(probe, next(iter(make_loader(data, batch_size, shuffle=False))), data.task).backward()

@@ -3,8 +3,11 @@
 Thudi et al., "Unrolling SGD: Understanding Factors Influencing Machine Unlearning", EuroS&P 2022;
 Golatkar et al. CVPR 2020 call it NegGrad. Forget-only. Unbounded ascent destroys a model, so the budget
 is expressed in passes over the forget set (it scales with the forget-set size) with a gradient-norm clip,
-and an optional stopping rule: stop once the forget set's accuracy under the model being unlearned falls
-to ``stop_accuracy`` (checked after every pass). For ``target`` requests the loss is the forgotten target's
+and two optional stopping rules: stop once the forget set's accuracy under the model being unlearned falls
+to ``stop_accuracy`` (checked after every pass), or once its mean loss reaches ``stop_loss`` (``"uniform"``:
+the loss of a uniform prediction; checked every ``check_every`` steps on ``check_size`` forget samples,
+:class:`excise.methods._common.LossLevelStop` — the rule `imu_sequence` stops by, so the two compare fairly on
+sequence models). For ``target`` requests the loss is the forgotten target's
 BCE over the instances that carry it (the instance-level migration the Essential Graph paper argues against).
 
 Default lr 1e-3 (SGD, momentum 0.9) for 5 passes, measured on the digits (small_cnn, full class 3):
@@ -19,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from excise.methods._common import ascend_forget_loss
+from excise.methods._common import LossLevelStop, ascend_forget_loss, check_stop_loss
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.training import check_nonnegative, check_optional_probability, check_positive_int, predict_logits
 
@@ -31,11 +34,15 @@ class GradientAscentConfig:
     batch_size: int = 64
     max_grad_norm: float = 5.0
     stop_accuracy: float | None = None
+    stop_loss: float | str | None = None
+    check_every: int = 5
+    check_size: int = 256
 
     def __post_init__(self) -> None:
-        check_positive_int(self, "epochs", "batch_size")
+        check_positive_int(self, "epochs", "batch_size", "check_every", "check_size")
         check_nonnegative(self, "lr", "max_grad_norm")
         check_optional_probability(self, "stop_accuracy")
+        check_stop_loss(self)
 
 
 def forget_accuracy(model: nn.Module, data: UnlearnData) -> float:
@@ -68,10 +75,16 @@ class GradientAscent(UnlearningMethod):
             curve.append(forget_accuracy(model, data))
             return curve[-1] <= cfg.stop_accuracy
 
+        level = None if cfg.stop_loss is None else LossLevelStop(data.forget_set, cfg.stop_loss,
+                                                                  every=cfg.check_every, size=cfg.check_size, seed=seed)
         steps, _ = ascend_forget_loss(
             model, data.forget_set, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
             max_grad_norm=cfg.max_grad_norm, seed=seed, description="gradient ascent",
-            after_epoch=None if cfg.stop_accuracy is None else reached_stop_accuracy,
+            after_epoch=None if cfg.stop_accuracy is None else reached_stop_accuracy, after_step=level,
         )
         stopped = bool(curve) and curve[-1] <= cfg.stop_accuracy
-        return {"steps": steps, "stop_reason": "stop_accuracy" if stopped else "epochs", "forget_accuracy_curve": curve}
+        reason = "stop_accuracy" if stopped else "epochs"
+        if level is not None and level.reached_at is not None:
+            reason = "stop_loss"
+        return {"steps": steps, "stop_reason": reason, "forget_accuracy_curve": curve,
+                **({} if level is None else level.stats())}

@@ -32,6 +32,10 @@ DIRECTIONS: dict[str, str] = {
     "MIA": "share of forget set called non-member; closer to retrain is better",
     "forget_AP": "closer to retrain (chance) is better",
     "retain_mAP": "higher is better",
+    "MIA:seq_loss": "AUC (%) telling forget from held-out sequences by their loss; 50 = indistinguishable "
+                    "(never trained on), above = still recognised, below = over-forgotten; closer to retrain",
+    "MIA:seq_min_k": "AUC (%) telling forget from held-out sequences by min-20% token probability; 50 = "
+                     "indistinguishable, above = still recognised, below = over-forgotten; closer to retrain",
 }
 
 

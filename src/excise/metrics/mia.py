@@ -376,3 +376,32 @@ def run_mia(inputs: MiaInputs, variants: tuple[str, ...] | None = None,
             judge = judges[name]
         out[name] = MiaResult(name, judge(inputs.forget_probs, inputs.forget_labels), attack.direction)
     return out
+
+
+# --- population attacks by a score threshold (sequence models) -----------------------------------------
+def score_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray, *, replicates: int = 0, seed: int = 0,
+              level: float = 0.95) -> tuple[float, list[float] | None]:
+    """AUC (percent) of telling members from non-members by a score that is higher for members, and with
+    ``replicates`` a percentile bootstrap interval (both populations redrawn, generator ``(seed, j)``). 50 means
+    the two populations are indistinguishable by this score."""
+    from sklearn.metrics import roc_auc_score
+
+    member_scores, nonmember_scores = np.asarray(member_scores, float), np.asarray(nonmember_scores, float)
+    if len(member_scores) == 0 or len(nonmember_scores) == 0:
+        raise ValueError("a membership attack needs at least one member and one non-member")
+    labels = np.r_[np.ones(len(member_scores)), np.zeros(len(nonmember_scores))]
+
+    def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
+        return 100.0 * float(roc_auc_score(labels, np.r_[members, nonmembers]))
+
+    value = auc(member_scores, nonmember_scores)
+    if replicates <= 0:
+        return value, None
+    draws = []
+    for j in range(replicates):
+        rng = np.random.default_rng([seed, j])
+        draws.append(auc(member_scores[rng.integers(0, len(member_scores), len(member_scores))],
+                         nonmember_scores[rng.integers(0, len(nonmember_scores), len(nonmember_scores))]))
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(draws, [tail, 100.0 - tail])
+    return value, [float(low), float(high)]

@@ -27,7 +27,10 @@ set, ``loss:<source>`` is the mean token cross-entropy and ``KL_true:<source>`` 
 positions of ``KL(true row || model)`` (nats); ``loss:forget_set`` is the token loss on the forget set.
 The KL to a *retrained model's* predictions (``KL_ref:<source>``) needs that model, so it is computed by
 :func:`source_metrics` when a reference is passed (the benchmark and the tests do), not by the registered
-evaluator, which sees one model. No membership-inference attack is run for sequences.
+evaluator, which sees one model. Membership (:func:`sequence_mia`): ``MIA:seq_loss`` and ``MIA:seq_min_k`` are
+population attacks — the AUC (%) of telling the forget set from held-out test sequences of the same sources by
+the sequence's mean token loss, or by its min-20% token probability (Shi et al., 2023); 50 is a model that
+never trained on either.
 
 :func:`step_probe` calls back after every optimizer step a method takes on its working copy of a model,
 so curves against unlearning iterations (the paper's figure) can be drawn for any method without a
@@ -49,6 +52,7 @@ from excise.data.base import CLASS_TARGETS, LabeledData
 from excise.data.markov import IGNORE_INDEX, TASK, TRUE_NEXT
 from excise.metrics.distance import register_distances
 from excise.metrics.evaluate import EvalViews, register_evaluator
+from excise.metrics.mia import score_auc
 from excise.training import make_loader, register_task_loss
 
 
@@ -176,6 +180,53 @@ def concat_views(*parts: LabeledData | None) -> LabeledData:
     )
 
 
+MIN_K_FRACTION = 0.2
+"""Min-k% prob (Shi et al., "Detecting Pretraining Data from Large Language Models", 2023): the mean of a
+sequence's lowest 20% token log-probabilities (their default k)."""
+SEQUENCE_MIA = ("seq_loss", "seq_min_k")
+
+
+def membership_scores(logp: Tensor, data: LabeledData, k_fraction: float = MIN_K_FRACTION) -> dict[str, Tensor]:
+    """Per-sequence membership scores, higher for sequences that look trained on: ``seq_loss`` the negative mean
+    token loss; ``seq_min_k`` the mean of the lowest ``k_fraction`` of its token log-probabilities (at least one
+    token)."""
+    valid = _valid(data)
+    token_logp = logp.gather(-1, data.targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    counts = valid.sum(1).clamp_min(1)
+    mean = (token_logp * valid).sum(1) / counts
+    lowest = torch.where(valid, token_logp, torch.full_like(token_logp, float("inf"))).sort(dim=1).values
+    k = (counts.float() * k_fraction).ceil().long().clamp_min(1)
+    first_k = torch.arange(lowest.shape[1]).unsqueeze(0) < k.unsqueeze(1)
+    min_k = torch.where(first_k, lowest, torch.zeros_like(lowest)).sum(1) / k
+    return {"seq_loss": mean, "seq_min_k": min_k}
+
+
+def heldout_of(views: EvalViews) -> LabeledData | None:
+    """The non-members of the sequence membership attacks: held-out test sequences of the forgotten sources (a
+    ``class`` request's forgotten test population; for a ``samples`` request, the test sequences of the sources
+    its forget set comes from)."""
+    if views.test_forget is not None and len(views.test_forget):
+        return views.test_forget
+    sources = views.forget_set.extras.get(CLASS_TARGETS)
+    test = views.test_retain
+    if sources is None or CLASS_TARGETS not in test.extras:
+        return test
+    rows = torch.nonzero(torch.isin(test.extras[CLASS_TARGETS], sources.unique())).flatten()
+    return test.subset(rows) if len(rows) else None
+
+
+def sequence_mia(forget_logp: Tensor, forget_set: LabeledData, heldout_logp: Tensor, heldout: LabeledData, *,
+                 replicates: int = 0, seed: int = 0) -> dict[str, tuple[float, list[float] | None]]:
+    """The population attacks on a sequence model: ``MIA:seq_loss`` and ``MIA:seq_min_k``, each the AUC (%) of
+    telling the forget set from held-out sequences of the same sources, with a bootstrap interval when
+    ``replicates`` > 0. 50: indistinguishable, the level of a model that never trained on either; above: the
+    forget set is still recognised as training data; below: it is pushed further than unseen data (over-forgotten,
+    itself a membership signal)."""
+    members, nonmembers = membership_scores(forget_logp, forget_set), membership_scores(heldout_logp, heldout)
+    return {f"MIA:{name}": score_auc(members[name].numpy(), nonmembers[name].numpy(), replicates=replicates,
+                                     seed=seed) for name in SEQUENCE_MIA}
+
+
 def evaluate_sequence(
     model: nn.Module, views: EvalViews, *, mia_variants: tuple[str, ...] | None = None, seed: int = 0
 ) -> dict[str, float]:
@@ -196,6 +247,11 @@ def evaluate_sequence(
         test = concat_views(views.test_retain, views.test_forget)
         test_logp = torch.cat([test_retain_logp, test_forget_logp])
     out.update(source_metrics(test_logp, test))
+    heldout = heldout_of(views)
+    if heldout is not None and len(heldout):
+        heldout_logp = (test_forget_logp if heldout is views.test_forget else log_probs(model, heldout))
+        out.update({name: value for name, (value, _) in
+                    sequence_mia(forget_logp, views.forget_set, heldout_logp, heldout, seed=seed).items()})
     return out
 
 
