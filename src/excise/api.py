@@ -43,7 +43,7 @@ from excise.provenance.history import (
     training_seed,
 )
 from excise.provenance.issue import certify
-from excise.provenance.ledger import read_ledger
+from excise.provenance.ledger import check_lineage, read_ledger
 from excise.requests import ForgetRequest, resolve
 from excise.training import TrainConfig, seed_everything, train
 
@@ -283,12 +283,7 @@ def _check_provenance(head: Checkpoint, out: Path | None, ledger: str | Path | N
             raise ValueError("--ledger needs --out: a ledger entry certifies a written model file")
         ledger = Path(ledger)
         if ledger.exists():
-            state = read_ledger(ledger)
-            if state.entries and state.head_model != head.sha256:
-                raise ValueError(
-                    f"ledger {str(ledger)!r} tracks a lineage whose current model is {state.head_model[:16]}…, but "
-                    f"{str(head.path)!r} is {head.sha256[:16]}…: a ledger records one model's successive deletions; "
-                    "unlearn from its current model, or start a new ledger")
+            check_lineage(read_ledger(ledger), head.sha256, ledger)
         else:
             _check_output(ledger, False, suffix=ledger.suffix or ".jsonl")
     if sign_key is not None:

@@ -70,7 +70,6 @@ from excise.metrics.evaluate import collect_outputs
 from excise.metrics.lira import ULIRA_CHANCE, ulira_metrics
 from excise.metrics.uncertainty import Evidence, evidence, intervals
 from excise.progress import progress_bar
-from excise.provenance.certificate import certificate_sha256
 from excise.provenance.history import cumulative_views, step_forget_sets
 from excise.requests import ForgetRequest, RequestError
 from excise.sequential import run_sequence
@@ -490,7 +489,6 @@ class _Runner:
                  record: dict[str, Any], found: Evidence | None) -> dict[str, str]:
         """``bench --certify``: keep the cell's model (with a sidecar like `excise unlearn` writes, so `excise
         evaluate` and a chained `excise unlearn` work on it) and write its deletion certificate beside it."""
-        from excise.provenance.certificate import read_certificate
         from excise.provenance.issue import certify
 
         assert self.certify_dir is not None
@@ -516,10 +514,10 @@ class _Runner:
                                  "metrics": reference_metrics, "avg_gap": avg_gap(metrics, reference_metrics)}
         path = self.certify_dir / scenario.name / f"{cell.label}-seed{cell.seed}.safetensors"
         save_checkpoint(path, model, meta, overwrite=True)  # a re-run cell supersedes its earlier certificate
-        written = certify(path, meta, original={"path": models.original_path, "sha256": models.original_sha,
+        written, digest = certify(path, meta, original={"path": models.original_path, "sha256": models.original_sha,
                                                 "kind": "original"},
                           bundle=item.bundle, covers=requests, evidence=found, ulira=ulira or None, overwrite=True)
-        return {"path": str(written), "sha256": certificate_sha256(read_certificate(written))}
+        return {"path": str(written), "sha256": digest}
 
     def run_group(self, item: _Prepared, seed: int, pending: list[_Cell],
                   done: Callable[[dict[str, Any]], None]) -> None:

@@ -4,6 +4,7 @@ module out of the auto-import in ``excise.methods``. Append only (several method
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -336,11 +337,12 @@ class LossLevelStop:
         was_training = model.training
         model.eval()
         try:
-            losses = [per_sample_loss(model(b["inputs"]), b["targets"], self.data.task, b.get("label_mask"))
-                      for b in make_loader(self.data, 256, shuffle=False)]
+            losses = []
+            for b in make_loader(self.data, 256, shuffle=False):
+                logits = model(b["inputs"])
+                losses.append(per_sample_loss(logits, b["targets"], self.data.task, b.get("label_mask")))
             if self.level is None:  # a multi-label output is one binary decision per target: log 2
-                outputs = 2 if self.data.task == "multilabel" else model(self.data.batch([0])["inputs"]).shape[-1]
-                self.level = float(torch.log(torch.tensor(float(outputs))))
+                self.level = math.log(2 if self.data.task == "multilabel" else logits.shape[-1])
         finally:
             model.train(was_training)
         return float(torch.cat(losses).mean())

@@ -26,11 +26,13 @@ from excise.requests import ForgetRequest
 
 def certify(path: str | Path, meta: dict[str, Any], *, original: dict[str, Any], bundle: DatasetBundle,
             covers: Sequence[ForgetRequest], evidence: Evidence | None = None, ulira: dict[str, Any] | None = None,
-            ledger: str | Path | None = None, sign_key: str | Path | None = None, overwrite: bool = False) -> Path:
+            ledger: str | Path | None = None, sign_key: str | Path | None = None,
+            overwrite: bool = False) -> tuple[Path, str]:
     """Write the certificate of the checkpoint at ``path`` (its sidecar ``meta``: request, history, dataset,
     method, metrics, … as `excise unlearn` writes them) beside it, signed with ``sign_key`` if given, and append
     it to ``ledger`` if given. ``original``: ``{"path", "sha256", "kind"}`` of the model it started from;
-    ``covers``: the requests whose rows the certificate lists (this request, or a whole benchmarked sequence)."""
+    ``covers``: the requests whose rows the certificate lists (this request, or a whole benchmarked sequence).
+    Returns the certificate's path and its content hash (what a ledger entry records)."""
     path = Path(path)
     written = read_meta(path)
     indices, _, root = forget_commitment(bundle.train, forgotten_rows(bundle, covers))
@@ -51,16 +53,17 @@ def certify(path: str | Path, meta: dict[str, Any], *, original: dict[str, Any],
     if sign_key is not None:
         cert = sign(cert, sign_key)
     cert_path = write_certificate(certificate_path(path), cert, overwrite=overwrite)
+    cert_sha = certificate_sha256(cert)
     if ledger is not None:
         ledger = Path(ledger)
         base = ledger.absolute().parent
         append_entry(ledger, {
             "model": {"path": stored_path(path, base), "sha256": written["sha256"]},
             "parent_sha256": original["sha256"],
-            "certificate": {"path": stored_path(cert_path, base), "sha256": certificate_sha256(cert)},
+            "certificate": {"path": stored_path(cert_path, base), "sha256": cert_sha},
             "request": " then ".join(r.describe() for r in covers),
             "method": meta["method"],
         }, origin={"model": {"path": stored_path(original["path"], base), "sha256": original["sha256"]},
                    "data": {"name": meta["dataset"]["name"], "fingerprint": meta["dataset"]["fingerprint"]}},
             expect_head_model=original["sha256"])
-    return cert_path
+    return cert_path, cert_sha

@@ -164,11 +164,8 @@ def append(path: str | Path, entry: dict[str, Any], *, origin: dict[str, Any] | 
                 raise LedgerError(f"ledger {str(path)!r} is empty: its first entry must name the original model")
             written.append(_write(path, {**origin, "kind": "origin"}, None))
             state.entries.append(written[-1])
-        if expect_head_model is not None and state.entries[-1]["model"]["sha256"] != expect_head_model:
-            raise LedgerError(
-                f"ledger {str(path)!r} tracks a lineage whose current model is "
-                f"{state.entries[-1]['model']['sha256'][:16]}…, but this run starts from {expect_head_model[:16]}…: "
-                "a ledger records one model's successive deletions; start from its current model or use a new ledger")
+        if expect_head_model is not None:
+            check_lineage(state, expect_head_model, path)
         written.append(_write(path, {**entry, "kind": "deletion"}, state.entries[-1]))
         return written
 
@@ -179,6 +176,16 @@ def _write(path: Path, fields: dict[str, Any], previous: dict[str, Any] | None) 
     entry["hash"] = entry_hash(entry)
     _append_line(path, entry)
     return entry
+
+
+def check_lineage(state: LedgerState, model_sha256: str, path: str | Path) -> None:
+    """Refuse to extend a ledger whose current model is not ``model_sha256`` (the model a run starts from): a
+    ledger records one model's successive deletions. An empty ledger accepts any start."""
+    if state.entries and state.head_model != model_sha256:
+        raise LedgerError(
+            f"ledger {str(path)!r} tracks a lineage whose current model is {state.head_model[:16]}…, but this run "
+            f"starts from {model_sha256[:16]}…: a ledger records one model's successive deletions; unlearn from its "
+            "current model, or start a new ledger")
 
 
 def check_head(state: LedgerState, head: str) -> None:
