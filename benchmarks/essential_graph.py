@@ -6,7 +6,9 @@ One run prints, for one forgotten target of the multi-target digit canvases (``m
 carrying >= 3 targets) and a model with BatchNorm (``--model``: ``bottleneck_resnet``, the paper's SE-ResNet tail,
 by default; ``resnet18`` for a CIFAR-style ResNet-18):
 
-1. per method (essential_graph, essential_graph_unbalanced, gradient_ascent, target_finetune, retrain):
+1. per method (essential_graph_paper, essential_graph_unbalanced, the calibrated essential_graph,
+   target_erasure, gradient_ascent, target_finetune, retrain; ``benchmarks/target_level.py`` runs the
+   variants over seeds, targets, canvas kinds and architectures):
    forgotten-target accuracy (all test instances, and the positives only = recall) and AP, remaining-target
    accuracy/AP (mean, and worst drop against the original), the same on the test instances that carry every
    target (the paper's protocol; empty when no canvas holds all K targets), MIA on the forgotten target's
@@ -46,7 +48,8 @@ from excise.metrics.inversion import InversionConfig, inversion_scores, target_n
 from excise.requests import ForgetRequest
 from excise.training import TrainConfig, predict_logits
 
-METHODS = ("essential_graph", "essential_graph_unbalanced", "gradient_ascent", "target_finetune", "retrain")
+METHODS = ("essential_graph_paper", "essential_graph_unbalanced", "essential_graph", "target_erasure",
+           "gradient_ascent", "target_finetune", "retrain")
 
 
 def target_protocol(model: torch.nn.Module, test: LabeledData, forgotten: int) -> dict[str, Any]:
@@ -257,12 +260,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # graph file size vs model file size
     with tempfile.TemporaryDirectory() as tmp:
         graph = build_graph(original, bundle.train.targets, bundle.train.inputs, [forgotten], classes=bundle.classes,
-                            **{k: v for k, v in overrides.get("essential_graph", {}).items() if k != "graph"})
+                            **{k: v for k, v in overrides.get("essential_graph_paper", {}).items() if k != "graph"})
         graph_bytes = graph.save(Path(tmp) / "graph.json").stat().st_size
         model_bytes = save_checkpoint(Path(tmp) / "model.safetensors", original).stat().st_size
 
     grid = [int(x) for x in args.num_images_grid.split(",") if x]
-    study = num_images_study(original, bundle, grid, overrides.get("essential_graph", {}).get("proportion", 0.1))
+    study = num_images_study(original, bundle, grid, overrides.get("essential_graph_paper", {}).get("proportion", 0.1))
 
     reach = layer_reach_study(original, bundle, forgotten, [int(x) for x in args.reach_grid.split(",") if x])
 
@@ -298,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for method_name in ("original", *METHODS):
         r = results[method_name]
         print(f"  {method_name:28s} {r['r_recall_with_f']:6.1f} / {r['r_recall_with_f_drop']:5.1f}")
-    eg = results["essential_graph"]["stats"]
+    eg = results["essential_graph_paper"]["stats"]
     print(f"\nessential graph: {eg.get('pruned_channels')} channels pruned {eg.get('pruned_per_layer')}; graph "
           f"{eg.get('graph_seconds', 0):.3f}s + pruning {eg.get('prune_seconds', 0):.4f}s")
     print(f"graph file {graph_bytes} bytes vs model file {model_bytes} bytes ({100 * graph_bytes / model_bytes:.2f}%)")

@@ -200,7 +200,7 @@ def test_graph_round_trip_and_refusals(tiny, tmp_path):
 )
 def test_bad_hyperparameters_are_refused(params, message):
     with pytest.raises(ValueError) as err:
-        get_method("essential_graph", **params)
+        get_method("essential_graph_paper", **params)
     assert message in str(err.value)
 
 
@@ -209,7 +209,7 @@ def test_only_target_requests_on_multilabel_models_are_served():
     request = ForgetRequest(kind="class", labels=("a",))
     forget, retain = split(data, request)
     model = create_model("resnet18", in_channels=1, num_classes=3, width=4)
-    for name in ("essential_graph", "essential_graph_unbalanced", "target_finetune"):
+    for name in ("essential_graph_paper", "essential_graph_unbalanced", "target_finetune"):
         with pytest.raises(RequestError, match=f"method '{name}' cannot serve kind='class'"):
             get_method(name).unlearn(model, request, forget, retain)
 
@@ -284,7 +284,7 @@ def pruned_runs(canvas_model, target_views, canvases):
     """The original and both graphs' pruned models, with their protocol numbers."""
     forgotten = canvases.train.class_index(FORGET)
     out = {"original": (canvas_model, protocol(canvas_model, canvases.test, forgotten), None)}
-    for name in ("essential_graph", "essential_graph_unbalanced"):
+    for name in ("essential_graph_paper", "essential_graph_unbalanced"):
         result = get_method(name).unlearn(canvas_model, target_views.request, target_views.forget_set,
                                           target_views.retain_set, recipe=CANVAS_RECIPE)
         out[name] = (result.model, protocol(result.model, canvases.test, forgotten), result)
@@ -316,7 +316,7 @@ def test_target_mia_does_not_flip_with_the_evaluation_seed(target_reference, tar
 
 
 def test_pruning_zeroes_only_channels_of_the_forgotten_target(pruned_runs, canvas_model):
-    _, _, result = pruned_runs["essential_graph"]
+    _, _, result = pruned_runs["essential_graph_paper"]
     assert result.stats["pruned_channels"] > 0
     assert result.stats["graph_layers"] == default_layers(canvas_model)
     _, _, unbalanced = pruned_runs["essential_graph_unbalanced"]
@@ -332,7 +332,7 @@ def test_pruning_hits_the_forgotten_target_hardest(pruned_runs, canvases):
     forgotten = canvases.train.class_index(FORGET)
     remaining = [c for c in range(canvases.train.num_classes) if c != forgotten]
     before = pruned_runs["original"][1]
-    after = pruned_runs["essential_graph"][1]
+    after = pruned_runs["essential_graph_paper"][1]
     drop = before["mean_positive_probability"] - after["mean_positive_probability"]
     assert drop[forgotten] > 0.05
     assert drop[forgotten] > 2 * drop[remaining].max()
@@ -376,12 +376,12 @@ def test_the_graph_layers_cannot_reach_the_forgotten_targets_ranking(canvas_mode
 def test_forgotten_ap_falls_to_the_retrained_level(pruned_runs, canvases, target_reference):
     forgotten = canvases.train.class_index(FORGET)
     reference = protocol(target_reference, canvases.test, forgotten)["ap"][forgotten]
-    assert pruned_runs["essential_graph"][1]["ap"][forgotten] <= reference + 10
+    assert pruned_runs["essential_graph_paper"][1]["ap"][forgotten] <= reference + 10
 
 
 @pytest.mark.xfail(strict=True, reason=XFAIL_COLLAPSE)
 def test_forgotten_target_collapses_on_the_instances_that_carry_it(pruned_runs):
-    assert pruned_runs["essential_graph"][1]["recall"] <= 10
+    assert pruned_runs["essential_graph_paper"][1]["recall"] <= 10
 
 
 def test_remaining_targets_keep_their_ranking(pruned_runs, canvases):
@@ -390,7 +390,7 @@ def test_remaining_targets_keep_their_ranking(pruned_runs, canvases):
     vectorisation). The accuracy half is the xfail below."""
     forgotten = canvases.train.class_index(FORGET)
     remaining = [c for c in range(canvases.train.num_classes) if c != forgotten]
-    before, after = pruned_runs["original"][1], pruned_runs["essential_graph"][1]
+    before, after = pruned_runs["original"][1], pruned_runs["essential_graph_paper"][1]
     assert (before["ap"][remaining] - after["ap"][remaining]).max() <= 3
 
 
@@ -411,7 +411,7 @@ def test_remaining_targets_accuracy_stays_within_three_points_for_every_target(s
         views = EvalViews.from_bundle(canvases, ForgetRequest(kind="target", labels=(target,)))
         forgotten = canvases.train.class_index(target)
         remaining = [c for c in range(canvases.train.num_classes) if c != forgotten]
-        result = get_method("essential_graph").unlearn(second_canvas_model, views.request, views.forget_set,
+        result = get_method("essential_graph_paper").unlearn(second_canvas_model, views.request, views.forget_set,
                                                        views.retain_set, recipe=CANVAS_RECIPE)
         before = protocol(second_canvas_model, canvases.test, forgotten)["acc"][remaining]
         after = protocol(result.model, canvases.test, forgotten)["acc"][remaining]
@@ -420,18 +420,18 @@ def test_remaining_targets_accuracy_stays_within_three_points_for_every_target(s
 
 def test_a_stored_graph_prunes_identically_and_only_its_model(pruned_runs, canvas_model, target_views,
                                                                target_reference, tmp_path):
-    model, _, result = pruned_runs["essential_graph"]
+    model, _, result = pruned_runs["essential_graph_paper"]
     views = target_views
     retain = views.retain_set
     graph = build_graph(canvas_model, retain.targets, retain.inputs, [0], classes=retain.classes)
     path = graph.save(tmp_path / "graph.json")
-    from_file = get_method("essential_graph", graph=str(path)).unlearn(
+    from_file = get_method("essential_graph_paper", graph=str(path)).unlearn(
         canvas_model, views.request, views.forget_set, retain, recipe=CANVAS_RECIPE)
     assert from_file.stats["graph_from_file"] and from_file.stats["graph_seconds"] == 0.0
     for a, b in zip(model.state_dict().values(), from_file.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     with pytest.raises(GraphError, match="was built for the model with sha256"):
-        get_method("essential_graph", graph=str(path)).unlearn(
+        get_method("essential_graph_paper", graph=str(path)).unlearn(
             target_reference, views.request, views.forget_set, retain, recipe=CANVAS_RECIPE)
     with pytest.raises(GraphError, match="is balanced, but method 'essential_graph_unbalanced'"):
         get_method("essential_graph_unbalanced", graph=str(path)).unlearn(
@@ -439,7 +439,7 @@ def test_a_stored_graph_prunes_identically_and_only_its_model(pruned_runs, canva
     other = ForgetRequest(kind="target", labels=("1",))
     forget_1, retain_1 = split(views.retain_set, other)
     with pytest.raises(GraphError, match=r"forgets target\(s\) \['0'\], but the request forgets \['1'\]"):
-        get_method("essential_graph", graph=str(path)).unlearn(
+        get_method("essential_graph_paper", graph=str(path)).unlearn(
             canvas_model, other, forget_1, retain_1, recipe=CANVAS_RECIPE)
     assert model_sha256(canvas_model) == graph.model_sha256  # the caller's model was never modified
 
@@ -462,7 +462,8 @@ def inversion(canvas_model, target_reference, pruned_runs, canvases):
     forgotten = canvases.train.class_index(FORGET)
     test = canvases.test
     return inversion_scores(
-        {"original": canvas_model, "retrain": target_reference, "essential_graph": pruned_runs["essential_graph"][0]},
+        {"original": canvas_model, "retrain": target_reference,
+         "essential_graph_paper": pruned_runs["essential_graph_paper"][0]},
         canvas_model, forgotten, tuple(test.inputs.shape[1:]), config=InversionConfig(steps=100, num_images=8),
         template=target_template(canvases.train.inputs, canvases.train.targets, forgotten),
         negatives=target_negatives(test.inputs, test.targets, forgotten, 8),
@@ -487,7 +488,7 @@ def test_inversion_floor_is_the_retrained_model(inversion):
 def test_pruned_model_still_paints_the_forgotten_target(inversion):
     """What the check exposes: the pruned model still ranks the target (AP 100), so its inversion adds digit
     0 to the starts as the original's does (measured 100%)."""
-    assert inversion["essential_graph"]["recognition"] > 90
+    assert inversion["essential_graph_paper"]["recognition"] > 90
 
 
 class Blind(nn.Module):
@@ -566,7 +567,7 @@ def test_essential_graph_in_a_sequence_neither_scores_nor_spares_an_earlier_targ
     single = UnlearnData(forget_set=steps[1], request=SEQUENCE[1], recipe=CANVAS_RECIPE,
                          _retain_set=split(canvases.train, SEQUENCE[1])[1])
     assert earlier_targets(second) == (0,) and earlier_targets(single) == ()
-    method = get_method("essential_graph")
+    method = get_method("essential_graph_paper")
     graph = method.graph_for(canvas_model, second)
     assert all(0 not in layer.top for layer in graph.layers)  # target 0 neither scored nor sparing channels
     assert all(1 in layer.top for layer in graph.layers) and graph.forgotten == (1,)

@@ -48,7 +48,7 @@ def test_graph_then_unlearn_then_one_shot(models, tmp_path):
 
     original_bytes = model.read_bytes()
     out = tmp_path / "unlearned.safetensors"
-    result = invoke("unlearn", model, "--method", "essential_graph", "--graph", graph, "--request", "target:2",
+    result = invoke("unlearn", model, "--method", "essential_graph_paper", "--graph", graph, "--request", "target:2",
                     "--out", out)
     assert result.exit_code == 0, result.output
     assert model.read_bytes() == original_bytes
@@ -57,10 +57,19 @@ def test_graph_then_unlearn_then_one_shot(models, tmp_path):
     assert meta["metrics"]["forget_AP"] >= 0  # a target request is evaluated with the multi-label metrics
 
     one_shot = tmp_path / "one_shot.safetensors"
-    result = invoke("unlearn", model, "--method", "essential_graph", "--request", "target:2", "--out", one_shot)
+    result = invoke("unlearn", model, "--method", "essential_graph_paper", "--request", "target:2", "--out", one_shot)
     assert result.exit_code == 0, result.output
     # The graph built on the fly is the stored one: both runs give the same weights file.
     assert json.loads(one_shot.with_suffix(".json").read_text())["sha256"] == meta["sha256"]
+
+    # The calibrated default prunes with the stored graph's proportion and re-fits the remaining biases.
+    calibrated = tmp_path / "calibrated.safetensors"
+    result = invoke("unlearn", model, "--method", "essential_graph", "--graph", graph, "--request", "target:2",
+                    "--out", calibrated)
+    assert result.exit_code == 0, result.output
+    stats = json.loads(calibrated.with_suffix(".json").read_text())["method_stats"]
+    assert stats["proportion"] == stored.proportion and stats["graph_from_file"]
+    assert set(stats["bias_shifts"]) == {"0", "1", "3"}
 
     replot = tmp_path / "again.png"
     result = invoke("graph", model, "--target", "2", "--graph", graph, "--plot", replot)
@@ -72,12 +81,12 @@ def test_a_graph_for_another_model_is_refused(models, tmp_path):
     model, other = models
     graph = tmp_path / "graph.json"
     assert invoke("graph", model, "--target", "1", "--out", graph).exit_code == 0
-    result = invoke("unlearn", other, "--method", "essential_graph", "--graph", graph, "--request", "target:1")
+    result = invoke("unlearn", other, "--method", "essential_graph_paper", "--graph", graph, "--request", "target:1")
     assert result.exit_code == 2
     assert "was built for the model with sha256" in flat(result)
     result = invoke("graph", other, "--target", "1", "--graph", graph, "--plot", tmp_path / "x.png")
     assert result.exit_code == 2 and "was built for the model with sha256" in flat(result)
-    result = invoke("unlearn", model, "--method", "essential_graph", "--graph", graph, "--request", "target:3")
+    result = invoke("unlearn", model, "--method", "essential_graph_paper", "--graph", graph, "--request", "target:3")
     assert result.exit_code == 2
     assert "forgets target(s) ['1'], but the request forgets ['3']" in flat(result)
 
@@ -87,7 +96,7 @@ def test_a_graph_for_another_model_is_refused(models, tmp_path):
     [
         (("graph", "{model}", "--target", "7", "--out", "{tmp}/g.json"),
          "labels='7' is not a known target; known: ['0', '1', '2', '3']"),
-        (("unlearn", "{model}", "--method", "essential_graph", "--request", "target:cat"),
+        (("unlearn", "{model}", "--method", "essential_graph_paper", "--request", "target:cat"),
          "labels='cat' is not a known target; known: ['0', '1', '2', '3']"),
         (("graph", "{model}", "--target", "1"), "nothing to do"),
         (("graph", "{model}", "--target", "1", "--out", "{tmp}/g.txt"), "must end in .json"),
@@ -97,7 +106,7 @@ def test_a_graph_for_another_model_is_refused(models, tmp_path):
          "'fc', which is not a Conv2d"),
         (("unlearn", "{model}", "--method", "gradient_ascent", "--graph", "{tmp}/g.json", "--request", "target:1"),
          "method 'gradient_ascent' takes no graph"),
-        (("unlearn", "{model}", "--method", "essential_graph", "--request", "class:1"),
+        (("unlearn", "{model}", "--method", "essential_graph_paper", "--request", "class:1"),
          "kind='class' needs a single-label"),
     ],
 )
@@ -113,7 +122,7 @@ def test_a_chained_model_builds_the_graph_of_the_next_step(models, tmp_path):
     method does on that model), records it, and the file prunes exactly what the one-shot run prunes."""
     model, _ = models
     step1 = tmp_path / "step1.safetensors"
-    assert invoke("unlearn", model, "--method", "essential_graph", "--request", "target:2", "--out",
+    assert invoke("unlearn", model, "--method", "essential_graph_paper", "--request", "target:2", "--out",
                   step1).exit_code == 0
     graph = tmp_path / "next.json"
     result = invoke("graph", step1, "--target", "1", "--out", graph)
@@ -122,9 +131,9 @@ def test_a_chained_model_builds_the_graph_of_the_next_step(models, tmp_path):
     assert [stored.classes[t] for t in stored.gone] == ["2"]
     assert all(stored.classes.index("2") not in layer.top for layer in stored.layers)
     with_file, one_shot = tmp_path / "with_file.safetensors", tmp_path / "one_shot.safetensors"
-    assert invoke("unlearn", step1, "--method", "essential_graph", "--graph", graph, "--request", "target:1",
+    assert invoke("unlearn", step1, "--method", "essential_graph_paper", "--graph", graph, "--request", "target:1",
                   "--out", with_file).exit_code == 0
-    assert invoke("unlearn", step1, "--method", "essential_graph", "--request", "target:1",
+    assert invoke("unlearn", step1, "--method", "essential_graph_paper", "--request", "target:1",
                   "--out", one_shot).exit_code == 0
     sha = [json.loads(p.with_suffix(".json").read_text())["sha256"] for p in (with_file, one_shot)]
     assert sha[0] == sha[1]
@@ -134,12 +143,12 @@ def test_a_chained_model_builds_the_graph_of_the_next_step(models, tmp_path):
     data = json.loads(graph.read_text())
     data["gone"] = []
     (tmp_path / "no_gone.json").write_text(json.dumps(data))
-    result = invoke("unlearn", step1, "--method", "essential_graph", "--graph", tmp_path / "no_gone.json",
+    result = invoke("unlearn", step1, "--method", "essential_graph_paper", "--graph", tmp_path / "no_gone.json",
                     "--request", "target:1")
     assert result.exit_code == 2 and "was built with target(s) [] forgotten by earlier requests" in flat(result)
     del data["gone"]
     (tmp_path / "old.json").write_text(json.dumps(data))
-    result = invoke("unlearn", step1, "--method", "essential_graph", "--graph", tmp_path / "old.json",
+    result = invoke("unlearn", step1, "--method", "essential_graph_paper", "--graph", tmp_path / "old.json",
                     "--request", "target:1")
     assert result.exit_code == 2 and "written by an older excise that did not record targets" in flat(result)
     assert invoke("graph", step1, "--target", "1", "--graph", tmp_path / "old.json", "--plot",
@@ -149,5 +158,6 @@ def test_a_chained_model_builds_the_graph_of_the_next_step(models, tmp_path):
     # A graph built on the original model for target 1 does not fit the chained one (other weights).
     on_original = tmp_path / "orig.json"
     assert invoke("graph", model, "--target", "1", "--out", on_original).exit_code == 0
-    result = invoke("unlearn", step1, "--method", "essential_graph", "--graph", on_original, "--request", "target:1")
+    result = invoke("unlearn", step1, "--method", "essential_graph_paper", "--graph", on_original,
+                    "--request", "target:1")
     assert result.exit_code == 2 and "only holds for the exact weights" in flat(result)

@@ -250,6 +250,7 @@ def unlearn_checkpoint(
             "forget_size": len(views.forget_set),  # what the metrics judge: everything forgotten so far
             "method": method,
             "method_config": record.config,
+            "method_stats": record.stats,  # what the method reports: e.g. the proportion chosen, a masked output
             "parent_sha256": original.sha256,
             "metrics": record.metrics,
             "evidence": None if record.evidence is None else record.evidence.to_dict(),

@@ -504,10 +504,36 @@ def build_graph(
     ``score_fn(outputs, rows, target) -> per-image score`` replaces the target's sigmoid output (rows index
     ``data_inputs``); dense tasks use it.
     """
+    return build_graphs(model, data_targets, data_inputs, forgotten, classes=classes, proportions=[proportion],
+                        num_images=num_images, layers=layers, num_layers=num_layers, balanced=balanced,
+                        score_fn=score_fn, gone=gone)[0]
+
+
+def build_graphs(
+    model: nn.Module,
+    data_targets: Tensor,
+    data_inputs: Tensor,
+    forgotten: Sequence[int],
+    *,
+    classes: Sequence[str],
+    proportions: Sequence[float],
+    num_images: int = DEFAULT_NUM_IMAGES,
+    layers: Sequence[str] | None = None,
+    num_layers: int = 5,
+    balanced: bool = True,
+    score_fn: ScoreFn | None = None,
+    gone: Sequence[int] = (),
+) -> list[EssentialGraph]:
+    """:func:`build_graph` at each of ``proportions``, scoring the channels once (the Grad-CAM passes are the
+    cost; selecting at another proportion is free). Each graph's ``seconds`` is the scoring time plus its own
+    selection."""
     from excise.progress import progress_bar
 
-    if isinstance(proportion, bool) or not isinstance(proportion, (int, float)) or not 0 < proportion <= 1:
-        raise GraphError(f"proportion={proportion!r} must lie in (0, 1]")
+    if not proportions:
+        raise GraphError("proportions must name at least one proportion")
+    for proportion in proportions:
+        if isinstance(proportion, bool) or not isinstance(proportion, (int, float)) or not 0 < proportion <= 1:
+            raise GraphError(f"proportion={proportion!r} must lie in (0, 1]")
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
         raise GraphError(f"num_images={num_images!r} must be a positive integer")
     num_targets = len(classes)
@@ -534,25 +560,31 @@ def build_graph(
             per_image = gradcam_channel_weights(model, names, data_inputs[rows[t]], t, score)
             weights[t] = {name: w.mean(dim=0) for name, w in per_image.items()}
             bar.advance()
-    graph_layers = []
-    for conv, bn in pairs:
-        channels = modules[conv].out_channels
-        tops = {t: top_channels(weights[t][conv], proportion, conv) for t in scored}
-        scores, pruned = select_channels(tops, channels, forgotten, num_targets, balanced)
-        graph_layers.append(LayerGraph(conv, bn, channels, tops, scores, pruned))
-    return EssentialGraph(
-        gone=gone,
-        classes=tuple(classes),
-        forgotten=forgotten,
-        layers=graph_layers,
-        proportion=float(proportion),
-        num_images=num_images,
-        balanced=balanced,
-        model_sha256=model_sha256(model),
-        model_spec=getattr(model, "excise_spec", None),
-        image_rows=rows,
-        seconds=time.perf_counter() - start,
-    )
+    scoring_seconds = time.perf_counter() - start
+    sha256, spec = model_sha256(model), getattr(model, "excise_spec", None)
+    graphs = []
+    for proportion in proportions:
+        start = time.perf_counter()
+        graph_layers = []
+        for conv, bn in pairs:
+            channels = modules[conv].out_channels
+            tops = {t: top_channels(weights[t][conv], proportion, conv) for t in scored}
+            scores, pruned = select_channels(tops, channels, forgotten, num_targets, balanced)
+            graph_layers.append(LayerGraph(conv, bn, channels, tops, scores, pruned))
+        graphs.append(EssentialGraph(
+            gone=gone,
+            classes=tuple(classes),
+            forgotten=forgotten,
+            layers=graph_layers,
+            proportion=float(proportion),
+            num_images=num_images,
+            balanced=balanced,
+            model_sha256=sha256,
+            model_spec=spec,
+            image_rows=rows,
+            seconds=scoring_seconds + time.perf_counter() - start,
+        ))
+    return graphs
 
 
 @torch.no_grad()

