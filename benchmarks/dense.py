@@ -75,7 +75,8 @@ SETUPS: dict[str, dict[str, Any]] = {
         "extra": ("forget_AP", "retain_mAP", "forget_AP50_all", "retain_mAP50_all"),
     },
 }
-METHODS = ("dense_essential_graph", "dense_essential_graph_unbalanced", "dense_gradient_ascent", "dense_finetune")
+METHODS = ("dense_essential_graph", "dense_essential_graph_unbalanced", "dense_target_mask", "dense_gradient_ascent",
+           "dense_finetune")
 
 
 def run_task(task: str, forget: str, seed: int, all_classes: bool) -> dict[str, Any]:

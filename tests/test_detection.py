@@ -387,3 +387,19 @@ def test_cli_train_unlearn_evaluate_and_plot(tmp_path) -> None:
     assert result.exit_code != 0 and "multidigits-seg" in result.output and "multidigits-det" in result.output
     result = invoke("train", "--task", "pose", "--out", tmp_path / "x.safetensors")
     assert result.exit_code != 0 and "task='pose'" in result.output
+
+
+def test_masking_the_class_heatmap_forgets_the_class_and_keeps_every_other_box(trained) -> None:
+    """dense_target_mask on CenterNet: the forgotten class's heat-map has no peak above any threshold (AP50 0,
+    with and without the operating threshold) and every other channel — the other heat-maps, sizes and offsets —
+    equals the original's bit for bit, so the remaining mAP is exactly the original's."""
+    model, views = trained["model"], trained["views"]
+    unlearned, record = run_method("dense_target_mask", model, views, RECIPE, seed=0)
+    assert record.metrics["forget_AP50"] == 0.0 and record.metrics["forget_AP50_all"] == 0.0
+    assert record.metrics["retain_mAP50"] == trained["original"]["retain_mAP50"]
+    assert record.metrics["retain_mAP"] == trained["original"]["retain_mAP"]
+    forgotten = views.forget_set.classes.index(FORGET)
+    with torch.no_grad():
+        before, after = model.eval()(views.test_retain.inputs[:16]), unlearned.eval()(views.test_retain.inputs[:16])
+    others = [c for c in range(before.shape[1]) if c != forgotten]
+    assert torch.equal(before[:, others], after[:, others])

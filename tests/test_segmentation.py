@@ -222,3 +222,19 @@ def test_a_sequence_of_class_requests_runs_and_the_graph_skips_the_earlier_class
     # Step 2 is judged exactly as one request forgetting both classes (class 2 is not a remaining class).
     together = EvalViews.from_bundle(bundle, ForgetRequest(kind="target", labels=(FORGET, "4")))
     assert records[1].metrics == evaluate(final, together)
+
+
+def test_masking_the_class_map_forgets_the_class_and_leaves_every_other_map_bit_identical(trained) -> None:
+    """dense_target_mask: the forgotten class's map reads 0.001 everywhere, so its IoU is the retrained
+    model's 0 by construction; every other output channel equals the original's bit for bit, so the remaining
+    mIoU is exactly the original's. No data is read."""
+    model, views = trained["model"], trained["views"]
+    unlearned, record = run_method("dense_target_mask", model, views, RECIPE, seed=0)
+    assert record.metrics["forget_IoU"] == 0.0
+    assert record.metrics["retain_mIoU"] == trained["original"]["retain_mIoU"]
+    forgotten = views.forget_set.classes.index(FORGET)
+    with torch.no_grad():
+        before, after = model.eval()(views.test_retain.inputs[:16]), unlearned.eval()(views.test_retain.inputs[:16])
+    others = [c for c in range(before.shape[1]) if c != forgotten]
+    assert torch.equal(before[:, others], after[:, others])
+    assert record.stats["masked_layer"] == "head" and record.stats["masked_classes"] == [FORGET]

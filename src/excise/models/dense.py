@@ -67,6 +67,8 @@ def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
 class UNet(nn.Module):
     """Encoder-decoder segmenter; ``forward`` returns ``N x num_classes x H x W`` class-map logits."""
 
+    class_maps = "head"  # the 1x1 conv whose output channel c is class c's map (see dense_target_mask)
+
     def __init__(self, in_channels: int = 1, num_classes: int = 5, width: int = 16, depth: int = 2) -> None:
         super().__init__()
         _check_width(width)
@@ -119,6 +121,7 @@ class CenterNet(nn.Module):
     """Anchor-free detector; ``forward`` returns ``N x (K + 4) x H/2 x W/2``: heat-map logits, w, h, dx, dy."""
 
     output_stride = OUTPUT_STRIDE
+    class_maps = "heatmap.1"  # the 1x1 conv whose output channel c is class c's heat-map
 
     def __init__(self, in_channels: int = 1, num_classes: int = 5, width: int = 16) -> None:
         super().__init__()
