@@ -448,7 +448,8 @@ def graph_command(
     overwrite: bool = typer.Option(False, help="Replace existing output files."),
 ) -> None:
     """Build the (balanced) essential graph of MODEL for forgetting --target; prune later with
-    `excise unlearn MODEL --method essential_graph --graph FILE --request target:T`."""
+    `excise unlearn MODEL --method essential_graph_paper --graph FILE --request target:T` (the paper), or
+    `--method essential_graph` (the same pruning plus a re-fit of the remaining outputs' biases)."""
     from excise.api import graph_checkpoint
 
     try:
