@@ -99,6 +99,15 @@ class _ConvHead(nn.Module):
         return self.pool(self.conv(x)).flatten(1)
 
 
+def test_a_run_that_would_forget_nothing_is_refused():
+    data = LabeledData(torch.rand(40, 1, 8, 8), (torch.rand(40, 5) > 0.5).float(), tuple("abcde"), task="multilabel")
+    request = ForgetRequest(kind="target", labels=("a",))
+    forget, retain = split(data, request)
+    model = create_model("resnet18", in_channels=1, num_classes=5, width=4)
+    with pytest.raises(ValueError, match="mask=False with erase_logits=False on ResNet18.*would forget nothing"):
+        get_method("target_erasure", mask=False).unlearn(model, request, forget, retain)
+
+
 def test_erasure_on_a_model_without_a_linear_head_is_refused_by_name():
     with pytest.raises(HeadError, match="_ConvHead does not end in an nn.Linear head"):
         affine_head(_ConvHead())

@@ -109,16 +109,15 @@ def erase_forgotten(model: nn.Module, data: UnlearnData, cfg: TargetErasureConfi
     erased = sorted(set(forgotten) | set(earlier_targets(data) or ()))
     layer = classifier_output(model)
     erase = len(affine_head(model)) > 1 or cfg.erase_logits
+    if not (erase or cfg.mask):
+        raise ValueError(f"mask=False with erase_logits=False on {type(model).__name__}, whose head is a single "
+                         f"linear layer ({layer!r}), would forget nothing: set mask=True or erase_logits=True")
     record: dict[str, Any] = {"erased_targets": [retain.classes[t] for t in erased], "erasure_layer": layer,
                               "erased": "none"}
-    if not (erase or cfg.refit):
-        if cfg.mask:
-            record["masked_head"] = mask_output(model, erased)
-        record.update(forgotten_output="masked" if cfg.mask else "kept", masked_logit=MASKED_LOGIT)
-        return record
-    rows = check_rows(retain, cfg.fit_size or len(retain), seed, forgotten)
-    features = head_features(model, retain.inputs[rows], layer)
-    record["erasure_rows"] = len(rows)
+    if erase or cfg.refit:
+        rows = check_rows(retain, cfg.fit_size or len(retain), seed, forgotten)
+        features = head_features(model, retain.inputs[rows], layer)
+        record["erasure_rows"] = len(rows)
     if erase:
         reference = copy.deepcopy(model)
         erasure = fit_erasure(features, retain.targets[rows][:, erased], layer)
