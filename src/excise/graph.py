@@ -231,9 +231,15 @@ def gradcam_channel_weights(
     return out
 
 
+def channel_count(channels: int, proportion: float) -> int:
+    """How many of a layer's ``channels`` a target's essential graph holds: ``int(C * proportion)`` (floor,
+    as the official code)."""
+    return int(channels * proportion)
+
+
 def top_channels(weights: Tensor, proportion: float, layer: str = "") -> list[int]:
     """Indices of the ``int(C * proportion)`` largest signed weights; ties to the lower index."""
-    count = int(weights.numel() * proportion)
+    count = channel_count(weights.numel(), proportion)
     if count < 1:
         raise GraphError(
             f"proportion={proportion} selects no channel of layer {layer!r} ({weights.numel()} channels: "

@@ -122,6 +122,7 @@ from excise.graph import (
     GraphError,
     build_graph,
     build_graphs,
+    channel_count,
     prune,
     resolve_layers,
 )
@@ -289,12 +290,6 @@ def check_rows(retain: LabeledData, size: int, seed: int, forgotten: tuple[int, 
     return torch.tensor(sorted(rows))
 
 
-def selects_a_channel(channels: int, proportion: float) -> bool:
-    """Whether ``proportion`` of a ``channels``-channel layer is at least one channel (the graph's top-k count
-    is ``int(channels * proportion)``)."""
-    return int(channels * proportion) >= 1
-
-
 def require_head_bias(model: nn.Module) -> None:
     """Refuse, before any work, a model whose logit layer has no bias to re-fit or mask."""
     name = classifier_output(model)
@@ -345,7 +340,7 @@ class EssentialGraphCalibrated(EssentialGraphUnlearning):
         pairs = resolve_layers(model, cfg.layers, cfg.num_layers)
         modules = dict(model.named_modules())
         fewest = min(modules[conv].out_channels for conv, _ in pairs)
-        usable = [p for p in cfg.proportions if selects_a_channel(fewest, p)]
+        usable = [p for p in cfg.proportions if channel_count(fewest, p) >= 1]
         if not usable:
             raise GraphError(f"no proportion in {list(cfg.proportions)} selects a channel of a {fewest}-channel "
                              f"graph layer; use proportions >= {1 / fewest:.3g}")
