@@ -229,6 +229,8 @@ def test_bad_hyperparameters_are_refused_by_name():
         get_method("mu_mis", irrelevant_weight=-1)
     with pytest.raises(ValueError, match=r"class_stop_accuracy=2 must be a number in \[0, 1\] or None"):
         get_method("mu_mis", class_stop_accuracy=2)
+    with pytest.raises(ValueError, match=r"max_accuracy_drop='0.1' must be a number in \[0, 1\] or None"):
+        get_method("mu_mis", max_accuracy_drop="0.1")
     with pytest.raises(RequestError, match="cannot serve kind='target'"):
         get_method("mu_mis").check_request(ForgetRequest(kind="target", labels=("1",)), "multilabel")
 
@@ -375,3 +377,60 @@ def test_subclass_request_is_served(digits_super_model, subclass_views):
     _, record = run_method("mu_mis", digits_super_model, subclass_views, RECIPE, seed=0)
     assert record.stats["stop_reason"] in ("recovered", "max_steps")  # the class-accuracy stop is class-only
     assert record.metrics["FA"] < original["FA"]
+
+
+def test_random_samples_stop_when_the_forget_accuracy_falls_past_the_drop(digits_model, samples_views):
+    """A random draw of the training set keeps the retain accuracy's level after a retrain, so a larger fall of
+    its accuracy is damage. Measured on this fixture: 30 passes without the rule end at RA 77 (MNIST width 16,
+    4 passes: RA 98 -> 20-95 over three seeds); with it the run stops after 33 steps at RA 98."""
+    original = evaluate_original(digits_model, samples_views).metrics
+    runs = {drop: run_method(get_method("mu_mis", max_passes=30, max_accuracy_drop=drop), digits_model,
+                             samples_views, RECIPE, seed=0)[1] for drop in (0.02, None)}
+    guarded, unguarded = runs[0.02], runs[None]
+    assert guarded.stats["stop_reason"] == "forget_accuracy"
+    assert guarded.stats["stop_accuracy"] == pytest.approx(guarded.stats["start_forget_accuracy"] - 0.02)
+    assert guarded.stats["forget_accuracy_curve"][-1] <= guarded.stats["stop_accuracy"]
+    assert guarded.metrics["RA"] >= original["RA"] - 3
+    # The same budget without the rule runs to its cap and does the damage the rule prevents.
+    assert unguarded.stats["stop_reason"] == "max_steps" and unguarded.stats["stop_accuracy"] is None
+    assert unguarded.metrics["RA"] < original["RA"] - 10
+    assert guarded.stats["steps"] < unguarded.stats["steps"]
+
+
+def test_a_class_already_forgotten_takes_no_step(digits_model, class_views):
+    result = get_method("mu_mis", class_stop_accuracy=1.0).unlearn(
+        digits_model, class_views.request, class_views.forget_set, seed=0)
+    assert result.stats["steps"] == 0 and result.stats["stop_reason"] == "forget_accuracy"
+    for before, after in zip(digits_model.parameters(), result.model.parameters(), strict=True):
+        assert torch.equal(before, after)
+
+
+def _fine_class_accuracy(model: nn.Module, test, fine: int) -> float:
+    """Test accuracy (super-class label) of the rows of one fine class."""
+    model.eval()
+    with torch.no_grad():
+        predicted = model(test.inputs).argmax(1)
+    rows = test.subclass_targets == fine
+    return 100 * float((predicted[rows] == test.targets[rows]).float().mean())
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "measured: neither retain-free method serves a sub-class at this scale; on this fixture mu_mis ends at "
+    "gap 36.1 with sibling '3' 8.7 points down, imu at gap 6.4 with '3' 45.7 points down; the mu_mis docstring "
+    "follows the "
+    "whole trajectory on two digit groupings and on ResNet-18 / MNIST: no point has FA near retrain's and "
+    "the sibling within 5 points"))
+def test_a_retain_free_method_serves_the_subclass_request_and_keeps_its_sibling(
+    digits_super, digits_super_model, subclass_views, subclass_reference
+):
+    """Issue 20's bound: the best of mu_mis / imu reaches avg gap <= 2 and no sibling loses > 5 points."""
+    parent = digits_super.test.subclass_parent
+    siblings = [f for f in range(len(parent)) if parent[f] == parent[8] and f != 8]
+    before = {f: _fine_class_accuracy(digits_super_model, digits_super.test, f) for f in siblings}
+    outcomes = {}
+    for name in ("mu_mis", "imu"):
+        model, record = run_method(name, digits_super_model, subclass_views, RECIPE, seed=0,
+                                   reference=subclass_reference)
+        worst = max(before[f] - _fine_class_accuracy(model, digits_super.test, f) for f in siblings)
+        outcomes[name] = (round(record.avg_gap, 1), round(worst, 1))
+    assert any(gap <= 2 and worst <= 5 for gap, worst in outcomes.values()), outcomes
