@@ -7,9 +7,10 @@ under a name once, listing the names, and looking a name up with an error that l
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -38,12 +39,45 @@ class Registry(Generic[T]):
         return sorted(self.builders)
 
     def get(self, name: str) -> Callable[..., T]:
-        if name not in self.builders:
-            raise ValueError(f"{self.kind}={name!r} is not registered; known {self.plural}: {self.names()}")
-        return self.builders[name]
+        """The builder registered under ``name``, or, for ``"package.module:factory"``, the user's own factory
+        imported from that module (the import path is then the name a checkpoint records and rebuilds from)."""
+        if name in self.builders:
+            return self.builders[name]
+        if is_import_path(name):
+            return import_factory(name, self.kind)
+        raise ValueError(f"{self.kind}={name!r} is not registered; known {self.plural}: {self.names()}; or name "
+                         "your own as 'package.module:factory'")
 
     @staticmethod
     def unknown_arguments(builder: Callable[..., T], given: Iterable[str]) -> tuple[list[str], list[str]]:
         """The names in ``given`` that ``builder``'s signature does not accept, and the names it accepts."""
-        accepted = list(inspect.signature(builder).parameters)
+        parameters = inspect.signature(builder).parameters
+        accepted = [n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            return [], accepted
         return [k for k in given if k not in accepted], accepted
+
+
+def is_import_path(name: str) -> bool:
+    """``"package.module:factory"``: a user's builder, imported instead of looked up."""
+    return isinstance(name, str) and name.count(":") == 1
+
+
+def import_factory(path: str, kind: str) -> Callable[..., Any]:
+    """Import ``"package.module:attribute"`` and check it is callable; every failure names the field."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute or not all(p.isidentifier() for p in module_name.split(".")) \
+            or not all(p.isidentifier() for p in attribute.split(".")):
+        raise ValueError(f"{kind}={path!r} is not 'package.module:factory' (dotted module, a colon, a function)")
+    try:
+        found: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"{kind}={path!r}: cannot import module {module_name!r} ({err}); it must be importable "
+                         "from the current directory or PYTHONPATH") from err
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            raise ValueError(f"{kind}={path!r}: module {module_name!r} has no attribute {attribute!r}")
+        found = getattr(found, part)
+    if not callable(found):
+        raise ValueError(f"{kind}={path!r}: {attribute!r} is a {type(found).__name__}, not a callable factory")
+    return found

@@ -133,6 +133,84 @@ def train_model(
     return load_checkpoint(out)
 
 
+def adopt_model(
+    weights: str | Path,
+    model: str,
+    dataset: str,
+    out: str | Path,
+    *,
+    recipe: TrainConfig | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    dataset_options: dict[str, Any] | None = None,
+    root: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Checkpoint:
+    """Make a model excise did not train into an excise checkpoint, so ``unlearn``, ``evaluate`` and chained
+    ``unlearn`` work on it: ``model`` builds the architecture (a registered name or ``"package.module:factory"``,
+    called with ``model_kwargs``), ``weights`` holds its trained state dict (``.safetensors``, or a
+    ``torch.save`` file read with ``weights_only=True``), ``dataset`` is the data it was trained on (a registered
+    name or a factory, :mod:`excise.data.external`; ``seed`` and ``dataset_options`` rebuild the same split).
+    ``recipe`` is how it was trained: the retrained reference and the methods that fine-tune follow it. The
+    user's weights file is only read; the sidecar records its path and sha256."""
+    from excise.hashing import sha256_file
+
+    out = _check_output(out, overwrite)
+    weights = Path(weights)
+    if not weights.is_file():
+        raise ValueError(f"weights={str(weights)!r} does not exist")
+    recipe = recipe or TrainConfig()
+    dataset_options = dict(dataset_options or {})
+    bundle = load_dataset(dataset, root=root, seed=seed, **dataset_options)
+    network = build_model(bundle, model, seed=seed, **(model_kwargs or {}))
+    state = _read_state_dict(weights)
+    expected = network.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"weights={str(weights)!r} do not match model {model!r}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"weights={str(weights)!r} do not fit model {model!r}: {err}") from err
+    network.eval()
+    meta = {
+        "kind": "original",
+        "dataset": _dataset_record(bundle, dataset_options, seed, root),
+        "recipe": recipe.to_dict(),
+        "seed": seed,
+        "request": None,
+        "adopted": {"weights": str(weights), "weights_sha256": sha256_file(weights)},
+    }
+    meta.update(fit_accuracy(network, bundle.train, bundle.test))
+    if distributed.is_main():
+        save_checkpoint(out, network, meta, overwrite=overwrite)
+    distributed.barrier()
+    return load_checkpoint(out)
+
+
+def _read_state_dict(path: Path) -> dict[str, Any]:
+    import pickle
+
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"weights={str(path)!r} cannot be read as safetensors or a torch.save state dict "
+                         f"(weights_only=True): {err}") from err
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in state.items()):
+        raise ValueError(f"weights={str(path)!r} holds a {type(state).__name__}, not a state dict (names -> "
+                         "tensors); save model.state_dict()")
+    return state
+
+
 def fit_accuracy(model: nn.Module, train_set: LabeledData, test_set: LabeledData) -> dict[str, float]:
     """``train_accuracy`` / ``test_accuracy`` in percent (a multi-label model's mean per-target accuracy), so
     `excise train` says what it built; empty for dense and sequence tasks, whose own metrics are not accuracies."""

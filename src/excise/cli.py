@@ -144,9 +144,12 @@ def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress ba
 def train_command(
     out: Path = typer.Option(..., help="Where to write the model (.safetensors; a .json sidecar goes beside it)."),
     dataset: str | None = typer.Option(
-        None, help="Registered data set (see `excise datasets`); default digits, or the --task's data set."),
+        None, "--dataset", "--data",
+        help="Registered data set (see `excise datasets`) or your own as package.module:function; default digits, "
+             "or the --task's data set."),
     model: str | None = typer.Option(
-        None, help="Registered model (small_cnn, resnet18, unet, centernet, ...); default small_cnn, or the --task's."),
+        None, help="Registered model (small_cnn, resnet18, unet, centernet, ...) or your own as "
+                   "package.module:function; default small_cnn, or the --task's."),
     task: str | None = typer.Option(
         None, "--task",
         help="Dense task: segmentation (multidigits-seg, unet) or detection (multidigits-det, centernet)."),
@@ -191,6 +194,49 @@ def train_command(
                       f"test {meta['test_accuracy']:.1f}%")
     if checkpoint.meta.get("metrics"):
         console.print(metrics_table(checkpoint.meta["metrics"], "retrained reference"))
+
+
+@app.command("adopt")
+def adopt_command(
+    weights: Path = typer.Argument(..., help="Your trained weights: .safetensors, or a torch.save(state_dict) file "
+                                             "(read with weights_only=True). Never modified."),
+    model: str = typer.Option(..., help="The architecture: your factory as package.module:function (importable from "
+                                        "here or PYTHONPATH), or a registered model."),
+    dataset: str = typer.Option(..., "--data", "--dataset",
+                                help="The data it was trained on: package.module:function returning (train, test) "
+                                     "torch Datasets or LabeledData, or a registered data set."),
+    out: Path = typer.Option(..., help="Where to write the excise checkpoint (.safetensors + .json sidecar)."),
+    width: int | None = typer.Option(None, help="Model width, if the factory takes one."),
+    model_option: list[str] | None = typer.Option(None, "--model-option", help="Factory argument key=value."),
+    data_option: list[str] | None = typer.Option(None, "--data-option", help="Data factory argument key=value."),
+    root: str | None = typer.Option(None, help="Local directory of a data set that is not bundled."),
+    epochs: int = typer.Option(20, help="How the model was trained (the retrained reference repeats it)."),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(0.05),
+    optimizer: str = typer.Option("sgd", help="sgd, adam or adamw."),
+    seed: int = typer.Option(0, help="Seed of the data split (and of a retrained reference)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output file."),
+) -> None:
+    """Bring a model excise did not train into excise: then `excise unlearn` / `evaluate` / `train --request`
+    work on it like on one of excise's own."""
+    from excise import api
+    from excise.training import TrainConfig
+
+    try:
+        checkpoint = api.adopt_model(
+            weights, model, dataset, out,
+            recipe=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer),
+            model_kwargs=model_options(width, model_option),
+            dataset_options=parse_params(data_option, "--data-option"), root=root, seed=seed, overwrite=overwrite,
+        )
+    except USER_ERRORS as err:
+        fail(err)
+    meta = checkpoint.meta
+    console.print(f"wrote {checkpoint.path} (sha256 {checkpoint.sha256[:12]}…) from {weights}; sidecar "
+                  f"{checkpoint.path.with_suffix('.json')}")
+    if "train_accuracy" in meta:
+        console.print(f"{meta['accuracy_of']} accuracy: train {meta['train_accuracy']:.1f}%, "
+                      f"test {meta['test_accuracy']:.1f}%")
 
 
 @app.command("unlearn")

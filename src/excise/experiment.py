@@ -18,7 +18,7 @@ from excise.metrics import EvalViews, avg_gap
 from excise.metrics.distance import prediction_distances
 from excise.metrics.evaluate import collect_outputs, evaluate_outputs
 from excise.metrics.uncertainty import Evidence, Uncertainty, evidence, replicate_metrics
-from excise.models import create_model
+from excise.models import accepted_arguments, create_model
 from excise.training import TrainConfig, seed_everything, train
 
 
@@ -29,7 +29,7 @@ def build_model(bundle: DatasetBundle, model_name: str, seed: int = 0, **kwargs:
     sizing = bundle.meta.get("model_kwargs")
     if sizing is None:
         sizing = {"in_channels": bundle.input_shape[0], "num_classes": len(bundle.classes)}
-    for key, value in sizing.items():
+    for key, value in accepted_arguments(model_name, sizing).items():
         kwargs.setdefault(key, value)
     return create_model(model_name, **kwargs)
 

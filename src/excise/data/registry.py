@@ -71,13 +71,19 @@ def dataset_builder(name: str) -> DatasetBuilder:
 
 
 def load_dataset(name: str, *, root: str | Path | None = None, seed: int = 0, **options: Any) -> DatasetBundle:
-    """Build a registered data set. ``root`` is the local directory for sets that are not bundled."""
+    """Build a registered data set, or a user's own from ``"package.module:factory"``
+    (:mod:`excise.data.external`). ``root`` is the local directory for sets that are not bundled."""
     builder = dataset_builder(name)
     unknown, accepted = DATASETS.unknown_arguments(builder, options)
     if unknown:
         allowed = [p for p in accepted if p not in ("root", "seed")]
         raise ValueError(f"dataset {name!r} got unknown option(s) {unknown}; it accepts {allowed}")
-    bundle = builder(root=root, seed=seed, **options)
+    if name in DATASETS.builders:
+        bundle = builder(root=root, seed=seed, **options)
+    else:
+        from excise.data.external import call_factory
+
+        bundle = call_factory(builder, name, root=root, seed=seed, **options)
     bundle.meta.setdefault("options", dict(options))
     bundle.meta.setdefault("seed", seed)
     return bundle

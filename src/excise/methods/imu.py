@@ -83,6 +83,19 @@ for the forget set) — measured while the SVC's members were the *first* retain
 MNIST are classes 0-2 only (fixed since in :mod:`excise.metrics.mia`). Re-measured with random members
 (small_cnn width 16, 15 epochs, seed 0): MNIST random 10 % MIA 4.0 (original 6.0, retrain 12.8), RA 96.7,
 gap 2.63 — the collapse was that artefact; MNIST class 3: FA 0.0, RA 97.3, TA 93.6, MIA 100, gap 0.42.
+
+**Sequences, measured (issue 20).** Digits, ``small_cnn`` width 32, 30 epochs, classes 1 → 4 → 9, seeds 11 / 0 /
+1: steps 1 and 2 match retrain (gap 0.0-1.6), but step 3 collapses on two seeds (RA 52.7 and 42.3; seed 1 stays
+at 100). The collapse is a *sink*: after step 3 every forgotten sample (1s, 4s and 9s) and every misclassified
+retained sample is predicted as one class (5 on seed 11, 8 on seed 0) — the ascent raises the logit row of the
+class the 9s fall into until it swallows its neighbours. The per-epoch stop cannot catch it: FA falls 0.64 →
+0.11 → 0 over the last two epochs while RA falls with it. Two findings on the way: (1) what makes head-only
+ascent forget at all here is ``bn_mode="batch"`` — a batch of one class normalised by its own statistics gives
+large, wrong logits (the eval-mode predictions inside such a batch are all wrong); with ``bn_mode="eval"`` the
+same ten epochs leave FA at 61-100 %; (2) stopping each sample's ascent once the eval-mode model misclassifies it
+(a per-sample stop) softens the sink (step 3 RA 52.7 → 64.4, 42.3 → 81.1) but does not remove it, and is not
+kept. ``run_sequence`` with ``imu`` is therefore not safe past two steps on small models; ``salun`` and
+``l1_sparse`` (retain data) stayed within 0.2 points of retrain at every step when issue 20 measured them.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from excise.models import cnn as _cnn  # noqa: F401  (registers)
 from excise.models import dense as _dense  # noqa: F401  (registers)
 from excise.models import gpt as _gpt  # noqa: F401  (registers)
 from excise.models import resnet as _resnet  # noqa: F401  (registers)
-from excise.models.registry import create_model, list_models, model_spec, register_model
+from excise.models.registry import accepted_arguments, create_model, list_models, model_spec, register_model
 
 
 def final_linear(model: nn.Module) -> nn.Linear:
@@ -19,4 +19,4 @@ def final_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-__all__ = ["create_model", "final_linear", "list_models", "model_spec", "register_model"]
+__all__ = ["accepted_arguments", "create_model", "final_linear", "list_models", "model_spec", "register_model"]

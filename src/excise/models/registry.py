@@ -23,15 +23,25 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model. The name and arguments are recorded on the module as
-    ``excise_spec`` so a checkpoint can rebuild the same architecture."""
+    """Build a registered model, or the user's own from ``"package.module:factory"`` (any function or class
+    returning an ``nn.Module``). The name and arguments are recorded on the module as ``excise_spec`` so a
+    checkpoint can rebuild the same architecture."""
     builder = MODELS.get(name)
     unknown, accepted = MODELS.unknown_arguments(builder, kwargs)
     if unknown:
         raise ValueError(f"model {name!r} got unknown argument(s) {unknown}; it accepts {accepted}")
     model = builder(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={name!r} returned a {type(model).__name__}, not a torch.nn.Module")
     model.excise_spec = {"name": name, "kwargs": dict(kwargs)}
     return model
+
+
+def accepted_arguments(name: str, candidates: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``candidates`` that model ``name``'s builder takes (all of them if it takes ``**kwargs``):
+    the sizes excise fills in (input channels, classes) are offered, not forced, to a user's factory."""
+    unknown, _ = MODELS.unknown_arguments(MODELS.get(name), candidates)
+    return {k: v for k, v in candidates.items() if k not in unknown}
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:

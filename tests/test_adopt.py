@@ -1,0 +1,169 @@
+"""A model and data excise did not write (issue 19): `excise adopt`, then unlearn -> evaluate -> unlearn again."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+from excise.api import adopt_model
+from excise.checkpoint import load_checkpoint
+from excise.data import load_dataset
+from excise.models import create_model
+
+from .test_cli import invoke
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# A user's own module: a plain conv+BN network (not excise's), and digits served as a lazy map-style Dataset
+# that reads one image per __getitem__ (no tensors handed over).
+USER_MODULE = textwrap.dedent('''
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+    from torch import nn
+    from torch.utils.data import Dataset
+
+
+    class PlainNet(nn.Module):
+        def __init__(self, classes=10, channels=16):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(1, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.BatchNorm2d(2 * channels), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.classifier = nn.Linear(2 * channels, classes)
+
+        def forward(self, x):
+            return self.classifier(self.features(x))
+
+
+    def build(classes: int = 10, channels: int = 16):
+        return PlainNet(classes, channels)
+
+
+    class Digits(Dataset):
+        classes = [str(d) for d in range(10)]
+
+        def __init__(self, part):
+            raw = load_digits()
+            rows = np.arange(len(raw.target))
+            keep = rows % 4 != 0 if part == "train" else rows % 4 == 0
+            self.images, self.labels = raw.images[keep] / 16.0, raw.target[keep]
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return torch.tensor(self.images[i][None], dtype=torch.float32), int(self.labels[i])
+
+
+    def digits():
+        return Digits("train"), Digits("test")
+
+
+    def not_data():
+        return 42
+''')
+
+
+@pytest.fixture(scope="module")
+def user_weights(tmp_path_factory):
+    """The user's module on sys.path and weights trained by the user's own loop (Adam, not excise's trainer)."""
+    folder = tmp_path_factory.mktemp("user")
+    (folder / "user_zoo.py").write_text(USER_MODULE)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(folder))
+        import user_zoo
+
+        torch.manual_seed(0)
+        model = user_zoo.build()
+        train, _ = user_zoo.digits()
+        loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True)
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(12):
+            for x, y in loader:
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                optimizer.step()
+        weights = folder / "mine.pt"
+        torch.save(model.state_dict(), weights)
+        yield weights
+
+
+def test_a_users_model_goes_through_adopt_unlearn_evaluate_and_unlearn_again(user_weights, tmp_path):
+    before = user_weights.read_bytes()
+    original = tmp_path / "adopted.safetensors"
+    result = invoke("adopt", user_weights, "--model", "user_zoo:build", "--data", "user_zoo:digits", "--out",
+                    original, "--epochs", 12, "--optimizer", "adam", "--lr", 0.003)
+    assert result.exit_code == 0, result.output
+    meta = json.loads(original.with_suffix(".json").read_text())
+    assert meta["model"] == {"name": "user_zoo:build", "kwargs": {}}
+    assert meta["dataset"]["name"] == "user_zoo:digits" and meta["adopted"]["weights"] == str(user_weights)
+    assert meta["test_accuracy"] > 90  # the user's own training, carried over exactly
+
+    first = tmp_path / "forgot3.safetensors"
+    result = invoke("unlearn", original, "--method", "imu", "--request", "class:3", "--out", first)
+    assert result.exit_code == 0, result.output
+    result = invoke("evaluate", first, "--json")
+    assert result.exit_code == 0, result.output
+    judged = json.loads(result.output)
+    # Measured: FA 0.0, RA 95.3 (IMU's defaults on a network it was not tuned on).
+    assert judged["metrics"]["FA"] <= 5 and judged["metrics"]["RA"] >= 90, judged["metrics"]
+
+    second = tmp_path / "forgot3and5.safetensors"
+    result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--out", second)
+    assert result.exit_code == 0, result.output
+    result = invoke("evaluate", second, "--json")
+    assert result.exit_code == 0, result.output
+    judged = json.loads(result.output)
+    assert [r["labels"] for r in judged["history"]] == [["3"], ["5"]]  # judged on both requests
+    # Both classes forgotten (measured FA 0.4 over 3 and 5); gradient ascent's RA cost (95 -> 80) is the known
+    # harm of its defaults on foreign models (issue 19), not asserted here.
+    assert judged["metrics"]["FA"] <= 5, judged["metrics"]
+    assert user_weights.read_bytes() == before  # the user's file is only read
+    rebuilt = load_checkpoint(second).model
+    assert type(rebuilt).__name__ == "PlainNet" and rebuilt.excise_spec["name"] == "user_zoo:build"
+
+
+def test_a_retrained_reference_for_the_users_model_is_built_from_its_factory(user_weights, tmp_path):
+    reference = tmp_path / "retrained.safetensors"
+    result = invoke("train", "--out", reference, "--model", "user_zoo:build", "--data", "user_zoo:digits",
+                    "--epochs", 3, "--request", "class:3")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(reference).meta["metrics"]["FA"] == 0
+
+
+def test_bad_factories_and_weights_are_refused_by_name(user_weights, tmp_path):
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(ValueError, match="model='user_zoo:missing': module 'user_zoo' has no attribute"):
+        create_model("user_zoo:missing")
+    with pytest.raises(ValueError, match="cannot import module 'no_such_package.mod'"):
+        create_model("no_such_package.mod:build")
+    with pytest.raises(ValueError, match="is not 'package.module:factory'"):
+        create_model("user zoo:build")
+    with pytest.raises(ValueError, match="returned a int, not a torch.nn.Module"):
+        create_model("user_zoo:not_data")
+    with pytest.raises(ValueError, match="dataset='user_zoo:not_data' returned a int"):
+        load_dataset("user_zoo:not_data")
+    with pytest.raises(ValueError, match="not registered; known models"):
+        create_model("no_such_model")
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"weight": torch.zeros(2)}, wrong)
+    with pytest.raises(ValueError, match="do not match model 'user_zoo:build': missing"):
+        adopt_model(wrong, "user_zoo:build", "user_zoo:digits", out)
+    torch.save([1, 2], wrong)
+    with pytest.raises(ValueError, match="not a state dict"):
+        adopt_model(wrong, "user_zoo:build", "user_zoo:digits", out)
+    with pytest.raises(ValueError, match="does not exist"):
+        adopt_model(tmp_path / "absent.pt", "user_zoo:build", "user_zoo:digits", out)
+    assert not out.exists()
+
+
+def test_a_lazy_dataset_is_read_in_batches_into_the_bundle(user_weights):
+    bundle = load_dataset("user_zoo:digits")
+    assert bundle.name == "user_zoo:digits" and bundle.classes == tuple(str(d) for d in range(10))
+    assert len(bundle.train) == 1347 and len(bundle.test) == 450 and bundle.train.inputs.shape[1:] == (1, 8, 8)
+    assert bundle.fingerprint() == load_dataset("user_zoo:digits").fingerprint()
