@@ -8,8 +8,8 @@ the class's pixels relabelled background / its boxes removed), the Essential Gra
 gradient ascent on the target's loss and relabel-and-fine-tune — and prints one table: the forgotten
 class's test score (IoU, or AP50 and AP@[.5:.95]) next to the retrained model's, the remaining classes'
 mean score against the original's, unlearning time and speed-up over retraining. It then writes the
-before/after picture grid (ground truth, original, retrained, balanced Essential Graph; images with the
-forgotten class first) for both tasks to ``docs/dense_grid.png``.
+before/after picture grid (ground truth, original, retrained, balanced Essential Graph, target mask; images
+with the forgotten class first) for both tasks to ``docs/dense_grid.png``.
 
 ``--forget`` picks the class; ``--all-classes`` repeats the Essential Graph for every class as the forgotten
 one; ``--seeds 0,1,2,3,4`` repeats it on originals of other training seeds (both are the spread behind the
@@ -96,6 +96,8 @@ def run_task(task: str, forget: str, seed: int, all_classes: bool) -> dict[str, 
         rows.append((method, record.metrics, record.seconds, record.speedup))
         if method == "dense_essential_graph":
             models["essential graph"] = model
+        if method == "dense_target_mask":
+            models["target mask"] = model
     print_table(task, forget, setup, rows)
     spread = per_class_spread(bundle, original, recipe, seed, setup) if all_classes else None
     return {"bundle": bundle, "views": views, "models": models, "spread": spread,

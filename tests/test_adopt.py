@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 
 import pytest
 import torch
 
 from excise.api import adopt_model
-from excise.checkpoint import load_checkpoint
+from excise.checkpoint import CheckpointError, load_checkpoint
 from excise.data import load_dataset
 from excise.models import create_model
 
@@ -66,6 +67,18 @@ USER_MODULE = textwrap.dedent('''
 
     def not_data():
         return 42
+
+
+    def loose(**kwargs):  # a torchvision-style wrapper: whatever it is given goes to the constructor
+        return PlainNet(**kwargs)
+
+
+    def seven_classes():
+        return PlainNet(classes=7)
+
+
+    class NotAWeight:
+        pass
 ''')
 
 
@@ -74,8 +87,10 @@ def user_weights(tmp_path_factory):
     """The user's module on sys.path and weights trained by the user's own loop (Adam, not excise's trainer)."""
     folder = tmp_path_factory.mktemp("user")
     (folder / "user_zoo.py").write_text(USER_MODULE)
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, torch.random.fork_rng():
         patch.syspath_prepend(str(folder))
+        patch.setenv("EXCISE_TRUSTED_MODULES", "user_zoo")  # the user's own module: checkpoints may name it
+        patch.delitem(sys.modules, "user_zoo", raising=False)  # dropped again when the module's tests end
         import user_zoo
 
         torch.manual_seed(0)
@@ -131,9 +146,11 @@ def test_a_users_model_goes_through_adopt_unlearn_evaluate_and_unlearn_again(use
 def test_a_retrained_reference_for_the_users_model_is_built_from_its_factory(user_weights, tmp_path):
     reference = tmp_path / "retrained.safetensors"
     result = invoke("train", "--out", reference, "--model", "user_zoo:build", "--data", "user_zoo:digits",
-                    "--epochs", 3, "--request", "class:3")
+                    "--epochs", 6, "--optimizer", "adam", "--lr", 0.003, "--request", "class:3")
     assert result.exit_code == 0, result.output
-    assert load_checkpoint(reference).meta["metrics"]["FA"] == 0
+    meta = load_checkpoint(reference).meta
+    assert meta["model"]["name"] == "user_zoo:build" and meta["dataset"]["name"] == "user_zoo:digits"
+    assert meta["metrics"]["FA"] == 0 and meta["metrics"]["TA"] > 85  # a real model of the remaining classes
 
 
 def test_bad_factories_and_weights_are_refused_by_name(user_weights, tmp_path):
@@ -157,9 +174,26 @@ def test_bad_factories_and_weights_are_refused_by_name(user_weights, tmp_path):
     torch.save([1, 2], wrong)
     with pytest.raises(ValueError, match="not a state dict"):
         adopt_model(wrong, "user_zoo:build", "user_zoo:digits", out)
+    import user_zoo
+
+    torch.save({"w": user_zoo.NotAWeight()}, wrong)  # a pickle needing code: refused, not executed
+    with pytest.raises(ValueError, match="cannot be read as a safetensors file or a torch.save state dict"):
+        adopt_model(wrong, "user_zoo:build", "user_zoo:digits", out)
+    wrong.write_text("not weights at all")
+    with pytest.raises(ValueError, match="cannot be read as a safetensors file"):
+        adopt_model(wrong, "user_zoo:build", "user_zoo:digits", out)
     with pytest.raises(ValueError, match="does not exist"):
         adopt_model(tmp_path / "absent.pt", "user_zoo:build", "user_zoo:digits", out)
-    assert not out.exists()
+    from safetensors.torch import save_file
+
+    same = tmp_path / "same.safetensors"
+    save_file(torch.load(user_weights, weights_only=True), str(same))
+    with pytest.raises(ValueError, match="would overwrite the weights being adopted"):
+        adopt_model(same, "user_zoo:build", "user_zoo:digits", same, overwrite=True)
+    with pytest.raises(ValueError, match="outputs 7 values per input but data set 'user_zoo:digits' has "
+                                         "num_classes=10"):
+        adopt_model(user_weights, "user_zoo:seven_classes", "user_zoo:digits", out)
+    assert not out.exists() and not out.with_suffix(".json").exists()
 
 
 def test_a_lazy_dataset_is_read_in_batches_into_the_bundle(user_weights):
@@ -167,3 +201,36 @@ def test_a_lazy_dataset_is_read_in_batches_into_the_bundle(user_weights):
     assert bundle.name == "user_zoo:digits" and bundle.classes == tuple(str(d) for d in range(10))
     assert len(bundle.train) == 1347 and len(bundle.test) == 450 and bundle.train.inputs.shape[1:] == (1, 8, 8)
     assert bundle.fingerprint() == load_dataset("user_zoo:digits").fingerprint()
+
+
+def test_safetensors_weights_under_any_name_and_a_kwargs_factory_are_adopted(user_weights, tmp_path):
+    from safetensors.torch import save_file
+
+    state = torch.load(user_weights, weights_only=True)
+    renamed = tmp_path / "weights.bin"  # safetensors recognised by its header, not its suffix
+    save_file(state, str(renamed))
+    adopted = adopt_model(renamed, "user_zoo:loose", "user_zoo:digits", tmp_path / "loose.safetensors")
+    # excise's sizes (in_channels, num_classes) are not pushed through **kwargs into a constructor without them.
+    assert adopted.meta["model"] == {"name": "user_zoo:loose", "kwargs": {}}
+    assert adopted.meta["test_accuracy"] > 90
+
+
+def test_a_sidecar_naming_code_it_was_not_trusted_with_is_refused(user_weights, tmp_path, monkeypatch):
+    """Loading a checkpoint imports what its sidecar names: a file from elsewhere must not run code by it."""
+    adopted = adopt_model(user_weights, "user_zoo:build", "user_zoo:digits", tmp_path / "mine.safetensors")
+    sidecar = adopted.path.with_suffix(".json")
+    marker = tmp_path / "ran"
+    meta = json.loads(sidecar.read_text())
+    meta["model"] = {"name": "subprocess:getoutput", "kwargs": {"cmd": f"touch {marker}"}}
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="names the model factory 'subprocess:getoutput'.*"
+                                              "EXCISE_TRUSTED_MODULES=subprocess"):
+        load_checkpoint(adopted.path)
+    assert not marker.exists()
+    monkeypatch.setenv("EXCISE_TRUSTED_MODULES", "")  # untrusted: even the user's own module must be listed
+    meta["model"] = {"name": "user_zoo:build", "kwargs": {}}
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="EXCISE_TRUSTED_MODULES=user_zoo"):
+        load_checkpoint(adopted.path)
+    monkeypatch.setenv("EXCISE_TRUSTED_MODULES", "numpy, user_zoo")
+    assert type(load_checkpoint(adopted.path).model).__name__ == "PlainNet"

@@ -19,7 +19,7 @@ from excise.methods.mu_mis import (
 from excise.metrics import avg_gap
 from excise.requests import ForgetRequest, RequestError
 
-from .conftest import RECIPE
+from .conftest import FORGET_CLASS, RECIPE
 
 # Class requests stop on the forget accuracy and cap at class_max_passes; one pass for plumbing tests.
 ONE_PASS = {"class_max_passes": 1}
@@ -231,6 +231,8 @@ def test_bad_hyperparameters_are_refused_by_name():
         get_method("mu_mis", class_stop_accuracy=2)
     with pytest.raises(ValueError, match=r"max_accuracy_drop='0.1' must be a number in \[0, 1\] or None"):
         get_method("mu_mis", max_accuracy_drop="0.1")
+    with pytest.raises(ValueError, match="max_accuracy_drop=0 would stop before the first step"):
+        get_method("mu_mis", max_accuracy_drop=0)
     with pytest.raises(RequestError, match="cannot serve kind='target'"):
         get_method("mu_mis").check_request(ForgetRequest(kind="target", labels=("1",)), "multilabel")
 
@@ -379,6 +381,7 @@ def test_subclass_request_is_served(digits_super_model, subclass_views):
     assert record.metrics["FA"] < original["FA"]
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_random_samples_stop_when_the_forget_accuracy_falls_past_the_drop(digits_model, samples_views):
     """A random draw of the training set keeps the retain accuracy's level after a retrain, so a larger fall of
     its accuracy is damage. Measured on this fixture: 30 passes without the rule end at RA 77 (MNIST width 16,
@@ -398,10 +401,15 @@ def test_random_samples_stop_when_the_forget_accuracy_falls_past_the_drop(digits
 
 
 def test_a_class_already_forgotten_takes_no_step(digits_model, class_views):
-    result = get_method("mu_mis", class_stop_accuracy=1.0).unlearn(
-        digits_model, class_views.request, class_views.forget_set, seed=0)
+    from excise.models import final_linear
+
+    forgotten = copy.deepcopy(digits_model)  # a model that no longer predicts class 3 at all
+    with torch.no_grad():
+        final_linear(forgotten).bias[FORGET_CLASS] = -1e4
+    result = get_method("mu_mis").unlearn(forgotten, class_views.request, class_views.forget_set, seed=0)
+    assert result.stats["start_forget_accuracy"] == 0.0
     assert result.stats["steps"] == 0 and result.stats["stop_reason"] == "forget_accuracy"
-    for before, after in zip(digits_model.parameters(), result.model.parameters(), strict=True):
+    for before, after in zip(forgotten.parameters(), result.model.parameters(), strict=True):
         assert torch.equal(before, after)
 
 
@@ -436,6 +444,7 @@ def test_a_retain_free_method_serves_the_subclass_request_and_keeps_its_sibling(
     assert any(gap <= 2 and worst <= 5 for gap, worst in outcomes.values()), outcomes
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_mechanism_plots_come_from_one_command_and_replay_the_registered_run(tmp_path):
     """benchmarks/mu_mis_mechanism.py draws Fig. 1-4 and replays MU-Mis step by step; the replay must be the
     registered method's run (same losses up to its stop), or Fig. 4 would show another run."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -44,7 +46,10 @@ class Registry(Generic[T]):
         if name in self.builders:
             return self.builders[name]
         if is_import_path(name):
-            return import_factory(name, self.kind)
+            try:
+                return import_factory(name, self.kind)
+            except ValueError as err:  # a misspelt registered name may contain a colon too
+                raise ValueError(f"{err} (registered {self.plural}: {self.names()})") from err
         raise ValueError(f"{self.kind}={name!r} is not registered; known {self.plural}: {self.names()}; or name "
                          "your own as 'package.module:factory'")
 
@@ -63,9 +68,40 @@ def is_import_path(name: str) -> bool:
     return isinstance(name, str) and name.count(":") == 1
 
 
+TRUST_VARIABLE = "EXCISE_TRUSTED_MODULES"
+
+
+class UntrustedFactoryError(ValueError):
+    """A checkpoint's sidecar names code to import that the user has not said they trust."""
+
+
+def check_trusted(name: str, kind: str, where: str) -> None:
+    """Refuse to import a factory that a *file* names (a sidecar, a certificate) unless its module is trusted.
+
+    Rebuilding a model from a sidecar imports and calls what the sidecar names, with arguments it holds, so a
+    checkpoint from elsewhere could run any installed function (``subprocess:getoutput``) just by being loaded;
+    the sha256 check does not help, since whoever writes the sidecar writes the hash. Registered names are
+    excise's own code and always allowed; an import path only when its top-level package, or the module
+    itself, is listed in ``EXCISE_TRUSTED_MODULES`` (comma-separated). A factory the user types on the command
+    line (``excise adopt --model``) is trusted by being typed."""
+    if not is_import_path(name):
+        return
+    module_name = name.partition(":")[0]
+    trusted = {m.strip() for m in os.environ.get(TRUST_VARIABLE, "").split(",") if m.strip()}
+    if module_name in trusted or module_name.split(".")[0] in trusted:
+        return
+    raise UntrustedFactoryError(
+        f"{where} names the {kind} factory {name!r}; excise imports code a file names only from modules you "
+        f"trust: set {TRUST_VARIABLE}={module_name.split('.')[0]} (comma-separated) if it is yours")
+
+
 def import_factory(path: str, kind: str) -> Callable[..., Any]:
-    """Import ``"package.module:attribute"`` and check it is callable; every failure names the field."""
+    """Import ``"package.module:attribute"`` and check it is callable; every failure names the field. The current
+    directory is searched too (as ``python -m`` does), so a factory module beside the user's data is found by the
+    ``excise`` command as well."""
     module_name, _, attribute = path.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     if not module_name or not attribute or not all(p.isidentifier() for p in module_name.split(".")) \
             or not all(p.isidentifier() for p in attribute.split(".")):
         raise ValueError(f"{kind}={path!r} is not 'package.module:factory' (dotted module, a colon, a function)")

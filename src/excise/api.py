@@ -30,7 +30,7 @@ from excise.checkpoint import (
 from excise.data import DatasetBundle, LabeledData, load_dataset
 from excise.data.registry import dataset_builder
 from excise.experiment import RunRecord, build_model, judge, reference_replicate_metrics, run_method
-from excise.methods import get_method
+from excise.methods import Guard, get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.metrics.uncertainty import Uncertainty
 from excise.provenance.certificate import certificate_path, sign
@@ -159,6 +159,8 @@ def adopt_model(
     weights = Path(weights)
     if not weights.is_file():
         raise ValueError(f"weights={str(weights)!r} does not exist")
+    if weights.resolve() in (out.resolve(), out.with_suffix(".json").resolve()):
+        raise ValueError(f"out={str(out)!r} would overwrite the weights being adopted; write elsewhere")
     recipe = recipe or TrainConfig()
     dataset_options = dict(dataset_options or {})
     bundle = load_dataset(dataset, root=root, seed=seed, **dataset_options)
@@ -190,20 +192,21 @@ def adopt_model(
 
 
 def _read_state_dict(path: Path) -> dict[str, Any]:
-    import pickle
-
+    """A state dict from a safetensors file (recognised by its header, whatever the suffix) or a ``torch.save``
+    file read with ``weights_only=True``: a pickle that needs more than tensors is refused, never executed."""
     import torch
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    looks_safetensors = len(head) == 9 and head[8:9] == b"{"  # 8-byte header length, then the JSON header
     try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"weights={str(path)!r} cannot be read as safetensors or a torch.save state dict "
-                         f"(weights_only=True): {err}") from err
+        state = load_file(str(path)) if looks_safetensors else torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch's unpickler raises many kinds; all mean "not readable"
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"weights={str(path)!r} cannot be read as a safetensors file or a torch.save state dict "
+                         f"with weights_only=True ({type(err).__name__}: {first_line[:200]}); save "
+                         "model.state_dict() with torch.save or safetensors") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                for k, v in state.items()):
         raise ValueError(f"weights={str(path)!r} holds a {type(state).__name__}, not a state dict (names -> "
@@ -251,6 +254,7 @@ def unlearn_checkpoint(
     allow_reference_mismatch: bool = False,
     ledger: str | Path | None = None,
     sign_key: str | Path | None = None,
+    guard: Guard | None = None,
 ) -> UnlearnOutcome:
     """Unlearn ``request`` from the model at ``model_path``; the input checkpoint is never modified.
 
@@ -260,7 +264,8 @@ def unlearn_checkpoint(
 
     With ``out``, a deletion certificate is written beside the checkpoint (:mod:`excise.provenance.certificate`;
     signed with the Ed25519 key at ``sign_key`` if given); with ``ledger``, it is appended to that model lineage's
-    ledger (:mod:`excise.provenance.ledger`), which must be new or end at this input model."""
+    ledger (:mod:`excise.provenance.ledger`), which must be new or end at this input model. ``guard``: the
+    collapse check (:class:`~excise.methods.base.Guard`; default warn), recorded in the sidecar's stats."""
     if graph is not None:
         hyperparameters = graph_hyperparameters(method, hyperparameters, graph)
     unlearner = get_method(method, **(hyperparameters or {}))
@@ -306,7 +311,7 @@ def unlearn_checkpoint(
     original = load_checkpoint(model_path)
     model, record = run_method(unlearner, original.model, step_views, recipe, seed=seed,
                                reference_model=None if reference is None else reference.model, eval_views=views,
-                               uncertainty=uncertainty, reference_replicates=ref_replicates)
+                               uncertainty=uncertainty, reference_replicates=ref_replicates, guard=guard)
     if reference is not None:
         record.avg_gap = avg_gap(record.metrics, ref_metrics)
         # Across runs: the retrain time is the one the reference checkpoint recorded (possibly another machine

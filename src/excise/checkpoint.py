@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from excise._files import atomic_write, atomic_write_many, atomic_write_text  # noqa: F401  (their home: _files)
+from excise._registry import check_trusted
 from excise.hashing import sha256_file  # noqa: F401  (its home: hashing)
 from excise.models import create_model, model_spec
 
@@ -148,6 +149,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     spec = meta["model"]
     try:
+        check_trusted(spec["name"], "model", f"the sidecar of {str(path)!r}")
         model = create_model(spec["name"], **spec.get("kwargs", {}))
     except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"sidecar of {str(path)!r} names a model that cannot be built: {err}") from err

@@ -259,17 +259,21 @@ def unlearn_command(
         None, help="Append the deletion certificate to this model lineage's ledger (.jsonl; created if new)."),
     sign_key: Path | None = typer.Option(
         None, help="Sign the certificate with this Ed25519 private key (PEM, from `excise keygen`)."),
+    guard: str = typer.Option(
+        "warn", help="If the run drops the retain sample's accuracy by more than 5 points: warn, rollback (write "
+                     "the model as it was) or off. Forget-only methods have no retain data to check."),
 ) -> None:
     """Make a model forget what --request names, then print the evidence. With --out, a deletion certificate is
     written beside the model (OUT.certificate.json)."""
     from excise import api
+    from excise.methods import Guard
 
     try:
         outcome = api.unlearn_checkpoint(
             model, method, parse_request(request), out=out, hyperparameters=parse_params(param),
             reference_path=reference, seed=seed, overwrite=overwrite, graph=graph,
             uncertainty=uncertainty_option(replicates), allow_reference_mismatch=allow_reference_mismatch,
-            ledger=ledger, sign_key=sign_key,
+            ledger=ledger, sign_key=sign_key, guard=Guard(action=guard),
         )
     except USER_ERRORS as err:
         fail(err)

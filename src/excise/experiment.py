@@ -10,15 +10,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from excise.data.base import DatasetBundle, LabeledData
-from excise.methods import UnlearningMethod, get_method
+from excise.methods import Guard, UnlearningMethod, get_method
 from excise.metrics import EvalViews, avg_gap
 from excise.metrics.distance import prediction_distances
 from excise.metrics.evaluate import collect_outputs, evaluate_outputs
 from excise.metrics.uncertainty import Evidence, Uncertainty, evidence, replicate_metrics
-from excise.models import accepted_arguments, create_model
+from excise.models import accepted_arguments, create_model, list_models
 from excise.training import TrainConfig, seed_everything, train
 
 
@@ -31,7 +32,28 @@ def build_model(bundle: DatasetBundle, model_name: str, seed: int = 0, **kwargs:
         sizing = {"in_channels": bundle.input_shape[0], "num_classes": len(bundle.classes)}
     for key, value in accepted_arguments(model_name, sizing).items():
         kwargs.setdefault(key, value)
-    return create_model(model_name, **kwargs)
+    model = create_model(model_name, **kwargs)
+    if model_name not in list_models() and bundle.task in ("multiclass", "multilabel"):
+        check_output_width(model, bundle, model_name)
+    return model
+
+
+def check_output_width(model: nn.Module, bundle: DatasetBundle, model_name: str) -> None:
+    """A user's factory sizes its own output: refuse, naming the class count, one that does not fit the data (it
+    would fail later as an index error deep in training, or silently score the wrong columns)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            width = model(bundle.train.inputs[:1]).shape[-1]
+    except Exception as err:  # noqa: BLE001 - any failure of the user's forward, reported with the input shape
+        raise ValueError(f"model={model_name!r} cannot run on one input of shape {tuple(bundle.input_shape)} of "
+                         f"data set {bundle.name!r}: {err}") from err
+    finally:
+        model.train(was_training)
+    if width != len(bundle.classes):
+        raise ValueError(f"model={model_name!r} outputs {width} values per input but data set {bundle.name!r} has "
+                         f"num_classes={len(bundle.classes)}; build it for {len(bundle.classes)} classes")
 
 
 def train_original(
@@ -101,19 +123,21 @@ def run_method(
     eval_views: EvalViews | None = None,
     uncertainty: Uncertainty | None = None,
     reference_replicates: list[dict[str, float]] | None = None,
+    guard: Guard | None = None,
 ) -> tuple[nn.Module, RunRecord]:
     """Unlearn ``views.request`` from ``model`` with ``method`` and evaluate against ``reference``; with the
     retrained ``reference_model`` the metrics also hold the distances of the predictions to it
     (:mod:`excise.metrics.distance`). ``eval_views``: judge on other views than the ones unlearned (a step of
     a sequence unlearns its own forget set and is judged on everything forgotten so far). ``uncertainty``: also
     the bootstrap intervals of the metrics and, with a reference model (or its ``reference_replicates``), of the
-    average gap (``record.evidence``)."""
+    average gap (``record.evidence``). ``guard``: the collapse check the method runs under (default: warn;
+    :class:`~excise.methods.base.Guard`), its finding in ``record.stats["guard"]``."""
     if isinstance(method, str):
         method = get_method(method)
     seed_everything(seed)
     result = method.unlearn(
         model, views.request, views.forget_set,
-        views.retain_set if method.needs_retain else None, recipe=recipe, seed=seed,
+        views.retain_set if method.needs_retain else None, recipe=recipe, seed=seed, guard=guard,
     )
     metrics, found = judge(result.model, views if eval_views is None else eval_views, seed=seed,
                            reference_model=reference_model, uncertainty=uncertainty,

@@ -8,6 +8,8 @@ import importlib
 import pkgutil
 
 from excise.methods.base import (
+    Guard,
+    GuardWarning,
     RetainAccessError,
     UnlearnData,
     UnlearningMethod,
@@ -23,6 +25,8 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
+    "Guard",
+    "GuardWarning",
     "RetainAccessError",
     "UnlearnData",
     "UnlearnResult",

@@ -25,10 +25,12 @@ from __future__ import annotations
 import copy
 import re
 import time
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from excise import distributed, runtime
@@ -39,6 +41,10 @@ from excise.training import TrainConfig, batch_loss, config_from_dict, make_load
 
 class RetainAccessError(RuntimeError):
     """A method declared forget-only tried to read retain data."""
+
+
+class GuardWarning(UserWarning):
+    """A method's run lowered the guard rows' accuracy by more than the guard allows."""
 
 
 @dataclass
@@ -83,6 +89,61 @@ class NoConfig:
     """Hyper-parameters of a method that has none."""
 
 
+GUARD_ACTIONS = ("warn", "rollback", "off")
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The check every method runs under (issue 19): did the run collapse the model?
+
+    It compares the top-1 accuracy on ``rows`` guard rows before and after the run and *fires* when it fell by
+    more than ``max_drop`` points. The rows are only data the method is entitled to: a seeded sample of the
+    retain set for a method that reads it, else a held-out ``guard_set`` the caller hands over (data that is
+    not training data — never the retain set for a forget-only method); without either, nothing is checked and
+    the result says so. ``action``: ``"warn"`` (default: a warning, and ``stats["guard"]`` records it),
+    ``"rollback"`` (also return the model as it was, so a collapsed run is never shipped; the result says it was
+    rolled back), ``"off"``. The guard's forward passes are not part of the method's timed seconds."""
+
+    max_drop: float = 5.0
+    action: str = "warn"
+    rows: int = 512
+
+    def __post_init__(self) -> None:
+        if self.action not in GUARD_ACTIONS:
+            raise ValueError(f"guard action={self.action!r} is not one of {list(GUARD_ACTIONS)}")
+        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or self.max_drop < 0:
+            raise ValueError(f"guard max_drop={self.max_drop!r} must be a number of accuracy points >= 0")
+        if isinstance(self.rows, bool) or not isinstance(self.rows, int) or self.rows < 1:
+            raise ValueError(f"guard rows={self.rows!r} must be a positive integer")
+
+    def watch(self, data: UnlearnData, guard_set: LabeledData | None, seed: int) -> tuple[LabeledData | None, str]:
+        """The rows to check and where they come from (or ``None`` and why not)."""
+        if self.action == "off":
+            return None, "off"
+        if data.task != "multiclass":
+            return None, f"no accuracy guard for {data.task} models"
+        if guard_set is not None:
+            source, name = guard_set, "held-out guard_set"
+        elif data._retain_set is not None:
+            source, name = data._retain_set, "retain sample"
+        else:
+            return None, "forget-only method and no held-out guard_set: not checked"
+        if len(source) > self.rows:
+            generator = torch.Generator().manual_seed(seed)
+            source = source.subset(torch.randperm(len(source), generator=generator)[: self.rows].sort().values)
+        return source, name
+
+    def judge(self, before: nn.Module, after: nn.Module, rows: LabeledData, source: str) -> dict[str, Any]:
+        first, last = _top1(before, rows), _top1(after, rows)
+        return {"data": source, "rows": len(rows), "accuracy_before": first, "accuracy_after": last,
+                "max_drop": self.max_drop, "fired": first - last > self.max_drop, "action": self.action,
+                "rolled_back": False}
+
+
+def _top1(model: nn.Module, rows: LabeledData) -> float:
+    return 100 * float((predict_logits(model, rows).argmax(1) == rows.targets).float().mean())
+
+
 class UnlearningMethod(ABC):
     name: ClassVar[str]
     paper: ClassVar[str]
@@ -120,8 +181,15 @@ class UnlearningMethod(ABC):
         *,
         recipe: TrainConfig | None = None,
         seed: int = 0,
+        guard: Guard | None = None,
+        guard_set: LabeledData | None = None,
     ) -> UnlearnResult:
-        """Return an unlearned copy of ``model``. ``retain_set`` is dropped for forget-only methods."""
+        """Return an unlearned copy of ``model``. ``retain_set`` is dropped for forget-only methods. The run is
+        checked by ``guard`` (default :class:`Guard`: warn on a collapse) on the retain set or on ``guard_set``,
+        held-out rows that are not training data; ``stats["guard"]`` records what it found."""
+        guard = Guard() if guard is None else guard
+        if not isinstance(guard, Guard):
+            raise TypeError(f"guard must be a Guard, got {type(guard).__name__}")
         self.check_request(request, forget_set.task)
         if len(forget_set) == 0:
             raise RequestError("the forget set is empty: there is nothing to unlearn")
@@ -147,6 +215,20 @@ class UnlearningMethod(ABC):
         # rank's (a no-op for data-parallel methods whose ranks already agree; see excise.distributed).
         distributed.broadcast_module(unlearned)
         unlearned.eval()
+        rows, source = guard.watch(data, guard_set, seed)
+        if rows is None:
+            stats["guard"] = {"data": None, "fired": None, "reason": source}
+        else:
+            found = stats["guard"] = guard.judge(model, unlearned, rows, source)
+            if found["fired"]:
+                if guard.action == "rollback":
+                    unlearned, found["rolled_back"] = copy.deepcopy(model).eval(), True
+                warnings.warn(
+                    f"{self.name}: accuracy on {found['rows']} {source} rows fell from {found['accuracy_before']:.1f}"
+                    f" to {found['accuracy_after']:.1f} (more than the guard's {guard.max_drop:g} points): the run "
+                    "damaged the model" + ("; rolled back to the model as it was" if found["rolled_back"] else
+                                           "; Guard(action='rollback') returns the model as it was instead"),
+                    GuardWarning, stacklevel=2)
         return UnlearnResult(unlearned, self.name, seconds, self.config_dict(), stats)
 
     @abstractmethod

@@ -38,10 +38,14 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def accepted_arguments(name: str, candidates: dict[str, Any]) -> dict[str, Any]:
-    """The entries of ``candidates`` that model ``name``'s builder takes (all of them if it takes ``**kwargs``):
-    the sizes excise fills in (input channels, classes) are offered, not forced, to a user's factory."""
-    unknown, _ = MODELS.unknown_arguments(MODELS.get(name), candidates)
-    return {k: v for k, v in candidates.items() if k not in unknown}
+    """The sizes excise fills in (input channels, classes) that model ``name`` should be given: all of them for
+    a registered model (one that does not take them is refused by :func:`create_model`, naming them), and for a
+    user's ``"package.module:factory"`` only those its signature *names* — never through ``**kwargs``, where they
+    would reach a constructor that did not ask for them."""
+    if name in MODELS.builders:
+        return dict(candidates)
+    _, named = MODELS.unknown_arguments(MODELS.get(name), candidates)
+    return {k: v for k, v in candidates.items() if k in named}
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from excise._registry import check_trusted
 from excise.checkpoint import Checkpoint, CheckpointError
 from excise.data import DatasetBundle, LabeledData, load_dataset
 from excise.metrics.evaluate import EvalViews
@@ -53,6 +54,7 @@ def recorded_dataset(record: Any, where: str, error: type[Exception] = ValueErro
             raise error(
                 f"{where}: dataset.{key}={record.get(key)!r} must be a {kind.__name__} (fields: {sorted(expected)})"
             )
+    check_trusted(record["name"], "dataset", where)
     bundle = load_dataset(record["name"], root=record.get("root"), seed=record["seed"], **record["options"])
     if record.get("fingerprint") and bundle.fingerprint() != record["fingerprint"]:
         raise ValueError(

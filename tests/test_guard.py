@@ -1,0 +1,90 @@
+"""The guard every method runs under (issue 19): a collapse is caught on data the method may use, warned about,
+and with action='rollback' never shipped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from excise.methods import Guard, GuardWarning, get_method
+from excise.training import TrainConfig
+
+from .conftest import RECIPE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _unlearn(name, model, views, guard=None, guard_set=None, recipe=RECIPE, **params):
+    method = get_method(name, **params)
+    return method.unlearn(model, views.request, views.forget_set, views.retain_set if method.needs_retain else None,
+                          recipe=recipe, seed=0, guard=guard, guard_set=guard_set)
+
+
+def test_a_run_that_collapses_the_model_is_caught_on_held_out_rows_and_rolled_back(digits_model, class_views):
+    held_out = class_views.test_retain  # not training data: what a forget-only method may be guarded with
+    with pytest.warns(GuardWarning, match="gradient_ascent: accuracy on .* held-out guard_set rows fell"):
+        warned = _unlearn("gradient_ascent", digits_model, class_views, guard_set=held_out, epochs=30, lr=0.1)
+    found = warned.stats["guard"]
+    assert found["fired"] and not found["rolled_back"] and found["data"] == "held-out guard_set"
+    assert found["accuracy_before"] - found["accuracy_after"] > 5
+    with pytest.warns(GuardWarning, match="rolled back"):
+        rolled = _unlearn("gradient_ascent", digits_model, class_views, guard=Guard(action="rollback"),
+                          guard_set=held_out, epochs=30, lr=0.1)
+    assert rolled.stats["guard"]["fired"] and rolled.stats["guard"]["rolled_back"]
+    for before, after in zip(digits_model.state_dict().values(), rolled.model.state_dict().values(), strict=True):
+        assert torch.equal(before, after)
+    assert rolled.model is not digits_model  # the caller's model is still never handed back
+
+
+def test_a_retain_method_is_guarded_on_its_retain_set(digits_model, class_views):
+    diverging = TrainConfig(epochs=15, batch_size=64, lr=5.0)  # NegGrad+ at lr 5: retain rows at 29 % (measured)
+    with pytest.warns(GuardWarning, match="neggrad_plus: accuracy on 512 retain sample rows fell"):
+        harmed = _unlearn("neggrad_plus", digits_model, class_views, recipe=diverging)
+    assert harmed.stats["guard"]["data"] == "retain sample" and harmed.stats["guard"]["rows"] == 512
+    assert harmed.stats["guard"]["fired"]
+    kept = _unlearn("salun", digits_model, class_views)  # its defaults keep the model on this fixture
+    assert kept.stats["guard"]["fired"] is False
+    assert kept.stats["guard"]["accuracy_after"] >= kept.stats["guard"]["accuracy_before"] - 5
+
+
+def test_a_forget_only_method_without_held_out_rows_says_it_was_not_checked(digits_model, class_views):
+    result = _unlearn("imu", digits_model, class_views)
+    assert result.stats["guard"] == {"data": None, "fired": None,
+                                     "reason": "forget-only method and no held-out guard_set: not checked"}
+    off = _unlearn("salun", digits_model, class_views, guard=Guard(action="off"))
+    assert off.stats["guard"]["reason"] == "off"
+
+
+def test_bad_guards_are_refused_by_name():
+    with pytest.raises(ValueError, match="guard action='undo' is not one of"):
+        Guard(action="undo")
+    with pytest.raises(ValueError, match="guard max_drop=-1 must be"):
+        Guard(max_drop=-1)
+    with pytest.raises(ValueError, match="guard rows=0 must be a positive integer"):
+        Guard(rows=0)
+
+
+def test_the_cli_records_the_guard_and_rolls_a_collapse_back(tmp_path):
+    import json
+
+    from excise.checkpoint import load_checkpoint
+
+    from .test_cli import invoke
+
+    original = tmp_path / "original.safetensors"
+    assert invoke("train", "--out", original, "--width", 8, "--epochs", 6).exit_code == 0
+    kept = tmp_path / "kept.safetensors"
+    result = invoke("unlearn", original, "--method", "salun", "--request", "class:3", "--out", kept)
+    assert result.exit_code == 0, result.output
+    guard = json.loads(kept.with_suffix(".json").read_text())["method_stats"]["guard"]
+    assert guard["data"] == "retain sample" and guard["action"] == "warn" and guard["fired"] is False
+    rolled = tmp_path / "rolled.safetensors"  # NegGrad+ at 100x its step: a collapse
+    result = invoke("unlearn", original, "--method", "neggrad_plus", "--request", "class:3", "--out", rolled,
+                    "--param", "lr_scale=100", "--guard", "rollback")
+    assert result.exit_code == 0, result.output
+    guard = json.loads(rolled.with_suffix(".json").read_text())["method_stats"]["guard"]
+    assert guard["fired"] and guard["rolled_back"]
+    before, after = load_checkpoint(original).model.state_dict(), load_checkpoint(rolled).model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    result = invoke("unlearn", original, "--method", "salun", "--request", "class:3", "--guard", "undo")
+    assert result.exit_code != 0 and "guard action='undo' is not one of" in " ".join(result.output.split())
