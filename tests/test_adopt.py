@@ -223,7 +223,7 @@ def test_a_sidecar_naming_code_it_was_not_trusted_with_is_refused(user_weights, 
     meta = json.loads(sidecar.read_text())
     meta["model"] = {"name": "subprocess:getoutput", "kwargs": {"cmd": f"touch {marker}"}}
     sidecar.write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="names the model factory 'subprocess:getoutput'.*"
+    with pytest.raises(CheckpointError, match="^the sidecar of .* names the model factory .subprocess:getoutput..*"
                                               "EXCISE_TRUSTED_MODULES=subprocess"):
         load_checkpoint(adopted.path)
     assert not marker.exists()

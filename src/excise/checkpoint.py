@@ -150,6 +150,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     spec = meta["model"]
     try:
         check_trusted(spec["name"], "model", f"the sidecar of {str(path)!r}")
+    except ValueError as err:  # its own message says what to do; "cannot be built" would hide it
+        raise CheckpointError(str(err)) from None
+    try:
         model = create_model(spec["name"], **spec.get("kwargs", {}))
     except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"sidecar of {str(path)!r} names a model that cannot be built: {err}") from err
