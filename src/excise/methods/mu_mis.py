@@ -63,7 +63,9 @@ stops at FA 3.7 with RA 63 (gap 22.7). IMU serves all ten (gap ≤ 1.23) on the 
 (``max(gap_i, 0)``: stop pushing a sample once its target-class sensitivity is below the irrelevant class's,
 the level a retrained model shows on data it never saw — measured target/irrelevant ratio 1.00-1.02 on the
 forget set of retrained sub-class models, 1.14-1.43 on the originals) left classes 0, 8 and 9 unforgotten
-(FA 96-100) and is not kept.
+(FA 96-100) and is not kept. Nor did the other knobs serve classes 0, 8 and 9: ``irrelevant_weight`` 0.25 or
+0 (FA 99-100 after 60 steps; the same settings forget class 3 with RA 100), lr 3e-6 with 60 passes (FA 4-5 on 0
+and 9 but RA 60-63; 8 stays at FA 100) and Adam 1e-4 (RA 37-75).
 
 **Known limitation, measured.** With the paper's ``irrelevant_weight=1`` the second term costs retain
 accuracy on small 10-class models: digits full class 3 reaches FA 4.4 / 3.6 / 2.9 (seeds 0/1/2) but RA
