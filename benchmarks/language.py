@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from excise._files import save_figure
 from excise.bench.cache import ModelCache, code_version
-from excise.checkpoint import atomic_write, atomic_write_text, versions
+from excise.checkpoint import atomic_write_text, versions
 from excise.data import load_dataset
 from excise.experiment import run_method, train_original
 from excise.methods import get_method
@@ -292,10 +293,7 @@ def plot(curves: dict[str, list[dict[str, float]]], out: Path, scale: str, rows:
                  "forget-only stopping rule fired", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110), overwrite=True)
-    finally:
-        plt.close(fig)
+    save_figure(fig, out, dpi=110, overwrite=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,7 +38,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from excise.checkpoint import atomic_write, atomic_write_text, versions  # noqa: E402
+from excise._files import save_figure  # noqa: E402
+from excise.checkpoint import atomic_write_text, versions  # noqa: E402
 from excise.data import load_dataset  # noqa: E402
 from excise.data.base import LabeledData  # noqa: E402
 from excise.experiment import build_model, run_method, train_original  # noqa: E402
@@ -163,10 +164,7 @@ def plot(record: dict[str, Any], out: Path) -> None:
     fig.suptitle(f"MU-Mis mechanism on {record['dataset']} ({record['model']}, seed {record['seed']})", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100), overwrite=True)
-    finally:
-        plt.close(fig)
+    save_figure(fig, out, dpi=100, overwrite=True)
 
 
 def main(argv: list[str] | None = None) -> None:

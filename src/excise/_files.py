@@ -129,5 +129,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, overwrite: 
     return atomic_write_many([(path, write)], overwrite=overwrite)[0]
 
 
+def save_figure(fig: Any, path: str | Path, *, dpi: int = 110, overwrite: bool = False) -> Path:
+    """Write a matplotlib figure as a PNG atomically, and close it whether or not the write succeeded."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi), overwrite=overwrite)
+    finally:
+        plt.close(fig)
+
+
 def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite=overwrite)

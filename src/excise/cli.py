@@ -186,14 +186,20 @@ def train_command(
         )
     except USER_ERRORS as err:
         fail(err)
+    print_written(checkpoint, f"in {checkpoint.meta['train_seconds']:.1f}s")
+    if checkpoint.meta.get("metrics"):
+        console.print(metrics_table(checkpoint.meta["metrics"], "retrained reference"))
+
+
+def print_written(checkpoint: Any, origin: str) -> None:
+    """Where a new checkpoint went, its sidecar, and (for a classifier) what it scores: `train` and `adopt` say
+    what they built."""
     meta = checkpoint.meta
-    console.print(f"wrote {checkpoint.path} (sha256 {checkpoint.sha256[:12]}…) in {meta['train_seconds']:.1f}s; "
+    console.print(f"wrote {checkpoint.path} (sha256 {checkpoint.sha256[:12]}…) {origin}; "
                   f"sidecar {checkpoint.path.with_suffix('.json')}")
     if "train_accuracy" in meta:
         console.print(f"{meta['accuracy_of']} accuracy: train {meta['train_accuracy']:.1f}%, "
                       f"test {meta['test_accuracy']:.1f}%")
-    if checkpoint.meta.get("metrics"):
-        console.print(metrics_table(checkpoint.meta["metrics"], "retrained reference"))
 
 
 @app.command("adopt")
@@ -231,12 +237,7 @@ def adopt_command(
         )
     except USER_ERRORS as err:
         fail(err)
-    meta = checkpoint.meta
-    console.print(f"wrote {checkpoint.path} (sha256 {checkpoint.sha256[:12]}…) from {weights}; sidecar "
-                  f"{checkpoint.path.with_suffix('.json')}")
-    if "train_accuracy" in meta:
-        console.print(f"{meta['accuracy_of']} accuracy: train {meta['train_accuracy']:.1f}%, "
-                      f"test {meta['test_accuracy']:.1f}%")
+    print_written(checkpoint, f"from {weights}")
 
 
 @app.command("unlearn")

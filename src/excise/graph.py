@@ -451,7 +451,7 @@ class EssentialGraph:
         from matplotlib.colors import ListedColormap
         from matplotlib.patches import Patch
 
-        from excise.checkpoint import atomic_write
+        from excise._files import save_figure
 
         width = max(layer.channels for layer in self.layers)
         grid = np.full((len(self.layers), width), np.nan)
@@ -480,10 +480,7 @@ class EssentialGraph:
                   loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(self.layers) > 2 else -0.5),
                   ncol=4, fontsize="small", frameon=False)
         fig.tight_layout()
-        try:
-            return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), overwrite=overwrite)
-        finally:
-            plt.close(fig)
+        return save_figure(fig, path, dpi=120, overwrite=overwrite)
 
 
 def build_graph(

@@ -182,7 +182,7 @@ def plot_grid(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from excise.checkpoint import atomic_write
+    from excise._files import save_figure
 
     path = Path(path)
     if path.suffix != ".png":
@@ -200,10 +200,7 @@ def plot_grid(
                 ax.set_ylabel(label, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110), overwrite=overwrite)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi=110, overwrite=overwrite)
 
 
 def colour_for(c: int, forgotten: Sequence[int], palette: Sequence[str]) -> str:
