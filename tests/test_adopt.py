@@ -119,21 +119,20 @@ def test_a_users_model_goes_through_adopt_unlearn_evaluate_and_unlearn_again(use
     assert meta["dataset"]["name"] == "user_zoo:digits" and meta["adopted"]["weights"] == str(user_weights)
     assert meta["test_accuracy"] > 90  # the user's own training, carried over exactly
 
+    def unlearn_then_evaluate(model, method, request, out):
+        result = invoke("unlearn", model, "--method", method, "--request", request, "--out", out)
+        assert result.exit_code == 0, result.output
+        result = invoke("evaluate", out, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
     first = tmp_path / "forgot3.safetensors"
-    result = invoke("unlearn", original, "--method", "imu", "--request", "class:3", "--out", first)
-    assert result.exit_code == 0, result.output
-    result = invoke("evaluate", first, "--json")
-    assert result.exit_code == 0, result.output
-    judged = json.loads(result.output)
+    judged = unlearn_then_evaluate(original, "imu", "class:3", first)
     # Measured: FA 0.0, RA 95.3 (IMU's defaults on a network it was not tuned on).
     assert judged["metrics"]["FA"] <= 5 and judged["metrics"]["RA"] >= 90, judged["metrics"]
 
     second = tmp_path / "forgot3and5.safetensors"
-    result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--out", second)
-    assert result.exit_code == 0, result.output
-    result = invoke("evaluate", second, "--json")
-    assert result.exit_code == 0, result.output
-    judged = json.loads(result.output)
+    judged = unlearn_then_evaluate(first, "gradient_ascent", "class:5", second)
     assert [r["labels"] for r in judged["history"]] == [["3"], ["5"]]  # judged on both requests
     # Both classes forgotten (measured FA 0.4 over 3 and 5); gradient ascent's RA cost (95 -> 80) is the known
     # harm of its defaults on foreign models (issue 19), not asserted here.

@@ -126,11 +126,7 @@ def train_model(
     meta.update(fit_accuracy(network, training_set, bundle.test))
     if views is not None:
         meta["metrics"] = evaluate(network, views, seed=seed)
-    # Only rank 0 writes; the others wait until the file is complete, then read the same checkpoint.
-    if distributed.is_main():
-        save_checkpoint(out, network, meta, overwrite=overwrite)
-    distributed.barrier()
-    return load_checkpoint(out)
+    return _write_and_reload(out, network, meta, overwrite)
 
 
 def adopt_model(
@@ -185,6 +181,12 @@ def adopt_model(
         "adopted": {"weights": str(weights), "weights_sha256": sha256_file(weights)},
     }
     meta.update(fit_accuracy(network, bundle.train, bundle.test))
+    return _write_and_reload(out, network, meta, overwrite)
+
+
+def _write_and_reload(out: Path, network: nn.Module, meta: dict[str, Any], overwrite: bool) -> Checkpoint:
+    """Only rank 0 writes; the others wait until the file is complete, then every rank reads the same
+    checkpoint back (its sidecar, sha256 and all)."""
     if distributed.is_main():
         save_checkpoint(out, network, meta, overwrite=overwrite)
     distributed.barrier()
