@@ -186,3 +186,26 @@ def test_scrub_student_leaves_the_teacher_on_forget_and_stays_on_retain(digits_m
     assert kl_to_original(class_views.retain_set) < 0.05
     kls = result.stats["forget_kl_per_max_epoch"]
     assert len(kls) == result.config["max_epochs"] and kls[-1] > kls[0]
+
+
+@pytest.mark.parametrize("name", ["random_labels", "bad_teacher"])
+def test_a_random_request_stops_near_the_allowed_forget_accuracy_drop(name, digits_model, samples_views,
+                                                                       class_views):
+    strong = {"random_labels": {"lr_scale": 1.0, "epochs": 4}, "bad_teacher": {"lr": 3e-3, "min_steps": 200}}[name]
+    result = get_method(name, **strong).unlearn(digits_model, samples_views.request, samples_views.forget_set,
+                                                samples_views.retain_set, recipe=RECIPE, seed=0)
+    stats = result.stats
+    start, target, curve = stats["start_forget_accuracy"], stats["stop_accuracy"], stats["forget_accuracy_curve"]
+    assert target == pytest.approx(start - 0.02) and curve and min(curve) <= target  # this budget crosses it
+    kept = predict_logits(result.model, samples_views.forget_set).argmax(1) == samples_views.forget_set.targets
+    reached = float(kept.float().mean())
+    previous = [start, *curve][-2]
+    # The run ends on whichever of the last two checked states is nearer the target, never past both.
+    assert abs(reached - target) == pytest.approx(min(abs(curve[-1] - target), abs(previous - target)))
+    if stats["stop_reason"].startswith("stop_accuracy: kept the model as handed over"):
+        for a, b in zip(result.model.state_dict().values(), digits_model.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+    # A class request is not stopped by it: the class must be forgotten whole.
+    whole = get_method(name).unlearn(digits_model, class_views.request, class_views.forget_set,
+                                     class_views.retain_set, recipe=RECIPE, seed=0)
+    assert "forget_accuracy_curve" not in whole.stats

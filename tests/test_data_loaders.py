@@ -346,3 +346,79 @@ def test_mnist_is_parsed_once_then_read_from_the_cache(tmp_path, monkeypatch) ->
     assert np.array_equal(images, parsed_images) and np.array_equal(labels, parsed_labels)
     assert images.dtype == np.float32 and images.max() == 1.0 and not images.flags.writeable
     mnist.mnist_arrays.cache_clear()
+
+
+# --- Animal-MNIST (the animal-mnist package's two data files) and the super-class views ------------------------
+def test_animal_mnist_loads_10000_balanced_silhouettes() -> None:
+    bundle = load_dataset("animal-mnist")
+    assert bundle.train.inputs.shape == (8000, 1, 28, 28) and bundle.test.inputs.shape == (2000, 1, 28, 28)
+    assert bundle.train.classes[0] == "bear" and bundle.train.classes[-1] == "zebra"
+    assert torch.equal(bundle.train.targets.bincount(), torch.full((10,), 800))
+    assert 0.0 <= float(bundle.train.inputs.min()) and float(bundle.train.inputs.max()) == 1.0
+    rows = torch.cat([bundle.train.extras["animal_index"], bundle.test.extras["animal_index"]])
+    assert rows.unique().numel() == 10000  # train and test are disjoint and cover every image
+
+
+def test_animal_mnist_super_groups_animals_and_keeps_the_split() -> None:
+    flat = load_dataset("animal-mnist", size=1000, seed=3)
+    grouped = load_dataset("animal-mnist-super", size=1000, seed=3)
+    assert torch.equal(flat.train.extras["animal_index"], grouped.train.extras["animal_index"])
+    assert grouped.train.classes == ("bear|elephant|giraffe|zebra", "cow|horse|sheep", "bird|cat|dog")
+    assert torch.equal(grouped.train.subclass_targets, flat.train.targets)
+    forget, retain = split(grouped.train, ForgetRequest(kind="subclass", labels=("horse",)))
+    assert set(forget.subclass_targets.tolist()) == {7} and len(forget) == 80
+    siblings = retain.subclass_targets[retain.targets == 1]
+    assert set(siblings.tolist()) == {3, 8}  # cow and sheep stay in the farm super-class
+
+
+def test_animal_mnist_reads_a_root_and_names_missing_files(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="animal_data_version_3.gz, animal_label_version_3.gz.*--no-deps"):
+        load_dataset("animal-mnist", root=tmp_path)
+
+
+def test_animal_mnist_refuses_a_pickle_that_runs_code(tmp_path) -> None:
+    import gzip
+
+    from excise.data.animal_mnist import DATA_FILE, LABEL_FILE, data_dir
+
+    source = data_dir(None)
+    (tmp_path / LABEL_FILE).write_bytes((source / LABEL_FILE).read_bytes())
+    with gzip.open(tmp_path / DATA_FILE, "wb") as handle:
+        handle.write(pickle.dumps(_Evil()))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load posix.getcwd|refusing to load os.getcwd"):
+        load_dataset("animal-mnist", root=tmp_path)
+
+
+def test_mnist_super_subclass_request_keeps_three_siblings(mnist) -> None:
+    bundle = load_dataset("mnist-super", size=1000, seed=0)
+    assert bundle.train.classes == ("0|6|8|9", "1|4|7", "2|3|5")
+    forget, retain = split(bundle.train, ForgetRequest(kind="subclass", labels=("4",)))
+    assert set(forget.subclass_targets.tolist()) == {4}
+    assert set(retain.subclass_targets[retain.targets == 1].tolist()) == {1, 7}
+
+
+class _ObjectArrayFromBytes:
+    """Calls the array constructor on bytes of the file's choosing with an object dtype: pointers from the file."""
+
+    def __reduce__(self):
+        return (np.ndarray, ((1,), np.dtype("O"), b"AAAAAAAA"))
+
+
+class _DtypeTurnedObject:
+    """A void dtype whose pickled state claims it holds objects."""
+
+    def __reduce__(self):
+        return (np.dtype, ("V8",), (3, "|", None, ("a",), {"a": (np.dtype("f8"), 0)}, 8, 1, 27))
+
+
+@pytest.mark.parametrize("payload", [_ObjectArrayFromBytes(), _DtypeTurnedObject(),
+                                     np.array([{"a": 1}], dtype=object)])
+def test_the_arrays_only_unpickler_refuses_object_arrays_before_they_exist(payload) -> None:
+    from excise.data.plain_pickle import RefusedGlobal, load_plain_pickle
+
+    with pytest.raises(RefusedGlobal, match="refusing to load an array of dtype"):
+        load_plain_pickle(pickle.dumps(payload, protocol=2), "a test file")
+    plain = {b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), b"labels": [0, 1], b"name": b"batch"}
+    for protocol in (2, 5):
+        back = load_plain_pickle(pickle.dumps(plain, protocol=protocol), "a test file", encoding="bytes")
+        assert np.array_equal(back[b"data"], plain[b"data"]) and back[b"labels"] == [0, 1]

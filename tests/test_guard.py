@@ -49,10 +49,25 @@ def test_a_retain_method_is_guarded_on_its_retain_set(digits_model, class_views)
 
 def test_a_forget_only_method_without_held_out_rows_says_it_was_not_checked(digits_model, class_views):
     result = _unlearn("imu", digits_model, class_views)
-    assert result.stats["guard"] == {"data": None, "fired": None,
-                                     "reason": "forget-only method and no held-out guard_set: not checked"}
+    found = result.stats["guard"]
+    assert {k: found[k] for k in ("data", "fired", "reason")} == {
+        "data": None, "fired": None, "reason": "forget-only method and no held-out guard_set: not checked"}
+    # The forget rows are every method's to read: whether the class was forgotten is checked all the same.
+    assert found["forget_accuracy_before"] > 90 and found["forget_accuracy_after"] < 50
+    assert found["forgot_nothing"] is False
     off = _unlearn("salun", digits_model, class_views, guard=Guard(action="off"))
-    assert off.stats["guard"]["reason"] == "off"
+    assert off.stats["guard"] == {"data": None, "fired": None, "reason": "off"}
+
+
+def test_a_run_that_forgets_nothing_says_so(digits_model, class_views, samples_views):
+    # Fine-tuning on the retain set for one pass at a tiny rate leaves the class where it was.
+    with pytest.warns(GuardWarning, match="finetune: forgot nothing at these settings"):
+        idle = _unlearn("finetune", digits_model, class_views, epochs=1, lr_scale=0.01)
+    found = idle.stats["guard"]
+    assert found["forgot_nothing"] is True and found["forget_accuracy_before"] - found["forget_accuracy_after"] < 1
+    # Not asked of a samples request: there the retrained model's forget accuracy stays near its test accuracy.
+    sampled = _unlearn("finetune", digits_model, samples_views, epochs=1, lr_scale=0.01)
+    assert "forgot_nothing" not in sampled.stats["guard"]
 
 
 def test_bad_guards_are_refused_by_name():

@@ -239,3 +239,23 @@ def test_epoch_checks_apply_only_the_head_and_decide_as_full_forwards(digits_mod
     assert fast.stats["steps"] == slow.stats["steps"]
     for a, b in zip(fast.model.parameters(), slow.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_forget_set_smaller_than_one_allowed_flip_keeps_the_state_before_the_first_flip(digits, digits_model,
+                                                                                          recipe):
+    from excise.metrics import EvalViews
+
+    # 1 % of digits: 13 samples, where one flipped sample is a 7.7-point fall against the allowed 2.
+    views = EvalViews.from_bundle(digits, ForgetRequest(kind="samples", fraction=0.01, seed=1))
+    assert len(views.forget_set) * IMUConfig().max_accuracy_drop < 1
+    result = get_method("imu", lr=0.05, epochs=30).unlearn(digits_model, views.request, views.forget_set,
+                                                          recipe=recipe, seed=0)
+    stats = result.stats
+    # A budget this strong flips a sample; the flip is seen, and undone.
+    assert stats["stop_reason"] == "stop_accuracy: kept the previous check, nearer the target"
+    assert stats["forget_accuracy_curve"][-1] < stats["start_forget_accuracy"]
+    model = result.model
+    accuracy = float((model(views.forget_set.inputs).argmax(1) == views.forget_set.targets).float().mean())
+    assert accuracy == pytest.approx(stats["start_forget_accuracy"])
+    moved = [not torch.equal(a, b) for a, b in zip(model.fc.parameters(), digits_model.fc.parameters(), strict=True)]
+    assert any(moved)  # the epochs before the flip are kept, not thrown away

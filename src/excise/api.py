@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from excise import distributed
+from excise.calibrate import CalibrationResult, apply_calibration, calibrate, check_calibration
 from excise.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -257,6 +258,7 @@ def unlearn_checkpoint(
     ledger: str | Path | None = None,
     sign_key: str | Path | None = None,
     guard: Guard | None = None,
+    config: str | Path | None = None,
 ) -> UnlearnOutcome:
     """Unlearn ``request`` from the model at ``model_path``; the input checkpoint is never modified.
 
@@ -267,7 +269,12 @@ def unlearn_checkpoint(
     With ``out``, a deletion certificate is written beside the checkpoint (:mod:`excise.provenance.certificate`;
     signed with the Ed25519 key at ``sign_key`` if given); with ``ledger``, it is appended to that model lineage's
     ledger (:mod:`excise.provenance.ledger`), which must be new or end at this input model. ``guard``: the
-    collapse check (:class:`~excise.methods.base.Guard`; default warn), recorded in the sidecar's stats."""
+    collapse check (:class:`~excise.methods.base.Guard`; default warn), recorded in the sidecar's stats.
+    ``config``: a calibration file (``excise calibrate``, :func:`calibrate_checkpoint`) whose values for ``method``
+    are used; a value in ``hyperparameters`` overrides the calibrated one. The sidecar records which were applied."""
+    calibration = None
+    if config is not None:
+        hyperparameters, calibration = apply_calibration(method, hyperparameters, config)
     if graph is not None:
         hyperparameters = graph_hyperparameters(method, hyperparameters, graph)
     unlearner = get_method(method, **(hyperparameters or {}))
@@ -275,6 +282,8 @@ def unlearn_checkpoint(
     # against the data (rebuilt from the sidecar alone), the method's support for it, the output path, the
     # reference. (An unwritable --out used to surface only when the result was written.)
     head = Checkpoint(None, read_meta(model_path), Path(model_path))
+    if calibration is not None:
+        calibration["same_model"] = _calibrated_for(config, head)
     bundle = bundle_for(head)
     # A checkpoint that already served requests continues its sequence: this step unlearns only what is new
     # and is judged against everything forgotten so far, as excise.sequential.run_sequence does.
@@ -345,6 +354,8 @@ def unlearn_checkpoint(
             meta["reference"] = {"path": str(reference.path), "sha256": reference.sha256, "metrics": ref_metrics,
                                  "avg_gap": record.avg_gap, "speedup_across_runs": record.speedup,
                                  "mismatch": mismatch}
+        if calibration is not None:
+            meta["calibration"] = calibration
         if graph is not None:
             from excise.checkpoint import sha256_file
 
@@ -379,6 +390,99 @@ def _check_provenance(head: Checkpoint, out: Path | None, ledger: str | Path | N
 
 
 _PROBE: dict[str, Any] = {"probe": True}
+
+
+@dataclass
+class CalibrationOutcome:
+    result: CalibrationResult
+    path: Path | None
+    reference_seconds: float | None  # the retrain this run trained itself (None: a reference file was given)
+
+
+def calibration_path(model_path: str | Path) -> Path:
+    """Where a model's calibration goes by default: beside it, ``MODEL.calibration.json``."""
+    return Path(model_path).with_suffix(".calibration.json")
+
+
+def calibrate_checkpoint(
+    model_path: str | Path,
+    methods: str | Sequence[str],
+    proxy_request: ForgetRequest,
+    *,
+    reference_path: str | Path | None = None,
+    n_trials: int = 20,
+    out: str | Path | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    guard: Guard | None = None,
+) -> CalibrationOutcome:
+    """Calibrate ``methods`` for the model at ``model_path`` against one retrain on ``proxy_request``
+    (:func:`excise.calibrate.calibrate`) and write the result to ``out`` (default :func:`calibration_path`: beside
+    the model); ``excise unlearn --config`` applies it. ``reference_path``: the proxy's retrained reference (checked
+    as ``--reference`` is); without it the one retrain is trained here, like ``excise train --request`` would with
+    the model's recorded architecture, recipe and training seed. The input checkpoint is never modified."""
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    guard = check_calibration(methods, n_trials, guard)
+    head = Checkpoint(None, read_meta(model_path), Path(model_path))
+    served, _ = served_requests(head)
+    if served:
+        raise ValueError(f"{str(model_path)!r} has already served {[r.describe() for r in served]} (kind "
+                         f"{head.meta.get('kind')!r}): calibrate the original model; its calibration applies to "
+                         "the unlearning runs that follow it")
+    bundle = bundle_for(head)
+    views = EvalViews.from_bundle(bundle, proxy_request)
+    for method in methods:
+        get_method(method).check_request(proxy_request, bundle.task)
+    out = _check_output(calibration_path(model_path) if out is None else out, overwrite, suffix=".json")
+    protected = [Path(model_path), Path(model_path).with_suffix(".json"), certificate_path(model_path)]
+    if reference_path is not None:
+        protected += [Path(reference_path), Path(reference_path).with_suffix(".json")]
+    if out.resolve() in {p.resolve() for p in protected}:
+        raise ValueError(f"out={str(out)!r} would overwrite a checkpoint file or its sidecar; write the calibration "
+                         "elsewhere (default: MODEL.calibration.json)")
+    recipe = recipe_of(head)
+    original = load_checkpoint(model_path)  # checks the weights (and that a factory it names is trusted) first
+    if reference_path is not None:
+        reference = load_checkpoint(reference_path)
+        check_reference(reference, head, [proxy_request], bundle.train)
+        retrained, reference_seconds = reference.model, None
+        reference_record = {"path": str(reference.path), "sha256": reference.sha256}
+    else:
+        # The one retrain, built and trained as `excise train --request` builds it (train_model): the same weights.
+        train_seed = training_seed(head)
+        train_seed = head.meta["dataset"]["seed"] if train_seed is None else train_seed
+        spec = head.meta["model"]
+        retrained = build_model(bundle, spec["name"], seed=train_seed, **spec.get("kwargs", {}))
+        seed_everything(train_seed)
+        stats = train(retrained, views.retain_set, recipe, seed=train_seed, description="retrain proxy")
+        retrained.eval()
+        reference_seconds = stats.seconds
+        reference_record = {"trained_here": True, "train_seed": train_seed, "train_seconds": stats.seconds}
+    result = calibrate(original.model, views, recipe, methods, reference=retrained, n_trials=n_trials, seed=seed,
+                       guard=guard)
+    result.record.update({
+        "model": {"path": str(original.path), "sha256": original.sha256, "kind": original.meta.get("kind")},
+        "data": original.meta["dataset"],
+        "recipe": recipe.to_dict(),
+        "reference": reference_record,
+    })
+    if distributed.is_main():
+        atomic_write_text(out, json.dumps(result.to_dict(), indent=2) + "\n", overwrite=overwrite)
+    distributed.barrier()
+    return CalibrationOutcome(result, out, reference_seconds)
+
+
+def _calibrated_for(config: str | Path, head: Checkpoint) -> bool:
+    """Whether calibration file ``config`` was made on the model being unlearned (its weights' sha256); if not, a
+    warning: the values still apply (a chained unlearn, or the same recipe on another seed, may want them), and the
+    sidecar records that they came from another model."""
+    made_on = (json.loads(Path(config).read_text()).get("model") or {}).get("sha256")
+    same = made_on is not None and made_on == head.meta.get("sha256")
+    if not same:
+        warnings.warn(f"{config} was calibrated on a model with sha256 {str(made_on)[:12]}..., not on "
+                      f"{head.path} ({str(head.meta.get('sha256'))[:12]}...): its values are applied as given",
+                      UserWarning, stacklevel=3)
+    return same
 
 
 def recipe_of(checkpoint: Checkpoint) -> TrainConfig:

@@ -41,6 +41,10 @@ def fail(err: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+AUGMENT_HELP = ("Training augmentation: none, crop (zero-pad 4 pixels, random crop) or crop-flip (and a random "
+                "horizontal flip; not for digits or text). Recorded in the recipe: the retrained reference repeats it.")
+
+
 def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, Any]:
     """``key=value`` pairs; values are read as YAML scalars (numbers, booleans, null, lists)."""
     out: dict[str, Any] = {}
@@ -161,6 +165,7 @@ def train_command(
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(0.05),
     optimizer: str = typer.Option("sgd", help="sgd, adam or adamw."),
+    augment: str = typer.Option("none", help=AUGMENT_HELP),
     root: str | None = typer.Option(None, help="Local directory of a data set that is not bundled (CIFAR, CelebA)."),
     data_option: list[str] | None = typer.Option(None, "--data-option", help="Data-set option key=value."),
     request: list[str] | None = typer.Option(
@@ -177,7 +182,7 @@ def train_command(
         from excise.tasks.dense import train_defaults
 
         dataset, model = train_defaults(task, dataset, model)
-        recipe = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
+        recipe = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment)
         model_kwargs = model_options(width, model_option)
         checkpoint = api.train_model(
             dataset, model, out, recipe=recipe, model_kwargs=model_kwargs,
@@ -220,6 +225,7 @@ def adopt_command(
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(0.05),
     optimizer: str = typer.Option("sgd", help="sgd, adam or adamw."),
+    augment: str = typer.Option("none", help=AUGMENT_HELP),
     seed: int = typer.Option(0, help="Seed of the data split (and of a retrained reference)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
@@ -231,7 +237,7 @@ def adopt_command(
     try:
         checkpoint = api.adopt_model(
             weights, model, dataset, out,
-            recipe=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer),
+            recipe=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment),
             model_kwargs=model_options(width, model_option),
             dataset_options=parse_params(data_option, "--data-option"), root=root, seed=seed, overwrite=overwrite,
         )
@@ -263,6 +269,8 @@ def unlearn_command(
     guard: str = typer.Option(
         "warn", help="If the run drops the retain sample's accuracy by more than 5 points: warn, rollback (write "
                      "the model as it was) or off. Forget-only methods have no retain data to check."),
+    config: Path | None = typer.Option(
+        None, help="A calibration file from `excise calibrate`: use its values for --method (a --param wins)."),
 ) -> None:
     """Make a model forget what --request names, then print the evidence. With --out, a deletion certificate is
     written beside the model (OUT.certificate.json)."""
@@ -274,7 +282,7 @@ def unlearn_command(
             model, method, parse_request(request), out=out, hyperparameters=parse_params(param),
             reference_path=reference, seed=seed, overwrite=overwrite, graph=graph,
             uncertainty=uncertainty_option(replicates), allow_reference_mismatch=allow_reference_mismatch,
-            ledger=ledger, sign_key=sign_key, guard=Guard(action=guard),
+            ledger=ledger, sign_key=sign_key, guard=Guard(action=guard), config=config,
         )
     except USER_ERRORS as err:
         fail(err)
@@ -291,6 +299,61 @@ def unlearn_command(
         console.print(f"wrote {outcome.path} and its certificate {certificate_path(outcome.path)}{signed}")
         if ledger is not None:
             console.print(f"appended to {ledger}; check with `excise verify {ledger}`")
+
+
+@app.command("calibrate")
+def calibrate_command(
+    model: Path = typer.Argument(..., help="The trained model (.safetensors). It is never modified."),
+    method: list[str] = typer.Option(
+        ..., "--method", help="Method(s) to calibrate: repeat the option or separate with commas."),
+    proxy: str = typer.Option(
+        ..., help="The proxy request you can afford to retrain: another class than the one you will forget "
+                  "(class:5), or a random subset of the same size (samples:fraction=0.1,seed=1)."),
+    reference: Path | None = typer.Option(
+        None, help="The proxy's retrained reference (`excise train --request PROXY`); without it the one retrain is "
+                   "trained here with the model's recorded recipe."),
+    n_trials: int = typer.Option(20, "--n-trials", "--trials", help="Trials per method; trial 0 runs the defaults."),
+    out: Path | None = typer.Option(
+        None, help="Where to write the calibration (.json; default beside the model: MODEL.calibration.json)."),
+    seed: int = typer.Option(0, help="Seeds every trial's run and the sampler."),
+    max_drop: float = typer.Option(
+        5.0, help="The guard: a trial that drops the guard rows' accuracy by more points than this is not kept."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
+) -> None:
+    """Tune each method's key hyper-parameters against one retrain on a proxy request (optuna); then
+    `excise unlearn MODEL --method M --config FILE --request ...` uses them."""
+    from excise import api
+    from excise.methods import Guard
+
+    try:
+        names = [name.strip() for item in method for name in item.split(",") if name.strip()]
+        outcome = api.calibrate_checkpoint(
+            model, names, parse_request(proxy), reference_path=reference, n_trials=n_trials, out=out, seed=seed,
+            overwrite=overwrite, guard=Guard(max_drop=max_drop),
+        )
+    except USER_ERRORS as err:
+        fail(err)
+    result = outcome.result
+    table = Table(title=f"calibrated on {proxy}: avg gap to its retrained model, {n_trials} trials per method",
+                  title_justify="left",
+                  caption="trial 0 runs the defaults; guard: trials whose run fired the guard, failed: refused or "
+                          "diverged configurations (neither can be chosen)")
+    for header in ("method", "defaults", "calibrated", "params", "ok", "guard", "failed"):
+        table.add_column(header, justify="left" if header in ("method", "params") else "right")
+    for name, found in result.methods.items():
+        statuses = [t.status for t in found.trials]
+        default = "-" if found.default_value is None else f"{found.default_value:.2f}"
+        if found.default_status != "ok":
+            default += f" ({found.default_status})"
+        params = "none passed" if found.params is None else ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in found.params.items())
+        table.add_row(name, default, "-" if found.value is None else f"{found.value:.2f}", params,
+                      *(str(statuses.count(s)) for s in ("ok", "guard", "failed")))
+    console.print(table)
+    if outcome.reference_seconds is not None:
+        console.print(f"the proxy's retrain was trained here in {outcome.reference_seconds:.1f}s")
+    console.print(f"wrote {outcome.path}; apply with `excise unlearn {model} --method METHOD --config {outcome.path} "
+                  "--request ...`")
 
 
 @app.command("evaluate")

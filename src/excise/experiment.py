@@ -124,6 +124,7 @@ def run_method(
     uncertainty: Uncertainty | None = None,
     reference_replicates: list[dict[str, float]] | None = None,
     guard: Guard | None = None,
+    guard_set: LabeledData | None = None,
 ) -> tuple[nn.Module, RunRecord]:
     """Unlearn ``views.request`` from ``model`` with ``method`` and evaluate against ``reference``; with the
     retrained ``reference_model`` the metrics also hold the distances of the predictions to it
@@ -131,13 +132,15 @@ def run_method(
     a sequence unlearns its own forget set and is judged on everything forgotten so far). ``uncertainty``: also
     the bootstrap intervals of the metrics and, with a reference model (or its ``reference_replicates``), of the
     average gap (``record.evidence``). ``guard``: the collapse check the method runs under (default: warn;
-    :class:`~excise.methods.base.Guard`), its finding in ``record.stats["guard"]``."""
+    :class:`~excise.methods.base.Guard`), its finding in ``record.stats["guard"]``; ``guard_set``: held-out rows
+    (not training data) it checks a forget-only method on."""
     if isinstance(method, str):
         method = get_method(method)
     seed_everything(seed)
     result = method.unlearn(
         model, views.request, views.forget_set,
         views.retain_set if method.needs_retain else None, recipe=recipe, seed=seed, guard=guard,
+        guard_set=guard_set,
     )
     metrics, found = judge(result.model, views if eval_views is None else eval_views, seed=seed,
                            reference_model=reference_model, uncertainty=uncertainty,

@@ -1,6 +1,7 @@
-"""Data sets: bundled (digits, MNIST subset), synthetic multi-target canvases, and local-directory loaders
+"""Data sets: bundled (digits, MNIST subset, Animal-MNIST), synthetic multi-target canvases, and local-directory loaders
 for CIFAR-10/100 and CelebA. Nothing here downloads."""
 
+from excise.data import animal_mnist as _animal_mnist  # noqa: F401  (registers)
 from excise.data import celeba as _celeba  # noqa: F401  (registers)
 from excise.data import cifar as _cifar  # noqa: F401  (registers)
 from excise.data import digits as _digits  # noqa: F401  (registers)

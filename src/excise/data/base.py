@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from excise.data.lazy import LazyInputs, is_lazy, take_rows
+
 Task = str
 TASK_PLUGINS: dict[str, str] = {
     "sequence": "excise.tasks.sequence",
@@ -52,7 +54,9 @@ class LabeledData(torch.utils.data.Dataset):
     """Aligned tensors of one data set (or a view of one).
 
     Attributes:
-        inputs: ``N x C x H x W`` float tensor (or ``N x ...`` for other modalities).
+        inputs: ``N x C x H x W`` float tensor (or ``N x ...`` for other modalities), or a
+            :class:`~excise.data.lazy.LazyInputs` that reads the rows of a user's ``Dataset`` only when a batch
+            needs them (views compose row indices and read nothing).
         targets: ``N`` long class indices (``multiclass``) or ``N x K`` float multi-hot (``multilabel``).
         classes: names of the target classes (index ``i`` names class ``i``).
         task: ``"multiclass"`` (softmax, one label) or ``"multilabel"`` (sigmoid, several targets).
@@ -67,7 +71,7 @@ class LabeledData(torch.utils.data.Dataset):
         name: the registry name of the data set, for records.
     """
 
-    inputs: Tensor
+    inputs: Tensor | LazyInputs
     targets: Tensor
     classes: tuple[str, ...]
     task: Task = "multiclass"
@@ -138,7 +142,7 @@ class LabeledData(torch.utils.data.Dataset):
         extras = {k: _take(v, idx) for k, v in self.extras.items()}
         view = replace(
             self,
-            inputs=self.inputs[idx],
+            inputs=take_rows(self.inputs, idx),
             targets=self.targets[idx],
             subclass_targets=None if self.subclass_targets is None else self.subclass_targets[idx],
             label_mask=None if self.label_mask is None else self.label_mask[idx],
@@ -158,7 +162,9 @@ class LabeledData(torch.utils.data.Dataset):
     def fingerprint(self) -> str:
         """sha256 over inputs and targets: identifies the exact data a model saw."""
         h = hashlib.sha256()
-        for t in (self.inputs, self.targets):
+        # A lazy view streams its rows through the hash: the same bytes, in the same order, as a tensor's.
+        chunks = self.inputs.chunks() if is_lazy(self.inputs) else (self.inputs,)
+        for t in (*chunks, self.targets):
             h.update(t.detach().contiguous().cpu().numpy().tobytes())
         if self.label_mask is not None:
             h.update(self.label_mask.cpu().numpy().tobytes())

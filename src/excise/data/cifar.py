@@ -19,7 +19,6 @@ unpickler that only resolves the few numpy names a pickled array needs and refus
 
 from __future__ import annotations
 
-import io
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from excise.data.base import DatasetBundle, LabeledData
+from excise.data.plain_pickle import RefusedGlobal, load_plain_pickle
 from excise.data.registry import DatasetInfo, register_dataset
 
 CIFAR10_DIR = "cifar-10-batches-py"
@@ -36,39 +36,12 @@ CIFAR10_FILES: tuple[str, ...] = (*(f"data_batch_{i}" for i in range(1, 6)), "te
 CIFAR100_DIR = "cifar-100-python"
 CIFAR100_FILES: tuple[str, ...] = ("train", "test", "meta")
 
-# Everything a pickled numpy array (numpy 1 or 2, any protocol, Python 2 or 3 writer) needs to be rebuilt.
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),
-}
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    """A pickle that names code to run: refused for safety, not reported as a damaged file."""
-
-
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise _RefusedGlobal(
-                f"refusing to load {module}.{name}: a CIFAR batch file only holds dicts, lists and numpy arrays"
-            )
-        return super().find_class(module, name)
-
-
 def _load_pickle(path: Path) -> dict[Any, Any]:
     try:
         with open(path, "rb") as f:
             # encoding="bytes" is what the CIFAR page prescribes for its Python 2 pickles: keys come back as bytes.
-            obj = _ArrayOnlyUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
-    except _RefusedGlobal:
+            obj = load_plain_pickle(f.read(), "a CIFAR batch file", encoding="bytes")
+    except RefusedGlobal:
         raise
     except (EOFError, pickle.UnpicklingError, OSError, ValueError) as err:
         # An empty or truncated file is what an interrupted download or extraction leaves behind.

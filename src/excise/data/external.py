@@ -2,24 +2,37 @@
 
 The factory may return a :class:`~excise.data.base.DatasetBundle`, or a ``(train, test)`` pair whose parts are
 :class:`~excise.data.base.LabeledData` or map-style ``torch.utils.data.Dataset`` objects yielding
-``(input, label)`` pairs with integer class labels (``torchvision``'s convention). A ``Dataset`` is read in
-batches through a ``DataLoader`` and kept as tensors: excise's methods and metrics index rows of in-memory
-tensors, so a data set must fit in memory today (streaming larger ones is issue 19's open part). Class names
+``(input, label)`` pairs with integer class labels (``torchvision``'s convention), or ``DataLoader`` objects over
+them. A ``Dataset`` whose inputs fit ``$EXCISE_MEMORY_LIMIT_MB`` (default 1024) as float32 is read once, in
+batches, into tensors (fastest); a larger one is streamed: its inputs stay in the ``Dataset`` as
+:class:`~excise.data.lazy.LazyInputs`, read a batch at a time by training, unlearning and evaluation, and only its
+labels are held (from its ``targets`` attribute, or one streaming pass). Class names
 come from the training set's ``classes`` attribute when it has one, else ``"0" … "K-1"`` from the labels read.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    SubsetRandomSampler,
+    default_collate,
+)
 
 from excise.data.base import DatasetBundle, LabeledData
+from excise.data.lazy import LazyInputs, read_labels
 
 
 def call_factory(factory: Callable[..., Any], name: str, *, root: Any, seed: int, **options: Any) -> DatasetBundle:
@@ -61,8 +74,26 @@ def call_factory(factory: Callable[..., Any], name: str, *, root: Any, seed: int
     return DatasetBundle(name, parts["train"], parts["test"], {"source": f"user factory {name}"})
 
 
-def _read(part: Any, name: str, which: str, batch_size: int = 256) -> LabeledData | tuple[Tensor, Tensor]:
-    """A ``LabeledData`` as is, or a map-style ``Dataset`` of ``(input, label)`` read once, in batches."""
+def memory_limit_bytes() -> int:
+    """A user ``Dataset`` whose inputs would take more than this as float32 tensors is streamed, not read into
+    memory: ``$EXCISE_MEMORY_LIMIT_MB`` (default 1024 MB)."""
+    raw = os.environ.get("EXCISE_MEMORY_LIMIT_MB", "1024")
+    try:
+        megabytes = float(raw)
+    except ValueError as err:
+        raise ValueError(f"EXCISE_MEMORY_LIMIT_MB={raw!r} must be a number of megabytes") from err
+    if megabytes < 0:
+        raise ValueError(f"EXCISE_MEMORY_LIMIT_MB={raw!r} must be >= 0")
+    return int(megabytes * 2**20)
+
+
+def _read(part: Any, name: str, which: str, batch_size: int = 256) -> LabeledData | tuple[Tensor | LazyInputs,
+                                                                                             Tensor]:
+    """A ``LabeledData`` as is, or a map-style ``Dataset`` (or a ``DataLoader``'s) of ``(input, label)``: read once,
+    in batches, into tensors when its inputs fit :func:`memory_limit_bytes`, else kept as :class:`LazyInputs`
+    (rows read when a batch needs them) with its labels read in one streaming pass."""
+    if isinstance(part, DataLoader):
+        part = _dataset_of(part, name, which)
     if isinstance(part, LabeledData):
         if len(part) == 0:
             raise ValueError(f"dataset={name!r}: the {which} part is empty")
@@ -72,6 +103,13 @@ def _read(part: Any, name: str, which: str, batch_size: int = 256) -> LabeledDat
                          "a map-style torch.utils.data.Dataset (with __len__) of (input, label) pairs")
     if len(part) == 0:
         raise ValueError(f"dataset={name!r}: the {which} part is empty")
+    try:
+        lazy = LazyInputs(part)
+        if lazy.shape.numel() * 4 > memory_limit_bytes():
+            return lazy, _check_labels(read_labels(part, batch_size), name, which)
+    except (TypeError, RuntimeError, ValueError) as err:
+        raise ValueError(f"dataset={name!r}: the {which} part could not be read as (tensor input, integer label) "
+                         f"pairs: {err}") from err
     inputs, targets = [], []
     try:
         for batch in DataLoader(part, batch_size=batch_size, shuffle=False):
@@ -84,7 +122,28 @@ def _read(part: Any, name: str, which: str, batch_size: int = 256) -> LabeledDat
     except (TypeError, RuntimeError, ValueError) as err:
         raise ValueError(f"dataset={name!r}: the {which} part could not be read as (tensor input, integer label) "
                          f"batches: {err}") from err
+    return features, _check_labels(labels, name, which)
+
+
+def _dataset_of(loader: DataLoader, name: str, which: str) -> Dataset:
+    """The rows a ``DataLoader`` yields, as a ``Dataset``: its dataset when it visits every row (sequential or
+    random order: excise draws its own batches), the sampler's rows when it samples a fixed subset. A custom
+    ``collate_fn`` or batch sampler could change what the rows are, so it is refused."""
+    if loader.collate_fn is not default_collate or not isinstance(loader.batch_sampler, BatchSampler):
+        raise ValueError(f"dataset={name!r}: the {which} DataLoader has a custom collate_fn or batch sampler, which "
+                         "may change its rows; give the Dataset itself")
+    sampler = loader.sampler
+    if isinstance(sampler, (SequentialSampler, RandomSampler)) and not getattr(sampler, "replacement", False) \
+            and getattr(sampler, "_num_samples", None) is None:
+        return loader.dataset
+    if isinstance(sampler, SubsetRandomSampler):
+        return Subset(loader.dataset, sorted(int(i) for i in sampler.indices))
+    raise ValueError(f"dataset={name!r}: the {which} DataLoader draws rows with {type(sampler).__name__}, which "
+                     "excise cannot turn into a fixed set of rows; give the Dataset (or a Subset of it)")
+
+
+def _check_labels(labels: Tensor, name: str, which: str) -> Tensor:
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() != 1:
         raise ValueError(f"dataset={name!r}: the {which} labels must be integer class indices, got "
                          f"{labels.dtype} of shape {tuple(labels.shape)}")
-    return features, labels
+    return labels

@@ -43,6 +43,10 @@ class RetainAccessError(RuntimeError):
     """A method declared forget-only tried to read retain data."""
 
 
+NO_PROGRESS_POINTS = 1.0
+"""A class request whose forget accuracy fell by less than this many points was not served (:meth:`Guard.progress`)."""
+
+
 class GuardWarning(UserWarning):
     """A method's run lowered the guard rows' accuracy by more than the guard allows."""
 
@@ -102,7 +106,9 @@ class Guard:
     not training data — never the retain set for a forget-only method); without either, nothing is checked and
     the result says so. ``action``: ``"warn"`` (default: a warning, and ``stats["guard"]`` records it),
     ``"rollback"`` (also return the model as it was, so a collapsed run is never shipped; the result says it was
-    rolled back), ``"off"``. The guard's forward passes are not part of the method's timed seconds."""
+    rolled back), ``"off"``. For a class request it also says whether the run forgot anything
+    (:meth:`progress`: the forget rows' accuracy before and after). The guard's forward passes are not part of the
+    method's timed seconds."""
 
     max_drop: float = 5.0
     action: str = "warn"
@@ -132,6 +138,21 @@ class Guard:
             generator = torch.Generator().manual_seed(seed)
             source = source.subset(torch.randperm(len(source), generator=generator)[: self.rows].sort().values)
         return source, name
+
+    def progress(self, before: nn.Module, after: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any] | None:
+        """For a class request: the top-1 accuracy on up to ``rows`` forget rows (data every method reads) before
+        and after. A fall of less than :data:`NO_PROGRESS_POINTS` means the run forgot nothing — the model is
+        returned as it came, in effect, and the result says so rather than pass for an unlearned model."""
+        if self.action == "off" or data.task != "multiclass" or data.request.kind != "class":
+            return None
+        rows = data.forget_set
+        if len(rows) > self.rows:
+            generator = torch.Generator().manual_seed(seed)
+            rows = rows.subset(torch.randperm(len(rows), generator=generator)[: self.rows].sort().values)
+        first, last = _top1(before, rows), _top1(after, rows)
+        return {"forget_rows": len(rows), "forget_accuracy_before": first, "forget_accuracy_after": last,
+                # A class its model never predicted (accuracy already under the threshold) had nothing to forget.
+                "forgot_nothing": first >= NO_PROGRESS_POINTS and first - last < NO_PROGRESS_POINTS}
 
     def judge(self, before: nn.Module, after: nn.Module, rows: LabeledData, source: str) -> dict[str, Any]:
         first, last = _top1(before, rows), _top1(after, rows)
@@ -228,6 +249,16 @@ class UnlearningMethod(ABC):
                     f" to {found['accuracy_after']:.1f} (more than the guard's {guard.max_drop:g} points): the run "
                     "damaged the model" + ("; rolled back to the model as it was" if found["rolled_back"] else
                                            "; Guard(action='rollback') returns the model as it was instead"),
+                    GuardWarning, stacklevel=2)
+        rolled_back = bool(stats["guard"].get("rolled_back"))
+        moved = None if rolled_back else guard.progress(model, unlearned, data, seed)
+        if moved is not None:
+            stats["guard"].update(moved)
+            if moved["forgot_nothing"]:
+                warnings.warn(
+                    f"{self.name}: forgot nothing at these settings: accuracy on {moved['forget_rows']} forget rows "
+                    f"went from {moved['forget_accuracy_before']:.1f} to {moved['forget_accuracy_after']:.1f}; "
+                    "the result is the original model in effect (stats['guard']['forgot_nothing'])",
                     GuardWarning, stacklevel=2)
         return UnlearnResult(unlearned, self.name, seconds, self.config_dict(), stats)
 

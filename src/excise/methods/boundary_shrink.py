@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from excise.data.lazy import as_tensor
 from excise.methods._common import BN_MODES, set_train_mode
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.progress import progress_bar
@@ -167,7 +168,7 @@ class BoundaryShrink(UnlearningMethod):
         cfg = self.config
         forget = data.forget_set
         # The model is an unchanged copy of the original here, so it serves as the frozen attack model.
-        search = nearest_wrong_labels(model, forget.inputs, forget.targets, bound=cfg.bound,
+        search = nearest_wrong_labels(model, as_tensor(forget.inputs), forget.targets, bound=cfg.bound,
                                       on_failure=cfg.on_failure, batch_size=cfg.attack_batch_size)
         relabelled = forget.with_targets(search.labels)
         batch_size = cfg.batch_size or data.recipe.batch_size

@@ -68,6 +68,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from excise.data.lazy import as_tensor
 from excise.methods._common import BN_MODES, set_train_mode
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.progress import progress_bar
@@ -154,7 +155,8 @@ class JiT(UnlearningMethod):
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
         cfg = self.config
         forget = data.forget_set
-        sigma, sigma_abs = resolve_sigma(cfg.sigma, data.request.kind, forget.inputs)
+        # The forget set is read whole (a request's rows; small even when the data set is streamed).
+        sigma, sigma_abs = resolve_sigma(cfg.sigma, data.request.kind, as_tensor(forget.inputs))
         generator = torch.Generator().manual_seed(seed)
         loader = make_loader(forget, cfg.batch_size, shuffle=True, generator=generator)
         # Plain SGD as in the official code (no momentum, no weight decay).

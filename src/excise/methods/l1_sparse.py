@@ -49,7 +49,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from excise.methods._common import check_schedule
+from excise.methods._common import check_schedule, relative_step
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.training import TrainConfig, check_nonnegative, check_positive_int, make_loader, train
 
@@ -103,8 +103,8 @@ class L1Sparse(UnlearningMethod):
         cfg = self.config
         recipe = TrainConfig(
             epochs=cfg.epochs, batch_size=cfg.batch_size or data.recipe.batch_size,
-            lr=data.recipe.lr * cfg.lr_scale, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
             schedule=cfg.schedule or data.recipe.schedule,
+            **relative_step(data.recipe, cfg.lr_scale, momentum=0.9, weight_decay=5e-4),
         )
         gamma = cfg.gamma if cfg.gamma is not None else cfg.l1_prior / len(data.retain_set)
         schedule = l1_schedule(gamma, cfg.epochs, cfg.no_l1_epochs)

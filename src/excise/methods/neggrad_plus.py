@@ -25,7 +25,8 @@ Choices, measured on ``small_cnn`` (width 16) trained 15 epochs at lr 0.05 (cosi
   (:func:`~excise.methods._common.keep_bn_running_stats`); the forget forward still normalises with its
   own batch statistics, so the gradient is the official one.
 - **beta** 0.95, the official small-scale value (re-runs of the large-scale setting use 0.999-0.9999).
-- **learning rate** relative to the original recipe (``lr_scale``), plain SGD as in the paper, annealed
+- **learning rate** relative to the original recipe (``lr_scale``), plain SGD as in the paper (on an Adam or
+  AdamW recipe the recipe's optimizer at the same relative step: :func:`excise.methods._common.relative_step`), annealed
   with the recipe's schedule (``schedule="constant"`` is the official one). What decides forgetting is the
   ascent step ``(1 - beta) x lr_scale``: on the digits full class 3, 0.1 left FA at 59-64 (beta 0.95 x 2.0,
   0.9 x 1.0), 0.2 reached FA 0 (0.95 x 4.0: gap 0.19; 0.9 x 2.0: 0.25; 0.8 x 1.0: 0.29). Default
@@ -56,7 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from excise.methods._common import check_schedule, endless_batches, keep_bn_running_stats
+from excise.methods._common import check_schedule, endless_batches, keep_bn_running_stats, relative_step
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.training import TrainConfig, batch_loss, check_fraction, check_nonnegative, check_positive_int, train
 
@@ -94,9 +95,8 @@ class NegGradPlus(UnlearningMethod):
         cfg = self.config
         batch_size = cfg.batch_size or data.recipe.batch_size
         recipe = TrainConfig(
-            epochs=cfg.epochs, batch_size=batch_size, lr=data.recipe.lr * cfg.lr_scale,
-            optimizer="sgd", momentum=0.0, weight_decay=0.0,
-            schedule=self.config.schedule or data.recipe.schedule,
+            epochs=cfg.epochs, batch_size=batch_size, schedule=self.config.schedule or data.recipe.schedule,
+            **relative_step(data.recipe, cfg.lr_scale, momentum=0.0, weight_decay=0.0),
         )
         forget_batches = endless_batches(data.forget_set, batch_size, torch.Generator().manual_seed(seed + 1))
         forget_losses: list[float] = []

@@ -55,7 +55,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from excise.methods._common import check_schedule, concat_labeled
+from excise.methods._common import check_schedule, concat_labeled, relative_optimizer
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.progress import progress_bar
 from excise.training import (
@@ -64,7 +64,6 @@ from excise.training import (
     check_nonnegative,
     check_positive_int,
     make_loader,
-    make_optimizer,
     per_sample_loss,
 )
 
@@ -151,8 +150,8 @@ class SalUn(UnlearningMethod):
                 params[n].copy_(torch.where(m, params[n], frozen[n]))
 
         batch_size = cfg.batch_size or data.recipe.batch_size
-        optimizer = make_optimizer(model.parameters(), "sgd", data.recipe.lr * cfg.lr_scale,
-                                   momentum=0.9, weight_decay=5e-4)
+        optimizer = relative_optimizer(model.parameters(), data.recipe, cfg.lr_scale, momentum=0.9,
+                                       weight_decay=5e-4)
         generator = torch.Generator().manual_seed(seed)
         sizes = [len(data.forget_set) + len(data.retain_set)] if cfg.order == "mixed" else [
             len(data.forget_set), len(data.retain_set)]

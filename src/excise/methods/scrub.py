@@ -57,14 +57,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from excise.methods._common import check_schedule, kl_to_teacher
+from excise.methods._common import check_schedule, kl_to_teacher, relative_optimizer
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.progress import progress_bar
 from excise.training import (
     check_nonnegative,
     check_positive_int,
     make_loader,
-    make_optimizer,
     per_sample_loss,
 )
 
@@ -115,8 +114,8 @@ class Scrub(UnlearningMethod):
         for p in teacher.parameters():
             p.requires_grad_(False)
         batch_size = cfg.batch_size or data.recipe.batch_size
-        optimizer = make_optimizer(student.parameters(), "sgd", data.recipe.lr * cfg.lr_scale,
-                                   momentum=0.9, weight_decay=5e-4)
+        optimizer = relative_optimizer(student.parameters(), data.recipe, cfg.lr_scale, momentum=0.9,
+                                       weight_decay=5e-4)
         generator = torch.Generator().manual_seed(seed)
         forget_loader = make_loader(data.forget_set, batch_size, shuffle=True, generator=generator)
         retain_loader = make_loader(data.retain_set, batch_size, shuffle=True, generator=generator)

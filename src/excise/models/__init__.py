@@ -1,4 +1,4 @@
-"""Models by name: ``small_cnn``, ``resnet18`` (CIFAR-style, width multiplier), ``bottleneck_resnet`` (the
+"""Models by name: ``small_cnn``, ``mlp``, ``resnet18`` (CIFAR-style, width multiplier), ``bottleneck_resnet`` (the
 Essential-Graph paper's SE-ResNet tail), plus the dense and language models."""
 
 from torch import nn

@@ -32,6 +32,7 @@ from excise.requests import (
     resolve,
     split,
 )
+from excise.training import TrainConfig
 
 
 def bundle_for(checkpoint: Checkpoint) -> DatasetBundle:
@@ -212,6 +213,12 @@ def reference_differences(reference: Checkpoint, original: Checkpoint) -> list[s
             out["model"] = model["name"]
         out.update({key: value for key, value in (model.get("kwargs") or {}).items()})
         recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
+        try:  # a sidecar from before a recipe field existed trained with its default: compare it as such
+            recipe = TrainConfig.from_dict(recipe).to_dict()
+        except (TypeError, ValueError):
+            pass
+        if recipe.get("augment") == "none":
+            recipe.pop("crop_padding", None)  # no crop, so its padding never mattered
         out.update({f"recipe.{key}": value for key, value in recipe.items()})
         return out
 

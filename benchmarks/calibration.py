@@ -1,0 +1,201 @@
+"""Calibration transfer (issue 19, part 4): calibrated on one proxy class, does it beat the defaults elsewhere?
+
+Per setting (data set, model, recipe) one original model is trained; each method is calibrated
+(:func:`excise.calibrate.calibrate`: optuna TPE, trial 0 = the defaults, guard on, then each knob put back to its
+default where that does not cost on the proxy) against the retrain of a proxy
+class A, then the calibrated and the default configuration both serve two *real* requests the calibration never saw
+— class B, and a random request of class B's size — each judged by its own retrained model. Printed per (setting,
+method, real request): the default and the calibrated gap to retrain (avg over FA, RA, TA, MIA, points), whether
+the guard fired on the real run (``!``; a forget-only method is not checked there: it has no retain data), and the
+share of cells and of (setting, method) pairs (mean gap over both requests) where the calibrated configuration is
+strictly better. Every run of a setting uses the same seed, so default and calibrated runs are paired.
+
+    OMP_NUM_THREADS=1 python benchmarks/calibration.py [--trials 12] [--seed 0] [--methods imu,mu_mis,...]
+        [--proxy-class 5] [--real-class 3] [--mnist-size 2000]
+
+Measured (defaults above: 12 trials, seed 0, proxy class 5, real class 3, MNIST 2,000 images; small_cnn width 16,
+15 epochs SGD 0.05 cosine; one thread; 717 s wall on a shared 2-core machine). The printed table, narrowed to
+fit here (the tuned values on their own line):
+
+    setting      method           proxy            runs    request     default  calibrated  better
+    digits       imu              0.12 -> 0.12     12/0/0  class:3        0.19        0.19  same config
+                                                           random 137     0.60        0.60  same config
+                   tuned: lr=0.01, epochs=10
+                 mu_mis           0.95 -> 0.78     15/0/0  class:3        4.57        4.59  no
+                                                           random 137     1.59        1.41  yes
+                   tuned: lr=1.24e-05, irrelevant_weight=1, class_max_passes=20
+                 gradient_ascent  7.31 -> 4.72     10/4/0  class:3       11.50       12.14  no
+                                                           random 137     1.56        1.39  yes
+                   tuned: lr=0.001, epochs=6
+                 salun            0.12 -> 0.12     12/0/0  class:3        0.29        0.29  same config
+                                                           random 137     3.68        3.68  same config
+                   tuned: lr_scale=0.3, epochs=3, mask_fraction=0.5
+                 scrub            0.08 -> 0.08     11/1/0  class:3        0.19        0.19  same config
+                                                           random 137     0.40        0.40  same config
+                   tuned: lr_scale=0.1, max_epochs=2
+                 random_labels    0.19 -> 0.00     14/0/0  class:3        0.39        0.12  yes
+                                                           random 137     5.97        9.59  no
+                   tuned: lr_scale=0.2, epochs=6
+    mnist-2000   imu              0.92 -> 0.75     14/0/0  class:3        0.07        0.57  no
+                                                           random 160     3.27        3.72  no
+                   tuned: lr=0.0161, epochs=10
+                 mu_mis           18.16! -> none   0/12/0  class:3       12.12       12.12  no
+                                                           random 160     3.32        3.32  no
+                   tuned: none passed
+                 gradient_ascent  20.26! -> 18.65  4/10/0  class:3       22.64       23.12  no
+                                                           random 160    12.52        3.08  yes
+                   tuned: lr=0.001, epochs=1
+                 salun            0.64 -> 0.26     14/1/0  class:3        0.57        0.28  yes
+                                                           random 160     2.62        3.90  no
+                   tuned: lr_scale=0.323, epochs=8, mask_fraction=0.173
+                 scrub            2.12 -> 1.81     8/5/0   class:3        2.69!       2.73! no
+                                                           random 160     3.37        3.73  no
+                   tuned: lr_scale=0.106, max_epochs=2
+                 random_labels    4.81! -> 1.84    4/10/0  class:3        8.52!       2.15  yes
+                                                           random 160    22.31!       3.92  yes
+                   tuned: lr_scale=0.0258, epochs=3
+    calibrated beats default in 7/24 (setting, method, request) cells (29%) and in 3/12 (setting, method) pairs on
+    the mean over both requests (25%); in 6 cells calibration kept the defaults
+
+So the issue's bar (calibrated better than the defaults in >= 80% of the pairs) is **not met** by calibrating on one
+proxy class. What the table says:
+
+- Calibration pays where the defaults fail the guard: MNIST random_labels (class 8.52! -> 2.15, random 22.31! ->
+  3.92) and gradient ascent on the random request (12.52 -> 3.08).
+- On the digits the defaults of imu, salun and scrub already sit at the proxy's floor (a gap of 0.08-0.12): nothing
+  to gain, the defaults are kept (6 cells).
+- Small gains on the proxy do not carry over: imu on MNIST, 0.92 -> 0.75 on class 5 with lr 0.016, costs class 3
+  (0.07 -> 0.57) — differences of tenths of a point on one request are within what changes from class to class.
+- A class proxy does not calibrate a random request's budget: salun's epochs=8 (MNIST random 2.62 -> 3.90) and
+  random_labels' epochs=6 (digits random 5.97 -> 9.59) were fitted to forgetting a whole class.
+- Before :func:`excise.calibrate.toward_defaults` (the same run without it: 8/24 cells, 3/12 pairs) MU-Mis on the
+  digits kept ``class_max_passes=4``, a cap class 5 never reached, and on class 3 ended at a gap of 26.18 against the
+  defaults' 4.57; MNIST gradient ascent kept lr 1.9e-4 (proxy 25.10, now 18.65). Putting unexercised knobs back
+  removed that harm without raising the share.
+
+Not measured here: a proxy of the real request's kind (a random subset for a random request), several proxies or
+seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+
+os.environ.setdefault("EXCISE_PROGRESS", "0")
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from excise.calibrate import calibrate  # noqa: E402
+from excise.data import load_dataset  # noqa: E402
+from excise.experiment import run_method, train_original  # noqa: E402
+from excise.methods import GuardWarning, get_method  # noqa: E402
+from excise.metrics import EvalViews  # noqa: E402
+from excise.requests import ForgetRequest  # noqa: E402
+from excise.training import TrainConfig  # noqa: E402
+
+METHODS = "imu,mu_mis,gradient_ascent,salun,scrub,random_labels"
+RECIPE = TrainConfig(epochs=15, batch_size=64, lr=0.05)
+
+
+def settings(mnist_size: int) -> list[tuple[str, str, dict, dict]]:
+    """(label, data set, its options, model arguments): the digits and the 28x28 MNIST sample, small_cnn."""
+    return [
+        ("digits / small_cnn w16", "digits", {}, {"width": 16}),
+        (f"mnist-{mnist_size} / small_cnn w16", "mnist", {"size": mnist_size}, {"width": 16}),
+    ]
+
+
+def random_request_like(views: EvalViews, size: int, seed: int) -> ForgetRequest:
+    """A random ``samples`` request of exactly ``size`` training rows (a fraction would round)."""
+    n = len(views.forget_set) + len(views.retain_set)
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+    return ForgetRequest(kind="samples", indices=tuple(int(i) for i in rows), name=f"random {size}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default=METHODS)
+    parser.add_argument("--proxy-class", default="5")
+    parser.add_argument("--real-class", default="3")
+    parser.add_argument("--mnist-size", type=int, default=2000)
+    parser.add_argument("--only", default=None, help="Run only the settings whose label contains this text.")
+    args = parser.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    console = Console(width=170)
+    started = time.perf_counter()
+    table = Table(title=f"calibrated on class {args.proxy_class} ({args.trials} trials), applied to class "
+                        f"{args.real_class} and to a random request of its size; avg gap to each request's "
+                        f"retrain, seed {args.seed}", title_justify="left",
+                  caption="proxy: gap on the proxy class (defaults -> calibrated; none: no run passed); runs: "
+                          "calibration runs ok/guard fired/failed; better: calibrated < default (same config: "
+                          "calibration kept the defaults); !: the guard fired on that run")
+    for column in ("setting", "method", "proxy", "runs", "tuned", "request", "default", "calibrated", "better"):
+        table.add_column(column, justify="left" if column in ("setting", "method", "tuned", "request") else "right")
+    cells: list[bool] = []
+    kept_defaults: list[bool] = []
+    pairs: list[bool] = []
+    for label, name, options, model_kwargs in settings(args.mnist_size):
+        if args.only and args.only not in label:
+            continue
+        bundle = load_dataset(name, seed=args.seed, **options)
+        model, _ = train_original(bundle, "small_cnn", RECIPE, seed=args.seed, **model_kwargs)
+        proxy = EvalViews.from_bundle(bundle, ForgetRequest(kind="class", labels=(args.proxy_class,)))
+        real_class = EvalViews.from_bundle(bundle, ForgetRequest(kind="class", labels=(args.real_class,)))
+        real_random = EvalViews.from_bundle(
+            bundle, random_request_like(real_class, len(real_class.forget_set), args.seed + 1))
+        references = {}
+        for views in (proxy, real_class, real_random):
+            _, references[id(views)] = run_method("retrain", model, views, RECIPE, seed=args.seed)
+        found = calibrate(model, proxy, RECIPE, methods, reference=references[id(proxy)], n_trials=args.trials,
+                          seed=args.seed).methods
+        for method in methods:
+            result = found[method]
+            default_text = "failed" if result.default_value is None else f"{result.default_value:.2f}"
+            if result.default_status == "guard":
+                default_text += "!"
+            proxy_text = f"{default_text} -> " + ("none" if result.value is None else f"{result.value:.2f}")
+            statuses = [t.status for t in result.trials]
+            runs = "/".join(str(statuses.count(status)) for status in ("ok", "guard", "failed"))
+            tuned = "none passed" if result.params is None else ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.params.items())
+            totals = {"default": 0.0, "calibrated": 0.0}
+            for row, (views, request_text) in enumerate(((real_class, real_class.request.describe()),
+                                                         (real_random, real_random.request.name))):
+                gap, text = {}, {}
+                for which, params in (("default", {}), ("calibrated", result.params or {})):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", GuardWarning)  # shown as "!" instead
+                        _, record = run_method(get_method(method, **params), model, views, RECIPE, seed=args.seed,
+                                               reference=references[id(views)])
+                    gap[which] = record.avg_gap
+                    totals[which] += record.avg_gap
+                    fired = (record.stats.get("guard") or {}).get("fired")
+                    text[which] = f"{record.avg_gap:.2f}" + ("!" if fired else "")
+                better = gap["calibrated"] < gap["default"]
+                cells.append(better)
+                kept = result.params == result.defaults  # calibration kept the defaults: a tie by construction
+                kept_defaults.append(kept)
+                first = row == 0
+                table.add_row(label if first and method == methods[0] else "", method if first else "",
+                              proxy_text if first else "", runs if first else "", tuned if first else "",
+                              request_text, text["default"], text["calibrated"],
+                              "yes" if better else "same config" if kept else "no")
+            pairs.append(totals["calibrated"] < totals["default"])
+        table.add_section()
+    console.print(table)
+    if cells:
+        console.print(f"calibrated beats default in {sum(cells)}/{len(cells)} (setting, method, request) cells "
+                      f"({100 * sum(cells) / len(cells):.0f}%) and in {sum(pairs)}/{len(pairs)} (setting, method) "
+                      f"pairs on the mean over both requests ({100 * sum(pairs) / len(pairs):.0f}%); in "
+                      f"{sum(kept_defaults)} cells calibration kept the defaults; {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

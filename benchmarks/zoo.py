@@ -1,0 +1,335 @@
+"""The robustness zoo (issue 19): every method at its defaults, on models, data and recipes excise was not tuned on.
+
+    EXCISE_PROGRESS=0 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/zoo.py --out zoo_runs [--settings a,b]
+        [--seeds 0,1,2] [--methods all] [--summary-only]
+
+Settings (model, data, recipe) — fixed here, six of them:
+
+========================  ======================================  ===============================================
+setting                   model                                   data / recipe
+========================  ======================================  ===============================================
+``digits-cnn16-sgd``      excise ``small_cnn`` width 16           digits; SGD 0.05, momentum 0.9, 15 epochs (the
+                                                                  quick suite's)
+``digits-cnn32-sgd``      excise ``small_cnn`` width 32           digits; the same SGD, 30 epochs
+``digits-plain-sgd``      ``zoo_models:plain_cnn`` (not excise's:  digits; the same SGD, 30 epochs (issue 19's
+                          two conv+BN layers, user-style code)    foreign model and recipe)
+``mnist-resnet18-adam``   CIFAR-style ``resnet18`` width 8        ``mnist`` (2,500 images); Adam 3e-3, 8 epochs
+``animal-cnn16-adam``     excise ``small_cnn`` width 16           ``animal-mnist`` (3,000 images); Adam 3e-3,
+                                                                  10 epochs
+``mnist-mlp-sgd``         ``mlp`` (2 x 256, 14x14 pooled input)   ``mnist`` (2,500 images); SGD 0.05, momentum 0.9,
+                                                                  20 epochs
+========================  ======================================  ===============================================
+
+Requests: a full class, a random 10% and a random 1% of the training set; seeds 0, 1, 2 (the seed draws the split,
+the model, the request and the method). Every method runs at its defaults under the guard (warn), a forget-only
+method checked on held-out test rows of the retained classes (never training data).
+
+Per cell it records the method's FA/RA/TA/MIA, its average gap to the retrained model, the original's gap, the
+seconds of both, and the guard's finding, appended to ``<out>/results.jsonl`` (one line per (setting, request,
+seed, method); a rerun skips what is there, so the zoo can be run in parts). Originals and retrained models are
+cached under ``<out>/cache``. The summary judges each (setting, request) pair on the mean over its seeds:
+
+- **forgot**: class — FA within 10 points of retrain's; random — the gap no larger than the original's;
+- **kept RA**: RA no more than 5 points under the original's;
+- **beat nothing**: gap smaller than the original's (doing nothing);
+- **harm**: RA fell more than 5 points, or the gap ended further from retrain than the original's by more than the
+  original's spread over seeds — unless the method said so (its guard fired, or it reported that it could not
+  serve the request, or forgot nothing on a class request).
+
+It prints one line per method (in how many pairs it forgot, kept RA, beat nothing, did harm) and a settings x
+methods table of gaps with the harmful ones marked, and writes ``<out>/summary.json`` and ``<out>/zoo.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("EXCISE_PROGRESS", "0")
+# The plain CNN is a factory named by import path; the cache's checkpoints name it, so loading them needs trust.
+os.environ.setdefault("EXCISE_TRUSTED_MODULES", "zoo_models")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from excise.bench.cache import ModelCache, code_version  # noqa: E402
+from excise.checkpoint import versions  # noqa: E402
+from excise.data import load_dataset  # noqa: E402
+from excise.experiment import build_model, evaluate_original, run_method  # noqa: E402
+from excise.methods import get_method, list_methods  # noqa: E402
+from excise.metrics import EvalViews, avg_gap  # noqa: E402
+from excise.requests import ForgetRequest, split  # noqa: E402
+from excise.training import TrainConfig, train  # noqa: E402
+
+SGD = {"batch_size": 64, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine"}
+ADAM = {"batch_size": 64, "lr": 0.003, "optimizer": "adam", "weight_decay": 0.0, "schedule": "cosine"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    dataset: str
+    model: str
+    recipe: TrainConfig
+    forget_class: str
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+
+SETTINGS: dict[str, Setting] = {
+    "digits-cnn16-sgd": Setting("digits", "small_cnn", TrainConfig(epochs=15, **SGD), "3", {}, {"width": 16}),
+    "digits-cnn32-sgd": Setting("digits", "small_cnn", TrainConfig(epochs=30, **SGD), "3", {}, {"width": 32}),
+    "digits-plain-sgd": Setting("digits", "zoo_models:plain_cnn", TrainConfig(epochs=30, **SGD), "3"),
+    "mnist-resnet18-adam": Setting("mnist", "resnet18", TrainConfig(epochs=8, **ADAM), "3", {"size": 2500},
+                                   {"width": 8}),
+    "animal-cnn16-adam": Setting("animal-mnist", "small_cnn", TrainConfig(epochs=10, **ADAM), "cow",
+                                 {"size": 3000}, {"width": 16}),
+    "mnist-mlp-sgd": Setting("mnist", "mlp", TrainConfig(epochs=20, **SGD), "3", {"size": 2500}, {"grid": 14}),
+}
+REQUESTS = {"class": None, "random-10": 0.1, "random-1": 0.01}
+GUARD_ROWS = 256
+
+
+MODEL_CODE = ("training.py", "requests.py", "models/*.py", "data/*.py", "hashing.py")
+
+
+def model_code_version() -> str:
+    """Hash of the source the zoo's cached originals and retrained models depend on (training loop, models, data,
+    request splits) and the torch version: editing a method or the guard re-runs the methods, never the training."""
+    import hashlib
+
+    import excise
+
+    root = Path(excise.__file__).parent
+    digest = hashlib.sha256(torch.__version__.encode())
+    for pattern in MODEL_CODE:
+        for path in sorted(root.glob(pattern)):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def request_for(setting: Setting, kind: str, seed: int) -> ForgetRequest:
+    if kind == "class":
+        return ForgetRequest(kind="class", labels=(setting.forget_class,))
+    return ForgetRequest(kind="samples", fraction=REQUESTS[kind], seed=seed)
+
+
+def trained(cache: ModelCache, setting: Setting, bundle: Any, seed: int, request: ForgetRequest | None,
+            train_set: Any) -> tuple[torch.nn.Module, float]:
+    """The original (``request`` None) or the retrained model, from the cache or trained now; and its seconds."""
+    payload = {"zoo": 1, "dataset": setting.dataset, "options": setting.dataset_options, "model": setting.model,
+               "model_options": setting.model_options, "recipe": setting.recipe.__dict__, "seed": seed,
+               "request": None if request is None else request.to_dict(), "code": model_code_version()}
+
+    def build() -> tuple[torch.nn.Module, dict[str, Any]]:
+        model = build_model(bundle, setting.model, seed=seed, **setting.model_options)
+        stats = train(model, train_set, setting.recipe, seed=seed,
+                      description="train original" if request is None else "retrain")
+        return model, {"seconds": stats.seconds}
+
+    model, meta, _ = cache.get_or_build("original" if request is None else "retrain", payload, build)
+    return model.eval(), float(meta["seconds"])
+
+
+def guard_rows(views: EvalViews, seed: int) -> Any:
+    """Held-out rows of the retained classes (test data, never training data) for a forget-only method's guard."""
+    test = views.test_retain
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:GUARD_ROWS]
+    return test.subset(order.sort().values)
+
+
+def said_so(stats: dict[str, Any]) -> bool:
+    """Whether the method's result itself flags the run: its guard fired (a collapse), the guard found that it
+    forgot nothing (class requests), or it reported that it could not serve the request."""
+    guard = stats.get("guard") or {}
+    fired = isinstance(guard, dict) and bool(guard.get("fired") or guard.get("forgot_nothing"))
+    reason = str(stats.get("stop_reason", "")).lower()
+    return fired or any(word in reason for word in ("cannot", "could not", "no negative", "not served"))
+
+
+def run_cell(out: Path, cache: ModelCache, name: str, setting: Setting, kind: str, seed: int, methods: list[str],
+             done: set[tuple[str, str, int, str]], console: Console) -> None:
+    todo = [m for m in methods if (name, kind, seed, m) not in done]
+    if not todo:
+        return
+    bundle = load_dataset(setting.dataset, seed=seed, **setting.dataset_options)
+    request = request_for(setting, kind, seed)
+    views = EvalViews.from_bundle(bundle, request)
+    original, original_seconds = trained(cache, setting, bundle, seed, None, bundle.train)
+    retrained, retrain_seconds = trained(cache, setting, bundle, seed, request, split(bundle.train, request)[1])
+    reference = evaluate_original(retrained, views, seed=seed)
+    reference.seconds = retrain_seconds
+    base = evaluate_original(original, views, seed=seed)
+    base_gap = avg_gap(base.metrics, reference.metrics)
+    held_out = guard_rows(views, seed)
+    common = {"setting": name, "request": kind, "seed": seed, "forget_size": len(views.forget_set),
+              "original": base.metrics, "original_gap": base_gap, "retrain": reference.metrics,
+              "retrain_seconds": retrain_seconds}
+    for method in todo:
+        start = time.perf_counter()
+        try:
+            _, record = run_method(method, original, views, setting.recipe, seed=seed, reference=reference,
+                                   guard_set=held_out)
+        except Exception as err:  # noqa: BLE001 - a method that cannot run here is a finding, recorded as such
+            line = {**common, "method": method, "error": f"{type(err).__name__}: {err}"}
+        else:
+            line = {**common, "method": method, "metrics": record.metrics, "gap": record.avg_gap,
+                    "seconds": record.seconds, "speedup": record.speedup,
+                    "stats": {k: v for k, v in record.stats.items() if k in ("guard", "stop_reason", "steps")},
+                    "said_so": said_so(record.stats)}
+        line["wall"] = time.perf_counter() - start
+        with (out / "results.jsonl").open("a") as handle:  # one complete line per cell: a kill loses one cell
+            handle.write(json.dumps(line, default=str) + "\n")
+        shown = f"gap {line['gap']:.2f} (original {base_gap:.2f})" if "gap" in line else line["error"][:90]
+        console.print(f"{name} {kind} seed {seed} {method}: {shown}")
+
+
+def read_results(out: Path) -> list[dict[str, Any]]:
+    path = out / "results.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the half-written last line of a killed run: that cell is simply run again
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (setting, request, method): the means over seeds and the four verdicts of the module docstring."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["setting"], row["request"], row["method"]), []).append(row)
+    cells: dict[str, Any] = {}
+    for (setting, kind, method), runs in sorted(groups.items()):
+        ok = [r for r in runs if "gap" in r]
+        key = f"{setting}|{kind}|{method}"
+        if not ok:
+            cells[key] = {"setting": setting, "request": kind, "method": method, "error": runs[0]["error"],
+                          "seeds": len(runs)}
+            continue
+        gap = float(np.mean([r["gap"] for r in ok]))
+        original_gaps = [r["original_gap"] for r in ok]
+        original_gap = float(np.mean(original_gaps))
+        spread = float(np.std(original_gaps)) if len(original_gaps) > 1 else 0.0
+        ra = float(np.mean([r["metrics"]["RA"] for r in ok]))
+        original_ra = float(np.mean([r["original"]["RA"] for r in ok]))
+        fa = float(np.mean([r["metrics"]["FA"] for r in ok]))
+        retrain_fa = float(np.mean([r["retrain"]["FA"] for r in ok]))
+        ra_drop = max(original_ra - r["metrics"]["RA"] for r in ok) if ok else 0.0
+        flagged = all(r.get("said_so") for r in ok)  # a flag on one seed does not excuse the others
+        forgot = abs(fa - retrain_fa) <= 10.0 if kind == "class" else gap <= original_gap
+        worse = gap > original_gap + spread
+        harm = (original_ra - ra > 5.0 or worse) and not flagged
+        cells[key] = {
+            "setting": setting, "request": kind, "method": method, "seeds": len(ok), "gap": gap,
+            "original_gap": original_gap, "original_gap_spread": spread, "FA": fa, "retrain_FA": retrain_fa,
+            "RA": ra, "original_RA": original_ra, "worst_seed_RA_drop": ra_drop, "forgot": forgot,
+            "kept_RA": original_ra - ra <= 5.0, "beat_nothing": gap < original_gap, "harm": harm,
+            "said_so": flagged, "speedup": float(np.median([r["speedup"] for r in ok])),
+            "errors": len(runs) - len(ok),
+        }
+    return cells
+
+
+def print_summary(cells: dict[str, Any], console: Console, out: Path) -> None:
+    methods = sorted({c["method"] for c in cells.values()})
+    settings = [s for s in SETTINGS if any(c["setting"] == s for c in cells.values())]
+    per_method = Table(title="Per method: in how many (setting, request) pairs, of those run (mean over seeds)",
+                       title_justify="left")
+    for column in ("method", "pairs", "forgot", "kept RA", "beat nothing", "harm", "said so", "errors",
+                   "median speed-up"):
+        per_method.add_column(column, justify="left" if column == "method" else "right")
+    lines = ["| method | pairs | forgot | kept RA | beat nothing | harm (unflagged) | said so | median speed-up |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method in methods:
+        mine = [c for c in cells.values() if c["method"] == method and "gap" in c]
+        errors = sum(1 for c in cells.values() if c["method"] == method and "gap" not in c)
+        counts = [sum(c[k] for c in mine) for k in ("forgot", "kept_RA", "beat_nothing", "harm", "said_so")]
+        speed = float(np.median([c["speedup"] for c in mine])) if mine else float("nan")
+        per_method.add_row(method, str(len(mine)), *map(str, counts), str(errors), f"{speed:.1f}x")
+        lines.append(f"| `{method}` | {len(mine)} | " + " | ".join(map(str, counts)) + f" | {speed:.1f}x |")
+    console.print(per_method)
+    lines += ["", "Average gap to retrain (mean over seeds); **bold** = harm not flagged by the method; "
+              "first row: the original (doing nothing).", ""]
+    for kind in REQUESTS:
+        grid = Table(title=f"{kind}: gap to retrain, * = harm", title_justify="left")
+        grid.add_column("method")
+        header = f"| {kind} | " + " | ".join(settings) + " |"
+        lines += [header, "|" + "---|" * (len(settings) + 1)]
+        for setting in settings:
+            grid.add_column(setting, justify="right")
+        first = [cells.get(f"{s}|{kind}|{methods[0]}") for s in settings] if methods else []
+        originals = [f"{c['original_gap']:.2f}" if c and "gap" in c else "—" for c in first]
+        grid.add_row("original", *originals)
+        lines.append("| original | " + " | ".join(originals) + " |")
+        for method in methods:
+            shown = []
+            for setting in settings:
+                cell = cells.get(f"{setting}|{kind}|{method}")
+                if cell is None:
+                    shown.append("—")
+                elif "gap" not in cell:
+                    shown.append("error")
+                else:
+                    shown.append(f"{cell['gap']:.2f}{'*' if cell['harm'] else ''}")
+            grid.add_row(method, *shown)
+            lines.append(f"| `{method}` | " + " | ".join(s.replace("*", "").join(("**", "**"))
+                                                        if s.endswith("*") else s for s in shown) + " |")
+        console.print(grid)
+        lines.append("")
+    (out / "zoo.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps({"cells": cells, "versions": versions(),
+                                                  "code": code_version()}, indent=1, default=str))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("zoo_runs"))
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--requests", default=",".join(REQUESTS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default="all", help="comma-separated, or 'all' (every multiclass method)")
+    parser.add_argument("--summary-only", action="store_true")
+    args = parser.parse_args()
+    console = Console(width=200)
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        parser.error(f"--settings: unknown {unknown}; known: {list(SETTINGS)}")
+    kinds = [k.strip() for k in args.requests.split(",") if k.strip()]
+    if any(k not in REQUESTS for k in kinds):
+        parser.error(f"--requests: expected a subset of {list(REQUESTS)}")
+    if args.methods == "all":
+        methods = [m for m in list_methods() if m != "retrain" and "multiclass" in get_method(m).tasks]
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        for method in methods:
+            get_method(method)  # an unknown name fails here, naming the known ones
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "config.json").write_text(json.dumps({"settings": settings, "requests": kinds, "seeds": args.seeds,
+                                                      "methods": methods, "versions": versions(),
+                                                      "code": code_version()}, indent=1))
+    if not args.summary_only:
+        cache = ModelCache(args.out / "cache")
+        done = {(r["setting"], r["request"], r["seed"], r["method"]) for r in read_results(args.out)}
+        for name in settings:
+            for kind in kinds:
+                for seed in [int(s) for s in args.seeds.split(",")]:
+                    run_cell(args.out, cache, name, SETTINGS[name], kind, seed, methods, done, console)
+    print_summary(summarise(read_results(args.out)), console, args.out)
+
+
+if __name__ == "__main__":
+    main()
