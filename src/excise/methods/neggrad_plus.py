@@ -47,19 +47,41 @@ Cost on the digits (1 core, CPU time): 0.8 s against 1.3 s for the retrain, a 1.
 with a forget forward each, against 15 epochs).
 
 Reuses :func:`excise.training.train`: the retain pass is the loop, the forget term is a ``loss_hook``.
+
+Budget on a random-samples request (an excise extension, as for random labels and bad teacher): after each
+epoch, :class:`~excise.methods._common.SamplesStop` stops once the forget accuracy has fallen ``max_accuracy_drop``
+(2 points) below where it started and keeps the nearer of the last two checked states. Added after the robustness
+zoo (``benchmarks/zoo.py``) measured, on a ResNet-18 trained with Adam on MNIST (random 1%: 20 samples, seeds
+0-2), forget accuracies of 10-20 (NegGrad+) and 75-85 (SalUn) where the retrained model keeps ~100: gaps 38-46 and
+13-20 against the original's 0-2.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from excise.methods._common import check_schedule, endless_batches, keep_bn_running_stats, relative_step
+from excise.methods._common import (
+    SamplesStop,
+    check_schedule,
+    endless_batches,
+    keep_bn_running_stats,
+    relative_step,
+)
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
-from excise.training import TrainConfig, batch_loss, check_fraction, check_nonnegative, check_positive_int, train
+from excise.training import (
+    TrainConfig,
+    batch_loss,
+    check_fraction,
+    check_nonnegative,
+    check_optional_probability,
+    check_positive_int,
+    train,
+)
 
 
 @dataclass
@@ -67,6 +89,7 @@ class NegGradPlusConfig:
     """Hyper-parameters of NegGrad+. The measurements behind the defaults are in the module docstring."""
 
     epochs: int = 5
+    max_accuracy_drop: float | None = 0.02  # samples requests: excise's stop (SamplesStop); None: every epoch
     beta: float = 0.95  # weight of the retain loss; the forget loss gets 1 - beta
     lr_scale: float = 4.0  # learning rate (plain SGD) = lr_scale x the original recipe's
     batch_size: int | None = None  # None: the original recipe's, for both sets
@@ -74,6 +97,7 @@ class NegGradPlusConfig:
 
     def __post_init__(self) -> None:
         check_positive_int(self, "epochs")
+        check_optional_probability(self, "max_accuracy_drop")
         check_fraction(self, "beta", closed=True)
         check_nonnegative(self, "lr_scale")
         if self.lr_scale == 0:
@@ -81,6 +105,10 @@ class NegGradPlusConfig:
         if self.batch_size is not None:
             check_positive_int(self, "batch_size")
         check_schedule(self.schedule)
+
+
+class _Stopped(Exception):
+    """Raised at an epoch's end to leave the training loop once :class:`SamplesStop` says so."""
 
 
 @register_method
@@ -113,11 +141,26 @@ class NegGradPlus(UnlearningMethod):
             forget_losses.append(float(forget_loss.detach()))
             return cfg.beta * retain_loss - (1.0 - cfg.beta) * forget_loss
 
-        stats = train(model, data.retain_set, recipe, seed=seed, description="neggrad+",
-                      loss_hook=add_forget_ascent)
+        stop = SamplesStop(model, data, cfg.max_accuracy_drop)
+        per_epoch = math.ceil(len(data.retain_set) / min(batch_size, len(data.retain_set)))
+        steps = [0]
+
+        def check_at_epoch_end(net: nn.Module) -> None:
+            steps[0] += 1
+            if steps[0] % per_epoch == 0 and stop.reached(net):
+                raise _Stopped
+
+        try:
+            stats = train(model, data.retain_set, recipe, seed=seed, description="neggrad+",
+                          loss_hook=add_forget_ascent, after_step=check_at_epoch_end if stop.active else None)
+            final_loss = stats.losses[-1]
+        except _Stopped:
+            model.eval()
+            final_loss = None
         return {
-            "steps": stats.steps,
-            "final_loss": stats.losses[-1],
+            **stop.stats(),
+            "steps": steps[0] if stop.active else stats.steps,
+            "final_loss": final_loss,
             "forget_loss_first": forget_losses[0],
             "forget_loss_last": forget_losses[-1],
         }
