@@ -45,12 +45,8 @@ Choices (the paper was tuned for CIFAR ResNet-18, 10 epochs at the training lr),
 - one SGD optimiser for the whole run (as the official code); BatchNorm running statistics are buffers,
   not weights: they follow the data in train mode as in the official code (the mask covers parameters).
 
-Budget on a random-samples request (an excise extension, as for random labels and bad teacher): after each
-epoch, :class:`~excise.methods._common.SamplesStop` stops once the forget accuracy has fallen ``max_accuracy_drop``
-(2 points) below where it started and keeps the nearer of the last two checked states. Added after the robustness
-zoo (``benchmarks/zoo.py``) measured, on a ResNet-18 trained with Adam on MNIST (random 1%: 20 samples, seeds
-0-2), forget accuracies of 10-20 (NegGrad+) and 75-85 (SalUn) where the retrained model keeps ~100: gaps 38-46 and
-13-20 against the original's 0-2.
+Budget on a random-samples request: excise's per-epoch forget-accuracy stop,
+:class:`~excise.methods._common.SamplesStop` (``max_accuracy_drop``; measured there).
 """
 
 from __future__ import annotations
