@@ -215,6 +215,32 @@ class RelabelFinetuneConfig:
             check_positive_int(self, "batch_size")
 
 
+class NearerOfLastTwo:
+    """The end of a run stopped at a forget-accuracy ``target``: the check that crosses it may land far past it, so the
+    run keeps whichever of the last two checked states is nearer the target. ``tensors`` are the model's live tensors
+    that the run changes (all of its state, or only a head); a copy is kept at each check and put back in place."""
+
+    def __init__(self, tensors: Iterable[Tensor], target: float, start: float) -> None:
+        self.tensors, self.target, self.last, self.checks = list(tensors), target, start, 0
+        self.kept = [t.detach().clone() for t in self.tensors]
+
+    def check(self, accuracy: float) -> str | None:
+        """``None``: not reached yet (this state is kept); else the stop reason, the previous state put back when it
+        was nearer the target."""
+        self.checks += 1
+        if accuracy > self.target:
+            self.kept = [t.detach().clone() for t in self.tensors]
+            self.last = accuracy
+            return None
+        if self.target - accuracy <= self.last - self.target:
+            return "stop_accuracy"
+        with torch.no_grad():
+            for kept, tensor in zip(self.kept, self.tensors, strict=True):
+                tensor.copy_(kept)
+        return ("stop_accuracy: kept the model as handed over (the first check overshot)" if self.checks == 1
+                else "stop_accuracy: kept the previous check, nearer the target")
+
+
 class SamplesStop:
     """excise's stop for a random-samples request, the rule IMU and MU-Mis use, for methods that train whole passes
     (random labels, bad teacher, SalUn, NegGrad+): the forget set is an i.i.d. draw of the training set, so a model that
@@ -234,9 +260,9 @@ class SamplesStop:
         self.curve: list[float] = []
         self.reason: str | None = None
         if self.active:
-            self.start = self.last = self._accuracy(model)
+            self.start = self._accuracy(model)
             self.target = self.start - float(max_drop)
-            self.kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.keeper = NearerOfLastTwo(model.state_dict().values(), self.target, self.start)
 
     def _accuracy(self, model: nn.Module) -> float:
         forget = self.data.forget_set
@@ -246,19 +272,9 @@ class SamplesStop:
         """Check after a pass; ``True`` means stop (the model may have been put back to the previous check)."""
         if not self.active:
             return False
-        accuracy = self._accuracy(model)
-        self.curve.append(accuracy)
-        if accuracy > self.target:
-            self.kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            self.last = accuracy
-            return False
-        if self.target - accuracy > self.last - self.target:
-            model.load_state_dict(self.kept)
-            self.reason = ("stop_accuracy: kept the model as handed over (the first pass overshot)" if
-                           len(self.curve) == 1 else "stop_accuracy: kept the previous check, nearer the target")
-        else:
-            self.reason = "stop_accuracy"
-        return True
+        self.curve.append(self._accuracy(model))
+        self.reason = self.keeper.check(self.curve[-1])
+        return self.reason is not None
 
     def stats(self) -> dict[str, Any]:
         if not self.active:
