@@ -46,7 +46,7 @@ from excise.provenance.history import (
 from excise.provenance.issue import certify
 from excise.provenance.ledger import check_lineage, read_ledger
 from excise.requests import ForgetRequest, resolve
-from excise.training import TrainConfig, seed_everything, train
+from excise.training import TrainConfig, TrainStats, seed_everything, train
 
 if TYPE_CHECKING:  # the essential graph is imported by the commands that use it
     from excise.graph import EssentialGraph
@@ -110,9 +110,7 @@ def train_model(
     if requests:
         views, _ = history_views(bundle, None, requests, len(requests) - 1)
         training_set = views.retain_set
-    network = build_model(bundle, model, seed=seed, **(model_kwargs or {}))
-    seed_everything(seed)
-    stats = train(network, training_set, recipe, seed=seed, description="train")
+    network, stats = _build_and_train(bundle, model, model_kwargs or {}, training_set, recipe, seed, "train")
     meta = {
         "kind": "original" if request is None else "retrained",
         "dataset": _dataset_record(bundle, dataset_options, seed, root),
@@ -128,6 +126,16 @@ def train_model(
     if views is not None:
         meta["metrics"] = evaluate(network, views, seed=seed)
     return _write_and_reload(out, network, meta, overwrite)
+
+
+def _build_and_train(bundle: DatasetBundle, model: str, model_kwargs: dict[str, Any], training_set: LabeledData,
+                     recipe: TrainConfig, seed: int, description: str) -> tuple[nn.Module, TrainStats]:
+    """Build ``model`` for ``bundle`` and train it on ``training_set``: the one path behind ``excise train`` and the
+    proxy retrain ``excise calibrate`` trains itself, so the two give the same weights. Returned in eval mode."""
+    network = build_model(bundle, model, seed=seed, **model_kwargs)
+    seed_everything(seed)
+    stats = train(network, training_set, recipe, seed=seed, description=description)
+    return network.eval(), stats
 
 
 def adopt_model(
@@ -452,10 +460,8 @@ def calibrate_checkpoint(
         train_seed = training_seed(head)
         train_seed = head.meta["dataset"]["seed"] if train_seed is None else train_seed
         spec = head.meta["model"]
-        retrained = build_model(bundle, spec["name"], seed=train_seed, **spec.get("kwargs", {}))
-        seed_everything(train_seed)
-        stats = train(retrained, views.retain_set, recipe, seed=train_seed, description="retrain proxy")
-        retrained.eval()
+        retrained, stats = _build_and_train(bundle, spec["name"], spec.get("kwargs", {}), views.retain_set, recipe,
+                                            train_seed, "retrain proxy")
         reference_seconds = stats.seconds
         reference_record = {"trained_here": True, "train_seed": train_seed, "train_seconds": stats.seconds}
     result = calibrate(original.model, views, recipe, methods, reference=retrained, n_trials=n_trials, seed=seed,
