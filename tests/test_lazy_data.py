@@ -180,3 +180,15 @@ def test_a_dataloader_gives_the_rows_it_yields(monkeypatch, digits) -> None:
     weighted = DataLoader(whole, sampler=WeightedRandomSampler([1.0] * len(whole), 100))
     with pytest.raises(ValueError, match="WeightedRandomSampler"):
         call_factory(lambda: (weighted, test), "tests:weighted", root=None, seed=0)
+
+
+def test_lazy_inputs_index_like_the_tensor_they_stand_for() -> None:
+    from torch.utils.data import TensorDataset
+
+    images = torch.randn(10, 3, 4, 4)
+    lazy = LazyInputs(TensorDataset(images, torch.zeros(10)))
+    grid = torch.tensor([[1, 2], [3, 4]])
+    mask = images[:, 0, 0, 0] > 0
+    for index in [(slice(None), 0), slice(1, 8, 3), grid, (grid, 1), -1, (-2, 0, 1), mask,
+                  (slice(None), slice(None), 2, 3), 3]:
+        assert torch.equal(lazy[index], images[index]), index

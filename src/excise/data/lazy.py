@@ -57,11 +57,12 @@ class LazyInputs:
         if isinstance(index, tuple):
             index, rest = index[0], index[1:]
         scalar = isinstance(index, (int, np.integer)) or (isinstance(index, Tensor) and index.dim() == 0)
-        picked = self.rows[index] if not scalar else self.rows[int(index)].reshape(1)
-        values = self._fetch(picked.reshape(-1))
         if scalar:
-            values = values[0]
-        return values[rest] if rest else values
+            values = self._fetch(self.rows[int(index)].reshape(1))[0]
+            return values[rest] if rest else values
+        picked = self.rows[index]  # any row index a tensor takes: slices with steps, masks, N-D index tensors
+        values = self._fetch(picked.reshape(-1)).reshape(*picked.shape, *self.sample_shape)
+        return values[(slice(None),) * picked.dim() + rest] if rest else values
 
     def view(self, index: Sequence[int] | Tensor | np.ndarray) -> LazyInputs:
         """The rows ``index`` of this view, still unread."""
