@@ -93,6 +93,13 @@ def test_the_cli_records_the_guard_and_rolls_a_collapse_back(tmp_path):
     assert result.exit_code == 0, result.output
     guard = json.loads(kept.with_suffix(".json").read_text())["method_stats"]["guard"]
     assert guard["data"] == "retain sample" and guard["action"] == "warn" and guard["fired"] is False
+    # A forget-only method is guarded on the checkpoint's held-out test rows of the kept classes, not left
+    # unchecked (and never on the retain set it may not read).
+    forget_only = tmp_path / "imu.safetensors"
+    result = invoke("unlearn", original, "--method", "imu", "--request", "class:3", "--out", forget_only)
+    assert result.exit_code == 0, result.output
+    guard = json.loads(forget_only.with_suffix(".json").read_text())["method_stats"]["guard"]
+    assert guard["data"] == "held-out guard_set" and guard["fired"] is False and 100 < guard["rows"] <= 512
     rolled = tmp_path / "rolled.safetensors"  # NegGrad+ at 100x its step: a collapse
     result = invoke("unlearn", original, "--method", "neggrad_plus", "--request", "class:3", "--out", rolled,
                     "--param", "lr_scale=100", "--guard", "rollback")

@@ -371,6 +371,32 @@ def test_imu_moves_only_the_head_reads_no_retain_and_is_deterministic(views, tra
     assert all(p.requires_grad for p in first.model.parameters())  # freezing undone
 
 
+def test_imu_sequence_on_the_recorded_body_is_the_full_forward_run_bit_for_bit(views, trained):
+    """Only the head trains, so IMU records the body's output on the forget set once and runs influence, ascent
+    and stop checks on the head alone: the same model, the same steps and stop, to the bit."""
+    original, _ = trained
+    fast = get_method("imu_sequence").unlearn(original, FORGET, views.forget_set, seed=1)
+    full = get_method("imu_sequence", record_body=False).unlearn(original, FORGET, views.forget_set, seed=1)
+    assert fast.stats["body_recorded"] and not full.stats["body_recorded"]
+    assert fast.stats["stop_reason"] == full.stats["stop_reason"] == "stop_loss"
+    assert fast.stats["steps"] == full.stats["steps"] and fast.stats["forget_loss_curve"] == full.stats[
+        "forget_loss_curve"]
+    assert all(torch.equal(v, full.model.state_dict()[k]) for k, v in fast.model.state_dict().items())
+
+
+def test_imu_sequence_does_not_record_a_body_whose_train_mode_differs(views):
+    """Dropout makes the train-mode forward (the mode the ascent runs in) differ from the recorded eval-mode
+    output: the record is refused and every step runs the full model."""
+    noisy = create_model("gpt", vocab_size=10, context_length=19, n_embd=16, n_layer=1, n_head=2, dropout=0.3)
+    result = get_method("imu_sequence", max_steps=3, stop_loss=None).unlearn(noisy, FORGET, views.forget_set)
+    assert not result.stats["body_recorded"] and result.stats["steps"] == 3
+    plain = create_model("gpt", vocab_size=10, context_length=19, n_embd=16, n_layer=1, n_head=2)
+    assert get_method("imu_sequence", max_steps=3, stop_loss=None).unlearn(
+        plain, FORGET, views.forget_set).stats["body_recorded"]
+    with pytest.raises(ValueError, match="record_body"):
+        get_method("imu_sequence", record_body="yes")
+
+
 @pytest.mark.parametrize(
     ("options", "field"),
     [({"lr": 0}, "lr"), ({"batch_size": 0}, "batch_size"), ({"max_steps": 0}, "max_steps"),

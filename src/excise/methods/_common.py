@@ -421,13 +421,19 @@ class LossLevelStop:
     else it learned applies (measured on the three-chain Markov benchmark: a model retrained without the
     forgotten chain scores 2.38-2.40 nats on it, ``log 10`` = 2.30, see :mod:`excise.methods.imu_sequence`).
 
-    Uses only the forget set: no retain data, no retrained model. Records ``curve`` as ``(step, loss)``."""
+    Uses only the forget set: no retain data, no retrained model. Records ``curve`` as ``(step, loss)``.
 
-    def __init__(self, data: LabeledData, level: float | str, *, every: int, size: int, seed: int) -> None:
-        rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size]
-        self.data = data.subset(rows.sort().values)
+    ``outputs``, when given, maps the checked rows (indices into ``data``, :attr:`rows`) to the model's outputs
+    on them, in place of a forward of the model: a head-only method whose body's output is recorded passes the
+    head applied to that record (the same numbers at the cost of the head)."""
+
+    def __init__(self, data: LabeledData, level: float | str, *, every: int, size: int, seed: int,
+                 outputs: Callable[[Tensor], Tensor] | None = None) -> None:
+        self.rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+        self.data = data.subset(self.rows)
         self.level = None if level == UNIFORM else float(level)
         self.every = every
+        self.outputs = outputs
         self.curve: list[tuple[int, float]] = []
         self.reached_at: int | None = None
 
@@ -436,10 +442,14 @@ class LossLevelStop:
         was_training = model.training
         model.eval()
         try:
-            losses = []
-            for b in make_loader(self.data, 256, shuffle=False):
-                logits = model(b["inputs"])
-                losses.append(per_sample_loss(logits, b["targets"], self.data.task, b.get("label_mask")))
+            if self.outputs is not None:  # the head alone: all checked rows at once
+                logits = self.outputs(self.rows)
+                losses = [per_sample_loss(logits, self.data.targets, self.data.task, self.data.label_mask)]
+            else:
+                losses = []
+                for b in make_loader(self.data, 256, shuffle=False):
+                    logits = model(b["inputs"])
+                    losses.append(per_sample_loss(logits, b["targets"], self.data.task, b.get("label_mask")))
             if self.level is None:  # a multi-label output is one binary decision per target: log 2
                 self.level = math.log(2 if self.data.task == "multilabel" else logits.shape[-1])
         finally:
