@@ -323,9 +323,11 @@ def test_sequence_membership_attacks_have_a_value_an_interval_and_a_direction(vi
     assert bool((scores["seq_min_k"] <= scores["seq_loss"] + 1e-6).all())
 
 
-def test_influence_is_computed_on_the_model_being_unlearned(views, trained, monkeypatch):
+@pytest.mark.parametrize("record_body", [True, False])
+def test_influence_is_computed_on_the_model_being_unlearned(views, trained, monkeypatch, record_body):
     """The official sequence script computes the weights on a freshly initialised model (before loading the
-    trained weights). excise must use the model it unlearns."""
+    trained weights). excise must use the model it unlearns — its head on the recorded output of its body, or
+    the whole model when the body is not recorded."""
     original, _ = trained
     seen = []
     real = imu_module.compute_influence
@@ -335,12 +337,16 @@ def test_influence_is_computed_on_the_model_being_unlearned(views, trained, monk
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(imu_module, "compute_influence", spy)
-    result = get_method("imu_sequence", max_steps=2).unlearn(original, FORGET, views.forget_set)
+    result = get_method("imu_sequence", max_steps=2, record_body=record_body).unlearn(
+        original, FORGET, views.forget_set)
     assert len(seen) == 1
-    trained_state = original.state_dict()
-    assert all(torch.equal(seen[0][k], trained_state[k]) for k in trained_state)
+    trained_state = original.state_dict() if not record_body else {
+        f"output_layer.{k}": v for k, v in original.output_layer.state_dict().items()}
+    seen_state = seen[0] if not record_body else {f"output_layer.{k}": v for k, v in seen[0].items()}
+    assert seen_state.keys() == trained_state.keys()
+    assert all(torch.equal(seen_state[k], trained_state[k]) for k in trained_state)
     fresh = create_model(original.excise_spec["name"], **original.excise_spec["kwargs"])
-    assert not torch.equal(seen[0]["output_layer.weight"], fresh.state_dict()["output_layer.weight"])
+    assert not torch.equal(seen_state["output_layer.weight"], fresh.state_dict()["output_layer.weight"])
 
     # And the weights it used are those of the trained model, not of a fresh one.
     def weights_of(model):
