@@ -403,6 +403,52 @@ def test_imu_sequence_does_not_record_a_body_whose_train_mode_differs(views):
         get_method("imu_sequence", record_body="yes")
 
 
+class TinySequenceModel(torch.nn.Module):
+    """An embedding and an output layer, with one way of breaking the recorded-body shortcut per variant."""
+
+    def __init__(self, variant: str = "plain") -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.variant = variant
+        self.embed = torch.nn.Embedding(10, 8)
+        self.norm = {"batchnorm": torch.nn.BatchNorm1d(8),
+                     "running": torch.nn.InstanceNorm1d(8, track_running_stats=True)}.get(variant)
+        self.output_layer = torch.nn.Linear(8, 10)
+        if variant == "tied":  # the body reads the head's weight
+            self.output_layer.weight = self.embed.weight
+
+    def forward(self, tokens):
+        h = self.embed(tokens)
+        if self.norm is not None:
+            h = self.norm(h.transpose(1, 2)).transpose(1, 2)
+        if self.variant == "twice":
+            return self.output_layer(h) + 0.0 * self.output_layer(h)
+        if self.variant == "keyword":
+            return self.output_layer(input=h)
+        out = self.output_layer(h)
+        # Idle at the starting weights (|logits| < 3), not once the head has moved.
+        return out.clamp(-4.0, 4.0) if self.variant == "clamp" else out
+
+
+@pytest.mark.parametrize("variant", ["batchnorm", "running", "tied", "twice", "keyword", "clamp"])
+def test_the_body_record_is_refused_where_the_head_alone_does_not_stand_for_the_model(views, variant):
+    """A head whose weights the body reads (tied), something after the head (idle at the start), a head called
+    twice or by keyword, BatchNorm, or a layer whose train mode differs: no record, the full model runs every
+    step, and the refusal leaves the model exactly as it was (buffers included)."""
+    forget = views.forget_set
+    plain = TinySequenceModel()
+    assert imu_module.BodyRecord.of(plain, plain.output_layer, forget) is not None
+    assert imu_module.BodyRecord.of(plain, TinySequenceModel().output_layer, forget) is None  # not its head
+    model = TinySequenceModel(variant)
+    if variant == "clamp":
+        assert model(forget.inputs).abs().max() < 4.0
+    before = copy.deepcopy(model.state_dict())
+    assert imu_module.BodyRecord.of(model, model.output_layer, forget) is None
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    result = get_method("imu_sequence", max_steps=3, stop_loss=None).unlearn(model, FORGET, forget)
+    assert result.stats["body_recorded"] is False and result.stats["steps"] == 3
+
+
 @pytest.mark.parametrize(
     ("options", "field"),
     [({"lr": 0}, "lr"), ({"batch_size": 0}, "batch_size"), ({"max_steps": 0}, "max_steps"),
