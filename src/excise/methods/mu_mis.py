@@ -56,6 +56,17 @@ sensitivity on the forget samples suppresses it on the siblings that share its f
 has nothing that tells the two apart. The paper's "recovered" rule fired for the first time here (ResNet-18,
 "4", seed 1) — at FA 100, RA 96.
 
+**The step size is not relative to the gradient scale, and no fixed one serves the mid-scale suite, measured
+(issue 20; ``benchmarks/suites/midscale.yaml``, ResNet-18 width 8, Adam with crop augmentation, seed 0).** The
+objective's first full-batch gradient has norm 42 on that MNIST model (parameter norm 31) against 310-558 on the
+digits ``small_cnn`` widths 16/32 (parameter norm 15-18), so lr 1e-5 moves the ResNet 16-23x less, relative to
+its weights: on MNIST class 3 the default runs to its 80-step cap at FA 91 (gap 31.0, slower than retrain);
+lr 1e-4 stops at FA 3 (gap 1.67), lr 1e-3 in 6 steps (gap 3.03). But the same larger step does not carry: on
+Animal-MNIST class "cow" lr 2e-4 stops at RA 63.8 (the default already at RA 54.6, gap 20.5), sub-class "4" in
+{1,4,7} stops by "recovered" at FA 98 and RA 61.7, and sub-class "horse" diverges at step 5. A step scaled to
+``‖θ‖/‖g₀‖`` would match the working rate on MNIST and the digits alike, and would not rescue Animal-MNIST; it is
+not the default.
+
 **Full-class requests beyond class 3, measured.** Digits, width 32, 30 epochs, seed 11, every class in turn:
 seven classes end at FA 0.7-4.4 with RA ≥ 98.1 (gap 0.6-2.3), but class 0 runs to its cap at FA 37 / RA 70
 (gap 25.8), class 8 at FA 100 / RA 90.5 (gap 55.6: the loss moves the other classes, not this one) and class 9
