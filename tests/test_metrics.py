@@ -261,3 +261,34 @@ def test_loss_attack_logistic_fits_decide_like_scikit_learn():
             disagree += int(((slope[k] * x + intercept[k] > 0) != (reference.predict(x[:, None]) == 1)).sum())
             total += len(x)
     assert disagree <= total * 1e-3  # only points within sklearn's tolerance of the boundary
+
+
+def test_a_subclass_request_reports_its_worst_sibling(digits_super_model, subclass_views, class_views, digits_model):
+    """TA_sibling_min: the lowest test accuracy among the forgotten fine class's siblings, each on its own test
+    rows; a model that forgets the whole super-class shows 0 there, and no other request kind reports it."""
+    import copy
+
+    import torch
+
+    from excise.metrics import evaluate
+    from excise.metrics.evaluate import siblings_of
+    from excise.models import final_linear
+    from excise.training import predict_logits
+
+    data = subclass_views.forget_set
+    forgotten = data.subclasses.index("8")
+    parent = data.subclass_parent[forgotten]
+    siblings = siblings_of(subclass_views)
+    assert siblings and forgotten not in siblings
+    assert all(data.subclass_parent[j] == parent for j in siblings)
+    test = subclass_views.test_retain
+    predictions = predict_logits(digits_super_model, test).argmax(1)
+    by_hand = min(100.0 * float((predictions[test.subclass_targets == j] == test.targets[test.subclass_targets == j])
+                                .float().mean()) for j in siblings)
+    metrics = evaluate(digits_super_model, subclass_views, mia_variants=())
+    assert metrics["TA_sibling_min"] == pytest.approx(by_hand) and by_hand > 80
+    blind = copy.deepcopy(digits_super_model)
+    with torch.no_grad():
+        final_linear(blind).bias[parent] = -1e4  # the super-class is never predicted: its siblings fall to 0
+    assert evaluate(blind, subclass_views, mia_variants=())["TA_sibling_min"] == 0.0
+    assert "TA_sibling_min" not in evaluate(digits_model, class_views, mia_variants=())

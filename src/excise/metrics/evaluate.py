@@ -32,6 +32,8 @@ DIRECTIONS: dict[str, str] = {
     "MIA": "share of forget set called non-member; closer to retrain is better",
     "forget_AP": "closer to retrain (chance) is better",
     "retain_mAP": "higher is better",
+    "TA_sibling_min": "the worst test accuracy among the forgotten sub-class's siblings (the other fine classes of "
+                      "its super-class); higher is better, retrain's is the reference",
     "MIA:seq_loss": "AUC (%) telling forget from held-out sequences by their loss; 50 = indistinguishable "
                     "(never trained on), above = still recognised, below = over-forgotten; closer to retrain",
     "MIA:seq_min_k": "AUC (%) telling forget from held-out sequences by min-20% token probability; 50 = "
@@ -67,10 +69,11 @@ class Population:
     logits: Tensor
     targets: Tensor
     label_mask: Tensor | None = None
+    fine: Tensor | None = None  # fine (sub-class) label of each row, for data with super-classes
 
     @classmethod
     def of(cls, model: nn.Module, data: LabeledData) -> Population:
-        return cls(predict_logits(model, data), data.targets, data.label_mask)
+        return cls(predict_logits(model, data), data.targets, data.label_mask, data.subclass_targets)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -78,7 +81,8 @@ class Population:
     def take(self, rows: np.ndarray) -> Population:
         index = torch.as_tensor(rows, dtype=torch.long)
         return Population(self.logits[index], self.targets[index],
-                          None if self.label_mask is None else self.label_mask[index])
+                          None if self.label_mask is None else self.label_mask[index],
+                          None if self.fine is None else self.fine[index])
 
     def pairs(self, positives: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """A multi-label population as (instance, target) pairs: each label column's sigmoid as a two-class
@@ -103,6 +107,7 @@ class Outputs:
     task: str
     kind: str
     classes: tuple[str, ...]
+    siblings: tuple[int, ...] = ()  # fine classes sharing a super-class with the forgotten sub-class(es)
 
     def resample(self, rng: np.random.Generator) -> Outputs:
         """A bootstrap replicate: every population drawn with replacement at its own size."""
@@ -134,8 +139,19 @@ def collect_outputs(model: nn.Module, views: EvalViews) -> Outputs | None:
         Population.of(model, views.forget_set), Population.of(model, views.retain_set),
         Population.of(model, views.test_retain),
         None if test_forget is None or len(test_forget) == 0 else Population.of(model, test_forget),
-        task, views.request.kind, views.forget_set.classes,
+        task, views.request.kind, views.forget_set.classes, siblings_of(views),
     )
+
+
+def siblings_of(views: EvalViews) -> tuple[int, ...]:
+    """The fine classes that share a super-class with a sub-class request's forgotten fine classes (and are not
+    forgotten themselves); empty for any other request."""
+    data = views.forget_set
+    if views.request.kind != "subclass" or data.subclass_targets is None or data.subclass_parent is None:
+        return ()
+    forgotten = {int(f) for f in data.subclass_targets.unique()}
+    parents = {data.subclass_parent[f] for f in forgotten}
+    return tuple(j for j, parent in enumerate(data.subclass_parent) if parent in parents and j not in forgotten)
 
 
 def evaluate(
@@ -170,6 +186,9 @@ def score(outputs: Outputs, *, mia_variants: tuple[str, ...] | None = None, seed
     test_forget = outputs.test_forget
     if test_forget is not None:
         out["TA_forget"] = accuracy(test_forget.logits, test_forget.targets)
+    sibling = _worst_sibling(outputs)
+    if sibling is not None:
+        out["TA_sibling_min"] = sibling
 
     def probs_labels(population: Population) -> tuple[np.ndarray, np.ndarray]:
         return _probs(population.logits), population.targets.numpy()
@@ -177,6 +196,18 @@ def score(outputs: Outputs, *, mia_variants: tuple[str, ...] | None = None, seed
     out.update(mia(probs_labels(outputs.retain), probs_labels(outputs.test_retain), probs_labels(outputs.forget),
                    None if test_forget is None else probs_labels(test_forget)))
     return out
+
+
+def _worst_sibling(outputs: Outputs) -> float | None:
+    """The lowest test accuracy among the siblings of a sub-class request (each sibling's own test rows): the
+    forgotten fine class shares its super-class's label with them, so a method that forgets the super-class
+    instead shows here first."""
+    test = outputs.test_retain
+    if not outputs.siblings or test.fine is None:
+        return None
+    accuracies = [accuracy(test.logits[test.fine == j], test.targets[test.fine == j])
+                  for j in outputs.siblings if bool((test.fine == j).any())]
+    return min(accuracies) if accuracies else None
 
 
 Pair = tuple[np.ndarray, np.ndarray]
