@@ -110,3 +110,20 @@ def test_the_cli_records_the_guard_and_rolls_a_collapse_back(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
     result = invoke("unlearn", original, "--method", "salun", "--request", "class:3", "--guard", "undo")
     assert result.exit_code != 0 and "guard action='undo' is not one of" in " ".join(result.output.split())
+
+
+def test_run_method_and_sequences_guard_a_forget_only_method_on_held_out_test_rows(digits, digits_model, class_views):
+    """The evaluation drivers hold the test split: a forget-only method is guarded on its rows of the classes still
+    kept (not training data, never the retain set); a retain method keeps its retain sample."""
+    from excise.experiment import run_method
+    from excise.requests import ForgetRequest
+    from excise.sequential import run_sequence
+
+    _, record = run_method("imu", digits_model, class_views, RECIPE, seed=0)
+    assert record.stats["guard"]["data"] == "held-out guard_set" and record.stats["guard"]["fired"] is False
+    assert record.stats["guard"]["rows"] == min(512, len(class_views.test_retain))
+    _, record = run_method("salun", digits_model, class_views, RECIPE, seed=0)
+    assert record.stats["guard"]["data"] == "retain sample"
+    requests = [ForgetRequest(kind="class", labels=(3,)), ForgetRequest(kind="class", labels=(5,))]
+    _, steps = run_sequence("imu", digits_model, digits, requests, RECIPE, seed=0, reference=None)
+    assert [s.stats["guard"]["data"] for s in steps] == ["held-out guard_set"] * 2

@@ -30,7 +30,14 @@ from excise.checkpoint import (
 )
 from excise.data import DatasetBundle, LabeledData, load_dataset
 from excise.data.registry import dataset_builder
-from excise.experiment import RunRecord, build_model, judge, reference_replicate_metrics, run_method
+from excise.experiment import (
+    RunRecord,
+    build_model,
+    held_out_guard_rows,
+    judge,
+    reference_replicate_metrics,
+    run_method,
+)
 from excise.methods import Guard, get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.metrics.uncertainty import Uncertainty
@@ -329,12 +336,11 @@ def unlearn_checkpoint(
             ref_replicates = reference_replicate_metrics(reference.model, views, uncertainty, seed=seed)
     original = load_checkpoint(model_path)
     # A forget-only method may not read the retain set, so its guard checks the checkpoint's held-out test rows
-    # of the classes still kept (as `excise calibrate` does): not training data, and only to watch for a collapse.
-    held_out = None if unlearner.needs_retain or not len(views.test_retain) else views.test_retain
+    # of every class still kept (as `excise calibrate` does): not training data, and only to watch for a collapse.
     model, record = run_method(unlearner, original.model, step_views, recipe, seed=seed,
                                reference_model=None if reference is None else reference.model, eval_views=views,
                                uncertainty=uncertainty, reference_replicates=ref_replicates, guard=guard,
-                               guard_set=held_out)
+                               guard_set=held_out_guard_rows(unlearner, views))
     if reference is not None:
         record.avg_gap = avg_gap(record.metrics, ref_metrics)
         # Across runs: the retrain time is the one the reference checkpoint recorded (possibly another machine

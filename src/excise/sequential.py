@@ -32,7 +32,7 @@ from typing import Any
 from torch import nn
 
 from excise.data.base import DatasetBundle
-from excise.experiment import RunRecord, _is_plain, run_method
+from excise.experiment import RunRecord, _is_plain, held_out_guard_rows, run_method
 from excise.methods import UnlearningMethod, get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.progress import progress_bar
@@ -102,7 +102,7 @@ def run_sequence(
             result = method.unlearn(
                 current, request, step_set,
                 view.retain_set if method.needs_retain else None,
-                recipe=recipe, seed=seed + k,
+                recipe=recipe, seed=seed + k, guard_set=held_out_guard_rows(method, view),
             )
             current = result.model
             metrics = evaluate(current, view, seed=seed)
