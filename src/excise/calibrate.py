@@ -57,7 +57,7 @@ from torch import nn
 from excise._files import read_json_or_yaml
 from excise.checkpoint import versions
 from excise.data import LabeledData
-from excise.experiment import RunRecord, run_method
+from excise.experiment import RunRecord, held_out_guard_rows, run_method
 from excise.methods import Guard, GuardWarning, get_method, method_class
 from excise.metrics import EvalViews, evaluate
 from excise.progress import progress_bar
@@ -367,7 +367,7 @@ def _calibrate_one(method: str, model: nn.Module, views: EvalViews, recipe: Trai
     distributions = {name: s.distribution() for name, s in space.items()}
     # A forget-only method gets no retain data to be guarded on: it is guarded on the proxy's held-out test rows
     # (not training data; never the retain set). A method that reads the retain set keeps its retain sample.
-    held_out = None if method_class(method).needs_retain else views.test_retain
+    held_out = held_out_guard_rows(method_class(method), views)
     trials: list[TrialRecord] = []
 
     def run(params: dict[str, Any], stage: str) -> TrialRecord:

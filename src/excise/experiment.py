@@ -111,7 +111,7 @@ class RunRecord:
         return out
 
 
-def held_out_guard_rows(method: UnlearningMethod, views: EvalViews) -> LabeledData | None:
+def held_out_guard_rows(method: UnlearningMethod | type[UnlearningMethod], views: EvalViews) -> LabeledData | None:
     """What a forget-only method's guard checks when the caller gives nothing: the held-out test rows of the
     classes still kept — not training data, never the retain set. ``None`` for a method that reads the retain
     set (its guard samples that) or when there are no such rows."""
