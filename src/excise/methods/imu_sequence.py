@@ -284,12 +284,11 @@ class IMUSequence(UnlearningMethod):
 
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
         cfg = self.config
-        head_layer = head_module(model, cfg.head)
+        named_head = head_module(model, cfg.head)
+        head_layer = final_linear(model) if named_head is None else named_head
         named = resolve_head(model, head_layer)
         head = [p for _, p in named]
         forget = data.forget_set
-        if head_layer is None:
-            head_layer = final_linear(model)
         record = BodyRecord.of(model, head_layer, forget) if cfg.record_body else None
         # With a record, the "model" every step runs is the head alone, fed the recorded inputs by row index.
         runner = model if record is None else head_layer
