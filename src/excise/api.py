@@ -33,7 +33,6 @@ from excise.data.registry import dataset_builder
 from excise.experiment import (
     RunRecord,
     build_model,
-    held_out_guard_rows,
     judge,
     reference_replicate_metrics,
     run_method,
@@ -335,12 +334,11 @@ def unlearn_checkpoint(
         if uncertainty.enabled:
             ref_replicates = reference_replicate_metrics(reference.model, views, uncertainty, seed=seed)
     original = load_checkpoint(model_path)
-    # A forget-only method may not read the retain set, so its guard checks the checkpoint's held-out test rows
-    # of every class still kept (as `excise calibrate` does): not training data, and only to watch for a collapse.
+    # A forget-only method's guard checks the held-out test rows of every class still kept: run_method's default
+    # (step_views shares views' test rows), never the retain set.
     model, record = run_method(unlearner, original.model, step_views, recipe, seed=seed,
                                reference_model=None if reference is None else reference.model, eval_views=views,
-                               uncertainty=uncertainty, reference_replicates=ref_replicates, guard=guard,
-                               guard_set=held_out_guard_rows(unlearner, views))
+                               uncertainty=uncertainty, reference_replicates=ref_replicates, guard=guard)
     if reference is not None:
         record.avg_gap = avg_gap(record.metrics, ref_metrics)
         # Across runs: the retrain time is the one the reference checkpoint recorded (possibly another machine
