@@ -21,8 +21,8 @@ setting                   model                                   data / recipe
 ========================  ======================================  ===============================================
 
 Requests: a full class, a random 10% and a random 1% of the training set; seeds 0, 1, 2 (the seed draws the split,
-the model, the request and the method). Every method runs at its defaults under the guard (warn), a forget-only
-method checked on held-out test rows of the retained classes (never training data).
+the model, the request and the method). Every method runs at its defaults under the guard (warn), checked on
+held-out test rows of the retained classes (never training data; no method reads them).
 
 Per cell it records the method's FA/RA/TA/MIA, its average gap to the retrained model, the original's gap, the
 seconds of both, and the guard's finding, appended to ``<out>/results.jsonl`` (one line per (setting, request,
@@ -33,8 +33,9 @@ cached under ``<out>/cache``. The summary judges each (setting, request) pair on
 - **kept RA**: RA no more than 5 points under the original's;
 - **beat nothing**: gap smaller than the original's (doing nothing);
 - **harm**: RA fell more than 5 points, or the gap ended further from retrain than the original's by more than the
-  original's spread over seeds — unless the method said so (its guard fired, or it reported that it could not
-  serve the request, or forgot nothing on a class request).
+  original's spread over seeds — unless the method said so on every seed (its guard fired, or it reported that
+  it could not serve the request, or forgot nothing on a class request, or left a samples request's forget rows
+  further from looking unseen than it found them).
 
 It prints one line per method (in how many pairs it forgot, kept RA, beat nothing, did harm) and a settings x
 methods table of gaps with the harmful ones marked, and writes ``<out>/summary.json`` and ``<out>/zoo.md``.
@@ -141,7 +142,7 @@ def trained(cache: ModelCache, setting: Setting, bundle: Any, seed: int, request
 
 
 def guard_rows(views: EvalViews, seed: int) -> Any:
-    """Held-out rows of the retained classes (test data, never training data) for a forget-only method's guard."""
+    """Held-out rows of the retained classes (test data, never training data) for every method's guard."""
     test = views.test_retain
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:GUARD_ROWS]
     return test.subset(order.sort().values)
@@ -149,9 +150,11 @@ def guard_rows(views: EvalViews, seed: int) -> Any:
 
 def said_so(stats: dict[str, Any]) -> bool:
     """Whether the method's result itself flags the run: its guard fired (a collapse), the guard found that it
-    forgot nothing (class requests), or it reported that it could not serve the request."""
+    forgot nothing (class requests) or that the forget rows ended further from looking unseen than they started
+    (samples requests), or it reported that it could not serve the request."""
     guard = stats.get("guard") or {}
-    fired = isinstance(guard, dict) and bool(guard.get("fired") or guard.get("forgot_nothing"))
+    fired = isinstance(guard, dict) and bool(guard.get("fired") or guard.get("forgot_nothing")
+                                             or guard.get("further_from_goal"))
     reason = str(stats.get("stop_reason", "")).lower()
     return fired or any(word in reason for word in ("cannot", "could not", "no negative", "not served"))
 

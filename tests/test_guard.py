@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from excise.experiment import build_model
 from excise.methods import Guard, GuardWarning, get_method
+from excise.requests import ForgetRequest
 from excise.training import TrainConfig
 
 from .conftest import RECIPE
@@ -92,8 +94,8 @@ def test_the_cli_records_the_guard_and_rolls_a_collapse_back(tmp_path):
     result = invoke("unlearn", original, "--method", "salun", "--request", "class:3", "--out", kept)
     assert result.exit_code == 0, result.output
     guard = json.loads(kept.with_suffix(".json").read_text())["method_stats"]["guard"]
-    assert guard["data"] == "retain sample" and guard["action"] == "warn" and guard["fired"] is False
-    # A forget-only method is guarded on the checkpoint's held-out test rows of the kept classes, not left
+    assert guard["data"] == "held-out guard_set" and guard["action"] == "warn" and guard["fired"] is False
+    # A forget-only method is guarded on the checkpoint's held-out test rows of the kept classes too, not left
     # unchecked (and never on the retain set it may not read).
     forget_only = tmp_path / "imu.safetensors"
     result = invoke("unlearn", original, "--method", "imu", "--request", "class:3", "--out", forget_only)
@@ -112,9 +114,9 @@ def test_the_cli_records_the_guard_and_rolls_a_collapse_back(tmp_path):
     assert result.exit_code != 0 and "guard action='undo' is not one of" in " ".join(result.output.split())
 
 
-def test_run_method_and_sequences_guard_a_forget_only_method_on_held_out_test_rows(digits, digits_model, class_views):
+def test_run_method_and_sequences_guard_every_method_on_held_out_test_rows(digits, digits_model, class_views):
     """The evaluation drivers hold the test split: a forget-only method is guarded on its rows of the classes still
-    kept (not training data, never the retain set); a retain method keeps its retain sample."""
+    kept (not training data, never the retain set), and so is a retain method."""
     from excise.experiment import run_method
     from excise.requests import ForgetRequest
     from excise.sequential import run_sequence
@@ -122,8 +124,66 @@ def test_run_method_and_sequences_guard_a_forget_only_method_on_held_out_test_ro
     _, record = run_method("imu", digits_model, class_views, RECIPE, seed=0)
     assert record.stats["guard"]["data"] == "held-out guard_set" and record.stats["guard"]["fired"] is False
     assert record.stats["guard"]["rows"] == min(512, len(class_views.test_retain))
+    # A retain method is checked on the same held-out rows: they are not training data, and a samples request's
+    # goal check needs unseen rows.
     _, record = run_method("salun", digits_model, class_views, RECIPE, seed=0)
-    assert record.stats["guard"]["data"] == "retain sample"
+    assert record.stats["guard"]["data"] == "held-out guard_set"
     requests = [ForgetRequest(kind="class", labels=(3,)), ForgetRequest(kind="class", labels=(5,))]
     _, steps = run_sequence("imu", digits_model, digits, requests, RECIPE, seed=0, reference=None)
     assert [s.stats["guard"]["data"] for s in steps] == ["held-out guard_set"] * 2
+
+
+@pytest.fixture(scope="module")
+def one_percent(digits):
+    from excise.metrics import EvalViews
+    from excise.requests import ForgetRequest
+
+    return EvalViews.from_bundle(digits, ForgetRequest(kind="samples", fraction=0.01, seed=0))
+
+
+def test_a_samples_run_that_pushes_the_forget_rows_past_unseen_data_says_so(digits_model, one_percent):
+    """Bad Teacher on 1% of digits (13 rows) keeps every accuracy but drives the forget rows' loss far above
+    held-out rows' (measured: membership AUC 0.50 -> 0.19, MIA 0 -> 31 against retrain's 0): the collapse check
+    cannot see it, the goal check must."""
+    held_out = one_percent.test_retain
+    with pytest.warns(GuardWarning, match="bad_teacher: the forget rows ended further from looking unseen"):
+        pushed = _unlearn("bad_teacher", digits_model, one_percent, guard_set=held_out)
+    found = pushed.stats["guard"]
+    assert found["fired"] is False and found["further_from_goal"] is True
+    goal = found["goal"]
+    assert goal["forget_rows"] == len(one_percent.forget_set) and goal["held_out_rows"] == min(512, len(held_out))
+    assert goal["auc_after"] < 0.5 - goal["chance_band"] < goal["auc_before"] and goal["grew_in_redraws"] >= 0.95
+    with pytest.warns(GuardWarning, match="rolled back"):
+        rolled = _unlearn("bad_teacher", digits_model, one_percent, guard=Guard(action="rollback"), guard_set=held_out)
+    assert rolled.stats["guard"]["rolled_back"]
+    assert all(torch.equal(a, b) for a, b in zip(digits_model.state_dict().values(),
+                                                 rolled.model.state_dict().values(), strict=True))
+    # IMU on the same request moves the rows toward unseen data, not past it: nothing to say.
+    kept = _unlearn("imu", digits_model, one_percent, guard_set=held_out)
+    assert kept.stats["guard"]["further_from_goal"] is False
+
+
+def test_the_retrained_model_is_never_further_from_the_goal(digits, digits_model, samples_views, one_percent):
+    """The goal check's reference is the model that never saw the forget rows: handed the retrained model as the
+    run's result, it must not fire, at 10% (135 rows) or at 1% (13 rows, where its noise band is widest)."""
+    from excise.methods.base import UnlearnData
+    from excise.training import train
+
+    for views in (samples_views, one_percent):
+        retrained = build_model(digits, "small_cnn", seed=0, width=16)
+        train(retrained, views.retain_set, RECIPE, seed=0)
+        data = UnlearnData(forget_set=views.forget_set, request=views.request, recipe=RECIPE)
+        held_out = views.test_retain.subset(torch.arange(min(512, len(views.test_retain))))
+        goal = Guard().goal(digits_model, retrained.eval(), data, held_out, seed=0)
+        assert goal["checked"] and goal["further"] is False, goal
+        assert abs(goal["auc_after"] - 0.5) <= goal["chance_band"]
+        # A run that changes nothing has not moved: it never "grew" in a redraw.
+        same = Guard().goal(digits_model, digits_model, data, held_out, seed=0)
+        assert same["grew_in_redraws"] == 0.0 and same["further"] is False
+    # Class requests are judged by progress, and a retain sample (training data) cannot stand for unseen rows.
+    class_data = UnlearnData(forget_set=views.forget_set, request=ForgetRequest(kind="class", labels=(3,)),
+                             recipe=RECIPE)
+    assert Guard().goal(digits_model, digits_model, class_data, held_out, seed=0) is None
+    result = _unlearn("salun", digits_model, samples_views)
+    assert result.stats["guard"]["data"] == "retain sample"
+    assert result.stats["guard"]["goal"] == {"checked": False, "reason": "no held-out guard_set rows: not checked"}

@@ -21,9 +21,10 @@ Choices, and why:
   would otherwise keep a random value into the real request. These runs (at most one per knob) are recorded as
   trials after the ``n_trials`` of the search.
 - **The guard is on.** A trial whose run fired the guard (:class:`excise.methods.base.Guard`, checked on the
-  method's retain sample; a forget-only method, which has no retain data, is handed the proxy's held-out test rows
-  as its ``guard_set`` — not training data) or raised a ``ValueError`` / ``FloatingPointError`` (a refused or
-  diverged configuration) is told to optuna as *pruned*: TPE ranks pruned trials below every complete one, and
+  proxy's held-out test rows, handed over as the ``guard_set`` — not training data, never read by the method: a
+  collapse, or on a samples request forget rows that ended further from looking unseen) or raised a
+  ``ValueError`` / ``FloatingPointError`` (a refused or diverged configuration) is told to optuna as *pruned*:
+  TPE ranks pruned trials below every complete one, and
   the best trial is only ever a complete one. Its gap (if measured) and the reason are kept in the file.
   A method none of whose trials passed keeps no calibrated configuration (``params`` is ``None``) and
   :func:`load_calibration` refuses to apply it.
@@ -365,9 +366,8 @@ def _calibrate_one(method: str, model: nn.Module, views: EvalViews, recipe: Trai
     all_defaults = method_defaults(method)
     defaults = {name: all_defaults[name] for name in space}
     distributions = {name: s.distribution() for name, s in space.items()}
-    # A forget-only method gets no retain data to be guarded on: it is guarded on the proxy's held-out test rows
-    # (not training data; never the retain set). A method that reads the retain set keeps its retain sample.
-    held_out = held_out_guard_rows(method_class(method), views)
+    # Every method is guarded on the proxy's held-out test rows (not training data; never the retain set).
+    held_out = held_out_guard_rows(views)
     trials: list[TrialRecord] = []
 
     def run(params: dict[str, Any], stage: str) -> TrialRecord:
@@ -441,6 +441,11 @@ def _run_trial(method: str, params: dict[str, Any], model: nn.Module, views: Eva
     if finding.get("fired"):
         detail = (f"guard fired: accuracy on {finding['rows']} {finding['data']} rows fell from "
                   f"{finding['accuracy_before']:.1f} to {finding['accuracy_after']:.1f}")
+        return TrialRecord(0, params, gap, "guard", detail, seconds)
+    if finding.get("further_from_goal"):
+        goal = finding["goal"]
+        detail = (f"guard: the forget rows ended further from looking unseen, membership AUC {goal['auc_before']:.2f}"
+                  f" -> {goal['auc_after']:.2f}")
         return TrialRecord(0, params, gap, "guard", detail, seconds)
     return TrialRecord(0, params, gap, "ok", None, seconds)
 

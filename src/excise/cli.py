@@ -267,8 +267,9 @@ def unlearn_command(
     sign_key: Path | None = typer.Option(
         None, help="Sign the certificate with this Ed25519 private key (PEM, from `excise keygen`)."),
     guard: str = typer.Option(
-        "warn", help="If the run drops the retain sample's accuracy by more than 5 points: warn, rollback (write "
-                     "the model as it was) or off. Forget-only methods have no retain data to check."),
+        "warn", help="If the run drops the held-out test rows' accuracy by more than 5 points, or leaves a samples "
+                     "request's forget rows further from looking unseen than it found them: warn, rollback (write "
+                     "the model as it was) or off."),
     config: Path | None = typer.Option(
         None, help="A calibration file from `excise calibrate`: use its values for --method (a --param wins)."),
 ) -> None:

@@ -111,13 +111,12 @@ class RunRecord:
         return out
 
 
-def held_out_guard_rows(method: UnlearningMethod | type[UnlearningMethod], views: EvalViews) -> LabeledData | None:
-    """What a forget-only method's guard checks when the caller gives nothing: the held-out test rows of the
-    classes still kept — not training data, never the retain set. ``None`` for a method that reads the retain
-    set (its guard samples that) or when there are no such rows."""
-    if method.needs_retain or not len(views.test_retain):
-        return None
-    return views.test_retain
+def held_out_guard_rows(views: EvalViews) -> LabeledData | None:
+    """What a method's guard checks when the caller gives nothing: the held-out test rows of the classes still
+    kept — not training data, never the retain set, and never read by the method. Every method gets them: a
+    forget-only method has nothing else to be checked on, and a samples request's goal check (forget rows that
+    look like unseen rows) needs unseen rows whoever reads the retain set. ``None`` when there are none."""
+    return views.test_retain if len(views.test_retain) else None
 
 
 def run_method(
@@ -142,13 +141,12 @@ def run_method(
     the bootstrap intervals of the metrics and, with a reference model (or its ``reference_replicates``), of the
     average gap (``record.evidence``). ``guard``: the collapse check the method runs under (default: warn;
     :class:`~excise.methods.base.Guard`), its finding in ``record.stats["guard"]``; ``guard_set``: held-out rows
-    (not training data) it checks a forget-only method on — by default the test rows of the classes still kept
-    (``views.test_retain``), which a forget-only method never reads and which only decide whether the guard
-    fires."""
+    (not training data) it checks the method on — by default the test rows of the classes still kept
+    (``views.test_retain``), which no method reads and which only decide whether the guard fires."""
     if isinstance(method, str):
         method = get_method(method)
     if guard_set is None:
-        guard_set = held_out_guard_rows(method, views)
+        guard_set = held_out_guard_rows(views)
     seed_everything(seed)
     result = method.unlearn(
         model, views.request, views.forget_set,

@@ -102,7 +102,7 @@ def run_sequence(
             result = method.unlearn(
                 current, request, step_set,
                 view.retain_set if method.needs_retain else None,
-                recipe=recipe, seed=seed + k, guard_set=held_out_guard_rows(method, view),
+                recipe=recipe, seed=seed + k, guard_set=held_out_guard_rows(view),
             )
             current = result.model
             metrics = evaluate(current, view, seed=seed)

@@ -23,6 +23,7 @@ model is broadcast at the end, so every rank returns the model rank 0 writes.
 from __future__ import annotations
 
 import copy
+import math
 import re
 import time
 import warnings
@@ -32,6 +33,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from excise import distributed, runtime
 from excise.data.base import LabeledData
@@ -47,8 +49,20 @@ NO_PROGRESS_POINTS = 1.0
 """A class request whose forget accuracy fell by less than this many points was not served (:meth:`Guard.progress`)."""
 
 
+GOAL_Z = 2.0
+"""How many null standard errors of the membership AUC a samples request's forget rows must end beyond 0.5 before
+the guard calls them further from the goal (:meth:`Guard.goal`); 2 is the two-sided 95% band of a never-seen set."""
+
+GOAL_REPLICATES = 200
+"""Bootstrap redraws of the rows behind :meth:`Guard.goal`'s "further than it started" decision."""
+
+GOAL_CONFIDENCE = 0.95
+"""The share of those redraws in which the run must have ended further from the goal for the guard to say so."""
+
+
 class GuardWarning(UserWarning):
-    """A method's run lowered the guard rows' accuracy by more than the guard allows."""
+    """A method's run lowered the guard rows' accuracy by more than the guard allows, ended further from the goal
+    than it started, or forgot nothing."""
 
 
 @dataclass
@@ -98,17 +112,19 @@ GUARD_ACTIONS = ("warn", "rollback", "off")
 
 @dataclass(frozen=True)
 class Guard:
-    """The check every method runs under (issue 19): did the run collapse the model?
+    """The check every method runs under (issue 19): did the run collapse the model, or end further from the goal
+    than it started?
 
     It compares the top-1 accuracy on ``rows`` guard rows before and after the run and *fires* when it fell by
-    more than ``max_drop`` points. The rows are only data the method is entitled to: a seeded sample of the
-    retain set for a method that reads it, else a held-out ``guard_set`` the caller hands over (data that is
-    not training data — never the retain set for a forget-only method); without either, nothing is checked and
-    the result says so. ``action``: ``"warn"`` (default: a warning, and ``stats["guard"]`` records it),
-    ``"rollback"`` (also return the model as it was, so a collapsed run is never shipped; the result says it was
-    rolled back), ``"off"``. For a class request it also says whether the run forgot anything
-    (:meth:`progress`: the forget rows' accuracy before and after). The guard's forward passes are not part of the
-    method's timed seconds."""
+    more than ``max_drop`` points. The rows are only data the method is entitled to: a held-out ``guard_set`` the
+    caller hands over (data that is not training data — never the retain set for a forget-only method), else a
+    seeded sample of the retain set for a method that reads it; without either, nothing is checked and the result
+    says so. For a samples request with held-out rows it also asks whether the forget rows ended further from
+    looking unseen than they started (:meth:`goal`, ``stats["guard"]["further_from_goal"]``). ``action``:
+    ``"warn"`` (default: a warning, and ``stats["guard"]`` records it), ``"rollback"`` (also return the model as it
+    was, so a collapsed or goal-missing run is never shipped; the result says it was rolled back), ``"off"``. For a
+    class request it also says whether the run forgot anything (:meth:`progress`: the forget rows' accuracy before
+    and after). The guard's forward passes are not part of the method's timed seconds."""
 
     max_drop: float = 5.0
     action: str = "warn"
@@ -154,6 +170,52 @@ class Guard:
                 # A class its model never predicted (accuracy already under the threshold) had nothing to forget.
                 "forgot_nothing": first >= NO_PROGRESS_POINTS and first - last < NO_PROGRESS_POINTS}
 
+    def goal(self, before: nn.Module, after: nn.Module, data: UnlearnData, held_out: LabeledData | None,
+             seed: int) -> dict[str, Any] | None:
+        """For a samples request: did the run leave the forget rows further from the goal than it found them?
+
+        The goal of forgetting random training rows is the retrained model, which never saw them: to it they are
+        draws from the data's distribution like any held-out row. So the distance to the goal is how well the
+        per-row loss tells up to ``rows`` forget rows from the held-out rows — the membership AUC (members have
+        the lower loss), and ``|AUC - 0.5|``. The original starts above 0.5; a run that pushes the forget rows
+        past unseen data (an over-forgetting the retrained model would not show, which the MIA column reads) ends
+        below it. It is *further from the goal* when both hold:
+
+        - the distance grew in at least :data:`GOAL_CONFIDENCE` of :data:`GOAL_REPLICATES` bootstrap redraws of
+          both row sets (paired: the same redraw scores both models), so a move within the rows' noise is not
+          called a harm;
+        - the end is outside the band a never-seen set of these sizes shows, :data:`GOAL_Z` standard errors of
+          the AUC under no difference, ``sqrt((n_f + n_h + 1) / (12 n_f n_h))`` (Hanley and McNeil, 1982), so a
+          model that starts at the goal may wander inside it.
+
+        ``None`` for other requests (a class request's goal is checked by :meth:`progress`; a sub-class's
+        retrained forget accuracy is not known in advance); a dict saying why not when there are no held-out
+        rows (a retain sample is training data, the forget rows' own kind: it cannot stand for unseen data)."""
+        if self.action == "off" or data.task != "multiclass" or data.request.kind != "samples":
+            return None
+        if held_out is None:
+            return {"checked": False, "reason": "no held-out guard_set rows: not checked"}
+        forget = data.forget_set
+        if len(forget) > self.rows:
+            generator = torch.Generator().manual_seed(seed)
+            forget = forget.subset(torch.randperm(len(forget), generator=generator)[: self.rows].sort().values)
+        n_forget, n_held = len(forget), len(held_out)
+        # Held-out row j beats forget row i when its loss is higher: the Mann-Whitney comparison matrix, whose
+        # mean is the AUC and whose multinomially re-weighted means are its bootstrap redraws.
+        comparisons = [_loss_order(_row_losses(model, forget), _row_losses(model, held_out))
+                       for model in (before, after)]
+        generator = torch.Generator().manual_seed(seed)
+        forget_weights = _redraw_counts(n_forget, GOAL_REPLICATES, generator)
+        held_weights = _redraw_counts(n_held, GOAL_REPLICATES, generator)
+        distances = [((forget_weights @ c * held_weights).sum(1) / (n_forget * n_held) - 0.5).abs()
+                     for c in comparisons]
+        grew = float((distances[1] > distances[0]).double().mean())
+        auc_before, auc_after = (float(c.mean()) for c in comparisons)
+        band = GOAL_Z * math.sqrt((n_forget + n_held + 1) / (12 * n_forget * n_held))
+        further = grew >= GOAL_CONFIDENCE and abs(auc_after - 0.5) > band
+        return {"checked": True, "forget_rows": n_forget, "held_out_rows": n_held, "auc_before": auc_before,
+                "auc_after": auc_after, "chance_band": band, "grew_in_redraws": grew, "further": further}
+
     def judge(self, before: nn.Module, after: nn.Module, rows: LabeledData, source: str) -> dict[str, Any]:
         first, last = _top1(before, rows), _top1(after, rows)
         return {"data": source, "rows": len(rows), "accuracy_before": first, "accuracy_after": last,
@@ -163,6 +225,23 @@ class Guard:
 
 def _top1(model: nn.Module, rows: LabeledData) -> float:
     return 100 * float((predict_logits(model, rows).argmax(1) == rows.targets).float().mean())
+
+
+def _row_losses(model: nn.Module, rows: LabeledData) -> torch.Tensor:
+    return F.cross_entropy(predict_logits(model, rows).double(), rows.targets, reduction="none")
+
+
+def _loss_order(forget_losses: torch.Tensor, held_losses: torch.Tensor) -> torch.Tensor:
+    """``[i, j]``: 1 when held-out row j's loss is above forget row i's, 1/2 on a tie, else 0."""
+    above = (held_losses[None, :] > forget_losses[:, None]).double()
+    return above + 0.5 * (held_losses[None, :] == forget_losses[:, None]).double()
+
+
+def _redraw_counts(size: int, replicates: int, generator: torch.Generator) -> torch.Tensor:
+    """How often each of ``size`` rows is drawn in each of ``replicates`` bootstrap redraws (``replicates x size``)."""
+    draws = torch.randint(size, (replicates, size), generator=generator)
+    return torch.zeros(replicates, size, dtype=torch.float64).scatter_add_(
+        1, draws, torch.ones(replicates, size, dtype=torch.float64))
 
 
 class UnlearningMethod(ABC):
@@ -206,8 +285,9 @@ class UnlearningMethod(ABC):
         guard_set: LabeledData | None = None,
     ) -> UnlearnResult:
         """Return an unlearned copy of ``model``. ``retain_set`` is dropped for forget-only methods. The run is
-        checked by ``guard`` (default :class:`Guard`: warn on a collapse) on the retain set or on ``guard_set``,
-        held-out rows that are not training data; ``stats["guard"]`` records what it found."""
+        checked by ``guard`` (default :class:`Guard`: warn on a collapse, or on a samples request that ends
+        further from the goal) on ``guard_set``, held-out rows that are not training data, or without them on a
+        retain sample; ``stats["guard"]`` records what it found."""
         guard = Guard() if guard is None else guard
         if not isinstance(guard, Guard):
             raise TypeError(f"guard must be a Guard, got {type(guard).__name__}")
@@ -247,8 +327,19 @@ class UnlearningMethod(ABC):
                 warnings.warn(
                     f"{self.name}: accuracy on {found['rows']} {source} rows fell from {found['accuracy_before']:.1f}"
                     f" to {found['accuracy_after']:.1f} (more than the guard's {guard.max_drop:g} points): the run "
-                    "damaged the model" + ("; rolled back to the model as it was" if found["rolled_back"] else
-                                           "; Guard(action='rollback') returns the model as it was instead"),
+                    "damaged the model" + _rollback_note(found["rolled_back"]), GuardWarning, stacklevel=2)
+        goal = guard.goal(model, unlearned, data, rows if source == "held-out guard_set" else None, seed)
+        if goal is not None:
+            stats["guard"]["goal"] = goal
+            stats["guard"]["further_from_goal"] = goal.get("further")
+            if goal.get("further"):
+                if guard.action == "rollback" and not stats["guard"].get("rolled_back"):
+                    unlearned, stats["guard"]["rolled_back"] = copy.deepcopy(model).eval(), True
+                warnings.warn(
+                    f"{self.name}: the forget rows ended further from looking unseen than they started: their "
+                    f"membership AUC against {goal['held_out_rows']} held-out rows went from {goal['auc_before']:.2f}"
+                    f" to {goal['auc_after']:.2f} (0.5 = unseen; a never-seen set stays within "
+                    f"{goal['chance_band']:.2f} of it)" + _rollback_note(bool(stats["guard"].get("rolled_back"))),
                     GuardWarning, stacklevel=2)
         rolled_back = bool(stats["guard"].get("rolled_back"))
         moved = None if rolled_back else guard.progress(model, unlearned, data, seed)
@@ -280,6 +371,11 @@ class UnlearningMethod(ABC):
             "tasks": list(cls.tasks),
             "defaults": asdict(cls.Config()) if is_dataclass(cls.Config) else {},
         }
+
+
+def _rollback_note(rolled_back: bool) -> str:
+    return ("; rolled back to the model as it was" if rolled_back else
+            "; Guard(action='rollback') returns the model as it was instead")
 
 
 _VENUE = re.compile(r"\b((?:NeurIPS|ICLR|ICML|CVPR|ECCV|ICCV|AAAI|TMLR|NDSS|EuroS&P|IEEE S&P)\s+\d{4})")
