@@ -1,0 +1,55 @@
+"""The robustness zoo's verdicts (benchmarks/zoo.py, issue 19): what counts as harm, what excuses it, and the
+retrained twin that sets the gap's noise floor. The zoo itself takes most of an hour; its summary is judged here
+on hand-made result rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def zoo(monkeypatch):
+    # The script sets two environment defaults and puts benchmarks/ on sys.path when imported: both undone after.
+    monkeypatch.setenv("EXCISE_PROGRESS", "0")
+    monkeypatch.setenv("EXCISE_TRUSTED_MODULES", "zoo_models")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo.py"
+    spec = importlib.util.spec_from_file_location("zoo_under_test", script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "zoo_under_test", module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(method, seed, gap, *, original_gap=2.0, ra=99.0, guard=None, kind="random-1"):
+    metrics = {"FA": 100.0, "RA": ra, "TA": 98.0, "MIA": 10.0}
+    row = {"setting": "digits-cnn16-sgd", "request": kind, "seed": seed, "method": method, "gap": gap,
+           "original_gap": original_gap + 0.1 * seed, "original": {**metrics, "RA": 99.0}, "retrain": metrics,
+           "metrics": metrics, "speedup": 10.0, "seconds": 0.1}
+    if method != "retrain (twin)":
+        row["said_so"] = guard is not None and bool(guard.get("fired") or guard.get("further_from_goal"))
+        row["stats"] = {"guard": guard or {"fired": False}}
+    return row
+
+
+def test_harm_is_a_worse_gap_the_result_did_not_flag_and_the_twin_is_the_noise_floor(zoo):
+    assert zoo.said_so({"guard": {"fired": False, "further_from_goal": True}})
+    assert not zoo.said_so({"guard": {"fired": False, "further_from_goal": False, "forgot_nothing": False}})
+    rows = [_row("retrain (twin)", s, 1.5) for s in range(3)]
+    rows += [_row("pusher", s, 6.0) for s in range(3)]  # worse than doing nothing, silently
+    rows += [_row("flagged", s, 6.0, guard={"fired": False, "further_from_goal": True}) for s in range(3)]
+    # Flagged on two seeds of three: a flag on one seed does not excuse the others.
+    rows += [_row("sometimes", s, 6.0, guard={"fired": False, "further_from_goal": s > 0}) for s in range(3)]
+    rows += [_row("close", s, 1.2) for s in range(3)]
+    cells = zoo.summarise(rows)
+    assert cells["digits-cnn16-sgd|random-1|retrain (twin)"] == {
+        "setting": "digits-cnn16-sgd", "request": "random-1", "method": "retrain (twin)", "seeds": 3, "gap": 1.5}
+    verdict = {name: cells[f"digits-cnn16-sgd|random-1|{name}"] for name in ("pusher", "flagged", "sometimes", "close")}
+    assert verdict["pusher"]["harm"] and not verdict["pusher"]["said_so"] and not verdict["pusher"]["as_retrain"]
+    assert not verdict["flagged"]["harm"] and verdict["flagged"]["said_so"]
+    assert verdict["sometimes"]["harm"]
+    assert verdict["close"]["as_retrain"] and verdict["close"]["beat_nothing"] and not verdict["close"]["harm"]
