@@ -176,7 +176,8 @@ def main() -> None:
                                                reference=references[id(views)])
                     gap[which] = record.avg_gap
                     totals[which] += record.avg_gap
-                    fired = (record.stats.get("guard") or {}).get("fired")
+                    guard = record.stats.get("guard") or {}
+                    fired = guard.get("fired") or guard.get("further_from_goal")
                     text[which] = f"{record.avg_gap:.2f}" + ("!" if fired else "")
                 better = gap["calibrated"] < gap["default"]
                 cells.append(better)

@@ -64,7 +64,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from excise.bench.cache import ModelCache, code_version  # noqa: E402
+from excise.bench.cache import ModelCache, code_version, results_code_version  # noqa: E402
 from excise.checkpoint import versions  # noqa: E402
 from excise.data import load_dataset  # noqa: E402
 from excise.experiment import build_model, evaluate_original, run_method  # noqa: E402
@@ -192,14 +192,19 @@ def run_cell(out: Path, cache: ModelCache, name: str, setting: Setting, kind: st
     if (name, kind, seed, TWIN) not in done:
         # The noise floor of the gap: a second retrain of the same retain set, scored against the reference
         # exactly as a method is. A method whose gap is no larger is as close as retraining itself gets.
-        twin, twin_seconds = trained(cache, setting, bundle, seed, request, split(bundle.train, request)[1],
-                                     twin=True)
-        twin_record = evaluate_original(twin, views, seed=seed)
-        line = {**common, "method": TWIN, "metrics": twin_record.metrics,
-                "gap": avg_gap(twin_record.metrics, reference.metrics), "seconds": twin_seconds}
+        try:
+            twin, twin_seconds = trained(cache, setting, bundle, seed, request, split(bundle.train, request)[1],
+                                         twin=True)
+            twin_record = evaluate_original(twin, views, seed=seed)
+        except Exception as err:  # noqa: BLE001 - recorded like a method's failure; the methods still run
+            line = {**common, "method": TWIN, "error": f"{type(err).__name__}: {err}"}
+        else:
+            line = {**common, "method": TWIN, "metrics": twin_record.metrics,
+                    "gap": avg_gap(twin_record.metrics, reference.metrics), "seconds": twin_seconds}
         with (out / "results.jsonl").open("a") as handle:
             handle.write(json.dumps(line, default=str) + "\n")
-        console.print(f"{name} {kind} seed {seed} retrained twin: gap {line['gap']:.2f} (original {base_gap:.2f})")
+        shown = f"gap {line['gap']:.2f} (original {base_gap:.2f})" if "gap" in line else line["error"][:90]
+        console.print(f"{name} {kind} seed {seed} retrained twin: {shown}")
     for method in todo:
         start = time.perf_counter()
         try:
@@ -233,18 +238,19 @@ def read_results(out: Path) -> list[dict[str, Any]]:
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per (setting, request, method): the means over seeds and the four verdicts of the module docstring."""
+    """Per (setting, request, method): the means over seeds and the verdicts of the module docstring; per
+    (setting, request) the retrained twin's mean gap."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    twins: dict[tuple[str, str], list[float]] = {}
+    twins: dict[tuple[str, str], dict[int, float]] = {}
     for row in rows:
-        if row["method"] == TWIN:
-            twins.setdefault((row["setting"], row["request"]), []).append(row["gap"])
-        else:
+        if row["method"] != TWIN:
             groups.setdefault((row["setting"], row["request"], row["method"]), []).append(row)
+        elif "gap" in row:
+            twins.setdefault((row["setting"], row["request"]), {})[row["seed"]] = row["gap"]
     cells: dict[str, Any] = {}
     for (setting, kind), gaps in sorted(twins.items()):
         cells[f"{setting}|{kind}|{TWIN}"] = {"setting": setting, "request": kind, "method": TWIN,
-                                             "seeds": len(gaps), "gap": float(np.mean(gaps))}
+                                             "seeds": len(gaps), "gap": float(np.mean(list(gaps.values())))}
     for (setting, kind, method), runs in sorted(groups.items()):
         ok = [r for r in runs if "gap" in r]
         key = f"{setting}|{kind}|{method}"
@@ -265,11 +271,13 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         forgot = abs(fa - retrain_fa) <= 10.0 if kind == "class" else gap <= original_gap
         worse = gap > original_gap + spread
         harm = (original_ra - ra > 5.0 or worse) and not flagged
-        twin = twins.get((setting, kind))
+        # As close to the reference as a second retrain is, over the seeds both have: the gap's noise floor.
+        twin = twins.get((setting, kind), {})
+        paired = [r for r in ok if r["seed"] in twin]
         cells[key] = {
             "setting": setting, "request": kind, "method": method, "seeds": len(ok), "gap": gap,
-            # As close to the reference as a second retrain is (mean over seeds): within the gap's noise floor.
-            "as_retrain": None if not twin else gap <= float(np.mean(twin)),
+            "as_retrain": None if not paired else bool(np.mean([r["gap"] for r in paired])
+                                                       <= np.mean([twin[r["seed"]] for r in paired])),
             "original_gap": original_gap, "original_gap_spread": spread, "FA": fa, "retrain_FA": retrain_fa,
             "RA": ra, "original_RA": original_ra, "worst_seed_RA_drop": ra_drop, "forgot": forgot,
             "kept_RA": original_ra - ra <= 5.0, "beat_nothing": gap < original_gap, "harm": harm,
@@ -294,11 +302,12 @@ def print_summary(cells: dict[str, Any], console: Console, out: Path) -> None:
     for method in methods:
         mine = [c for c in cells.values() if c["method"] == method and "gap" in c]
         errors = sum(1 for c in cells.values() if c["method"] == method and "gap" not in c)
-        counts = [sum(bool(c.get(k)) for c in mine)
+        counts = [str(sum(bool(c.get(k)) for c in mine))
                   for k in ("forgot", "kept_RA", "beat_nothing", "harm", "said_so", "as_retrain")]
+        counts[-1] += f"/{sum(c.get('as_retrain') is not None for c in mine)}"  # of the pairs with a twin
         speed = float(np.median([c["speedup"] for c in mine])) if mine else float("nan")
-        per_method.add_row(method, str(len(mine)), *map(str, counts), str(errors), f"{speed:.1f}x")
-        lines.append(f"| `{method}` | {len(mine)} | " + " | ".join(map(str, counts)) + f" | {speed:.1f}x |")
+        per_method.add_row(method, str(len(mine)), *counts, str(errors), f"{speed:.1f}x")
+        lines.append(f"| `{method}` | {len(mine)} | " + " | ".join(counts) + f" | {speed:.1f}x |")
     console.print(per_method)
     lines += ["", "Average gap to retrain (mean over seeds); **bold** = harm not flagged by the method; "
               "first rows: the original (doing nothing) and a second retrain of the same retain set with another "
@@ -363,9 +372,17 @@ def main() -> None:
         for method in methods:
             get_method(method)  # an unknown name fails here, naming the known ones
     args.out.mkdir(parents=True, exist_ok=True)
+    earlier = args.out / "config.json"
+    if earlier.exists() and not args.summary_only:
+        recorded = json.loads(earlier.read_text()).get("results_code")
+        if recorded is not None and recorded != results_code_version():
+            parser.error(f"--out {args.out} holds results of other code (results_code {recorded[:12]}, this code "
+                         f"{results_code_version()[:12]}): one results file never mixes code versions; use a new "
+                         "--out (the models can be reused by copying its cache/)")
     (args.out / "config.json").write_text(json.dumps({"settings": settings, "requests": kinds, "seeds": args.seeds,
                                                       "methods": methods, "versions": versions(),
-                                                      "code": code_version()}, indent=1))
+                                                      "code": code_version(),
+                                                      "results_code": results_code_version()}, indent=1))
     if not args.summary_only:
         cache = ModelCache(args.out / "cache")
         done = {(r["setting"], r["request"], r["seed"], r["method"]) for r in read_results(args.out)}

@@ -187,3 +187,52 @@ def test_the_retrained_model_is_never_further_from_the_goal(digits, digits_model
     result = _unlearn("salun", digits_model, samples_views)
     assert result.stats["guard"]["data"] == "retain sample"
     assert result.stats["guard"]["goal"] == {"checked": False, "reason": "no held-out guard_set rows: not checked"}
+
+
+def test_the_goal_is_judged_on_the_runs_own_model_even_when_a_collapse_rolls_it_back(digits_model, one_percent):
+    """Gradient ascent at ten times its step on 13 rows damages the held-out rows and pushes the forget rows past
+    unseen data: both findings are recorded (the goal on the run's model, not on the restored copy), and one
+    rollback returns the original."""
+    held_out = one_percent.test_retain
+    with pytest.warns(GuardWarning):
+        rolled = _unlearn("gradient_ascent", digits_model, one_percent, guard=Guard(action="rollback"),
+                          guard_set=held_out, epochs=30, lr=0.5)
+    found = rolled.stats["guard"]
+    assert found["fired"] and found["further_from_goal"] and found["rolled_back"], found
+    assert found["goal"]["auc_after"] != found["goal"]["auc_before"]
+    assert all(torch.equal(a, b) for a, b in zip(digits_model.state_dict().values(),
+                                                 rolled.model.state_dict().values(), strict=True))
+
+
+def test_the_goal_check_refuses_to_read_what_it_cannot(digits_model, one_percent):
+    import copy
+
+    from excise.methods.base import UnlearnData
+
+    held_out = one_percent.test_retain.subset(torch.arange(300))
+    data = UnlearnData(forget_set=one_percent.forget_set, request=one_percent.request, recipe=RECIPE)
+    broken = copy.deepcopy(digits_model)
+    next(broken.parameters()).data.fill_(float("nan"))  # a diverged run: every loss NaN
+    goal = Guard().goal(digits_model, broken, data, held_out, seed=0)
+    assert goal["further"] is True and goal["reason"] == "non-finite losses after the run"
+    # One forget row: no AUC could leave a never-seen row's band, so the check says it did not judge.
+    one = UnlearnData(forget_set=one_percent.forget_set.subset(torch.arange(1)), request=one_percent.request,
+                      recipe=RECIPE)
+    goal = Guard().goal(digits_model, broken, one, held_out, seed=0)
+    assert goal["checked"] is False and goal["reason"].startswith("too few rows")
+    # Held-out rows beyond the guard's size are drawn down to it, as the collapse check's are.
+    assert Guard(rows=64).goal(digits_model, digits_model, data, held_out, seed=0)["held_out_rows"] == 64
+
+
+def test_calibration_never_chooses_a_trial_that_ended_further_from_the_goal(digits_model, samples_views,
+                                                                          monkeypatch):
+    import excise.calibrate as calibrate_module
+    from excise.experiment import RunRecord
+
+    def pushed(*args, **kwargs):
+        stats = {"guard": {"fired": False, "further_from_goal": True, "goal": {"auc_before": 0.55, "auc_after": 0.2}}}
+        return None, RunRecord("salun", {}, {}, 0.1, {}, stats, avg_gap=0.3)
+
+    monkeypatch.setattr(calibrate_module, "run_method", pushed)
+    trial = calibrate_module._run_trial("salun", {}, digits_model, samples_views, RECIPE, None, 0, Guard(), None)
+    assert trial.status == "guard" and "0.55 -> 0.20" in trial.detail

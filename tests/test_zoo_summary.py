@@ -36,7 +36,7 @@ def _row(method, seed, gap, *, original_gap=2.0, ra=99.0, guard=None, kind="rand
     return row
 
 
-def test_harm_is_a_worse_gap_the_result_did_not_flag_and_the_twin_is_the_noise_floor(zoo):
+def test_harm_is_a_worse_gap_the_result_did_not_flag_and_the_twin_is_the_noise_floor(zoo, tmp_path):
     assert zoo.said_so({"guard": {"fired": False, "further_from_goal": True}})
     assert not zoo.said_so({"guard": {"fired": False, "further_from_goal": False, "forgot_nothing": False}})
     rows = [_row("retrain (twin)", s, 1.5) for s in range(3)]
@@ -45,11 +45,20 @@ def test_harm_is_a_worse_gap_the_result_did_not_flag_and_the_twin_is_the_noise_f
     # Flagged on two seeds of three: a flag on one seed does not excuse the others.
     rows += [_row("sometimes", s, 6.0, guard={"fired": False, "further_from_goal": s > 0}) for s in range(3)]
     rows += [_row("close", s, 1.2) for s in range(3)]
+    rows += [_row("better", s, 1.8) for s in range(3)]  # beats doing nothing, not as close as a second retrain
     cells = zoo.summarise(rows)
     assert cells["digits-cnn16-sgd|random-1|retrain (twin)"] == {
         "setting": "digits-cnn16-sgd", "request": "random-1", "method": "retrain (twin)", "seeds": 3, "gap": 1.5}
-    verdict = {name: cells[f"digits-cnn16-sgd|random-1|{name}"] for name in ("pusher", "flagged", "sometimes", "close")}
+    verdict = {name: cells[f"digits-cnn16-sgd|random-1|{name}"]
+               for name in ("pusher", "flagged", "sometimes", "close", "better")}
     assert verdict["pusher"]["harm"] and not verdict["pusher"]["said_so"] and not verdict["pusher"]["as_retrain"]
     assert not verdict["flagged"]["harm"] and verdict["flagged"]["said_so"]
     assert verdict["sometimes"]["harm"]
     assert verdict["close"]["as_retrain"] and verdict["close"]["beat_nothing"] and not verdict["close"]["harm"]
+    assert verdict["better"]["beat_nothing"] and verdict["better"]["as_retrain"] is False
+    from rich.console import Console
+
+    with (tmp_path / "console.txt").open("w") as printed:
+        zoo.print_summary(cells, Console(file=printed), tmp_path)
+    table = (tmp_path / "zoo.md").read_text()
+    assert "| retrain (twin) | 1.50 |" in table and "| `close` | 1 | 1 | 1 | 1 | 0 | 0 | 1/1 |" in table

@@ -197,7 +197,8 @@ def search_space(method: str, kind: str | None = None) -> dict[str, Space]:
 @dataclass
 class TrialRecord:
     """One trial: its hyper-parameters, the proxy gap it measured (``None`` when the run failed) and its status:
-    ``"ok"``, ``"guard"`` (the guard fired: not eligible, whatever its gap) or ``"failed"``."""
+    ``"ok"``, ``"guard"`` (the guard fired — a collapse, or forget rows left further from looking unseen: not
+    eligible, whatever its gap) or ``"failed"``."""
 
     number: int
     params: dict[str, Any]

@@ -318,7 +318,8 @@ def calibrate_command(
         None, help="Where to write the calibration (.json; default beside the model: MODEL.calibration.json)."),
     seed: int = typer.Option(0, help="Seeds every trial's run and the sampler."),
     max_drop: float = typer.Option(
-        5.0, help="The guard: a trial that drops the guard rows' accuracy by more points than this is not kept."),
+        5.0, help="The guard: a trial that drops the guard rows' accuracy by more points than this (or, on a "
+                  "samples proxy, leaves the forget rows further from looking unseen) is not kept."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
 ) -> None:
     """Tune each method's key hyper-parameters against one retrain on a proxy request (optuna); then

@@ -150,10 +150,7 @@ class Guard:
             source, name = data._retain_set, "retain sample"
         else:
             return None, "forget-only method and no held-out guard_set: not checked"
-        if len(source) > self.rows:
-            generator = torch.Generator().manual_seed(seed)
-            source = source.subset(torch.randperm(len(source), generator=generator)[: self.rows].sort().values)
-        return source, name
+        return _seeded_rows(source, self.rows, seed), name
 
     def progress(self, before: nn.Module, after: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any] | None:
         """For a class request: the top-1 accuracy on up to ``rows`` forget rows (data every method reads) before
@@ -161,10 +158,7 @@ class Guard:
         returned as it came, in effect, and the result says so rather than pass for an unlearned model."""
         if self.action == "off" or data.task != "multiclass" or data.request.kind != "class":
             return None
-        rows = data.forget_set
-        if len(rows) > self.rows:
-            generator = torch.Generator().manual_seed(seed)
-            rows = rows.subset(torch.randperm(len(rows), generator=generator)[: self.rows].sort().values)
+        rows = _seeded_rows(data.forget_set, self.rows, seed)
         first, last = _top1(before, rows), _top1(after, rows)
         return {"forget_rows": len(rows), "forget_accuracy_before": first, "forget_accuracy_after": last,
                 # A class its model never predicted (accuracy already under the threshold) had nothing to forget.
@@ -195,15 +189,21 @@ class Guard:
             return None
         if held_out is None:
             return {"checked": False, "reason": "no held-out guard_set rows: not checked"}
-        forget = data.forget_set
-        if len(forget) > self.rows:
-            generator = torch.Generator().manual_seed(seed)
-            forget = forget.subset(torch.randperm(len(forget), generator=generator)[: self.rows].sort().values)
+        forget, held_out = (_seeded_rows(part, self.rows, seed) for part in (data.forget_set, held_out))
         n_forget, n_held = len(forget), len(held_out)
+        band = GOAL_Z * math.sqrt((n_forget + n_held + 1) / (12 * n_forget * n_held))
+        if band >= 0.5:  # one or two forget rows: no AUC could leave the band, so nothing would ever be said
+            return {"checked": False, "forget_rows": n_forget, "held_out_rows": n_held,
+                    "reason": f"too few rows: a never-seen set of {n_forget} rows may sit anywhere in [0, 1]"}
+        losses = [(_row_losses(model, forget), _row_losses(model, held_out)) for model in (before, after)]
+        if not all(bool(torch.isfinite(part).all()) for pair in losses for part in pair):
+            # NaN compares as neither above nor below: it would read as an AUC, not as the broken model it is.
+            after_finite = all(bool(torch.isfinite(part).all()) for part in losses[1])
+            return {"checked": True, "forget_rows": n_forget, "held_out_rows": n_held, "further": not after_finite,
+                    "reason": "non-finite losses " + ("before the run" if after_finite else "after the run")}
         # Held-out row j beats forget row i when its loss is higher: the Mann-Whitney comparison matrix, whose
         # mean is the AUC and whose multinomially re-weighted means are its bootstrap redraws.
-        comparisons = [_loss_order(_row_losses(model, forget), _row_losses(model, held_out))
-                       for model in (before, after)]
+        comparisons = [_loss_order(forget_losses, held_losses) for forget_losses, held_losses in losses]
         generator = torch.Generator().manual_seed(seed)
         forget_weights = _redraw_counts(n_forget, GOAL_REPLICATES, generator)
         held_weights = _redraw_counts(n_held, GOAL_REPLICATES, generator)
@@ -211,7 +211,6 @@ class Guard:
                      for c in comparisons]
         grew = float((distances[1] > distances[0]).double().mean())
         auc_before, auc_after = (float(c.mean()) for c in comparisons)
-        band = GOAL_Z * math.sqrt((n_forget + n_held + 1) / (12 * n_forget * n_held))
         further = grew >= GOAL_CONFIDENCE and abs(auc_after - 0.5) > band
         return {"checked": True, "forget_rows": n_forget, "held_out_rows": n_held, "auc_before": auc_before,
                 "auc_after": auc_after, "chance_band": band, "grew_in_redraws": grew, "further": further}
@@ -221,6 +220,14 @@ class Guard:
         return {"data": source, "rows": len(rows), "accuracy_before": first, "accuracy_after": last,
                 "max_drop": self.max_drop, "fired": first - last > self.max_drop, "action": self.action,
                 "rolled_back": False}
+
+
+def _seeded_rows(rows: LabeledData, limit: int, seed: int) -> LabeledData:
+    """At most ``limit`` of ``rows``: a seeded draw, in their order."""
+    if len(rows) <= limit:
+        return rows
+    generator = torch.Generator().manual_seed(seed)
+    return rows.subset(torch.randperm(len(rows), generator=generator)[:limit].sort().values)
 
 
 def _top1(model: nn.Module, rows: LabeledData) -> float:
@@ -317,30 +324,30 @@ class UnlearningMethod(ABC):
         distributed.broadcast_module(unlearned)
         unlearned.eval()
         rows, source = guard.watch(data, guard_set, seed)
+        rolling = guard.action == "rollback"
         if rows is None:
             stats["guard"] = {"data": None, "fired": None, "reason": source}
         else:
             found = stats["guard"] = guard.judge(model, unlearned, rows, source)
             if found["fired"]:
-                if guard.action == "rollback":
-                    unlearned, found["rolled_back"] = copy.deepcopy(model).eval(), True
                 warnings.warn(
                     f"{self.name}: accuracy on {found['rows']} {source} rows fell from {found['accuracy_before']:.1f}"
                     f" to {found['accuracy_after']:.1f} (more than the guard's {guard.max_drop:g} points): the run "
-                    "damaged the model" + _rollback_note(found["rolled_back"]), GuardWarning, stacklevel=2)
-        goal = guard.goal(model, unlearned, data, rows if source == "held-out guard_set" else None, seed)
+                    "damaged the model" + _rollback_note(rolling), GuardWarning, stacklevel=2)
+        # Judged on the run's own model, whatever the collapse check decides: a run can do both kinds of damage.
+        goal = guard.goal(model, unlearned, data, rows if guard_set is not None else None, seed)
         if goal is not None:
             stats["guard"]["goal"] = goal
             stats["guard"]["further_from_goal"] = goal.get("further")
             if goal.get("further"):
-                if guard.action == "rollback" and not stats["guard"].get("rolled_back"):
-                    unlearned, stats["guard"]["rolled_back"] = copy.deepcopy(model).eval(), True
-                warnings.warn(
-                    f"{self.name}: the forget rows ended further from looking unseen than they started: their "
-                    f"membership AUC against {goal['held_out_rows']} held-out rows went from {goal['auc_before']:.2f}"
-                    f" to {goal['auc_after']:.2f} (0.5 = unseen; a never-seen set stays within "
-                    f"{goal['chance_band']:.2f} of it)" + _rollback_note(bool(stats["guard"].get("rolled_back"))),
-                    GuardWarning, stacklevel=2)
+                moved_to = ("non-finite losses" if "reason" in goal else
+                            f"a membership AUC against {goal['held_out_rows']} held-out rows that went from "
+                            f"{goal['auc_before']:.2f} to {goal['auc_after']:.2f} (0.5 = unseen; a never-seen set "
+                            f"stays within {goal['chance_band']:.2f} of it)")
+                warnings.warn(f"{self.name}: the forget rows ended further from looking unseen than they started: "
+                              f"{moved_to}" + _rollback_note(rolling), GuardWarning, stacklevel=2)
+        if rolling and (stats["guard"].get("fired") or stats["guard"].get("further_from_goal")):
+            unlearned, stats["guard"]["rolled_back"] = copy.deepcopy(model).eval(), True
         rolled_back = bool(stats["guard"].get("rolled_back"))
         moved = None if rolled_back else guard.progress(model, unlearned, data, seed)
         if moved is not None:
