@@ -410,6 +410,10 @@ def test_suite_files_load_and_bad_files_are_refused(tmp_path):
     assert any(s.dataset.name == "digits-super" for s in quick.scenarios if s.kind == "subclass")
     paper = load_suite(SUITES / "paper.yaml")
     assert {s.dataset.name for s in paper.scenarios} >= {"cifar10", "cifar100", "cifar20", "celeba"}
+    midscale = load_suite(SUITES / "midscale.yaml")  # its retrained twin: the gap's noise floor in every scenario
+    twin = next(m for m in midscale.methods if m.label == "retrain-twin")
+    assert (twin.name, twin.params) == ("retrain", {"seed_offset": 1000})
+    assert all("retrain-twin" in [m.label for m in midscale.methods_for(s)] for s in midscale.scenarios)
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("suite: x\nseeds: [0\n")
