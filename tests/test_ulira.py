@@ -279,6 +279,11 @@ def test_a_suite_scenario_reports_ulira_for_every_cell_against_chance(tmp_path):
         assert 0 <= block["value"] <= 100 and block["reference"] == 50.0  # exact unlearning's value: chance
         assert block["gap"] == pytest.approx(abs(block["value"] - 50)) and "U-LiRA" in block["direction"]
     assert records[("random-10", "retrain")]["metrics"]["MIA:ulira_tpr@1%fpr"]["reference"] == 1.0
+    # Every cell of the group reads its AUC beside retrain's null band: the noise of this many shadows and rows.
+    band = records[("random-10", "retrain")]["ulira_null_band"]
+    assert len(band) == 2 and 0 <= band[0] < 50 < band[1] <= 100
+    assert all(records[("random-10", m)]["ulira_null_band"] == band for m in ("original", "finetune"))
+    assert "ulira_null_band" not in records[("class-3", "finetune")]
     assert "MIA:ulira_auc" not in records[("class-3", "finetune")]["metrics"]
     report = build_report(summary.results_path, tmp_path / "report")
     assert "ulira_auc" in report.markdown.read_text()
@@ -291,6 +296,7 @@ def test_a_suite_scenario_reports_ulira_for_every_cell_against_chance(tmp_path):
     for method in ("original", "retrain", "finetune"):
         assert (second[("random-10", method)]["metrics"]["MIA:ulira_auc"]["value"]
                 == records[("random-10", method)]["metrics"]["MIA:ulira_auc"]["value"])
+        assert second[("random-10", method)]["ulira_null_band"] == band  # the cached row keeps its band
 
 
 def test_a_failing_attack_costs_the_cell_its_ulira_numbers_only(tmp_path, monkeypatch):
@@ -299,10 +305,10 @@ def test_a_failing_attack_costs_the_cell_its_ulira_numbers_only(tmp_path, monkey
 
     original_attack = ULiraShadows.attack
 
-    def attack(self, method, *, reuse=False):
+    def attack(self, method, *, reuse=False, band=False):
         if method is not None and method.name == "finetune":
             raise ValueError("phi holds non-finite values")
-        return original_attack(self, method, reuse=reuse)
+        return original_attack(self, method, reuse=reuse, band=band)
 
     monkeypatch.setattr(ULiraShadows, "attack", attack)
     spec = {**ULIRA_SUITE, "scenarios": ULIRA_SUITE["scenarios"][:1]}

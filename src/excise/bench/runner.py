@@ -304,6 +304,7 @@ class _GroupModels:
         # chance) is what the retrain cell shows. A failure here costs the U-LiRA numbers, not the cells.
         self.ulira: ULiraShadows | None = None
         self.ulira_retrain: dict[str, float] = {}
+        self.ulira_band: list[float] | None = None
         self.ulira_error: str | None = None
         if scenario.ulira is not None:
             from excise.bench.ulira import ULiraConfig, ULiraShadows
@@ -315,7 +316,11 @@ class _GroupModels:
                 self.ulira = ULiraShadows(bundle, scenario.model.name, scenario.training, config,
                                           model_kwargs=scenario.model.kwargs, cache=runner.cache)
                 runner.emit("ulira", {**info, "model": "retrain"})
-                self.ulira_retrain = ulira_metrics(self.ulira.attack(get_method("retrain"), reuse=True).attack)
+                retrained = self.ulira.attack(get_method("retrain"), reuse=True, band=True)
+                self.ulira_retrain = ulira_metrics(retrained.attack)
+                # The noise of this run's size (retrain's scores under random membership): every cell of the
+                # group carries it as ``ulira_null_band``, so an AUC is read beside it.
+                self.ulira_band = retrained.null_band
             except Exception as err:  # noqa: BLE001 - recorded in every cell of the group
                 self.ulira, self.ulira_error = None, f"{type(err).__name__}: {err}"
             else:
@@ -329,6 +334,8 @@ class _GroupModels:
             record["ulira_error"] = self.ulira_error
         if self.ulira is None:
             return {}
+        if self.ulira_band is not None:
+            record["ulira_null_band"] = self.ulira_band
         try:
             return ulira_metrics(self.ulira.attack(method).attack)
         except Exception as err:  # noqa: BLE001 - the cell's other numbers stand
@@ -434,6 +441,8 @@ class _Runner:
         elif cell.label == "retrain":
             if models.ulira_error is not None:
                 record["ulira_error"] = models.ulira_error
+            if models.ulira_band is not None:
+                record["ulira_null_band"] = models.ulira_band
             for k, step in enumerate(item.steps):
                 ref = models.references[k]
                 metrics = {**ref.metrics, **models.ulira_retrain}  # measured U-LiRA, against chance

@@ -117,6 +117,9 @@ class ULiraRow:
     # Each pool example's AUC over the shadows as targets (half in, half out): which examples stay exposed.
     per_example_auc: list[float] = field(default_factory=list)
     phi: np.ndarray | None = field(default=None, repr=False)  # (shadows x pool examples), not serialised
+    # Central 95% of this row's AUC under random membership (retrain's row: the noise of this run's size), when
+    # asked for (:meth:`ULiraShadows.attack` with ``band=True``); serialised, so a cached row keeps it.
+    null_band: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "phi"}
@@ -243,26 +246,30 @@ class ULiraShadows:
         model, seconds = self._originals[k]
         return model, seconds, request, forget_set, retain_set
 
-    def attack(self, method: UnlearningMethod | None, *, reuse: bool = False) -> ULiraRow:
+    def attack(self, method: UnlearningMethod | None, *, reuse: bool = False, band: bool = False) -> ULiraRow:
         """U-LiRA on ``method``'s unlearned shadows (``None``: on the shadows as trained). ``reuse``: read the
         row from (or write it to) the cache when one is set, keyed by everything that produced it — the bench
-        runner uses it for retrain's row, which costs ``num_shadows`` retrainings and never changes."""
+        runner uses it for retrain's row, which costs ``num_shadows`` retrainings and never changes. ``band``:
+        the row also carries its :func:`~excise.metrics.lira.null_auc_band` (``null_band``, percent)."""
         if not reuse or self.cache is None:
-            return self._attack(method)
+            return self._attack(method, band)
         payload = {**self._base, "ulira": asdict(self.config),
                    "method": None if method is None else {"name": method.name, "config": method.config_dict()}}
         path = self.cache.directory / f"ulira_row-{content_hash(payload)[:24]}.json"
         if path.exists():
             try:
-                return ULiraRow.from_dict(json.loads(path.read_text()))
+                cached = ULiraRow.from_dict(json.loads(path.read_text()))
             except (ValueError, TypeError, KeyError):
                 pass  # unreadable (a hand edit, an older format): computed again and replaced below
-        row = self._attack(method)
+            else:
+                if cached.null_band is not None or not band:
+                    return cached
+        row = self._attack(method, band)
         if self.cache.writable:
             atomic_write_text(path, json.dumps(row.to_dict()), overwrite=True)
         return row
 
-    def _attack(self, method: UnlearningMethod | None) -> ULiraRow:
+    def _attack(self, method: UnlearningMethod | None, band: bool = False) -> ULiraRow:
         name = ORIGINAL if method is None else method.name
         phi = np.zeros(self.member.shape)
         forget_acc, test_acc, seconds = [], [], []
@@ -289,7 +296,9 @@ class ULiraShadows:
         return ULiraRow(method=name, attack=attack_result(scores, self.member),
                         forget_accuracy=float(np.mean(forget_acc)), test_accuracy=float(np.mean(test_acc)),
                         seconds=float(np.mean(seconds)), per_example_auc=_per_example_auc(scores, self.member),
-                        phi=phi)
+                        phi=phi, null_band=None if not band else [
+                            100.0 * b for b in null_auc_band(phi, variance=self.config.variance,
+                                                             seed=self.config.seed)])
 
 
 def run_ulira(
