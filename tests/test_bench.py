@@ -414,6 +414,7 @@ def test_suite_files_load_and_bad_files_are_refused(tmp_path):
     twin = next(m for m in midscale.methods if m.label == "retrain-twin")
     assert (twin.name, twin.params) == ("retrain", {"seed_offset": 1000})
     assert all("retrain-twin" in [m.label for m in midscale.methods_for(s)] for s in midscale.scenarios)
+    assert {s.name for s in midscale.scenarios if s.ulira is not None} == {"mnist-random-10", "animal-random-10"}
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("suite: x\nseeds: [0\n")

@@ -32,8 +32,8 @@ def test_a_retrained_twin_is_another_draw_of_the_reference_and_sets_the_noise_fl
     assert not all(torch.equal(a, b) for a, b in zip(twin_model.state_dict().values(),
                                                      same_model.state_dict().values(), strict=True))
     assert twin.avg_gap < avg_gap(evaluate_original(digits_model, samples_views).metrics, samples_reference.metrics)
-    for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="seed_offset=.* must be an integer >= 0"):
+    for bad in (-1, 1.5, True, 2**64):
+        with pytest.raises(ValueError, match=r"seed_offset=.* must be an integer in \[0, 2\*\*31\)"):
             get_method("retrain", seed_offset=bad)
 
 

@@ -266,6 +266,8 @@ ULIRA_SUITE = {
 
 
 def test_a_suite_scenario_reports_ulira_for_every_cell_against_chance(tmp_path):
+    import json
+
     from excise.bench import parse_suite, read_records, run_suite
     from excise.bench.report import build_report
 
@@ -287,16 +289,26 @@ def test_a_suite_scenario_reports_ulira_for_every_cell_against_chance(tmp_path):
     assert "MIA:ulira_auc" not in records[("class-3", "finetune")]["metrics"]
     report = build_report(summary.results_path, tmp_path / "report")
     assert "ulira_auc" in report.markdown.read_text()
+    assert "ulira_auc noise band (central 95%" in report.markdown.read_text()
+    assert f"seed 0: {band[0]:.1f}-{band[1]:.1f}" in report.markdown.read_text()
     # Retrain's attack (a retraining per shadow) is kept as a row in the cache: a new run of the suite into
     # another directory with the same cache reads it back, with the shadows.
     rows = list((tmp_path / "run" / "cache").glob("ulira_row-*.json"))
-    assert len(rows) == 1
+    assert len(rows) == 1 and json.loads(rows[0].read_text())["null_band"] == band
     again = run_suite(suite, tmp_path / "again", cache_dir=tmp_path / "run" / "cache")
     second = {(r["scenario"], r["method"]): r for r in read_records(again.results_path)}
     for method in ("original", "retrain", "finetune"):
         assert (second[("random-10", method)]["metrics"]["MIA:ulira_auc"]["value"]
                 == records[("random-10", method)]["metrics"]["MIA:ulira_auc"]["value"])
         assert second[("random-10", method)]["ulira_null_band"] == band  # the cached row keeps its band
+    # A row cached by older code, without a band, is read for its numbers only where no band is asked for; the
+    # runner asks, so it is computed again and the file rewritten with the band.
+    older = json.loads(rows[0].read_text())
+    del older["null_band"]
+    rows[0].write_text(json.dumps(older))
+    third = run_suite(suite, tmp_path / "third", cache_dir=tmp_path / "run" / "cache")
+    assert all(r["ulira_null_band"] == band for r in read_records(third.results_path) if r["scenario"] == "random-10")
+    assert json.loads(rows[0].read_text())["null_band"] == band
 
 
 def test_a_failing_attack_costs_the_cell_its_ulira_numbers_only(tmp_path, monkeypatch):

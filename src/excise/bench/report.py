@@ -248,6 +248,16 @@ def versus_nothing(method: MethodSummary, original: MethodSummary | None) -> str
 NOT_DISTINGUISHABLE = "not distinguishable from doing nothing"
 
 
+def _ulira_bands(summary: ScenarioSummary) -> list[str]:
+    """Retrain's U-LiRA null band per seed (``ulira_null_band`` of the cells), the noise an AUC is read against."""
+    bands = {r["seed"]: r["ulira_null_band"] for m in summary.methods for r in m.records if r.get("ulira_null_band")}
+    if not bands:
+        return []
+    shown = "; ".join(f"seed {seed}: {low:.1f}-{high:.1f}" for seed, (low, high) in sorted(bands.items()))
+    return [f"ulira_auc noise band (central 95% of retrain's AUC under random membership; inside it = noise): "
+            f"{shown}"]
+
+
 def _original(summary: ScenarioSummary) -> MethodSummary | None:
     return next((m for m in summary.methods if m.label == "original" and m.records), None)
 
@@ -627,7 +637,8 @@ def build_report(results: str | Path, out_dir: str | Path, *, title: str | None 
         if table.headers[1:]:
             doc.heading(3, "Membership inference, every variant")
             doc.table(table)
-            doc.bullets([f"{name.removeprefix('MIA:')}: {direction}" for name, direction in directions.items()])
+            doc.bullets([f"{name.removeprefix('MIA:')}: {direction}" for name, direction in directions.items()]
+                        + _ulira_bands(summary))
         problems = []
         for m in summary.methods:
             for r in m.failed:

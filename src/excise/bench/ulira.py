@@ -40,7 +40,8 @@ scores carry no signal and its true AUC is exactly 0.5; its *measured* AUC shows
 shadows and examples. When retrain is run, the report adds the central 95% of the AUC under random
 re-assignments of membership to its scores (:func:`excise.metrics.lira.null_auc_band`): differences inside that
 band are noise. In a suite the reference of the ``MIA:ulira_*`` metrics is therefore chance (50, and TPR = FPR),
-not retrain's measured value; the retrain cell shows the measured one.
+not retrain's measured value; the retrain cell shows the measured one, and every cell of the (scenario, seed)
+carries retrain's band as ``ulira_null_band`` (percent; the report lists it under the MIA table).
 
 Cost: ``num_shadows`` trainings plus ``num_shadows`` unlearning runs per method; the trained shadows can be
 cached (``cache_dir``) and are reused by later runs with the same data, model, recipe, pool, seed and number of
