@@ -192,12 +192,13 @@ class Guard:
         forget, held_out = (_seeded_rows(part, self.rows, seed) for part in (data.forget_set, held_out))
         n_forget, n_held = len(forget), len(held_out)
         band = GOAL_Z * math.sqrt((n_forget + n_held + 1) / (12 * n_forget * n_held))
-        if band >= 0.5:  # one or two forget rows: no AUC could leave the band, so nothing would ever be said
+        if band >= 0.5:  # one forget row (or two against few held-out rows): no AUC could leave the band
             return {"checked": False, "forget_rows": n_forget, "held_out_rows": n_held,
                     "reason": f"too few rows: a never-seen set of {n_forget} rows may sit anywhere in [0, 1]"}
         losses = [(_row_losses(model, forget), _row_losses(model, held_out)) for model in (before, after)]
         if not all(bool(torch.isfinite(part).all()) for pair in losses for part in pair):
-            # NaN compares as neither above nor below: it would read as an AUC, not as the broken model it is.
+            # A NaN loss compares as neither above nor below: it would read as an AUC, not as the broken model it
+            # is (an infinite one, from infinite logits, is taken for the same).
             after_finite = all(bool(torch.isfinite(part).all()) for part in losses[1])
             return {"checked": True, "forget_rows": n_forget, "held_out_rows": n_held, "further": not after_finite,
                     "reason": "non-finite losses " + ("before the run" if after_finite else "after the run")}
