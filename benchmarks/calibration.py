@@ -93,7 +93,7 @@ from rich.table import Table  # noqa: E402
 from excise.calibrate import calibrate  # noqa: E402
 from excise.data import load_dataset  # noqa: E402
 from excise.experiment import run_method, train_original  # noqa: E402
-from excise.methods import GuardWarning, get_method  # noqa: E402
+from excise.methods import COMPARE_GUARD, GuardWarning, get_method  # noqa: E402
 from excise.metrics import EvalViews  # noqa: E402
 from excise.requests import ForgetRequest  # noqa: E402
 from excise.training import TrainConfig  # noqa: E402
@@ -173,7 +173,7 @@ def main() -> None:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", GuardWarning)  # shown as "!" instead
                         _, record = run_method(get_method(method, **params), model, views, RECIPE, seed=args.seed,
-                                               reference=references[id(views)])
+                                               reference=references[id(views)], guard=COMPARE_GUARD)
                     gap[which] = record.avg_gap
                     totals[which] += record.avg_gap
                     guard = record.stats.get("guard") or {}

@@ -20,6 +20,7 @@ from rich.table import Table  # noqa: E402
 
 from excise.data import load_dataset  # noqa: E402
 from excise.experiment import evaluate_original, run_method, train_original  # noqa: E402
+from excise.methods import COMPARE_GUARD  # noqa: E402
 from excise.metrics import EvalViews, avg_gap  # noqa: E402
 from excise.requests import ForgetRequest  # noqa: E402
 from excise.timing import forward_backward_seconds  # noqa: E402
@@ -53,7 +54,8 @@ def main() -> None:
         rows = [("original", original.metrics, avg_gap(original.metrics, reference.metrics), None, "")]
         rows.append(("retrain", reference.metrics, 0.0, reference.seconds, ""))
         for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
-            _, record = run_method(name, model, views, recipe, seed=args.seed, reference=reference)
+            _, record = run_method(name, model, views, recipe, seed=args.seed, reference=reference,
+                                   guard=COMPARE_GUARD)
             stop = str(record.stats.get("stop_reason", ""))
             rows.append((name, record.metrics, record.avg_gap, record.seconds, stop))
         for name, m, gap, seconds, stop in rows:

@@ -21,15 +21,18 @@ setting                   model                                   data / recipe
 ========================  ======================================  ===============================================
 
 Requests: a full class, a random 10% and a random 1% of the training set; seeds 0, 1, 2 (the seed draws the split,
-the model, the request and the method). Every method runs at its defaults under the guard (warn), checked on
-held-out test rows of the retained classes (never training data; no method reads them).
+the model, the request and the method). Every method runs at its defaults under the guard at its default
+(rollback: a run that collapsed the model or left a samples request's forget rows further from looking unseen is
+returned as the model it was given, and says so), checked on held-out test rows of the retained classes (never
+training data; no method reads them). ``--guard warn`` measures the methods themselves, before the guard acts.
 
 Per cell it records the method's FA/RA/TA/MIA, its average gap to the retrained model, the original's gap, the
 seconds of both, and the guard's finding, appended to ``<out>/results.jsonl`` (one line per (setting, request,
 seed, method); a rerun skips what is there, so the zoo can be run in parts). Originals and retrained models are
 cached under ``<out>/cache``. The summary judges each (setting, request) pair on the mean over its seeds:
 
-- **forgot**: class — FA within 10 points of retrain's; random — the gap no larger than the original's;
+- **forgot**: class — FA within 10 points of retrain's; random — the gap smaller than the original's (a run that
+  changed nothing, or was rolled back, did not forget);
 - **kept RA**: RA no more than 5 points under the original's;
 - **beat nothing**: gap smaller than the original's (doing nothing);
 - **as close as a retrain**: gap no larger than a second retrained model's (same retain set, training seed
@@ -68,7 +71,7 @@ from excise.bench.cache import ModelCache, code_version, results_code_version  #
 from excise.checkpoint import versions  # noqa: E402
 from excise.data import load_dataset  # noqa: E402
 from excise.experiment import build_model, evaluate_original, run_method  # noqa: E402
-from excise.methods import get_method, list_methods  # noqa: E402
+from excise.methods import Guard, get_method, list_methods  # noqa: E402
 from excise.metrics import EvalViews, avg_gap  # noqa: E402
 from excise.requests import ForgetRequest, split  # noqa: E402
 from excise.training import TrainConfig, train  # noqa: E402
@@ -172,7 +175,7 @@ def said_so(stats: dict[str, Any]) -> bool:
 
 
 def run_cell(out: Path, cache: ModelCache, name: str, setting: Setting, kind: str, seed: int, methods: list[str],
-             done: set[tuple[str, str, int, str]], console: Console) -> None:
+             done: set[tuple[str, str, int, str]], console: Console, guard: Guard | None = None) -> None:
     todo = [m for m in methods if (name, kind, seed, m) not in done]
     if not todo and (name, kind, seed, TWIN) in done:
         return
@@ -209,7 +212,7 @@ def run_cell(out: Path, cache: ModelCache, name: str, setting: Setting, kind: st
         start = time.perf_counter()
         try:
             _, record = run_method(method, original, views, setting.recipe, seed=seed, reference=reference,
-                                   guard_set=held_out)
+                                   guard=guard, guard_set=held_out)
         except Exception as err:  # noqa: BLE001 - a method that cannot run here is a finding, recorded as such
             line = {**common, "method": method, "error": f"{type(err).__name__}: {err}"}
         else:
@@ -268,7 +271,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         retrain_fa = float(np.mean([r["retrain"]["FA"] for r in ok]))
         ra_drop = max(original_ra - r["metrics"]["RA"] for r in ok) if ok else 0.0
         flagged = all(r.get("said_so") for r in ok)  # a flag on one seed does not excuse the others
-        forgot = abs(fa - retrain_fa) <= 10.0 if kind == "class" else gap <= original_gap
+        forgot = abs(fa - retrain_fa) <= 10.0 if kind == "class" else gap < original_gap
         worse = gap > original_gap + spread
         harm = (original_ra - ra > 5.0 or worse) and not flagged
         # As close to the reference as a second retrain is, over the seeds both have: the gap's noise floor.
@@ -283,6 +286,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "kept_RA": original_ra - ra <= 5.0, "beat_nothing": gap < original_gap, "harm": harm,
             "said_so": flagged, "speedup": float(np.median([r["speedup"] for r in ok])),
             "errors": len(runs) - len(ok),
+            "rolled_back": sum(bool(((r.get("stats") or {}).get("guard") or {}).get("rolled_back")) for r in ok),
         }
     return cells
 
@@ -295,16 +299,17 @@ def print_summary(cells: dict[str, Any], console: Console, out: Path) -> None:
     per_method = Table(title="Per method: in how many (setting, request) pairs, of those run (mean over seeds)",
                        title_justify="left")
     for column in ("method", "pairs", "forgot", "kept RA", "beat nothing", "harm", "said so", "as retrain",
-                   "errors", "median speed-up"):
+                   "rolled back", "errors", "median speed-up"):
         per_method.add_column(column, justify="left" if column == "method" else "right")
     lines = ["| method | pairs | forgot | kept RA | beat nothing | harm (unflagged) | said so | as close as a retrain "
-             "| median speed-up |", "|---|---|---|---|---|---|---|---|---|"]
+             "| runs rolled back | median speed-up |", "|---|---|---|---|---|---|---|---|---|---|"]
     for method in methods:
         mine = [c for c in cells.values() if c["method"] == method and "gap" in c]
         errors = sum(1 for c in cells.values() if c["method"] == method and "gap" not in c)
         counts = [str(sum(bool(c.get(k)) for c in mine))
                   for k in ("forgot", "kept_RA", "beat_nothing", "harm", "said_so", "as_retrain")]
         counts[-1] += f"/{sum(c.get('as_retrain') is not None for c in mine)}"  # of the pairs with a twin
+        counts.append(f"{sum(c.get('rolled_back', 0) for c in mine)}/{sum(c['seeds'] for c in mine)}")
         speed = float(np.median([c["speedup"] for c in mine])) if mine else float("nan")
         per_method.add_row(method, str(len(mine)), *counts, str(errors), f"{speed:.1f}x")
         lines.append(f"| `{method}` | {len(mine)} | " + " | ".join(counts) + f" | {speed:.1f}x |")
@@ -356,6 +361,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="all", help="comma-separated, or 'all' (every multiclass method)")
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--guard", choices=("rollback", "warn"), default=Guard().action,
+                        help="the guard's action (default: the library's default)")
     args = parser.parse_args()
     console = Console(width=200)
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
@@ -375,21 +382,25 @@ def main() -> None:
     earlier = args.out / "config.json"
     if earlier.exists() and not args.summary_only:
         recorded = json.loads(earlier.read_text()).get("results_code")
+        guarded = json.loads(earlier.read_text()).get("guard", "warn")  # older zoo runs warned
+        if guarded != args.guard:
+            parser.error(f"--out {args.out} holds runs under --guard {guarded}, not {args.guard}: use a new --out")
         if recorded is not None and recorded != results_code_version():
             parser.error(f"--out {args.out} holds results of other code (results_code {recorded[:12]}, this code "
                          f"{results_code_version()[:12]}): one results file never mixes code versions; use a new "
                          "--out (the models can be reused by copying its cache/)")
-    (args.out / "config.json").write_text(json.dumps({"settings": settings, "requests": kinds, "seeds": args.seeds,
-                                                      "methods": methods, "versions": versions(),
-                                                      "code": code_version(),
-                                                      "results_code": results_code_version()}, indent=1))
-    if not args.summary_only:
+    if not args.summary_only:  # a summary of earlier runs keeps the config they ran under
+        (args.out / "config.json").write_text(json.dumps({"settings": settings, "requests": kinds,
+                                                          "seeds": args.seeds, "methods": methods, "guard": args.guard,
+                                                          "versions": versions(), "code": code_version(),
+                                                          "results_code": results_code_version()}, indent=1))
         cache = ModelCache(args.out / "cache")
         done = {(r["setting"], r["request"], r["seed"], r["method"]) for r in read_results(args.out)}
         for name in settings:
             for kind in kinds:
                 for seed in [int(s) for s in args.seeds.split(",")]:
-                    run_cell(args.out, cache, name, SETTINGS[name], kind, seed, methods, done, console)
+                    run_cell(args.out, cache, name, SETTINGS[name], kind, seed, methods, done, console,
+                             Guard(action=args.guard))
     print_summary(summarise(read_results(args.out)), console, args.out)
 
 

@@ -129,6 +129,8 @@ def test_sequential_records_every_step_against_cumulative_references(finished):
         assert len(set(r["hashes"]["references"])) == 2  # one retrained model per step
     ga = seq["gradient_ascent"]
     assert ga["steps"][1]["unlearned_size"] < ga["steps"][1]["forget_size"]  # step 2 unlearns only the new class
+    # Every step runs under the comparison guard: what the method did is kept, whatever the guard found.
+    assert [s["stats"]["guard"]["action"] for s in ga["steps"]] == ["warn", "warn"]
     assert ga["time_s"] == pytest.approx(sum(s["time_s"] for s in ga["steps"]))
     assert ga["retrain_time_s"] == pytest.approx(sum(s["retrain_time_s"] for s in ga["steps"]))
     assert seq["retrain"]["steps"][1]["metrics"]["FA"]["value"] < 5
@@ -604,3 +606,17 @@ def test_report_suite_does_not_revive_a_superseded_record(finished, cache, tmp_p
     text = build_report(out / "results.jsonl", tmp_path / "r", suite=parse_suite(TINY)).markdown.read_text()
     assert "6 of the 8 cells suite 'tiny'" in " ".join(text.split())
     assert "finetune-1ep" not in text
+
+
+def test_the_bench_reports_what_a_method_did_even_when_the_guard_would_roll_it_back(tmp_path, cache):
+    """A comparison table never shows the original's numbers under a method's name: the bench runs the guard at
+    'warn' (the library default is 'rollback'), and the record says the guard fired."""
+    collapse = {"name": "gradient_ascent", "label": "ga-collapse", "params": {"epochs": 30, "lr": 0.1}}
+    spec = tiny(methods=[collapse], scenarios=TINY["scenarios"][:1])
+    summary = run_suite(parse_suite(spec), tmp_path / "out", cache_dir=cache)
+    records = {r["method"]: r for r in read_records(summary.results_path)}
+    guard = records["ga-collapse"]["stats"]["guard"]
+    assert guard["fired"] and guard["action"] == "warn" and not guard["rolled_back"]
+    assert guard["accuracy_before"] - guard["accuracy_after"] > 5
+    collapsed, original = records["ga-collapse"]["metrics"], records["original"]["metrics"]
+    assert collapsed["TA"]["value"] < original["TA"]["value"] - 5

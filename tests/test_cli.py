@@ -19,6 +19,12 @@ def invoke(*args, intervals: bool = False):
     return runner.invoke(app, ["--quiet", *args])
 
 
+# The CLI tests' workhorse. Gradient ascent at its defaults drops this fixture's held-out accuracy from 98.0 to 89.9,
+# so the default guard would roll it back and write nothing (tests/test_guard.py tests that); these tests are about
+# histories, references and options, and keep the run.
+GRADIENT_ASCENT = ("--method", "gradient_ascent", "--guard", "warn")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "original.safetensors"
@@ -42,7 +48,7 @@ def test_train_unlearn_evaluate(trained, reference, tmp_path):
 
     original_bytes = trained.read_bytes()
     out = tmp_path / "unlearned.safetensors"
-    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out", out,
+    result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:3", "--out", out,
                     "--reference", reference, "--param", "epochs=3", intervals=True)
     assert result.exit_code == 0, result.output
     printed = " ".join(result.output.split())
@@ -100,8 +106,10 @@ def test_key_value_options_read_exponent_floats_and_refuse_conflicting_widths(tr
     # YAML 1.1 would read 1e-3 as the string '1e-3' and the method would refuse it as a non-number.
     assert parse_params(["lr_scale=1e-3", "xs=[2E2, 1.5]", "name=a=b", "flag=true", "none="]) == {
         "lr_scale": 0.001, "xs": [200.0, 1.5], "name": "a=b", "flag": True, "none": None}
+    # --guard warn: at lr_scale 1e-3 and one epoch fine-tuning forgets nothing, and the default guard refuses to
+    # certify that (tests/test_guard.py); this test is about reading the option.
     result = invoke("unlearn", trained, "--method", "finetune", "--request", "class:3", "--param", "lr_scale=1e-3",
-                    "--param", "epochs=1", "--out", tmp_path / "ft.safetensors")
+                    "--param", "epochs=1", "--out", tmp_path / "ft.safetensors", "--guard", "warn")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ft.json").read_text())["method_config"]["lr_scale"] == 0.001
     result = invoke("train", "--out", tmp_path / "w.safetensors", "--width", 4, "--model-option", "width=8")
@@ -112,7 +120,7 @@ def test_key_value_options_read_exponent_floats_and_refuse_conflicting_widths(tr
 def test_output_is_not_overwritten_and_input_is_protected(trained, tmp_path):
     result = invoke("train", "--out", trained, "--epochs", 1)
     assert result.exit_code == 2 and "refusing to overwrite" in result.output
-    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out", trained,
+    result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:3", "--out", trained,
                     "--overwrite")
     assert result.exit_code == 2 and "never overwritten" in result.output
 
@@ -128,11 +136,11 @@ def test_a_reference_for_another_request_or_no_reference_at_all_is_refused_befor
     """A reference retrained without class 3 says nothing about forgetting class 5; an original model is no
     reference. Both would give a wrong gap to retrain, so both are refused before any unlearning."""
     out = tmp_path / "u.safetensors"
-    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:5", "--out", out,
+    result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:5", "--out", out,
                     "--reference", reference)
     assert result.exit_code == 2 and "was retrained without 'class:3', but this run forgets 'class:5'" in \
         " ".join(result.output.split())
-    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out", out,
+    result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:3", "--out", out,
                     "--reference", trained)
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "records kind='original', not a retrained reference" in message
@@ -140,7 +148,7 @@ def test_a_reference_for_another_request_or_no_reference_at_all_is_refused_befor
     # The same request written another way is the same reference.
     request = tmp_path / "r.json"
     request.write_text(json.dumps({"kind": "class", "labels": [3]}))
-    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", request, "--reference",
+    result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", request, "--reference",
                     reference, "--param", "epochs=1")
     assert result.exit_code == 0, result.output
 
@@ -226,9 +234,9 @@ def test_unlearning_an_unlearned_checkpoint_continues_its_sequence(trained, refe
     from excise.requests import ForgetRequest
 
     first, second = tmp_path / "step1.safetensors", tmp_path / "step2.safetensors"
-    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out", first)
+    result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:3", "--out", first)
     assert result.exit_code == 0, result.output
-    result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--out", second)
+    result = invoke("unlearn", first, *GRADIENT_ASCENT, "--request", "class:5", "--out", second)
     assert result.exit_code == 0, result.output
     meta = json.loads(second.with_suffix(".json").read_text())
     assert [r["labels"] for r in meta["history"]] == [["3"], ["5"]] and meta["request"]["labels"] == ["5"]
@@ -262,9 +270,9 @@ def test_unlearning_an_unlearned_checkpoint_continues_its_sequence(trained, refe
     ref_35, ref_5 = tmp_path / "ref35.safetensors", tmp_path / "ref5.safetensors"
     for out, request in ((ref_35, "class:3,5"), (ref_5, "class:5")):
         assert invoke("train", "--out", out, "--width", 8, "--epochs", 6, "--request", request).exit_code == 0
-    result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--reference", ref_35)
+    result = invoke("unlearn", first, *GRADIENT_ASCENT, "--request", "class:5", "--reference", ref_35)
     assert result.exit_code == 0, result.output
-    result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--reference", ref_5)
+    result = invoke("unlearn", first, *GRADIENT_ASCENT, "--request", "class:5", "--reference", ref_5)
     assert result.exit_code == 2
     assert ("retrained without 'class:5', but this run forgets 'class:3' then 'class:5': its metrics are not this "
             "request's reference; retrain one with `excise train --request class:3,5`") in " ".join(
@@ -276,7 +284,7 @@ def test_unlearning_an_unlearned_checkpoint_continues_its_sequence(trained, refe
         result.output.split())
     # A retrained reference has served its request: unlearning from it continues that sequence.
     from_reference = tmp_path / "from_ref.safetensors"
-    assert invoke("unlearn", reference, "--method", "gradient_ascent", "--request", "class:5", "--out",
+    assert invoke("unlearn", reference, "--method", "imu", "--request", "class:5", "--out",
                   from_reference).exit_code == 0
     assert [r["labels"] for r in json.loads(from_reference.with_suffix(".json").read_text())["history"]] == [
         ["3"], ["5"]]
@@ -289,7 +297,7 @@ def test_an_unlearned_checkpoint_without_a_history_is_continued_with_a_warning(t
     """Written by an excise that did not record histories: only its last request is known, and every checkpoint
     continued from it says its history is incomplete."""
     first = tmp_path / "old.safetensors"
-    assert invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out",
+    assert invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:3", "--out",
                   first).exit_code == 0
     sidecar = first.with_suffix(".json")
     meta = json.loads(sidecar.read_text())
@@ -297,11 +305,11 @@ def test_an_unlearned_checkpoint_without_a_history_is_continued_with_a_warning(t
     sidecar.write_text(json.dumps(meta))
     second = tmp_path / "next.safetensors"
     with pytest.warns(UserWarning, match="did not record request histories: only its last request"):
-        result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--out", second,
+        result = invoke("unlearn", first, *GRADIENT_ASCENT, "--request", "class:5", "--out", second,
                         "--reference", tmp_path / "missing.safetensors")
     assert result.exit_code == 2  # the reference path is checked (and refused) after the warning, nothing written
     with pytest.warns(UserWarning, match="did not record request histories"):
-        result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "class:5", "--out", second)
+        result = invoke("unlearn", first, *GRADIENT_ASCENT, "--request", "class:5", "--out", second)
     assert result.exit_code == 0, result.output
     continued = json.loads(second.with_suffix(".json").read_text())
     assert continued["history_complete"] is False and [r["labels"] for r in continued["history"]] == [["3"], ["5"]]
@@ -319,19 +327,19 @@ def test_an_unlearned_checkpoint_without_a_history_is_continued_with_a_warning(t
 
 def test_a_reference_for_a_mixed_sequence_is_trained_with_repeated_requests(trained, tmp_path):
     first, ref = tmp_path / "step1.safetensors", tmp_path / "ref.safetensors"
-    assert invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out",
+    assert invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:3", "--out",
                   first).exit_code == 0
     result = invoke("train", "--out", ref, "--width", 8, "--epochs", 6, "--request", "class:3", "--request",
                     "samples:0.05")
     assert result.exit_code == 0, result.output
     meta = json.loads(ref.with_suffix(".json").read_text())
     assert [r["kind"] for r in meta["history"]] == ["class", "samples"] and meta["metrics"]["FA"] < 50
-    result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "samples:0.05", "--reference", ref)
+    result = invoke("unlearn", first, *GRADIENT_ASCENT, "--request", "samples:0.05", "--reference", ref)
     assert result.exit_code == 0, result.output
     # Without the class step the reference is refused, with the command that would build the right one.
     single = tmp_path / "single.safetensors"
     assert invoke("train", "--out", single, "--width", 8, "--epochs", 6, "--request", "samples:0.05").exit_code == 0
-    result = invoke("unlearn", first, "--method", "gradient_ascent", "--request", "samples:0.05", "--reference",
+    result = invoke("unlearn", first, *GRADIENT_ASCENT, "--request", "samples:0.05", "--reference",
                     single)
     assert result.exit_code == 2
     assert "retrain one with `excise train --request class:3 --request samples:fraction=0.05`" in " ".join(
@@ -430,7 +438,7 @@ def test_a_reference_trained_differently_is_refused_naming_each_difference(train
         assert "width: 4 (reference) vs 8 (original)" in text and "recipe.epochs: 1 (reference) vs 6 (original)" in text
         assert "--allow-reference-mismatch" in text
     assert not unlearned.exists()
-    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out", unlearned,
+    result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:3", "--out", unlearned,
                     "--reference", other, "--allow-reference-mismatch")
     assert result.exit_code == 0, result.output
     recorded = json.loads(unlearned.with_suffix(".json").read_text())
@@ -452,14 +460,14 @@ def test_every_check_runs_before_any_model_is_loaded(trained, tmp_path, monkeypa
     monkeypatch.setattr(api, "load_checkpoint", lambda *a, **k: calls.append("load"))
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3",
+    result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:3",
                     "--out", blocker / "sub" / "u.safetensors")
     assert result.exit_code == 2 and "is a file, not a directory" in " ".join(result.output.split())
     existing = tmp_path / "exists.safetensors"
     existing.write_text("")
-    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:99", "--out", existing)
+    result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:99", "--out", existing)
     assert result.exit_code == 2 and "99" in result.output and "exists" not in result.output, result.output
-    result = invoke("unlearn", trained, "--method", "gradient_ascent", "--request", "class:3", "--out", existing)
+    result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:3", "--out", existing)
     assert result.exit_code == 2 and "exists" in result.output
     assert calls == []  # nothing was loaded, nothing ran
 

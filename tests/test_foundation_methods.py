@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from excise.experiment import evaluate_original, run_method, train_original
-from excise.methods import RetainAccessError, UnlearnData, get_method, list_methods
+from excise.methods import COMPARE_GUARD, RetainAccessError, UnlearnData, get_method, list_methods
 from excise.metrics import EvalViews, avg_gap
 from excise.requests import ForgetRequest, RequestError
 from excise.training import TrainConfig
@@ -39,7 +39,10 @@ def test_a_retrained_twin_is_another_draw_of_the_reference_and_sets_the_noise_fl
 
 def test_gradient_ascent_lowers_forget_accuracy(digits_model, class_views, class_reference):
     original = evaluate_original(digits_model, class_views).metrics
-    _, record = run_method("gradient_ascent", digits_model, class_views, RECIPE, seed=0, reference=class_reference)
+    # Kept whatever the guard finds: at its defaults it costs this fixture more than 5 held-out points (rolled back
+    # by default, tests/test_guard.py); this test judges the method.
+    _, record = run_method("gradient_ascent", digits_model, class_views, RECIPE, seed=0, reference=class_reference,
+                           guard=COMPARE_GUARD)
     assert record.metrics["FA"] < original["FA"] - 50
     # Closer to the retrained model than the untouched original is.
     assert record.avg_gap < avg_gap(original, class_reference.metrics)

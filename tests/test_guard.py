@@ -1,5 +1,5 @@
 """The guard every method runs under (issue 19): a collapse is caught on data the method may use, warned about,
-and with action='rollback' never shipped."""
+and at the default action='rollback' never shipped (action='warn' ships it with the finding recorded)."""
 
 from __future__ import annotations
 
@@ -25,13 +25,17 @@ def _unlearn(name, model, views, guard=None, guard_set=None, recipe=RECIPE, **pa
 def test_a_run_that_collapses_the_model_is_caught_on_held_out_rows_and_rolled_back(digits_model, class_views):
     held_out = class_views.test_retain  # not training data: what a forget-only method may be guarded with
     with pytest.warns(GuardWarning, match="gradient_ascent: accuracy on .* held-out guard_set rows fell"):
-        warned = _unlearn("gradient_ascent", digits_model, class_views, guard_set=held_out, epochs=30, lr=0.1)
+        warned = _unlearn("gradient_ascent", digits_model, class_views, guard=Guard(action="warn"),
+                          guard_set=held_out, epochs=30, lr=0.1)
     found = warned.stats["guard"]
     assert found["fired"] and not found["rolled_back"] and found["data"] == "held-out guard_set"
     assert found["accuracy_before"] - found["accuracy_after"] > 5
+    changed = [not torch.equal(a, b) for a, b in zip(digits_model.state_dict().values(),
+                                                      warned.model.state_dict().values(), strict=True)]
+    assert any(changed)  # "warn" ships the damaged model
+    assert Guard().action == "rollback"  # the default never ships it
     with pytest.warns(GuardWarning, match="rolled back"):
-        rolled = _unlearn("gradient_ascent", digits_model, class_views, guard=Guard(action="rollback"),
-                          guard_set=held_out, epochs=30, lr=0.1)
+        rolled = _unlearn("gradient_ascent", digits_model, class_views, guard_set=held_out, epochs=30, lr=0.1)
     assert rolled.stats["guard"]["fired"] and rolled.stats["guard"]["rolled_back"]
     for before, after in zip(digits_model.state_dict().values(), rolled.model.state_dict().values(), strict=True):
         assert torch.equal(before, after)
@@ -91,10 +95,13 @@ def test_the_cli_records_the_guard_and_rolls_a_collapse_back(tmp_path):
     original = tmp_path / "original.safetensors"
     assert invoke("train", "--out", original, "--width", 8, "--epochs", 6).exit_code == 0
     kept = tmp_path / "kept.safetensors"
-    result = invoke("unlearn", original, "--method", "salun", "--request", "class:3", "--out", kept)
+    ledger = tmp_path / "ledger.jsonl"
+    result = invoke("unlearn", original, "--method", "salun", "--request", "class:3", "--out", kept,
+                    "--ledger", ledger)
     assert result.exit_code == 0, result.output
+    entries = ledger.read_bytes()
     guard = json.loads(kept.with_suffix(".json").read_text())["method_stats"]["guard"]
-    assert guard["data"] == "held-out guard_set" and guard["action"] == "warn" and guard["fired"] is False
+    assert guard["data"] == "held-out guard_set" and guard["action"] == "rollback" and guard["fired"] is False
     # A forget-only method is guarded on the checkpoint's held-out test rows of the kept classes too, not left
     # unchecked (and never on the retain set it may not read).
     forget_only = tmp_path / "imu.safetensors"
@@ -102,14 +109,36 @@ def test_the_cli_records_the_guard_and_rolls_a_collapse_back(tmp_path):
     assert result.exit_code == 0, result.output
     guard = json.loads(forget_only.with_suffix(".json").read_text())["method_stats"]["guard"]
     assert guard["data"] == "held-out guard_set" and guard["fired"] is False and 100 < guard["rows"] <= 512
-    rolled = tmp_path / "rolled.safetensors"  # NegGrad+ at 100x its step: a collapse
-    result = invoke("unlearn", original, "--method", "neggrad_plus", "--request", "class:3", "--out", rolled,
-                    "--param", "lr_scale=100", "--guard", "rollback")
+    # NegGrad+ at 100x its step: a collapse. At the default the run is rolled back, and nothing is written: a model
+    # file and certificate for it would certify a deletion that did not happen, and the ledger would record it.
+    rolled = tmp_path / "rolled.safetensors"
+    collapse = ("unlearn", kept, "--method", "neggrad_plus", "--request", "class:5", "--out", rolled,
+                "--param", "lr_scale=100", "--ledger", ledger)
+    result = invoke(*collapse)
+    said = " ".join(result.output.split())
+    assert result.exit_code != 0 and "the guard rolled the run back (accuracy on" in said
+    assert "so nothing was written" in said and "still holds the data" in said and "--guard warn" in said
+    assert not list(tmp_path.glob("rolled*")) and ledger.read_bytes() == entries  # no file, no ledger entry
+    # A class request that forgot nothing is not certified either.
+    idle = ("unlearn", original, "--method", "finetune", "--request", "class:3", "--out", rolled,
+            "--param", "epochs=1", "--param", "lr_scale=0.01")
+    result = invoke(*idle)
+    said = " ".join(result.output.split())
+    assert result.exit_code != 0 and "finetune: the run forgot nothing (accuracy on" in said, said
+    assert not list(tmp_path.glob("rolled*"))
+    # With --guard warn the damaged model is written, and its sidecar says what the guard found.
+    result = invoke(*collapse, "--guard", "warn")
     assert result.exit_code == 0, result.output
     guard = json.loads(rolled.with_suffix(".json").read_text())["method_stats"]["guard"]
-    assert guard["fired"] and guard["rolled_back"]
-    before, after = load_checkpoint(original).model.state_dict(), load_checkpoint(rolled).model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert guard["fired"] and not guard["rolled_back"] and guard["action"] == "warn"
+    before, after = load_checkpoint(kept).model.state_dict(), load_checkpoint(rolled).model.state_dict()
+    assert not all(torch.equal(before[k], after[k]) for k in before)
+    assert len(ledger.read_bytes()) > len(entries)
+    # Without --out nothing is certified: the rolled-back numbers are shown, and said to be the model as it was.
+    result = invoke(*collapse[:6], "--param", "lr_scale=100")
+    assert result.exit_code == 0, result.output
+    assert "the guard rolled the run back: these are the numbers of the model as it was" in " ".join(
+        result.output.split())
     result = invoke("unlearn", original, "--method", "salun", "--request", "class:3", "--guard", "undo")
     assert result.exit_code != 0 and "guard action='undo' is not one of" in " ".join(result.output.split())
 
@@ -190,13 +219,14 @@ def test_the_retrained_model_is_never_further_from_the_goal(digits, digits_model
 
 
 def test_the_goal_is_judged_on_the_runs_own_model_even_when_a_collapse_rolls_it_back(digits_model, one_percent):
-    """Gradient ascent at ten times its step on 13 rows damages the held-out rows and pushes the forget rows past
+    """Gradient ascent at forty times its step on 13 rows damages the held-out rows and pushes the forget rows past
     unseen data: both findings are recorded (the goal on the run's model, not on the restored copy), and one
-    rollback returns the original."""
+    rollback returns the original. (At ten times its step, 30 epochs, the AUC ended at 0.35 on the fixture trained
+    at one thread, inside the 13-row band of 0.16: this step leaves it at 0.22-0.23 at one or two threads.)"""
     held_out = one_percent.test_retain
     with pytest.warns(GuardWarning):
         rolled = _unlearn("gradient_ascent", digits_model, one_percent, guard=Guard(action="rollback"),
-                          guard_set=held_out, epochs=30, lr=0.5)
+                          guard_set=held_out, epochs=60, lr=2.0)
     found = rolled.stats["guard"]
     assert found["fired"] and found["further_from_goal"] and found["rolled_back"], found
     assert found["goal"]["auc_after"] != found["goal"]["auc_before"]
@@ -236,3 +266,33 @@ def test_calibration_never_chooses_a_trial_that_ended_further_from_the_goal(digi
     monkeypatch.setattr(calibrate_module, "run_method", pushed)
     trial = calibrate_module._run_trial("salun", {}, digits_model, samples_views, RECIPE, None, 0, Guard(), None)
     assert trial.status == "guard" and "0.55 -> 0.20" in trial.detail
+
+
+def test_the_demo_table_marks_a_rolled_back_run():
+    from rich.console import Console
+
+    from excise.demo import results_table
+    from excise.experiment import RunRecord
+
+    metrics = {"FA": 99.0, "RA": 99.0, "TA": 98.0, "MIA": 1.0}
+    rows = [RunRecord("original", {}, metrics, 1.0, {}, {}),
+            RunRecord("gradient_ascent", {}, metrics, 0.1, {}, {"guard": {"fired": True, "rolled_back": True}}),
+            RunRecord("imu", {}, metrics, 0.1, {}, {"guard": {"fired": False, "rolled_back": False}})]
+    console = Console(width=200, record=True)
+    console.print(results_table(rows))
+    shown = console.export_text()
+    assert "gradient_ascent ↺" in shown and "imu ↺" not in shown and "original ↺" not in shown
+    assert "↺: the guard rolled the run back, the row is the model as it was" in " ".join(shown.split())
+
+
+def test_a_retrained_reference_is_never_rolled_back(digits_model, class_views):
+    """Retraining is the deletion every other result is measured against: a guard finding on it is recorded, and
+    the reference is kept as trained (were it swapped for the original, every gap would be measured against the
+    model that still holds the data)."""
+    with pytest.warns(GuardWarning, match="a retrained reference is kept as trained"):
+        short = _unlearn("retrain", digits_model, class_views, guard=Guard(max_drop=0.0),
+                         guard_set=class_views.test_retain, epochs=1)
+    found = short.stats["guard"]
+    assert found["fired"] and found["action"] == "rollback" and not found["rolled_back"]
+    assert not all(torch.equal(a, b) for a, b in zip(digits_model.state_dict().values(),
+                                                     short.model.state_dict().values(), strict=True))

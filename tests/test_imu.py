@@ -9,7 +9,7 @@ import torch
 
 from excise.experiment import evaluate_original, run_method, train_original
 from excise.influence import influence_from_grads, influence_weights, per_sample_grads
-from excise.methods import RetainAccessError, UnlearnData, get_method
+from excise.methods import COMPARE_GUARD, RetainAccessError, UnlearnData, get_method
 from excise.methods.imu import IMU, IMUConfig, classification_loss
 from excise.metrics import avg_gap
 from excise.requests import ForgetRequest
@@ -17,7 +17,9 @@ from excise.training import TrainConfig
 
 
 def run_imu(model, views, recipe, seed=0, reference=None, **config):
-    return run_method(get_method("imu", **config), model, views, recipe, seed=seed, reference=reference)
+    # Kept whatever the guard finds: these tests judge the method (the default rollback is tested in test_guard.py).
+    return run_method(get_method("imu", **config), model, views, recipe, seed=seed, reference=reference,
+                      guard=COMPARE_GUARD)
 
 
 def test_full_class_forgetting_reaches_retrain_and_keeps_utility(digits_model, class_views, class_reference, recipe):

@@ -46,6 +46,10 @@ def test_harm_is_a_worse_gap_the_result_did_not_flag_and_the_twin_is_the_noise_f
     rows += [_row("sometimes", s, 6.0, guard={"fired": False, "further_from_goal": s > 0}) for s in range(3)]
     rows += [_row("close", s, 1.2) for s in range(3)]
     rows += [_row("better", s, 1.8) for s in range(3)]  # beats doing nothing, not as close as a second retrain
+    rows += [_row("idle", s, 2.0 + 0.1 * s) for s in range(3)]  # the original's own gap: changed nothing
+    # Rolled back on one seed (its gap there is the original's): counted, and the other seeds still judged.
+    rows += [_row("rolled", s, 2.0 + 0.1 * s if s == 0 else 1.9,
+                  guard={"fired": s == 0, "rolled_back": s == 0}) for s in range(3)]
     cells = zoo.summarise(rows)
     assert cells["digits-cnn16-sgd|random-1|retrain (twin)"] == {
         "setting": "digits-cnn16-sgd", "request": "random-1", "method": "retrain (twin)", "seeds": 3, "gap": 1.5}
@@ -61,4 +65,9 @@ def test_harm_is_a_worse_gap_the_result_did_not_flag_and_the_twin_is_the_noise_f
     with (tmp_path / "console.txt").open("w") as printed:
         zoo.print_summary(cells, Console(file=printed), tmp_path)
     table = (tmp_path / "zoo.md").read_text()
-    assert "| retrain (twin) | 1.50 |" in table and "| `close` | 1 | 1 | 1 | 1 | 0 | 0 | 1/1 |" in table
+    assert "| retrain (twin) | 1.50 |" in table and "| `close` | 1 | 1 | 1 | 1 | 0 | 0 | 1/1 | 0/3 |" in table
+    idle = cells["digits-cnn16-sgd|random-1|idle"]
+    assert not idle["forgot"] and not idle["beat_nothing"] and not idle["harm"]  # doing nothing is not forgetting
+    rolled = cells["digits-cnn16-sgd|random-1|rolled"]
+    assert rolled["rolled_back"] == 1 and not rolled["said_so"] and not rolled["harm"]
+    assert "| `rolled` | 1 | 1 | 1 | 1 | 0 | 0 | 0/1 | 1/3 |" in table

@@ -59,7 +59,7 @@ from excise._files import read_json_or_yaml
 from excise.checkpoint import versions
 from excise.data import LabeledData
 from excise.experiment import RunRecord, held_out_guard_rows, run_method
-from excise.methods import Guard, GuardWarning, get_method, method_class
+from excise.methods import COMPARE_GUARD, Guard, GuardWarning, get_method, method_class
 from excise.metrics import EvalViews, evaluate
 from excise.progress import progress_bar
 from excise.training import TrainConfig
@@ -295,7 +295,8 @@ def check_calibration(methods: Sequence[str], n_trials: int, guard: Guard | None
         search_space(method)
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials={n_trials!r} must be an integer >= 1 (trial 0 runs the defaults)")
-    guard = Guard() if guard is None else guard
+    # A trial's recorded gap is what the method did; a trial the guard finds is never chosen either way.
+    guard = COMPARE_GUARD if guard is None else guard
     if not isinstance(guard, Guard):
         raise TypeError(f"guard must be a Guard, got {type(guard).__name__}")
     if guard.action == "off":

@@ -267,9 +267,10 @@ def unlearn_command(
     sign_key: Path | None = typer.Option(
         None, help="Sign the certificate with this Ed25519 private key (PEM, from `excise keygen`)."),
     guard: str = typer.Option(
-        "warn", help="If the run drops the held-out test rows' accuracy by more than 5 points, or leaves a samples "
-                     "request's forget rows further from looking unseen than it found them: warn, rollback (write "
-                     "the model as it was) or off."),
+        "rollback", help="If the run drops the held-out test rows' accuracy by more than 5 points, or leaves a "
+                         "samples request's forget rows further from looking unseen than it found them: rollback "
+                         "(write nothing and exit with an error: the input model is unchanged), warn (write the "
+                         "damaged model, with the finding in its sidecar) or off."),
     config: Path | None = typer.Option(
         None, help="A calibration file from `excise calibrate`: use its values for --method (a --param wins)."),
 ) -> None:
@@ -293,6 +294,8 @@ def unlearn_command(
     if record.avg_gap is not None:
         title += "; " + gap_text(record.avg_gap, None if found is None else found.avg_gap_interval)
     console.print(metrics_table(record.metrics, title, None if found is None else found.intervals))
+    if (record.stats.get("guard") or {}).get("rolled_back"):
+        console.print("[yellow]the guard rolled the run back: these are the numbers of the model as it was[/yellow]")
     if outcome.path:
         from excise.provenance.certificate import certificate_path
 
@@ -331,7 +334,7 @@ def calibrate_command(
         names = [name.strip() for item in method for name in item.split(",") if name.strip()]
         outcome = api.calibrate_checkpoint(
             model, names, parse_request(proxy), reference_path=reference, n_trials=n_trials, out=out, seed=seed,
-            overwrite=overwrite, guard=Guard(max_drop=max_drop),
+            overwrite=overwrite, guard=Guard(max_drop=max_drop, action="warn"),
         )
     except USER_ERRORS as err:
         fail(err)

@@ -122,15 +122,17 @@ def results_table(records: Sequence[RunRecord], title: str = "") -> Table:
     # One space between columns and no edges: the ten columns fit 80 without cutting a method name or a number.
     table = Table(title=title, title_justify="left", box=None, padding=(0, 0, 0, 1), pad_edge=False,
                   show_edge=False)
-    table.add_column("method", no_wrap=True, min_width=max([len(r.method) for r in records] + [6]))
+    table.add_column("method", no_wrap=True, min_width=max([len(r.method) + 2 for r in records] + [6]))
     for column in ("FA", "RA", "TA", "MIA", "gap", "gap 95%", "KL", "time s", "speed-up"):
         table.add_column(column, justify="right", no_wrap=True)
     original = next((r for r in records if r.method == "original"), None)
     for record in records:
         m = record.metrics
         speedup = "—" if record.method == "original" or record.speedup is None else f"{record.speedup:.1f}x"
+        rolled_back = bool((record.stats.get("guard") or {}).get("rolled_back"))
         table.add_row(
-            record.method, _fmt(m.get("FA")), _fmt(m.get("RA")), _fmt(m.get("TA")), _fmt(m.get("MIA")),
+            record.method + (" ↺" if rolled_back else ""), _fmt(m.get("FA")), _fmt(m.get("RA")), _fmt(m.get("TA")),
+            _fmt(m.get("MIA")),
             _fmt(record.avg_gap), _gap_interval_cell(record, original), _fmt(m.get("KL_ref:forget"), ".2f"),
             _fmt(record.seconds, ".2f"), speedup,
         )
@@ -139,7 +141,8 @@ def results_table(records: Sequence[RunRecord], title: str = "") -> Table:
         "(share of forget set called non-member). gap: mean |Δ| to retrain over FA, RA, TA, MIA (lower is "
         "better); gap 95%: its bootstrap interval, paired with retrain's; ≈: it overlaps the original's, not "
         "distinguishable from doing nothing. KL: KL(retrain || model) of the predictions on the forget set, nats "
-        "(0 = predicts like retrain). Time of the original row = its training time."
+        "(0 = predicts like retrain). ↺: the guard rolled the run back, the row is the model as it was. Time of the "
+        "original row = its training time."
     )
     return table
 

@@ -139,8 +139,9 @@ def run_method(
     (:mod:`excise.metrics.distance`). ``eval_views``: judge on other views than the ones unlearned (a step of
     a sequence unlearns its own forget set and is judged on everything forgotten so far). ``uncertainty``: also
     the bootstrap intervals of the metrics and, with a reference model (or its ``reference_replicates``), of the
-    average gap (``record.evidence``). ``guard``: the collapse check the method runs under (default: warn;
-    :class:`~excise.methods.base.Guard`), its finding in ``record.stats["guard"]``; ``guard_set``: held-out rows
+    average gap (``record.evidence``). ``guard``: the check the method runs under (default
+    :class:`~excise.methods.base.Guard`: roll back a collapse, or a samples run that ends further from the goal;
+    ``COMPARE_GUARD`` keeps and flags it), its finding in ``record.stats["guard"]``; ``guard_set``: held-out rows
     (not training data) it checks the method on — by default the test rows of the classes still kept
     (``views.test_retain``), which no method reads and which only decide whether the guard fires."""
     if isinstance(method, str):

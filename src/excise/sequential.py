@@ -33,7 +33,7 @@ from torch import nn
 
 from excise.data.base import DatasetBundle
 from excise.experiment import RunRecord, _is_plain, held_out_guard_rows, run_method
-from excise.methods import UnlearningMethod, get_method
+from excise.methods import Guard, UnlearningMethod, get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.progress import progress_bar
 from excise.provenance.history import cumulative_views, step_forget_sets
@@ -70,13 +70,15 @@ def run_sequence(
     *,
     seed: int = 0,
     reference: str | Sequence[RunRecord] | None = "retrain",
+    guard: Guard | None = None,
 ) -> tuple[nn.Module, list[SequentialRecord]]:
     """Serve ``requests`` one after another with ``method``, starting from ``model`` (never modified).
 
     ``reference`` is the name of the method producing each step's reference (``"retrain"``: trained from
     scratch on the cumulative retain set, starting from ``model``'s architecture), a list of precomputed
     reference records (one per request, e.g. cached), or ``None`` for no comparison. Returns the final model
-    and one :class:`SequentialRecord` per step.
+    and one :class:`SequentialRecord` per step. ``guard``: the check every step runs under (default
+    :class:`~excise.methods.base.Guard`: a step it rolls back leaves the model as that step found it).
     """
     if isinstance(method, str):
         method = get_method(method)
@@ -102,7 +104,7 @@ def run_sequence(
             result = method.unlearn(
                 current, request, step_set,
                 view.retain_set if method.needs_retain else None,
-                recipe=recipe, seed=seed + k, guard_set=held_out_guard_rows(view),
+                recipe=recipe, seed=seed + k, guard=guard, guard_set=held_out_guard_rows(view),
             )
             current = result.model
             metrics = evaluate(current, view, seed=seed)

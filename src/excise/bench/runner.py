@@ -62,7 +62,7 @@ from excise.checkpoint import save_checkpoint, versions
 from excise.data import DatasetBundle, load_dataset
 from excise.experiment import RunRecord, build_model, judge, reference_replicate_metrics, run_method, train_original
 from excise.hashing import content_hash, model_sha256
-from excise.methods import UnlearningMethod, get_method
+from excise.methods import COMPARE_GUARD, UnlearningMethod, get_method
 from excise.metrics import EvalViews, avg_gap
 from excise.metrics.directions import metric_direction
 from excise.metrics.distance import prediction_distances, reference_distances
@@ -465,7 +465,7 @@ class _Runner:
                                                batch_size=recipe.batch_size) for step in item.steps]
             if cell.scenario.sequential:
                 final, seq = run_sequence(method, models.original, item.bundle, list(cell.scenario.requests), recipe,
-                                          seed=seed, reference=models.references)
+                                          seed=seed, reference=models.references, guard=COMPARE_GUARD)
                 runs = [(r.metrics, r.seconds, r.stats) for r in seq]
                 # Only the last step's model is returned: its predictions are compared with the last reference.
                 runs[-1][0].update(prediction_distances(final, models.reference_models[-1], item.steps[-1].views))
@@ -475,7 +475,7 @@ class _Runner:
             else:
                 final, run = run_method(method, models.original, item.steps[0].views, recipe, seed=seed,
                                         reference_model=models.reference_models[0], uncertainty=models.uncertainty,
-                                        reference_replicates=models.reference_replicates)
+                                        reference_replicates=models.reference_replicates, guard=COMPARE_GUARD)
                 found = run.evidence
                 # A fresh instance: the measured one would add the shadows' unlearning to the cell's peak RSS.
                 attacked = models.ulira_metrics(get_method(method_spec.name, **method_spec.params), record)

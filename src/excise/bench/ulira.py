@@ -67,7 +67,7 @@ from excise.checkpoint import atomic_write_text, versions
 from excise.data.base import DatasetBundle
 from excise.experiment import build_model
 from excise.hashing import content_hash
-from excise.methods import UnlearningMethod, get_method
+from excise.methods import COMPARE_GUARD, UnlearningMethod, get_method
 from excise.metrics.lira import (
     MIN_MODELS,
     VARIANCES,
@@ -282,7 +282,7 @@ class ULiraShadows:
                 else:
                     seed_everything(self.seed_of(k))
                     result = method.unlearn(model, request, forget_set, retain_set if method.needs_retain else None,
-                                            recipe=self.recipe, seed=self.seed_of(k))
+                                            recipe=self.recipe, seed=self.seed_of(k), guard=COMPARE_GUARD)
                     model = result.model
                     seconds.append(result.seconds)
                 logits = predict_logits(model, self.pool_data)

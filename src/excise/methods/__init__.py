@@ -8,7 +8,9 @@ import importlib
 import pkgutil
 
 from excise.methods.base import (
+    COMPARE_GUARD,
     Guard,
+    GuardRefused,
     GuardWarning,
     RetainAccessError,
     UnlearnData,
@@ -25,7 +27,9 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
+    "COMPARE_GUARD",
     "Guard",
+    "GuardRefused",
     "GuardWarning",
     "RetainAccessError",
     "UnlearnData",

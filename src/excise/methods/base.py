@@ -45,6 +45,16 @@ class RetainAccessError(RuntimeError):
     """A method declared forget-only tried to read retain data."""
 
 
+class GuardRefused(ValueError):
+    """A run the guard rolled back, or one that forgot nothing, was asked to be written as an unlearned model:
+    refused, nothing written (its certificate would certify a deletion that did not happen). ``record``: the run's
+    evaluation, for a caller that wants its numbers."""
+
+    def __init__(self, message: str, record: Any = None) -> None:
+        super().__init__(message)
+        self.record = record
+
+
 NO_PROGRESS_POINTS = 1.0
 """A class request whose forget accuracy fell by less than this many points was not served (:meth:`Guard.progress`)."""
 
@@ -121,13 +131,17 @@ class Guard:
     seeded sample of the retain set for a method that reads it; without either, nothing is checked and the result
     says so. For a samples request with held-out rows it also asks whether the forget rows ended further from
     looking unseen than they started (:meth:`goal`, ``stats["guard"]["further_from_goal"]``). ``action``:
-    ``"warn"`` (default: a warning, and ``stats["guard"]`` records it), ``"rollback"`` (also return the model as it
-    was, so a collapsed or goal-missing run is never shipped; the result says it was rolled back), ``"off"``. For a
+    ``"rollback"`` (default: a warning, and the input model is returned as it was, so a collapsed or goal-missing run is
+    never shipped; ``stats["guard"]["rolled_back"]`` says so), ``"warn"`` (the warning and the record only: the
+    damaged model is returned — what a benchmark comparing methods as published wants), ``"off"``. For a
     class request it also says whether the run forgot anything (:meth:`progress`: the forget rows' accuracy before
     and after). The guard's forward passes are not part of the method's timed seconds."""
 
     max_drop: float = 5.0
-    action: str = "warn"
+    # Rollback by default. Measured on benchmarks/zoo.py (702 runs, same models): under "warn" 35 (setting, request,
+    # method) pairs did harm and 7 methods lost RA in some pair; under "rollback" 21 and none. The price: a class run
+    # that forgot only by damaging the model comes back as the original (and says so).
+    action: str = "rollback"
     rows: int = 512
 
     def __post_init__(self) -> None:
@@ -223,6 +237,11 @@ class Guard:
                 "rolled_back": False}
 
 
+COMPARE_GUARD = Guard(action="warn")
+"""The guard of a comparison (``excise bench``, ``excise calibrate``, the benchmark scripts): a run it finds is kept
+and flagged in its stats, so a table never shows the original's numbers under a method's name."""
+
+
 def _seeded_rows(rows: LabeledData, limit: int, seed: int) -> LabeledData:
     """At most ``limit`` of ``rows``: a seeded draw, in their order."""
     if len(rows) <= limit:
@@ -259,6 +278,9 @@ class UnlearningMethod(ABC):
     kinds: ClassVar[tuple[str, ...]] = ("samples", "class", "subclass")
     tasks: ClassVar[tuple[str, ...]] = ("multiclass",)
     Config: ClassVar[type] = NoConfig
+    # Whether Guard(action="rollback") may return the input model instead of this method's result. Retraining is
+    # the exact deletion every other result is measured against: its findings are recorded, never rolled back.
+    rolls_back: ClassVar[bool] = True
 
     def __init__(self, config: Any = None, **hyperparameters: Any) -> None:
         if config is not None and hyperparameters:
@@ -293,8 +315,8 @@ class UnlearningMethod(ABC):
         guard_set: LabeledData | None = None,
     ) -> UnlearnResult:
         """Return an unlearned copy of ``model``. ``retain_set`` is dropped for forget-only methods. The run is
-        checked by ``guard`` (default :class:`Guard`: warn on a collapse, or on a samples request that ends
-        further from the goal) on ``guard_set``, held-out rows that are not training data, or without them on a
+        checked by ``guard`` (default :class:`Guard`: warn and roll back a collapse, or a samples request that
+        ends further from the goal) on ``guard_set``, held-out rows that are not training data, or without them on a
         retain sample; ``stats["guard"]`` records what it found."""
         guard = Guard() if guard is None else guard
         if not isinstance(guard, Guard):
@@ -325,7 +347,7 @@ class UnlearningMethod(ABC):
         distributed.broadcast_module(unlearned)
         unlearned.eval()
         rows, source = guard.watch(data, guard_set, seed)
-        rolling = guard.action == "rollback"
+        rolling = guard.action == "rollback" and self.rolls_back
         if rows is None:
             stats["guard"] = {"data": None, "fired": None, "reason": source}
         else:
@@ -334,7 +356,7 @@ class UnlearningMethod(ABC):
                 warnings.warn(
                     f"{self.name}: accuracy on {found['rows']} {source} rows fell from {found['accuracy_before']:.1f}"
                     f" to {found['accuracy_after']:.1f} (more than the guard's {guard.max_drop:g} points): the run "
-                    "damaged the model" + _rollback_note(rolling), GuardWarning, stacklevel=2)
+                    "damaged the model" + _rollback_note(rolling, self.rolls_back), GuardWarning, stacklevel=2)
         # Judged on the run's own model, whatever the collapse check decides: a run can do both kinds of damage.
         goal = guard.goal(model, unlearned, data, rows if guard_set is not None else None, seed)
         if goal is not None:
@@ -346,7 +368,7 @@ class UnlearningMethod(ABC):
                             f"{goal['auc_before']:.2f} to {goal['auc_after']:.2f} (0.5 = unseen; a never-seen set "
                             f"stays within {goal['chance_band']:.2f} of it)")
                 warnings.warn(f"{self.name}: the forget rows ended further from looking unseen than they started: "
-                              f"{moved_to}" + _rollback_note(rolling), GuardWarning, stacklevel=2)
+                              f"{moved_to}" + _rollback_note(rolling, self.rolls_back), GuardWarning, stacklevel=2)
         if rolling and (stats["guard"].get("fired") or stats["guard"].get("further_from_goal")):
             unlearned, stats["guard"]["rolled_back"] = copy.deepcopy(model).eval(), True
         rolled_back = bool(stats["guard"].get("rolled_back"))
@@ -381,7 +403,9 @@ class UnlearningMethod(ABC):
         }
 
 
-def _rollback_note(rolled_back: bool) -> str:
+def _rollback_note(rolled_back: bool, can_roll_back: bool = True) -> str:
+    if not can_roll_back:
+        return "; a retrained reference is kept as trained"
     return ("; rolled back to the model as it was" if rolled_back else
             "; Guard(action='rollback') returns the model as it was instead")
 

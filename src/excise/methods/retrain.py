@@ -49,6 +49,7 @@ class Retrain(UnlearningMethod):
     kinds = ("samples", "class", "subclass", "target")
     tasks = ("multiclass", "multilabel", "sequence", "segmentation", "detection")
     Config = RetrainConfig
+    rolls_back = False  # the reference itself: a guard finding is recorded beside it, the model is never swapped
 
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
         seed += self.config.seed_offset
