@@ -174,6 +174,22 @@ def test_bad_teacher_student_follows_the_random_teacher_on_forget_data(digits_mo
     assert _kl(g_r, s_r) < 0.1 * _kl(b_r, s_r)
 
 
+def test_bad_teacher_takes_the_papers_single_pass_on_a_samples_request(digits, digits_model, class_runs):
+    """The step floor (``min_steps``) serves class requests; on a random 1% (13 rows) it used to distil the same
+    rows for 15 passes and push them past unseen data (tests/test_guard.py keeps that run as the goal check's
+    case). The default now takes one pass, and the goal check finds nothing to say."""
+    from excise.metrics import EvalViews
+
+    views = EvalViews.from_bundle(digits, ForgetRequest(kind="samples", fraction=0.01, seed=0))
+    result = get_method("bad_teacher").unlearn(digits_model, views.request, views.forget_set, views.retain_set,
+                                               recipe=RECIPE, seed=0, guard=COMPARE_GUARD,
+                                               guard_set=views.test_retain)
+    rows = len(views.forget_set) + int(0.3 * len(views.retain_set))
+    assert result.stats["passes"] == 1 and result.stats["steps"] == -(-rows // RECIPE.batch_size)
+    assert result.stats["guard"]["goal"]["checked"] and result.stats["guard"]["further_from_goal"] is False
+    assert class_runs["bad_teacher"][1].stats["steps"] >= 100  # the class request keeps its floor
+
+
 def test_bad_teacher_rebuilds_the_architecture_of_any_module(digits_model, class_views):
     teacher = incompetent_teacher(digits_model, seed=3)
     assert teacher.excise_spec == digits_model.excise_spec

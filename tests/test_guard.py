@@ -171,19 +171,22 @@ def one_percent(digits):
 
 
 def test_a_samples_run_that_pushes_the_forget_rows_past_unseen_data_says_so(digits_model, one_percent):
-    """Bad Teacher on 1% of digits (13 rows) keeps every accuracy but drives the forget rows' loss far above
-    held-out rows' (measured: membership AUC 0.50 -> 0.19, MIA 0 -> 31 against retrain's 0): the collapse check
-    cannot see it, the goal check must."""
+    """Bad Teacher distilling 1% of digits (13 rows) for 15 passes — what its class-request step floor used to give
+    a samples request — keeps every accuracy but drives the forget rows' loss far above held-out rows' (measured:
+    membership AUC 0.50 -> 0.19, MIA 0 -> 31 against retrain's 0): the collapse check cannot see it, the goal
+    check must. (Its default now takes the paper's single pass on a samples request: tests/test_baselines_b.py.)"""
     held_out = one_percent.test_retain
     with pytest.warns(GuardWarning, match="bad_teacher: the forget rows ended further from looking unseen"):
-        pushed = _unlearn("bad_teacher", digits_model, one_percent, guard_set=held_out)
+        pushed = _unlearn("bad_teacher", digits_model, one_percent, guard=Guard(action="warn"), guard_set=held_out,
+                          epochs=15)
     found = pushed.stats["guard"]
     assert found["fired"] is False and found["further_from_goal"] is True
     goal = found["goal"]
     assert goal["forget_rows"] == len(one_percent.forget_set) and goal["held_out_rows"] == min(512, len(held_out))
     assert goal["auc_after"] < 0.5 - goal["chance_band"] < goal["auc_before"] and goal["grew_in_redraws"] >= 0.95
     with pytest.warns(GuardWarning, match="rolled back"):
-        rolled = _unlearn("bad_teacher", digits_model, one_percent, guard=Guard(action="rollback"), guard_set=held_out)
+        rolled = _unlearn("bad_teacher", digits_model, one_percent, guard=Guard(action="rollback"), guard_set=held_out,
+                          epochs=15)
     assert rolled.stats["guard"]["rolled_back"]
     assert all(torch.equal(a, b) for a, b in zip(digits_model.state_dict().values(),
                                                  rolled.model.state_dict().values(), strict=True))
