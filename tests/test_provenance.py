@@ -284,3 +284,8 @@ def test_bench_certify_writes_a_certificate_per_cell_that_verifies(tmp_path):
     assert seq["evidence"]["reference"]["avg_gap"] == pytest.approx(records[("seq", "gradient_ascent")]["avg_gap"])
     assert json.loads(open(records[("class-3", "retrain")]["certificate"]["path"]).read())["limits"].startswith(
         "Exact unlearning")
+    # The guard's finding travels with the certified model: the bench keeps what the method did (COMPARE_GUARD).
+    for key in [("class-3", "gradient_ascent"), ("seq", "gradient_ascent")]:
+        sidecar = json.loads(open(records[key]["certificate"]["path"].replace(".certificate.json", ".json")).read())
+        found = records[key]["steps"][-1]["stats"] if "steps" in records[key] else records[key]["stats"]
+        assert sidecar["method_stats"]["guard"] == found["guard"] and found["guard"]["action"] == "warn"

@@ -514,6 +514,9 @@ class _Runner:
             "forget_size": len(item.steps[-1].views.forget_set),
             "method": "retrain" if retrain else cell.method.name,
             "method_config": record["config"]["method"].get("resolved", {}),
+            # What the method and its guard reported (the last step's, for a sequence): the bench keeps a run the
+            # guard found (COMPARE_GUARD), so its certificate's sidecar says what was found, as `excise unlearn`'s does.
+            "method_stats": record["steps"][-1]["stats"] if "steps" in record else record.get("stats", {}),
             "parent_sha256": models.original_sha, "metrics": metrics, "unlearn_seconds": record["time_s"],
             "bench": {"suite": self.suite.name, "scenario": scenario.name, "method": cell.label, "seed": cell.seed},
         }
