@@ -168,7 +168,9 @@ SEARCH_SPACES: dict[str, dict[str, Space]] = {
     },
     "bad_teacher": {  # Adam lr 1e-3 cost RA; the step budget decided how far the student moved
         "lr": Space(1e-5, 1e-3, log=True),
-        "min_steps": Space(25, 400, integer=True, log=True),
+        # The step floor serves class and sub-class requests; a random request's budget is its passes.
+        "min_steps": Space(25, 400, integer=True, log=True, kinds=("class", "subclass")),
+        "epochs": Space(1, 8, integer=True, kinds=_SAMPLES_ONLY),
     },
     "ssd": {  # ratios of two importances: scale-free already
         "selection_weighting": Space(1.0, 50.0, log=True),
