@@ -190,6 +190,13 @@ def test_bad_teacher_takes_the_papers_single_pass_on_a_samples_request(digits, d
     assert class_runs["bad_teacher"][1].stats["steps"] >= 100  # the class request keeps its floor
 
 
+def test_bad_teacher_keeps_its_step_floor_on_a_subclass_request(digits_super_model, subclass_views):
+    """A sub-class is forgotten whole, like a class: the floor that lets the student move on small data stays."""
+    result = get_method("bad_teacher").unlearn(digits_super_model, subclass_views.request, subclass_views.forget_set,
+                                               subclass_views.retain_set, recipe=RECIPE, seed=0, guard=COMPARE_GUARD)
+    assert result.stats["steps"] >= 100 and result.stats["passes"] > 1
+
+
 def test_bad_teacher_rebuilds_the_architecture_of_any_module(digits_model, class_views):
     teacher = incompetent_teacher(digits_model, seed=3)
     assert teacher.excise_spec == digits_model.excise_spec
