@@ -297,9 +297,11 @@ class ULiraShadows:
         return ULiraRow(method=name, attack=attack_result(scores, self.member),
                         forget_accuracy=float(np.mean(forget_acc)), test_accuracy=float(np.mean(test_acc)),
                         seconds=float(np.mean(seconds)), per_example_auc=_per_example_auc(scores, self.member),
-                        phi=phi, null_band=None if not band else [
-                            100.0 * b for b in null_auc_band(phi, variance=self.config.variance,
-                                                             seed=self.config.seed)])
+                        phi=phi, null_band=None if not band else [100.0 * b for b in self.null_band(phi)])
+
+    def null_band(self, phi: np.ndarray) -> tuple[float, float]:
+        """:func:`~excise.metrics.lira.null_auc_band` of a row's scores under this run's attack settings (fractions)."""
+        return null_auc_band(phi, variance=self.config.variance, seed=self.config.seed)
 
 
 def run_ulira(
@@ -323,7 +325,7 @@ def run_ulira(
     hits = shadows.cache_hits
     rows += [shadows.attack(method) for method in resolved]
     retrain = next((row for row in rows if row.method == "retrain"), None)
-    band = None if retrain is None else null_auc_band(retrain.phi, variance=config.variance, seed=config.seed)
+    band = None if retrain is None else shadows.null_band(retrain.phi)
     resolved_config = {
         "ulira": asdict(config), "dataset": bundle.name, "data_fingerprint": bundle.fingerprint(),
         "model": {"name": model_name, **shadows.model_kwargs}, "training": recipe.to_dict(),
