@@ -15,8 +15,11 @@ from excise.metrics import EvalViews  # noqa: E402
 from excise.requests import ForgetRequest  # noqa: E402
 from excise.training import TrainConfig  # noqa: E402
 
-# Respect OMP_NUM_THREADS: on a loaded machine extra threads oversubscribe the cores badly.
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", max(1, min(2, os.cpu_count() or 1)))))
+# Respect OMP_NUM_THREADS: on a loaded machine extra threads oversubscribe the cores badly. Under pytest-xdist
+# (the README's test command) the cores are shared out between the workers, one thread each on 2 cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS",
+                                         max(1, min(2, (os.cpu_count() or 1) // max(1, _WORKERS))))))
 
 # The recipe every test model is trained with: ~1 s on 2 CPU cores for the digits.
 RECIPE = TrainConfig(epochs=15, batch_size=64, lr=0.05)
