@@ -37,7 +37,7 @@ from excise.experiment import (
     reference_replicate_metrics,
     run_method,
 )
-from excise.methods import Guard, GuardRefused, get_method
+from excise.methods import Guard, GuardRefused, get_method, guard_objection
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.metrics.uncertainty import Uncertainty
 from excise.provenance.certificate import certificate_path, sign
@@ -344,13 +344,11 @@ def unlearn_checkpoint(
     finding = record.stats.get("guard") or {}
     refusing = (guard or Guard()).action == "rollback"
     if out is not None and refusing and (finding.get("rolled_back") or finding.get("forgot_nothing")):
-        found = (f"the guard rolled the run back ({_guard_reason(finding)})" if finding.get("rolled_back") else
-                 f"the run forgot nothing (accuracy on {finding['forget_rows']} forget rows went from "
-                 f"{finding['forget_accuracy_before']:.1f} to {finding['forget_accuracy_after']:.1f})")
         raise GuardRefused(
-            f"{method}: {found}, so nothing was written: {model_path} is unchanged and still holds the data "
-            f"{request.describe()} names. Try another method, calibrate this one (`excise calibrate`), or write the "
-            "run anyway with --guard warn (Guard(action='warn')), its finding recorded in the sidecar", record)
+            f"{method}: {guard_objection(finding)}, so nothing was written: {model_path} is unchanged and still "
+            f"holds the data {request.describe()} names. Try another method, calibrate this one (`excise "
+            "calibrate`), or write the run anyway with --guard warn (Guard(action='warn')), its finding recorded in "
+            "the sidecar", record)
     if reference is not None:
         record.avg_gap = avg_gap(record.metrics, ref_metrics)
         # Across runs: the retrain time is the one the reference checkpoint recorded (possibly another machine
@@ -397,19 +395,6 @@ def unlearn_checkpoint(
                     overwrite=overwrite)
         distributed.barrier()
     return UnlearnOutcome(model, record, path)
-
-
-def _guard_reason(finding: dict[str, Any]) -> str:
-    reasons = []
-    if finding.get("fired"):
-        reasons.append(f"accuracy on {finding['rows']} {finding['data']} rows fell from "
-                       f"{finding['accuracy_before']:.1f} to {finding['accuracy_after']:.1f}")
-    goal = finding.get("goal") or {}
-    if finding.get("further_from_goal"):
-        reasons.append("the forget rows ended further from looking unseen than they started" + (
-            f" (membership AUC {goal['auc_before']:.2f} -> {goal['auc_after']:.2f}, 0.5 = unseen)"
-            if "auc_after" in goal else ""))
-    return "; ".join(reasons) or "the guard fired"
 
 
 def _check_provenance(head: Checkpoint, out: Path | None, ledger: str | Path | None,

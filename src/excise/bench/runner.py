@@ -62,7 +62,7 @@ from excise.checkpoint import save_checkpoint, versions
 from excise.data import DatasetBundle, load_dataset
 from excise.experiment import RunRecord, build_model, judge, reference_replicate_metrics, run_method, train_original
 from excise.hashing import content_hash, model_sha256
-from excise.methods import COMPARE_GUARD, UnlearningMethod, get_method
+from excise.methods import COMPARE_GUARD, UnlearningMethod, get_method, guard_objection
 from excise.metrics import EvalViews, avg_gap
 from excise.metrics.directions import metric_direction
 from excise.metrics.distance import prediction_distances, reference_distances
@@ -427,6 +427,7 @@ class _Runner:
         last = len(item.steps) - 1
         found: Evidence | None = None
         certified: nn.Module | None = None  # the cell's model, kept with a certificate under --certify
+        objection: str | None = None  # why that model must not be certified (what its guard found)
         if cell.label == "original":
             for k, step in enumerate(item.steps):
                 metrics, judged = judge(models.original, step.views, seed=seed,
@@ -483,6 +484,9 @@ class _Runner:
             for k, (step, (metrics, seconds, stats)) in enumerate(zip(item.steps, runs, strict=True)):
                 steps.append(self._step_record(k, step, metrics, models.references[k], seconds, floors[k],
                                                probes[k] if k < len(probes) else None, stats))
+                found_here = guard_objection(stats.get("guard"))
+                if objection is None and found_here is not None:
+                    objection = found_here if len(runs) == 1 else f"step {k + 1}: {found_here}"
             record["config"]["method"]["resolved"] = method.config_dict()
             self._finish(record, steps, models)
             record["hashes"]["unlearned"] = model_sha256(final)
@@ -490,7 +494,10 @@ class _Runner:
         if found is not None:
             _attach_evidence(record, found)
         if self.certify_dir is not None and certified is not None and self.writes:
-            record["certificate"] = self._certify(cell, item, models, certified, record, found)
+            # The comparison guard keeps a run it found wanting, for the table; a certificate would claim a
+            # deletion it did not make (as `excise unlearn --out` refuses to under the default guard).
+            record["certificate"] = ({"refused": objection} if objection is not None else
+                                     self._certify(cell, item, models, certified, record, found))
         record["status"] = "ok"
         return record
 

@@ -28,6 +28,7 @@ import re
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, ClassVar
 
@@ -401,6 +402,33 @@ class UnlearningMethod(ABC):
             "tasks": list(cls.tasks),
             "defaults": asdict(cls.Config()) if is_dataclass(cls.Config) else {},
         }
+
+
+def guard_objection(finding: Mapping[str, Any] | None) -> str | None:
+    """Why a run's model must not be certified as a deletion, from its ``stats["guard"]``: the guard rolled it
+    back, or found that it collapsed the model, left a samples request's forget rows further from looking unseen,
+    or forgot nothing of a class request. ``None`` when the guard found none of these (or did not check).
+
+    One wording for every place that refuses a certificate: `excise unlearn --out` (under the default rollback)
+    and `excise bench --certify` (whose comparison guard only warns, so it keeps such a run's model and metrics
+    but writes no certificate for it)."""
+    if not finding:
+        return None
+    reasons = []
+    if finding.get("fired"):
+        reasons.append(f"accuracy on {finding['rows']} {finding['data']} rows fell from "
+                       f"{finding['accuracy_before']:.1f} to {finding['accuracy_after']:.1f}")
+    if finding.get("further_from_goal"):
+        goal = finding.get("goal") or {}
+        reasons.append("the forget rows ended further from looking unseen than they started" + (
+            f" (membership AUC {goal['auc_before']:.2f} -> {goal['auc_after']:.2f}, 0.5 = unseen)"
+            if "auc_after" in goal else ""))
+    if finding.get("forgot_nothing"):
+        reasons.append(f"the run forgot nothing (accuracy on {finding['forget_rows']} forget rows went from "
+                       f"{finding['forget_accuracy_before']:.1f} to {finding['forget_accuracy_after']:.1f})")
+    if finding.get("rolled_back"):
+        return f"the guard rolled the run back ({'; '.join(reasons) or 'the guard fired'})"
+    return "; ".join(reasons) or None
 
 
 def _rollback_note(rolled_back: bool, can_roll_back: bool = True) -> str:
