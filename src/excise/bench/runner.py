@@ -327,15 +327,19 @@ class _GroupModels:
                 reference = self.references[0]
                 self.references[0] = replace(reference, metrics={**reference.metrics, **ULIRA_CHANCE})
 
+    def note_ulira(self, record: dict[str, Any]) -> None:
+        """The group's U-LiRA error and retrain's null band, on every cell's record that reads U-LiRA."""
+        if self.ulira_error is not None:
+            record["ulira_error"] = self.ulira_error
+        if self.ulira_band is not None:
+            record["ulira_null_band"] = self.ulira_band
+
     def ulira_metrics(self, method: UnlearningMethod | None, record: dict[str, Any]) -> dict[str, float]:
         """U-LiRA on ``method`` (None: the original shadows) when the scenario asks for it, else nothing; an
         error is written to ``record["ulira_error"]`` and costs only these metrics."""
-        if self.ulira_error is not None:
-            record["ulira_error"] = self.ulira_error
+        self.note_ulira(record)
         if self.ulira is None:
             return {}
-        if self.ulira_band is not None:
-            record["ulira_null_band"] = self.ulira_band
         try:
             return ulira_metrics(self.ulira.attack(method).attack)
         except Exception as err:  # noqa: BLE001 - the cell's other numbers stand
@@ -440,10 +444,7 @@ class _Runner:
             self._finish(record, steps, models)
             record["hashes"]["unlearned"] = models.original_sha
         elif cell.label == "retrain":
-            if models.ulira_error is not None:
-                record["ulira_error"] = models.ulira_error
-            if models.ulira_band is not None:
-                record["ulira_null_band"] = models.ulira_band
+            models.note_ulira(record)
             for k, step in enumerate(item.steps):
                 ref = models.references[k]
                 metrics = {**ref.metrics, **models.ulira_retrain}  # measured U-LiRA, against chance
