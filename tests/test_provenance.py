@@ -263,22 +263,55 @@ def test_a_torn_last_line_is_ignored_then_cut_off(tmp_path):
 
 def test_bench_certify_certifies_no_deletion_a_run_did_not_make(tmp_path):
     """The bench keeps a run its guard found wanting, for the table (COMPARE_GUARD only warns), but writes no model
-    or certificate for it: SSD that selects no parameter forgets nothing. The retrained reference is certified."""
+    or certificate for it: SSD that selects no parameter forgets nothing; gradient ascent collapses this tiny model.
+    A cell certified before and refused when re-run loses its old files: they would certify what it did not do."""
     from excise.bench import parse_suite, read_records, run_suite
     from excise.methods import guard_objection
     from tests.test_bench import TINY, tiny
 
     inert = {"name": "ssd", "label": "ssd-selects-nothing", "params": {"selection_weighting": 1e9}}
-    summary = run_suite(parse_suite(tiny(methods=[inert], scenarios=TINY["scenarios"][:1])), tmp_path / "run",
-                        certify=True)
+    certified = tmp_path / "run" / "certified" / "class-3"
+    # A stale certificate of the cell, as an earlier run of other code would have left it.
+    certified.mkdir(parents=True)
+    stale = [certified / f"ssd-selects-nothing-seed0{suffix}" for suffix in (".safetensors", ".json",
+                                                                            ".certificate.json")]
+    for path in stale:
+        path.write_text("{}")
+    summary = run_suite(parse_suite(tiny(methods=[inert, "gradient_ascent"], scenarios=TINY["scenarios"][:1])),
+                        tmp_path / "run", certify=True)
     records = {r["method"]: r for r in read_records(summary.results_path)}
-    record = records["ssd-selects-nothing"]
-    found = (record["steps"][-1]["stats"] if "steps" in record else record["stats"])["guard"]
-    assert record["status"] == "ok" and found["forgot_nothing"] and found["action"] == "warn"
-    assert record["certificate"] == {"refused": guard_objection(found)}
-    assert record["certificate"]["refused"].startswith("the run forgot nothing (accuracy on ")
-    assert not list((tmp_path / "run" / "certified").rglob("ssd-selects-nothing*"))
-    assert os.path.exists(records["retrain"]["certificate"]["path"])
+    for label, found_text in (("ssd-selects-nothing", "the run forgot nothing (accuracy on "),
+                              ("gradient_ascent", "accuracy on ")):
+        record = records[label]
+        found = (record["steps"][-1]["stats"] if "steps" in record else record["stats"])["guard"]
+        assert record["status"] == "ok" and found["action"] == "warn" and not found.get("rolled_back")
+        assert record["certificate"] == {"refused": guard_objection(found), "path": None}
+        assert record["certificate"]["refused"].startswith(found_text), record["certificate"]
+        assert not list(certified.glob(f"{label}-seed0*"))
+    assert records["ssd-selects-nothing"]["stats"]["guard"]["forgot_nothing"]
+    assert records["gradient_ascent"]["stats"]["guard"]["fired"]
+    assert not any(path.exists() for path in stale)
+    assert os.path.exists(records["retrain"]["certificate"]["path"])  # exact unlearning is certified
+
+
+def test_guard_objection_words_what_the_guard_found():
+    from excise.methods import guard_objection
+
+    collapse = {"fired": True, "rows": 40, "data": "held-out guard_set", "accuracy_before": 90.0,
+                "accuracy_after": 70.0}
+    nothing = {"fired": False, "forgot_nothing": True, "forget_rows": 12, "forget_accuracy_before": 100.0,
+               "forget_accuracy_after": 99.5}
+    assert guard_objection(None) is None and guard_objection({}) is None
+    assert guard_objection({"data": None, "fired": None, "reason": "no rows"}) is None  # not checked: no finding
+    assert guard_objection({**nothing, "forgot_nothing": False}) is None
+    assert guard_objection(collapse) == "accuracy on 40 held-out guard_set rows fell from 90.0 to 70.0"
+    assert guard_objection(nothing) == "the run forgot nothing (accuracy on 12 forget rows went from 100.0 to 99.5)"
+    further = {"further_from_goal": True, "goal": {"auc_before": 0.55, "auc_after": 0.31}}
+    assert guard_objection(further).endswith("(membership AUC 0.55 -> 0.31, 0.5 = unseen)")
+    broken = {"further_from_goal": True, "goal": {"reason": "non-finite losses after the run"}}
+    assert guard_objection(broken).endswith("than they started (non-finite losses after the run)")
+    both = guard_objection({**collapse, **further, "rolled_back": True})
+    assert both.startswith("the guard rolled the run back (accuracy on 40 ") and "; the forget rows ended" in both
 
 
 def test_bench_certify_writes_a_certificate_per_cell_that_verifies(tmp_path):
@@ -293,6 +326,7 @@ def test_bench_certify_writes_a_certificate_per_cell_that_verifies(tmp_path):
     records = {(r["scenario"], r["method"]): r for r in read_records(summary.results_path)}
     assert "certificate" not in records[("class-3", "original")]
     for key in [("class-3", "retrain"), ("class-3", "random_labels"), ("seq", "random_labels")]:
+        assert "refused" not in records[key]["certificate"], records[key]["certificate"]
         cert_file = records[key]["certificate"]["path"]
         checks = {c.name: c for c in verify_certificate(cert_file).checks}
         assert checks["evidence"].status == "ok" and "reproduced" in checks["evidence"].detail

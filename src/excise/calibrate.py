@@ -59,7 +59,7 @@ from excise._files import read_json_or_yaml
 from excise.checkpoint import versions
 from excise.data import LabeledData
 from excise.experiment import RunRecord, held_out_guard_rows, run_method
-from excise.methods import COMPARE_GUARD, Guard, GuardWarning, get_method, method_class
+from excise.methods import COMPARE_GUARD, Guard, GuardWarning, get_method, guard_objection, method_class
 from excise.metrics import EvalViews, evaluate
 from excise.progress import progress_bar
 from excise.training import TrainConfig
@@ -442,15 +442,8 @@ def _run_trial(method: str, params: dict[str, Any], model: nn.Module, views: Eva
     seconds = time.perf_counter() - start
     if gap is None or not math.isfinite(gap):
         return TrialRecord(0, params, None, "failed", f"the avg gap is {gap}", seconds)
-    if finding.get("fired"):
-        detail = (f"guard fired: accuracy on {finding['rows']} {finding['data']} rows fell from "
-                  f"{finding['accuracy_before']:.1f} to {finding['accuracy_after']:.1f}")
-        return TrialRecord(0, params, gap, "guard", detail, seconds)
-    if finding.get("further_from_goal"):
-        goal = finding["goal"]
-        detail = (f"guard: the forget rows ended further from looking unseen, membership AUC {goal['auc_before']:.2f}"
-                  f" -> {goal['auc_after']:.2f}")
-        return TrialRecord(0, params, gap, "guard", detail, seconds)
+    if finding.get("fired") or finding.get("further_from_goal"):
+        return TrialRecord(0, params, gap, "guard", f"guard: {guard_objection(finding)}", seconds)
     return TrialRecord(0, params, gap, "ok", None, seconds)
 
 

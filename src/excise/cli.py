@@ -605,7 +605,8 @@ def bench_command(
     check: bool = typer.Option(False, "--check", help="Only validate the suite (and load its data); run nothing."),
     certify: bool = typer.Option(
         False, help="Keep each cell's model under OUT/certified/ with its deletion certificate (`excise verify`); "
-                    "a run whose guard found it collapsed the model or forgot nothing is recorded, not certified."),
+                    "a run whose guard found it collapsed the model, left random rows further from looking unseen or "
+                    "forgot nothing of a class is recorded, not certified."),
 ) -> None:
     """Run a benchmark suite: every method on every scenario and seed, cached and resumable."""
     from excise.bench import load_suite, plan, read_records, run_suite

@@ -58,7 +58,7 @@ from excise.bench.cache import ModelCache, code_version, results_code_version
 from excise.bench.memory import PeakRSS
 from excise.bench.store import RESULTS_FILE, ResultStore, status_of
 from excise.bench.suite import MethodSpec, Scenario, Suite, SuiteError
-from excise.checkpoint import save_checkpoint, versions
+from excise.checkpoint import save_checkpoint, sidecar_path, versions
 from excise.data import DatasetBundle, load_dataset
 from excise.experiment import RunRecord, build_model, judge, reference_replicate_metrics, run_method, train_original
 from excise.hashing import content_hash, model_sha256
@@ -497,10 +497,25 @@ class _Runner:
         if self.certify_dir is not None and certified is not None and self.writes:
             # The comparison guard keeps a run it found wanting, for the table; a certificate would claim a
             # deletion it did not make (as `excise unlearn --out` refuses to under the default guard).
-            record["certificate"] = ({"refused": objection} if objection is not None else
+            record["certificate"] = (self._refuse_certificate(cell, objection) if objection is not None else
                                      self._certify(cell, item, models, certified, record, found))
         record["status"] = "ok"
         return record
+
+    def _certified_path(self, cell: _Cell) -> Path:
+        assert self.certify_dir is not None
+        return self.certify_dir / cell.scenario.name / f"{cell.label}-seed{cell.seed}.safetensors"
+
+    def _refuse_certificate(self, cell: _Cell, objection: str) -> dict[str, Any]:
+        """No certificate for this run, and none left from an earlier run of the cell (``--rerun-changed``): the
+        record supersedes it, and a stale model and certificate that still verify would certify what this run
+        found it did not do."""
+        from excise.provenance.certificate import certificate_path
+
+        path = self._certified_path(cell)
+        for stale in (certificate_path(path), sidecar_path(path), path):
+            stale.unlink(missing_ok=True)
+        return {"refused": objection, "path": None}
 
     def _certify(self, cell: _Cell, item: _Prepared, models: _GroupModels, model: nn.Module,
                  record: dict[str, Any], found: Evidence | None) -> dict[str, str]:
@@ -522,8 +537,8 @@ class _Runner:
             "forget_size": len(item.steps[-1].views.forget_set),
             "method": "retrain" if retrain else cell.method.name,
             "method_config": record["config"]["method"].get("resolved", {}),
-            # What the method and its guard reported (the last step's, for a sequence): the bench keeps a run the
-            # guard found (COMPARE_GUARD), so its certificate's sidecar says what was found, as `excise unlearn`'s does.
+            # What the method and its guard reported (the last step's, for a sequence), as `excise unlearn`'s
+            # sidecar does: a certified run's guard found nothing wanting (such a run is refused, above).
             "method_stats": record["steps"][-1]["stats"] if "steps" in record else record.get("stats", {}),
             "parent_sha256": models.original_sha, "metrics": metrics, "unlearn_seconds": record["time_s"],
             "bench": {"suite": self.suite.name, "scenario": scenario.name, "method": cell.label, "seed": cell.seed},
@@ -532,7 +547,7 @@ class _Runner:
             reference_metrics = models.references[-1].metrics
             meta["reference"] = {"path": str(models.reference_paths[-1]), "sha256": models.reference_shas[-1],
                                  "metrics": reference_metrics, "avg_gap": avg_gap(metrics, reference_metrics)}
-        path = self.certify_dir / scenario.name / f"{cell.label}-seed{cell.seed}.safetensors"
+        path = self._certified_path(cell)
         save_checkpoint(path, model, meta, overwrite=True)  # a re-run cell supersedes its earlier certificate
         written, digest = certify(path, meta, original={"path": models.original_path, "sha256": models.original_sha,
                                                 "kind": "original"},
@@ -610,7 +625,10 @@ def run_suite(
     (default ``out_dir/cache``). ``retry_failed`` runs failed cells again; ``rerun_changed`` recomputes cells
     whose configuration differs from the stored one (otherwise such a store is refused). ``certify``: keep every
     cell's model under ``out_dir/certified/<scenario>/`` with its deletion certificate
-    (:mod:`excise.provenance.certificate`), for `excise verify`."""
+    (:mod:`excise.provenance.certificate`), for `excise verify`; the record's ``certificate`` is ``{"path",
+    "sha256"}``, or ``{"refused": <what the guard found>, "path": None}`` for a run whose guard found it collapsed
+    the model, left a samples request's rows further from looking unseen, or forgot nothing of a class request
+    (:func:`excise.methods.guard_objection`): nothing is written for it."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

@@ -422,7 +422,7 @@ def guard_objection(finding: Mapping[str, Any] | None) -> str | None:
         goal = finding.get("goal") or {}
         reasons.append("the forget rows ended further from looking unseen than they started" + (
             f" (membership AUC {goal['auc_before']:.2f} -> {goal['auc_after']:.2f}, 0.5 = unseen)"
-            if "auc_after" in goal else ""))
+            if "auc_after" in goal else f" ({goal['reason']})" if goal.get("reason") else ""))
     if finding.get("forgot_nothing"):
         reasons.append(f"the run forgot nothing (accuracy on {finding['forget_rows']} forget rows went from "
                        f"{finding['forget_accuracy_before']:.1f} to {finding['forget_accuracy_after']:.1f})")
