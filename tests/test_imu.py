@@ -191,6 +191,7 @@ def test_deterministic_with_a_seed(digits_model, samples_views, recipe):
         ({"stop_accuracy": 1.5}, "stop_accuracy"),
         ({"max_accuracy_drop": 0.0}, "max_accuracy_drop"),
         ({"top_data": 0.1}, "top_data"),
+        ({"rows": "mine"}, "rows"),
     ],
 )
 def test_bad_config_names_the_field(options, field):
@@ -261,3 +262,34 @@ def test_a_forget_set_smaller_than_one_allowed_flip_keeps_the_state_before_the_f
     assert accuracy == pytest.approx(stats["start_forget_accuracy"])
     moved = [not torch.equal(a, b) for a, b in zip(model.fc.parameters(), digits_model.fc.parameters(), strict=True)]
     assert any(moved)  # the epochs before the flip are kept, not thrown away
+
+
+def test_forgotten_rows_moves_only_the_forgotten_class_row_and_serves_the_class(digits_model, class_views,
+                                                                               class_reference, recipe):
+    """``imu_forgotten_rows``: only class 3's row of the head moves (every other parameter bit-identical), so no
+    retained prediction can move except away from class 3: RA cannot fall; the class is forgotten as retrain
+    forgets it."""
+    original = evaluate_original(digits_model, class_views).metrics
+    model, record = run_method(get_method("imu_forgotten_rows"), digits_model, class_views, recipe, seed=0,
+                               reference=class_reference, guard=COMPARE_GUARD)
+    m, r = record.metrics, class_reference.metrics
+    assert record.stats["stop_reason"] == "stop_accuracy" and m["FA"] <= r["FA"] + 5, (m, r)
+    assert m["RA"] >= original["RA"] and m["TA"] >= original["TA"], (m, original)
+    assert record.avg_gap <= 1.0, record.avg_gap  # issue 19's full-class goal for the seed methods
+    before, after = dict(digits_model.named_parameters()), dict(model.named_parameters())
+    head = record.stats["head"]
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert moved and moved <= set(head)
+    for name in head:
+        others = [c for c in range(before[name].shape[0]) if c != 3]
+        assert torch.equal(before[name][others], after[name][others])
+        assert not torch.equal(before[name][3], after[name][3])
+
+
+def test_forgotten_rows_is_for_class_requests(digits_model, digits, samples_views, recipe):
+    with pytest.raises(ValueError, match="samples"):
+        get_method("imu_forgotten_rows").unlearn(digits_model, samples_views.request, samples_views.forget_set,
+                                                 recipe=recipe)
+    with pytest.raises(ValueError, match="rows='forgotten' serves class requests only"):
+        get_method("imu", rows="forgotten").unlearn(digits_model, samples_views.request, samples_views.forget_set,
+                                                    recipe=recipe)
