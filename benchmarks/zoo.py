@@ -71,7 +71,7 @@ from excise.bench.cache import ModelCache, code_version, results_code_version  #
 from excise.checkpoint import versions  # noqa: E402
 from excise.data import load_dataset  # noqa: E402
 from excise.experiment import build_model, evaluate_original, run_method  # noqa: E402
-from excise.methods import Guard, get_method, list_methods  # noqa: E402
+from excise.methods import Guard, get_method, list_methods, method_class  # noqa: E402
 from excise.metrics import EvalViews, avg_gap  # noqa: E402
 from excise.requests import ForgetRequest, split  # noqa: E402
 from excise.training import TrainConfig, train  # noqa: E402
@@ -176,7 +176,9 @@ def said_so(stats: dict[str, Any]) -> bool:
 
 def run_cell(out: Path, cache: ModelCache, name: str, setting: Setting, kind: str, seed: int, methods: list[str],
              done: set[tuple[str, str, int, str]], console: Console, guard: Guard | None = None) -> None:
-    todo = [m for m in methods if (name, kind, seed, m) not in done]
+    # A method that does not serve this request kind (e.g. imu_forgotten_rows on random samples) is not run here.
+    served = "class" if kind == "class" else "samples"
+    todo = [m for m in methods if (name, kind, seed, m) not in done and served in method_class(m).kinds]
     if not todo and (name, kind, seed, TWIN) in done:
         return
     bundle = load_dataset(setting.dataset, seed=seed, **setting.dataset_options)

@@ -10,10 +10,12 @@ import torch
 from excise.experiment import evaluate_original, run_method, train_original
 from excise.influence import influence_from_grads, influence_weights, per_sample_grads
 from excise.methods import COMPARE_GUARD, RetainAccessError, UnlearnData, get_method
-from excise.methods.imu import IMU, IMUConfig, classification_loss
-from excise.metrics import avg_gap
-from excise.requests import ForgetRequest
-from excise.training import TrainConfig
+from excise.methods.imu import IMU, IMUConfig, classification_loss, without_other_forgotten
+from excise.metrics import EvalViews, avg_gap
+from excise.requests import ForgetRequest, RequestError
+from excise.training import TrainConfig, predict_logits
+
+from .conftest import FORGET_CLASS
 
 
 def run_imu(model, views, recipe, seed=0, reference=None, **config):
@@ -266,9 +268,9 @@ def test_a_forget_set_smaller_than_one_allowed_flip_keeps_the_state_before_the_f
 
 def test_forgotten_rows_moves_only_the_forgotten_class_row_and_serves_the_class(digits_model, class_views,
                                                                                class_reference, recipe):
-    """``imu_forgotten_rows``: only class 3's row of the head moves (every other parameter bit-identical), so no
-    retained prediction can move except away from class 3: RA cannot fall; the class is forgotten as retrain
-    forgets it."""
+    """``imu_forgotten_rows``: only class 3's row of the head moves (every other parameter bit-identical), so the
+    retained classes' ranking is kept and a prediction can change only to or from class 3: here RA and TA do not
+    fall, and the class is forgotten as retrain forgets it."""
     original = evaluate_original(digits_model, class_views).metrics
     model, record = run_method(get_method("imu_forgotten_rows"), digits_model, class_views, recipe, seed=0,
                                reference=class_reference, guard=COMPARE_GUARD)
@@ -281,15 +283,46 @@ def test_forgotten_rows_moves_only_the_forgotten_class_row_and_serves_the_class(
     moved = {name for name in before if not torch.equal(before[name], after[name])}
     assert moved and moved <= set(head)
     for name in head:
-        others = [c for c in range(before[name].shape[0]) if c != 3]
+        others = [c for c in range(before[name].shape[0]) if c != FORGET_CLASS]
         assert torch.equal(before[name][others], after[name][others])
-        assert not torch.equal(before[name][3], after[name][3])
+        assert not torch.equal(before[name][FORGET_CLASS], after[name][FORGET_CLASS])
 
 
-def test_forgotten_rows_is_for_class_requests(digits_model, digits, samples_views, recipe):
-    with pytest.raises(ValueError, match="samples"):
+def test_forgotten_rows_is_for_class_requests_and_refuses_what_breaks_it(digits_model, samples_views, recipe):
+    with pytest.raises(RequestError, match="samples"):
         get_method("imu_forgotten_rows").unlearn(digits_model, samples_views.request, samples_views.forget_set,
                                                  recipe=recipe)
-    with pytest.raises(ValueError, match="rows='forgotten' serves class requests only"):
-        get_method("imu", rows="forgotten").unlearn(digits_model, samples_views.request, samples_views.forget_set,
-                                                    recipe=recipe)
+    imu_rows = get_method("imu", rows="forgotten")
+    with pytest.raises(RequestError, match="rows='forgotten' serves class requests only"):
+        imu_rows.check_request(samples_views.request, "multiclass")  # before any work: bench and sequences skip it
+    with pytest.raises(ValueError, match="bn_mode='train'"):
+        get_method("imu_forgotten_rows", bn_mode="train")
+    with pytest.raises(ValueError, match="rows='all'"):
+        get_method("imu_forgotten_rows", rows="all")
+
+
+def test_each_samples_ascent_leaves_the_other_forgotten_classes_out():
+    """Two classes forgotten at once: a class-4 sample's ascent gives class 1's logit (the only other row that
+    moves) no gradient, so it cannot raise that row along its features; retained classes are untouched."""
+    logits = torch.randn(3, 5, requires_grad=True)
+    targets = torch.tensor([4, 1, 4])
+    forgotten = torch.tensor([False, True, False, False, True])
+    masked = without_other_forgotten(logits, targets, forgotten)
+    assert torch.isinf(masked[0, 1]) and torch.isinf(masked[1, 4]) and torch.isinf(masked[2, 1])
+    assert torch.equal(masked[:, [0, 2, 3]], logits[:, [0, 2, 3]]) and torch.equal(masked[0, 4], logits[0, 4])
+    (-torch.nn.functional.cross_entropy(masked, targets)).backward()
+    assert logits.grad[0, 1] == 0 and logits.grad[1, 4] == 0 and logits.grad[2, 1] == 0
+    assert bool((logits.grad[:, [0, 2, 3]] != 0).all())
+    single = torch.tensor([False, False, False, False, True])
+    assert without_other_forgotten(logits, torch.tensor([4, 4, 4]), single) is logits  # one class: unchanged
+
+
+def test_forgotten_rows_serves_two_classes_at_once(digits, digits_model, recipe):
+    """Every forgotten sample leaves for a retained class, not for the other forgotten one."""
+    request = ForgetRequest(kind="class", labels=(1, 4))
+    views = EvalViews.from_bundle(digits, request)
+    model, record = run_method(get_method("imu_forgotten_rows"), digits_model, views, recipe, seed=0,
+                               guard=COMPARE_GUARD)
+    predicted = predict_logits(model, views.forget_set).argmax(1)
+    still_forgotten_class = float(((predicted == 1) | (predicted == 4)).float().mean())
+    assert record.metrics["FA"] <= 5 and still_forgotten_class <= 0.05, (record.metrics, still_forgotten_class)

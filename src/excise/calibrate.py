@@ -123,6 +123,10 @@ SEARCH_SPACES: dict[str, dict[str, Space]] = {
         "epochs": Space(2, 30, integer=True, log=True),
         "max_accuracy_drop": Space(0.005, 0.1, log=True, kinds=_SAMPLES_ONLY),  # the random-sample stop
     },
+    "imu_forgotten_rows": {  # the same ascent on the forgotten rows only; stops at FA 0, epochs is the cap
+        "lr": Space(1e-3, 1e-1, log=True),
+        "epochs": Space(5, 100, integer=True, log=True),
+    },
     "mu_mis": {  # lr 1e-4 diverged, 3e-6 was 3x slower; the second term's weight trades forgetting for RA
         "lr": Space(2e-6, 5e-5, log=True),
         "irrelevant_weight": Space(0.1, 1.0),

@@ -76,6 +76,9 @@ Defaults and scale — what changed from the official code and why (all overrida
   is known (the retrained model may still map it to its super-class), so the epoch budget rules. A float
   sets an explicit target, ``None`` restores the official fixed budget.
 
+``rows`` ("all", the paper's head-wide ascent) is "forgotten" in :class:`IMUForgottenRows`, excise's extension for
+class requests and their sequences (see below and its docstring).
+
 Under ``torchrun``: the influences are computed data-parallel (:func:`excise.influence.compute_influence`
 splits the forget set across ranks, all-reduces the Fisher and gathers the per-sample influences), so every
 rank selects the same samples with the same weights; the ascent itself (10-20 steps on the head, whose loss
@@ -130,6 +133,7 @@ from excise.methods._common import NearerOfLastTwo, only_trainable
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.models import final_linear
 from excise.progress import progress_bar
+from excise.requests import ForgetRequest, RequestError
 from excise.training import (
     check_fraction,
     check_nonnegative,
@@ -167,6 +171,9 @@ class IMUConfig:
         check_positive_int(self, "epochs", "batch_size", "min_kept", "grad_batch_size")
         if self.rows not in HEAD_ROWS:
             raise ValueError(f"rows={self.rows!r} is not one of {HEAD_ROWS}")
+        if self.rows == "forgotten" and self.bn_mode == "train":
+            raise ValueError("rows='forgotten' holds every retained class's row of the head; bn_mode='train' would "
+                             "move the body's BatchNorm statistics under them: use bn_mode 'batch' or 'eval'")
         check_nonnegative(self, "lr", "alpha", "momentum", "weight_decay")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr!r} must be > 0")
@@ -241,13 +248,13 @@ class HeadOnlyAccuracy:
 class KeptRows:
     """The head's rows of every class but ``classes``, held exactly where they are (``rows="forgotten"``)."""
 
-    def __init__(self, head: list[nn.Parameter], classes: Tensor) -> None:
-        outputs = head[0].shape[0]
-        if any(p.dim() == 0 or p.shape[0] != outputs for p in head) or int(classes.max()) >= outputs:
-            raise ValueError(f"rows='forgotten' needs a head whose parameters have one row per class (a linear "
-                             f"layer's weight and bias); got shapes {[tuple(p.shape) for p in head]}")
+    def __init__(self, head: list[nn.Parameter], classes: Tensor, num_classes: int) -> None:
+        if any(p.dim() == 0 or p.shape[0] != num_classes for p in head):
+            raise ValueError(f"rows='forgotten' needs a head whose parameters have one row per class ({num_classes}:"
+                             f" the logit layer's weight and bias); got shapes {[tuple(p.shape) for p in head]}")
+        outputs = num_classes
         self.head = head
-        self.keep = torch.ones(head[0].shape[0], dtype=torch.bool)
+        self.keep = torch.ones(outputs, dtype=torch.bool)
         self.keep[classes] = False
         self.saved = [p.detach()[self.keep].clone() for p in head]
 
@@ -255,6 +262,16 @@ class KeptRows:
     def restore(self) -> None:
         for p, saved in zip(self.head, self.saved, strict=True):
             p[self.keep] = saved
+
+
+def without_other_forgotten(logits: Tensor, targets: Tensor, forgotten: Tensor) -> Tensor:
+    """``logits`` with every forgotten class but each row's own set to -inf (``forgotten``: a bool per class).
+
+    With several classes forgotten at once and only their rows moving, a sample's ascent would raise the other
+    forgotten rows along its features; left out of its softmax, they get no gradient from it."""
+    others = forgotten.to(logits.device).expand_as(logits).clone()
+    others[torch.arange(len(targets), device=logits.device), targets] = False
+    return logits.masked_fill(others, float("-inf")) if bool(others.any()) else logits
 
 
 def head_module(model: nn.Module, head: str | None) -> nn.Module | None:
@@ -301,6 +318,12 @@ class IMU(UnlearningMethod):
     kinds = ("samples", "class", "subclass")
     tasks = ("multiclass",)
     Config = IMUConfig
+
+    def check_request(self, request: ForgetRequest, task: str) -> None:
+        super().check_request(request, task)
+        if self.config.rows == "forgotten" and request.kind != "class":
+            raise RequestError(f"rows='forgotten' serves class requests only (a {request.kind} request shares its "
+                               "classes' rows with the data it keeps)")
 
     def resolve_stop_accuracy(self, kind: str, start_accuracy: float) -> float | None:
         """The forget accuracy at which ascent stops: ``stop_accuracy``, or its ``"auto"`` value for ``kind``."""
@@ -359,12 +382,14 @@ class IMU(UnlearningMethod):
         stats["weights"] = weights.tolist()
         loader = make_loader(kept, cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
         optimizer = make_optimizer(head, "sgd", cfg.lr, cfg.momentum, cfg.weight_decay)
-        if cfg.rows == "forgotten" and data.request.kind != "class":
-            raise ValueError(f"rows='forgotten' serves class requests only (a {data.request.kind} request shares "
-                             "its classes' rows with the data it keeps)")
-        keep_rows = None if cfg.rows == "all" else KeptRows(head, forget.targets.unique())
+        keep_rows = None if cfg.rows == "all" else KeptRows(head, forget.targets.unique(), len(forget.classes))
+
+        forgotten = torch.zeros(len(forget.classes), dtype=torch.bool)
+        forgotten[forget.targets.unique()] = True
 
         def sample_losses(logits: Tensor, targets: Tensor) -> Tensor:
+            if keep_rows is not None:
+                logits = without_other_forgotten(logits, targets, forgotten)
             return per_sample_loss(logits, targets, data.task)
 
         steps, curve, forget_acc, stop_reason = 0, [], [], "epochs"
@@ -419,9 +444,11 @@ class IMUForgottenRows(IMU):
 
     Why: IMU's head-wide ascent raises other classes' rows to absorb the forgotten samples, and in a sequence one
     of them can swallow its neighbours (the *sink* of the module docstring: digits 1 → 4 → 9, RA 52.7 and 42.3 at
-    step 3). Lowering only the forgotten rows cannot move any retained sample's prediction except away from a
-    forgotten class, so retained accuracy cannot fall through the head; the forgotten samples go to the classes
-    the model already ranked next, as a model never trained on the class would send them.
+    step 3). With the retained rows held (and the body untouched: ``bn_mode`` "batch" or "eval", "train" is
+    refused), a retained sample's ranking among the retained classes cannot change: its prediction can change
+    only to or from a forgotten class. The forgotten samples go to the classes the model already ranked next.
+    With several classes in one request, each sample's ascent leaves the other forgotten classes out of its
+    softmax, so it cannot raise their rows along its features.
 
     Budget: the ascent on one row is slower than on the whole head (10 epochs left FA at 7-38% on digits), and
     with the other rows held no budget can collapse the retained classes, so ``epochs`` is 50, a cap the stop
@@ -434,7 +461,7 @@ class IMUForgottenRows(IMU):
       per setting, 0.50 at worst on one seed; ``imu`` 0.08-0.52 on the same runs;
     - digits 1 -> 4 -> 9 (``small_cnn`` width 16, the tests' recipe): gap <= 0.21 and FA <= 0.5 after every
       step, RA 100 (``imu``: FA 28.7 after step 1 on seed 0, RA 84.5 after step 2 on seed 2, and a step that
-      forgot nothing); width 32, 30 epochs: gap <= 0.24 (``imu`` sinks to RA 42.3);
+      forgot nothing); width 32, 30 epochs: gap <= 0.24 and FA 0 (``imu`` sinks to RA 42.3);
     - the mid-scale five-step sequence 1 -> 4 -> 9 -> 7 -> 2 (``benchmarks/suites/midscale.yaml``, ResNet-18 width
       8 with crop augmentation on MNIST): FA <= 2.6 against retrain's 0, RA within 0.4 of retrain's, gap <= 0.82
       after every step, 49-55x faster than the five retrainings (``imu``: RA 20.0-58.5 after step 5).
@@ -444,9 +471,16 @@ class IMUForgottenRows(IMU):
     """
 
     name = "imu_forgotten_rows"
+    paper = ("excise's extension of IMU (Fan, Wu, Zhou, Liang, Harandi, Phung, 'Influence-guided Machine "
+             "Unlearning', arXiv 2508.01620, 2025): only the forgotten classes' head rows move")
     kinds = ("class",)
 
     @dataclass
     class Config(IMUConfig):
         rows: str = "forgotten"
         epochs: int = 50
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.rows != "forgotten":
+                raise ValueError(f"rows={self.rows!r}: imu_forgotten_rows is rows='forgotten' (use imu for 'all')")
