@@ -194,6 +194,8 @@ def test_deterministic_with_a_seed(digits_model, samples_views, recipe):
         ({"max_accuracy_drop": 0.0}, "max_accuracy_drop"),
         ({"top_data": 0.1}, "top_data"),
         ({"rows": "mine"}, "rows"),
+        ({"stop_probability": 0.01}, "stop_probability"),  # needs rows='forgotten'
+        ({"rows": "forgotten", "stop_probability": 1.0}, "stop_probability"),
     ],
 )
 def test_bad_config_names_the_field(options, field):
@@ -275,7 +277,9 @@ def test_forgotten_rows_moves_only_the_forgotten_class_row_and_serves_the_class(
     model, record = run_method(get_method("imu_forgotten_rows"), digits_model, class_views, recipe, seed=0,
                                reference=class_reference, guard=COMPARE_GUARD)
     m, r = record.metrics, class_reference.metrics
-    assert record.stats["stop_reason"] == "stop_accuracy" and m["FA"] <= r["FA"] + 5, (m, r)
+    assert record.stats["stop_reason"] == "stop_probability" and m["FA"] <= r["FA"] + 5, (m, r)
+    # Past FA 0, on to where a never-trained class is: almost no probability left on the forgotten rows.
+    assert record.stats["own_probability_curve"][-1] <= 0.01 < record.stats["own_probability_curve"][0]
     assert m["RA"] >= original["RA"] and m["TA"] >= original["TA"], (m, original)
     assert record.avg_gap <= 1.0, record.avg_gap  # issue 19's full-class goal for the seed methods
     before, after = dict(digits_model.named_parameters()), dict(model.named_parameters())
