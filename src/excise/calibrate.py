@@ -123,7 +123,7 @@ SEARCH_SPACES: dict[str, dict[str, Space]] = {
         "epochs": Space(2, 30, integer=True, log=True),
         "max_accuracy_drop": Space(0.005, 0.1, log=True, kinds=_SAMPLES_ONLY),  # the random-sample stop
     },
-    "imu_forgotten_rows": {  # the same ascent on the forgotten rows only; stops at FA 0, epochs is the cap
+    "imu_forgotten_rows": {  # the same ascent on the forgotten rows only; stops by probability, epochs is the cap
         "lr": Space(1e-3, 1e-1, log=True),
         "epochs": Space(5, 100, integer=True, log=True),
     },

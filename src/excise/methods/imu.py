@@ -252,8 +252,12 @@ class HeadOnlyAccuracy:
 
     def own_probability(self, model: nn.Module, data: UnlearnData) -> float:
         """The forget rows' mean softmax probability of their own class (eval mode)."""
-        logits = self._logits() if self.exact else predict_logits(model, data.forget_set)
-        return float(logits.softmax(1).gather(1, self.targets.view(-1, 1)).mean())
+        return own_class_probability(self._logits() if self.exact else predict_logits(model, data.forget_set),
+                                     self.targets)
+
+
+def own_class_probability(logits: Tensor, targets: Tensor) -> float:
+    return float(logits.softmax(1).gather(1, targets.view(-1, 1)).mean())
 
 
 class KeptRows:
@@ -263,9 +267,8 @@ class KeptRows:
         if any(p.dim() == 0 or p.shape[0] != num_classes for p in head):
             raise ValueError(f"rows='forgotten' needs a head whose parameters have one row per class ({num_classes}:"
                              f" the logit layer's weight and bias); got shapes {[tuple(p.shape) for p in head]}")
-        outputs = num_classes
         self.head = head
-        self.keep = torch.ones(outputs, dtype=torch.bool)
+        self.keep = torch.ones(num_classes, dtype=torch.bool)
         self.keep[classes] = False
         self.saved = [p.detach()[self.keep].clone() for p in head]
 
@@ -420,8 +423,7 @@ class IMU(UnlearningMethod):
         def own_probability() -> float:
             if checks is not None:
                 return checks.own_probability(model, data)
-            logits = predict_logits(model, forget)
-            return float(logits.softmax(1).gather(1, forget.targets.view(-1, 1)).mean())
+            return own_class_probability(predict_logits(model, forget), forget.targets)
         with only_trainable(model, head):
             model.train(cfg.bn_mode != "eval")
             frozen_bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
