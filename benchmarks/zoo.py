@@ -177,7 +177,7 @@ def said_so(stats: dict[str, Any]) -> bool:
 def run_cell(out: Path, cache: ModelCache, name: str, setting: Setting, kind: str, seed: int, methods: list[str],
              done: set[tuple[str, str, int, str]], console: Console, guard: Guard | None = None) -> None:
     # A method that does not serve this request kind (e.g. imu_forgotten_rows on random samples) is not run here.
-    served = "class" if kind == "class" else "samples"
+    served = request_for(setting, kind, seed).kind
     todo = [m for m in methods if (name, kind, seed, m) not in done and served in method_class(m).kinds]
     if not todo and (name, kind, seed, TWIN) in done:
         return

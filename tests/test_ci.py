@@ -8,8 +8,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_commands() -> list[str]:
-    return re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+def readme_commands(text: str | None = None) -> list[str]:
+    """The README's ``bash`` blocks (of ``text``, a part of it, if given)."""
+    return re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text() if text is None else text,
+                      flags=re.S)
 
 
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
@@ -23,5 +25,5 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 
 def test_the_readme_first_screen_gives_the_demo_and_the_test_commands() -> None:
     head = "\n".join((ROOT / "README.md").read_text().splitlines()[:30])
-    commands = re.findall(r"```bash\n(.+?)\n```", head, flags=re.S)
+    commands = readme_commands(head)
     assert any("excise demo" in c for c in commands) and any("pytest" in c for c in commands)
