@@ -292,3 +292,31 @@ def test_a_subclass_request_reports_its_worst_sibling(digits_super_model, subcla
         final_linear(blind).bias[parent] = -1e4  # the super-class is never predicted: its siblings fall to 0
     assert evaluate(blind, subclass_views, mia_variants=())["TA_sibling_min"] == 0.0
     assert "TA_sibling_min" not in evaluate(digits_model, class_views, mia_variants=())
+
+
+def test_a_multi_class_request_reports_its_most_remembered_class(digits, digits_model, class_views):
+    """FA_class_max: the highest forget accuracy among a request's classes, each on its own forget rows. A class
+    handed back while the others stay forgotten shows there at its own accuracy, where the pooled FA dilutes it;
+    a single-class request does not report it."""
+    import copy
+
+    import torch
+
+    from excise.metrics import EvalViews, evaluate
+    from excise.models import final_linear
+    from excise.requests import ForgetRequest
+    from excise.training import predict_logits
+
+    views = EvalViews.from_bundle(digits, ForgetRequest(kind="class", labels=(1, 4, 9)))
+    forget = views.forget_set
+    # Classes 4 and 9 never predicted: as if forgotten; class 1 remembered.
+    partly = copy.deepcopy(digits_model)
+    with torch.no_grad():
+        final_linear(partly).bias[[4, 9]] = -1e4
+    predictions = predict_logits(partly, forget).argmax(1)
+    by_hand = {c: 100.0 * float((predictions[forget.targets == c] == c).float().mean()) for c in (1, 4, 9)}
+    metrics = evaluate(partly, views, mia_variants=())
+    assert by_hand[4] == by_hand[9] == 0.0 and by_hand[1] > 90
+    assert metrics["FA_class_max"] == pytest.approx(by_hand[1])
+    assert metrics["FA"] < metrics["FA_class_max"] - 50  # the pooled number hides the remembered class
+    assert "FA_class_max" not in evaluate(digits_model, class_views, mia_variants=())

@@ -42,7 +42,7 @@ from excise.bench.suite import Suite
 from excise.checkpoint import atomic_write, atomic_write_text
 from excise.metrics.uncertainty import percentile_interval
 
-QUALITY_KEYS = ("FA", "RA", "TA", "TA_forget", "TA_sibling_min", "MIA", "forget_AP", "retain_mAP")
+QUALITY_KEYS = ("FA", "FA_class_max", "RA", "TA", "TA_forget", "TA_sibling_min", "MIA", "forget_AP", "retain_mAP")
 CURVE_KEYS = ("FA", "RA", "TA", "MIA")
 REFERENCE_ROWS = ("original", "retrain")
 
@@ -281,7 +281,8 @@ def quality_table(summary: ScenarioSummary) -> Table:
         "the original row is the cost of "
         "doing nothing, and a method whose interval overlaps it is not distinguishable from doing nothing. TA is on "
         "the test samples of the remaining (sub)classes, TA_forget on those of the forgotten one, TA_sibling_min "
-        "the worst test accuracy among a forgotten sub-class's siblings (its super-class's other fine classes). "
+        "the worst test accuracy among a forgotten sub-class's siblings (its super-class's other fine classes), "
+        "FA_class_max the highest forget accuracy among the forgotten classes of a multi-class (sequence) request. "
         "MIA = SVC "
         "confidence MIA-efficacy (share of the forget set called non-member).",
     )

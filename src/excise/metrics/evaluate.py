@@ -34,6 +34,9 @@ DIRECTIONS: dict[str, str] = {
     "retain_mAP": "higher is better",
     "TA_sibling_min": "the worst test accuracy among the forgotten sub-class's siblings (the other fine classes of "
                       "its super-class); higher is better, retrain's is the reference",
+    "FA_class_max": "the highest forget accuracy among the forgotten classes of a request naming several (a "
+                    "sequence's step names every class so far); retrain's is the reference, and a class handed back "
+                    "shows here when the pooled FA hides it",
     "MIA:seq_loss": "AUC (%) telling forget from held-out sequences by their loss; 50 = indistinguishable "
                     "(never trained on), above = still recognised, below = over-forgotten; closer to retrain",
     "MIA:seq_min_k": "AUC (%) telling forget from held-out sequences by min-20% token probability; 50 = "
@@ -189,6 +192,9 @@ def score(outputs: Outputs, *, mia_variants: tuple[str, ...] | None = None, seed
     sibling = _worst_sibling(outputs)
     if sibling is not None:
         out["TA_sibling_min"] = sibling
+    handed_back = _most_remembered_class(outputs)
+    if handed_back is not None:
+        out["FA_class_max"] = handed_back
 
     def probs_labels(population: Population) -> tuple[np.ndarray, np.ndarray]:
         return _probs(population.logits), population.targets.numpy()
@@ -208,6 +214,19 @@ def _worst_sibling(outputs: Outputs) -> float | None:
     accuracies = [accuracy(test.logits[test.fine == j], test.targets[test.fine == j])
                   for j in outputs.siblings if bool((test.fine == j).any())]
     return min(accuracies) if accuracies else None
+
+
+def _most_remembered_class(outputs: Outputs) -> float | None:
+    """The highest forget accuracy among the classes of a class request naming two or more (each class's own forget
+    rows). Measured on the mid-scale five-step sequence (seed 0): forgetting 7 at step 4 handed 10.5% of the
+    forgotten 1s back while the pooled FA read 2.6."""
+    forget = outputs.forget
+    if outputs.kind != "class" or len(forget.targets) == 0:
+        return None
+    classes = forget.targets.unique()
+    if len(classes) < 2:
+        return None
+    return max(accuracy(forget.logits[forget.targets == c], forget.targets[forget.targets == c]) for c in classes)
 
 
 Pair = tuple[np.ndarray, np.ndarray]
