@@ -54,8 +54,8 @@ from excise.models.heads import affine_head
 from excise.requests import ForgetRequest
 from excise.training import TrainConfig, predict_logits
 
-METHODS = ("essential_graph_paper", "essential_graph", "target_erasure", "essential_graph_erasure",
-           "target_finetune", "gradient_ascent")
+METHODS = ("essential_graph_paper", "essential_graph", "target_erasure", "target_erasure_body",
+           "essential_graph_erasure", "target_finetune", "gradient_ascent")
 CANVASES = {
     "distractor": dict(num_classes=5, distractor_classes=5, min_digits=2, max_digits=4),
     "dense": dict(num_classes=5, min_digits=3, max_digits=4),

@@ -18,7 +18,16 @@ from torch import nn
 
 from excise.data import load_dataset
 from excise.data.base import LabeledData
-from excise.erasure import MASKED_LOGIT, erase_target, fit_bias_shifts, fold_error, mask_output, refit_biases
+from excise.erasure import (
+    MASKED_LOGIT,
+    erase_in_body,
+    erase_target,
+    fit_bias_shifts,
+    fold_error,
+    mask_output,
+    mean_separation,
+    refit_biases,
+)
 from excise.experiment import run_method, train_original
 from excise.methods import get_method
 from excise.metrics import EvalViews
@@ -26,7 +35,7 @@ from excise.metrics.accuracy import per_target_accuracy, per_target_ap
 from excise.metrics.inversion import InversionConfig, inversion_scores, target_negatives
 from excise.metrics.probe import heldout_probe_ap, label_leakage
 from excise.models import create_model
-from excise.models.heads import HeadError, affine_head, classifier_output, head_features
+from excise.models.heads import HeadError, affine_head, body_tail, classifier_output, head_features, last_body_module
 from excise.requests import ForgetRequest, split
 from excise.training import TrainConfig, predict_logits
 
@@ -89,6 +98,92 @@ def test_the_bias_refit_is_the_maximum_likelihood_shift():
         assert abs(float(torch.sigmoid(logits[:, k].double() + delta).sum() - targets[:, k].sum())) < 1e-6
 
 
+def test_mean_separation_is_the_mahalanobis_distance_of_the_class_means():
+    features = torch.tensor([[1.0], [3.0], [0.0], [2.0]], dtype=torch.float64)
+    concept = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    # means 2 and 1, pooled within-class variance 1, ridge 1e-3 of it
+    assert float(mean_separation(features, concept)) == pytest.approx(1 / 1.001)
+    assert float(mean_separation(features, torch.ones(4))) == 0.0  # one class empty: nothing to separate
+
+
+@pytest.mark.parametrize(("arch", "kwargs", "stage"), [("resnet18", {"width": 4}, "layer4"),
+                                                        ("bottleneck_resnet", {}, "block6_2")])
+def test_the_body_tail_computes_the_logits_from_the_stage_input_and_shares_its_layers(arch, kwargs, stage):
+    torch.manual_seed(0)
+    model = create_model(arch, in_channels=1, num_classes=5, **kwargs).eval()
+    assert last_body_module(model) == stage
+    seen = []
+    handle = dict(model.named_modules())[stage].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    inputs = torch.rand(8, 1, 20, 20)
+    logits = model(inputs)
+    handle.remove()
+    tail = body_tail(model, stage)
+    body, classifier, tail_logits = tail(seen[0])
+    assert torch.allclose(tail_logits, logits, atol=1e-6)
+    head = affine_head(model)
+    assert torch.allclose(body, head_features(model, inputs, head[0]), atol=1e-6)
+    assert torch.allclose(classifier, head_features(model, inputs), atol=1e-6)
+    assert dict(tail.named_modules())[stage] is dict(model.named_modules())[stage]  # training the tail trains the model
+
+
+class _Nested(nn.Module):
+    """A body and a head that is a Sequential, registered head first; a parameter read after the body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.scale = nn.Parameter(torch.full((1, 4, 1, 1), 2.0))
+
+    def forward(self, x):
+        return self.classifier(self.features(x) * self.scale)
+
+
+def test_the_body_tail_refuses_a_stage_its_output_alone_does_not_feed():
+    model = create_model("resnet18", in_channels=1, num_classes=5, width=4)
+    with pytest.raises(HeadError, match="skip connection around it"):
+        body_tail(model, "layer4.1.conv2")  # the block adds its input back after this conv
+    with pytest.raises(HeadError, match="'fc' is or holds a layer of the head"):
+        body_tail(model, "fc")
+    with pytest.raises(HeadError, match="body_module='layer9' is not a submodule"):
+        body_tail(model, "layer9")
+    with pytest.raises(HeadError, match="body_module='pool' has no trainable parameters"):
+        erase_in_body(model, torch.rand(8, 1, 20, 20), torch.arange(8) % 2, [1], "pool", 1, 0.3, 1e-3, seed=0)
+    # The last body stage in the order of the forward pass, never the child holding the head; a parameter read
+    # after the stage is not a skip connection.
+    nested = _Nested().eval()
+    assert last_body_module(nested) == "features"
+    inputs = torch.rand(4, 1, 6, 6)
+    _, _, logits = body_tail(nested, "features")(inputs)
+    assert torch.allclose(logits, nested(inputs))
+
+
+def test_body_erasure_trains_only_its_stage_and_brings_the_class_means_together():
+    """On an untrained ResNet-18 and a concept painted into the image: every parameter and buffer outside the
+    stage is bit-identical afterwards and the separation falls. What the kept logits' term buys is asserted on
+    trained models (:func:`test_body_erasure_on_resnet18_removes_the_target_and_keeps_the_others`)."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", in_channels=1, num_classes=5, width=4).eval()
+    concept = (torch.rand(400) < 0.3).float()
+    inputs = torch.rand(400, 1, 20, 20)
+    inputs[:, :, :10, :10] += concept[:, None, None, None]  # a bright corner: readable from pooled features
+    before = copy.deepcopy(model)
+    model.train()  # erase_in_body runs in eval mode and gives the model back in the mode it came in
+    result = erase_in_body(model, inputs, concept, keep=[1, 2, 3, 4], module="layer4", epochs=10, penalty=0.3,
+                           lr=3e-3, seed=0)
+    assert model.training
+    model.eval()
+    for name, value in model.state_dict().items():
+        if not name.startswith("layer4."):
+            assert torch.equal(value, before.state_dict()[name]), name
+    stage = zip(model.layer4.parameters(), before.layer4.parameters(), strict=True)
+    assert any(not torch.equal(p, q) for p, q in stage)
+    assert result.module == "layer4" and result.steps == 10 * 2
+    assert result.separation_after < 0.2 * result.separation_before, result
+    assert torch.allclose(result.classifier_features, head_features(model, inputs), atol=1e-5)
+    assert all(p.grad is None for p in model.parameters())
+
+
 class _ConvHead(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -97,6 +192,16 @@ class _ConvHead(nn.Module):
 
     def forward(self, x):
         return self.pool(self.conv(x)).flatten(1)
+
+
+def test_body_erasure_before_a_fold_into_a_single_layer_head_is_recorded_as_both():
+    data = LabeledData(torch.rand(60, 1, 8, 8), (torch.rand(60, 5) > 0.5).float(), tuple("abcde"), task="multilabel")
+    request = ForgetRequest(kind="target", labels=("a",))
+    forget, retain = split(data, request)
+    model = create_model("resnet18", in_channels=1, num_classes=5, width=4)
+    result = get_method("target_erasure", body_epochs=1, erase_logits=True).unlearn(model, request, forget, retain)
+    assert result.stats["erased"] == "body+logits" and result.stats["body_module"] == "layer4"
+    assert result.stats["body_steps"] == 1
 
 
 def test_a_run_that_would_forget_nothing_is_refused():
@@ -125,6 +230,12 @@ def test_erasure_on_a_model_without_a_linear_head_is_refused_by_name():
     ("essential_graph", {"proportions": [0.1, 2]}, "proportions=[0.1, 2] must be a non-empty list"),
     ("essential_graph", {"max_recall": -1}, "max_recall=-1 must be a number of percentage points"),
     ("essential_graph_erasure", {"refit": 1}, "refit=1 must be true or false"),
+    ("target_erasure", {"body_epochs": -1}, "body_epochs=-1 must be an integer >= 0"),
+    ("target_erasure_body", {"body_lr": 0}, "body_lr=0 must be a finite number > 0"),
+    ("target_erasure_body", {"body_module": ""}, "body_module='' must be \"auto\""),
+    ("target_erasure_body", {"body_penalty": float("inf")}, "body_penalty=inf must be a finite number >= 0"),
+    # training the stage would regrow the channels the graph pruned: not offered there
+    ("essential_graph_erasure", {"body_epochs": 5}, "method option(s) ['body_epochs']"),
 ])
 def test_bad_configs_are_refused_naming_the_field(name, params, message):
     with pytest.raises(ValueError) as err:
@@ -246,13 +357,44 @@ def test_the_features_the_classifier_reads_no_longer_carry_the_target(erasure_ru
 
 @pytest.mark.xfail(strict=True, reason=(
     "measured: on a CIFAR-style ResNet-18 the head is one fc after pooling, so no linear layer produces the "
-    "features it reads; the output is masked (erased: 'none'), but the pooled features the body computes "
-    "still read the target: probe AP 93-100 against 35-42 for retrain (benchmark, seed 0), far above the bound "
-    "of retrain's + 5. Folding the eraser into fc itself cannot change them either. Removing it there needs "
-    "the body changed (the last block's ReLU after the residual add is not affine)"))
+    "features it reads; the default's output is masked (erased: 'none'), but the pooled features the body "
+    "computes still read the target: probe AP 93-100 against 35-42 for retrain (benchmark, seed 0), far above "
+    "the bound of retrain's + 5. Folding the eraser into fc itself cannot change them either. target_erasure_body "
+    "changes the body and meets it, at a fifth of the speed (the next test)"))
 def test_resnet18_features_no_longer_carry_the_target(erasure_runs):
     runs = erasure_runs["resnet18"]
     assert _share(runs, lambda r: r["probe"] <= r["prevalence"] + 10) >= 90
+
+
+@pytest.fixture(scope="session")
+def body_runs(distractor_bundles, distractor_models):
+    """(seed, target) -> the numbers of ``target_erasure_body`` on ResNet-18."""
+    runs = {}
+    for seed in SEEDS:
+        bundle, model = distractor_bundles[seed], distractor_models["resnet18", seed]
+        base = predict_logits(model, bundle.test)
+        for target in range(5):
+            views = EvalViews.from_bundle(bundle, ForgetRequest(kind="target", labels=(str(target),)))
+            result = get_method("target_erasure_body").unlearn(model, views.request, views.forget_set,
+                                                               views.retain_set, recipe=RECIPE, seed=seed)
+            runs[seed, target] = _numbers(model, base, result, bundle, target)
+    return runs
+
+
+def test_body_erasure_on_resnet18_removes_the_target_and_keeps_the_others(body_runs):
+    """Training ResNet-18's last stage to bring the target's class means together in the pooled features
+    (keeping the remaining logits) is what reaches them: the held-out probe falls to within 10 of the
+    prevalence (measured on these 10 runs: 28.9-44.2, 9 of 10 within; prevalence 28-32; the default reads
+    83-100), every remaining target keeps 2 accuracy points and 0.5 AP (worst 1.8 / 0.43), and the output is
+    masked as by ``target_erasure``."""
+    assert all(r["constant"] and r["stats"]["erased"] == "body" for r in body_runs.values())
+    assert all(r["stats"]["body_module"] == "layer4" and r["stats"]["body_steps"] > 0 for r in body_runs.values())
+    assert all(r["stats"]["body_separation_after"] < 0.01 * r["stats"]["body_separation_before"]
+               for r in body_runs.values())
+    detail = {k: (round(r["probe"], 1), round(r["prevalence"], 1), round(r["acc_drop"], 2), round(r["ap_drop"], 2))
+              for k, r in body_runs.items()}
+    assert _share(body_runs, lambda r: r["probe"] <= r["prevalence"] + 10) >= 90, detail
+    assert _share(body_runs, lambda r: r["acc_drop"] <= 2 and r["ap_drop"] <= 0.5) >= 90, detail
 
 
 def test_model_inversion_paints_no_more_than_into_the_retrained_model(distractor_bundles, distractor_models):

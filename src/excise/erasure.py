@@ -36,6 +36,11 @@ and keep the rest working:
   shift restores their thresholded accuracy without touching their ranking. Fine-tuning on the remaining
   labels instead was measured to bring the forgotten target back (recall 10% -> 66% after one epoch), which
   is why only biases move.
+- :func:`erase_in_body` is for a head that no fold reaches: when one linear layer reads the pooled body features
+  (a CIFAR ResNet's ``fc``), those features are a ReLU and a pooling away from the last affine map, and no fold
+  can change them. It trains the body's last stage instead, from its recorded inputs, so that the features the
+  head reads no longer separate the target's class means (:func:`mean_separation`) while the remaining logits
+  stay what they were. The probe reads what is left.
 """
 
 from __future__ import annotations
@@ -48,10 +53,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from excise.models.heads import HeadError, affine_head, classifier_output, head_features
+from excise.models.heads import HeadError, affine_head, body_tail, classifier_output, head_features
 
-__all__ = ["MASKED_LOGIT", "Erasure", "erase_target", "fit_bias_shifts", "fit_erasure", "fold_erasure", "fold_error",
-           "mask_output", "refit_biases", "shift_biases"]
+__all__ = ["MASKED_LOGIT", "BodyErasure", "Erasure", "erase_in_body", "erase_target", "fit_bias_shifts", "fit_erasure",
+           "fold_erasure", "fold_error", "mask_output", "mean_separation", "refit_biases", "shift_biases"]
 
 MASKED_LOGIT = math.log(1e-3 / (1 - 1e-3))
 
@@ -221,3 +226,107 @@ def refit_biases(model: nn.Module, inputs: Tensor, targets: Tensor, outputs: Seq
     shifts = fit_bias_shifts(logits, targets, outputs)
     shift_biases(model, shifts)
     return shifts
+
+
+def mean_separation(features: Tensor, concept: Tensor, ridge: float = 1e-3) -> Tensor:
+    """Squared Mahalanobis distance between the class-conditional means of ``features`` (``N x D``) under a
+    binary ``concept``, in the pooled within-class covariance (plus ``ridge`` times its mean variance, so a
+    collapsed direction cannot blow it up): the separation a linear probe exploits. LEACE's condition, equal class
+    means, is where it is 0. Differentiable; 0 when either class has fewer than 2 rows."""
+    positive = concept > 0.5
+    if int(positive.sum()) < 2 or int((~positive).sum()) < 2:
+        return features.sum() * 0.0
+    ones, zeros = features[positive], features[~positive]
+    gap = ones.mean(0) - zeros.mean(0)
+    centred = torch.cat([ones - ones.mean(0), zeros - zeros.mean(0)])
+    covariance = centred.T @ centred / len(centred)
+    # The absolute floor keeps the solve defined when every row of a class is the same.
+    shrink = (ridge * covariance.diagonal().mean()).clamp_min(torch.finfo(features.dtype).eps)
+    covariance = covariance + shrink * torch.eye(len(gap), dtype=gap.dtype, device=gap.device)
+    return gap @ torch.linalg.solve(covariance, gap)
+
+
+@dataclass
+class BodyErasure:
+    """What :func:`erase_in_body` did: the module trained, its optimiser steps, and the mean separation of the
+    body features (summed over the erased targets, on the fitting rows) before and after."""
+
+    module: str
+    steps: int
+    separation_before: float
+    separation_after: float
+    classifier_features: Tensor  # the fitting rows' classifier-input features after the change
+
+
+_CHUNK = 512
+
+
+def erase_in_body(model: nn.Module, inputs: Tensor, concept: Tensor, keep: Sequence[int], module: str, epochs: int,
+                  penalty: float, lr: float, seed: int, batch_size: int = 256) -> BodyErasure:
+    """Train ``module`` (in place; every other parameter and buffer stays, and no ``.grad`` is left anywhere) so
+    that the body features, the input of the head's first linear layer, no longer separate ``concept`` (``N`` or
+    ``N x k`` binary labels of ``inputs``) while the logits of the outputs ``keep`` stay the original's.
+
+    The inputs of ``module`` are recorded once, and ``module`` plus what follows it
+    (:func:`excise.models.heads.body_tail`) is trained on them for ``epochs`` passes of Adam at ``lr``, in eval
+    mode (BatchNorm's running statistics are part of the model and stay), minimising
+    ``mean((logits_keep - original_logits_keep)^2) + penalty * sum_k mean_separation(features, concept_k)``
+    per batch of ``batch_size``. Only ``module``'s parameters receive gradients."""
+    was_training = model.training
+    model.eval()  # before tracing: fx fixes the mode where a forward reads self.training
+    try:
+        tail = body_tail(model, module)
+        stage = dict(model.named_modules())[module]
+        parameters = [p for p in stage.parameters() if p.requires_grad]
+        if not parameters:
+            raise HeadError(f"body_module={module!r} has no trainable parameters to erase the target with")
+        labels = concept.reshape(len(concept), -1)
+        keep = list(keep)
+        recorded: list[Tensor] = []
+        handle = stage.register_forward_pre_hook(lambda _m, args: recorded.append(args[0].detach()))
+        try:
+            with torch.no_grad():
+                for start in range(0, len(inputs), _CHUNK):
+                    model(inputs[start:start + _CHUNK])
+        finally:
+            handle.remove()
+        stage_inputs = torch.cat(recorded)
+
+        def separation(features: Tensor, rows: slice | Tensor) -> Tensor:
+            total = features.new_zeros((), dtype=torch.float64)
+            for k in range(labels.shape[1]):
+                total = total + mean_separation(features.double(), labels[rows, k])
+            return total
+
+        @torch.no_grad()
+        def run_all() -> tuple[Tensor, Tensor, Tensor]:
+            parts = [tail(stage_inputs[s:s + _CHUNK]) for s in range(0, len(stage_inputs), _CHUNK)]
+            return tuple(torch.cat([part[i] for part in parts]) for i in range(3))  # type: ignore[return-value]
+
+        body_features, _, original_logits = run_all()
+        before = float(separation(body_features, slice(None)))
+        optimizer = torch.optim.Adam(parameters, lr=lr)
+        generator = torch.Generator().manual_seed(seed)
+        steps = 0
+        try:
+            for _ in range(epochs):
+                order = torch.randperm(len(stage_inputs), generator=generator)
+                for start in range(0, len(order), batch_size):
+                    rows = order[start:start + batch_size]
+                    features, _, logits = tail(stage_inputs[rows])
+                    loss = (penalty * separation(features, rows)).to(logits.dtype)
+                    if keep:
+                        loss = loss + (logits[:, keep] - original_logits[rows][:, keep]).pow(2).mean()
+                    # autograd.grad, not backward: nothing outside the stage gets (or loses) a .grad
+                    for parameter, grad in zip(parameters, torch.autograd.grad(loss, parameters), strict=True):
+                        parameter.grad = grad
+                    optimizer.step()
+                    steps += 1
+        finally:
+            for parameter in parameters:
+                parameter.grad = None
+        body_features, classifier_features, _ = run_all()
+        after = float(separation(body_features, slice(None)))
+    finally:
+        model.train(was_training)
+    return BodyErasure(module, steps, before, after, classifier_features)

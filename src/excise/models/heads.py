@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HeadError", "affine_head", "classifier_output", "head_features"]
+__all__ = ["HeadError", "affine_head", "body_tail", "classifier_output", "head_features", "last_body_module"]
 
 # Nodes that pass features through unchanged between the head's linear layers (dropout is the identity in eval
 # mode). Indexing, view and reshape are not: they can select or re-lay features, and a fold across them would be
@@ -91,3 +91,103 @@ def head_features(model: nn.Module, inputs: Tensor, layer: str | None = None, ba
     finally:
         model.train(was_training)
     return torch.cat(seen) if seen else torch.empty(0, module.in_features)
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """Traces ``leaf`` as one call, so the graph shows where its output goes."""
+
+    def __init__(self, leaf: str) -> None:
+        super().__init__()
+        self.leaf = leaf
+
+    def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
+        return qualname == self.leaf or super().is_leaf_module(module, qualname)
+
+
+def last_body_module(model: nn.Module) -> str:
+    """The last top-level child, in the order the forward pass calls them, that has parameters and holds no layer
+    of the head (ResNet-18's ``layer4``)."""
+    head = affine_head(model)
+    graph = _trace(model, torch.fx.Tracer())
+    order: list[str] = []
+    for node in graph.nodes:
+        if node.op == "call_module":
+            child = str(node.target).split(".")[0]
+            if child not in order:
+                order.append(child)
+    children = dict(model.named_children())
+    names = [name for name in order
+             if not any(h == name or h.startswith(name + ".") for h in head)
+             and any(True for _ in children[name].parameters())]
+    if not names:
+        raise HeadError(f"{type(model).__name__} has no module with parameters before its head {head}")
+    return names[-1]
+
+
+def _trace(model: nn.Module, tracer: torch.fx.Tracer) -> torch.fx.Graph:
+    try:
+        return tracer.trace(model)
+    except Exception as err:  # fx raises many types on dynamic control flow
+        raise HeadError(f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err})") from err
+
+
+def body_tail(model: nn.Module, module: str) -> torch.fx.GraphModule:
+    """A module mapping the *input* of ``module`` to ``(body features, classifier-input features, logits)``:
+    ``module`` itself, then what the model computes from its output (pooling, the head). The body features are the
+    input of the head's first linear layer; on a single-layer head they are the classifier-input features. The
+    returned module shares ``model``'s layers (training it trains them). Trace in the mode it will run in: fx
+    fixes ``self.training`` where a forward reads it. Refused by name when ``module`` is not a module of the body,
+    is not called exactly once, or when anything after it also reads a value computed from the model's input
+    before it (a skip connection around it): then its input alone does not determine the logits."""
+    head = affine_head(model)
+    modules = dict(model.named_modules())
+    if module == "" or module not in modules:
+        raise HeadError(f"body_module={module!r} is not a submodule of {type(model).__name__}")
+    if any(h == module or h.startswith(module + ".") or module.startswith(h + ".") for h in head):
+        raise HeadError(f"body_module={module!r} is or holds a layer of the head {head}; name a module of the body")
+    graph = _trace(model, _LeafTracer(module))
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == module]
+    if len(calls) != 1:
+        raise HeadError(f"body_module={module!r} is called {len(calls)} times in {type(model).__name__}'s forward; "
+                        "it must be called exactly once")
+    stage = calls[0]
+    if len(stage.args) != 1 or stage.kwargs:
+        raise HeadError(f"body_module={module!r} must be called with one positional input")
+    # Nodes computed from the model's input; the rest (parameters read with get_attr, constants) can be copied
+    # into the tail wherever they are needed.
+    dependent: set[torch.fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "placeholder" or any(i in dependent for i in node.all_input_nodes):
+            dependent.add(node)
+    tail = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {stage: tail.call_module(module, (tail.placeholder("x"),))}
+
+    def copied(node: torch.fx.Node) -> torch.fx.Node:
+        if node not in env:  # a constant: copy it and what it is made of
+            env[node] = tail.node_copy(node, copied)
+        return env[node]
+
+    wanted: dict[str, torch.fx.Node] = {}
+    nodes = list(graph.nodes)
+    for node in nodes[nodes.index(stage) + 1:]:
+        if node.op == "output":
+            wanted["logits"] = node.args[0]
+            break
+        inputs = [i for i in node.all_input_nodes if i in dependent]
+        if node not in dependent or not any(i in env for i in inputs):
+            continue
+        if not all(i in env for i in inputs):
+            raise HeadError(f"{node.name} in {type(model).__name__} reads both the output of {module!r} and a value "
+                            f"computed before it (a skip connection around it); name a module whose output alone "
+                            "feeds the head")
+        env[node] = tail.node_copy(node, copied)
+        if node.op == "call_module" and node.target == head[0]:
+            wanted["body"] = node.args[0]
+        if node.op == "call_module" and node.target == head[-1]:
+            wanted["classifier"] = node.args[0]
+    missing = [key for key in ("body", "classifier", "logits") if wanted.get(key) not in env]
+    if missing:
+        raise HeadError(f"the {', '.join(missing)} of {type(model).__name__} do not follow from body_module={module!r} "
+                        "alone")
+    tail.output(tuple(env[wanted[key]] for key in ("body", "classifier", "logits")))
+    return torch.fx.GraphModule(model, tail)
