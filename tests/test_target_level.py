@@ -360,7 +360,7 @@ def test_the_features_the_classifier_reads_no_longer_carry_the_target(erasure_ru
     "features it reads; the default's output is masked (erased: 'none'), but the pooled features the body "
     "computes still read the target: probe AP 93-100 against 35-42 for retrain (benchmark, seed 0), far above "
     "the bound of retrain's + 5. Folding the eraser into fc itself cannot change them either. target_erasure_body "
-    "changes the body and meets it, at a fifth of the speed (the next test)"))
+    "changes the body and brings the probe to retrain's level on most runs, 8x slower (the next test)"))
 def test_resnet18_features_no_longer_carry_the_target(erasure_runs):
     runs = erasure_runs["resnet18"]
     assert _share(runs, lambda r: r["probe"] <= r["prevalence"] + 10) >= 90
@@ -381,18 +381,22 @@ def body_runs(distractor_bundles, distractor_models):
     return runs
 
 
-def test_body_erasure_on_resnet18_removes_the_target_and_keeps_the_others(body_runs):
-    """Training ResNet-18's last stage to bring the target's class means together in the pooled features
-    (keeping the remaining logits) is what reaches them: the held-out probe falls to within 10 of the
-    prevalence (measured on these 10 runs: 28.9-44.2, 9 of 10 within; prevalence 28-32; the default reads
-    83-100), every remaining target keeps 2 accuracy points and 0.5 AP (worst 1.8 / 0.43), and the output is
-    masked as by ``target_erasure``."""
+def test_body_erasure_on_resnet18_removes_the_target_and_keeps_the_others(body_runs, erasure_runs):
+    """Training ResNet-18's last stage to bring the target's class means together in the pooled features (keeping
+    the remaining logits) is what reaches them. On every run the held-out probe falls at least 30 points below what
+    the default (mask and re-fit only) leaves, and on >= 90% of these runs to within 10 of the prevalence, with
+    every remaining target within 2 accuracy points and 0.5 AP (measured on these 10 runs: probe 28.9-44.2, 9 of 10
+    within; worst drops 1.8 points / 0.43 AP; the default's probe reads 83-100). These two seeds are not the
+    whole picture: over the benchmark's four (20 runs) the issue's probe bound held on 80% and the keep bound on
+    75%; seed 3 lost up to 2.9 AP on two targets (README, docs/target_level.md)."""
+    default = erasure_runs["resnet18"]
     assert all(r["constant"] and r["stats"]["erased"] == "body" for r in body_runs.values())
     assert all(r["stats"]["body_module"] == "layer4" and r["stats"]["body_steps"] > 0 for r in body_runs.values())
     assert all(r["stats"]["body_separation_after"] < 0.01 * r["stats"]["body_separation_before"]
                for r in body_runs.values())
-    detail = {k: (round(r["probe"], 1), round(r["prevalence"], 1), round(r["acc_drop"], 2), round(r["ap_drop"], 2))
-              for k, r in body_runs.items()}
+    detail = {k: (round(r["probe"], 1), round(default[k]["probe"], 1), round(r["prevalence"], 1),
+                  round(r["acc_drop"], 2), round(r["ap_drop"], 2)) for k, r in body_runs.items()}
+    assert all(r["probe"] <= default[k]["probe"] - 30 for k, r in body_runs.items()), detail
     assert _share(body_runs, lambda r: r["probe"] <= r["prevalence"] + 10) >= 90, detail
     assert _share(body_runs, lambda r: r["acc_drop"] <= 2 and r["ap_drop"] <= 0.5) >= 90, detail
 

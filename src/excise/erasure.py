@@ -314,7 +314,7 @@ def erase_in_body(model: nn.Module, inputs: Tensor, concept: Tensor, keep: Seque
                 for start in range(0, len(order), batch_size):
                     rows = order[start:start + batch_size]
                     features, _, logits = tail(stage_inputs[rows])
-                    loss = (penalty * separation(features, rows)).to(logits.dtype)
+                    loss = penalty * separation(features, rows).to(logits.dtype)
                     if keep:
                         loss = loss + (logits[:, keep] - original_logits[rows][:, keep]).pow(2).mean()
                     # autograd.grad, not backward: nothing outside the stage gets (or loses) a .grad
