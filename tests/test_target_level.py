@@ -282,20 +282,21 @@ def distractor_models(distractor_bundles):
 @pytest.fixture(scope="session")
 def erasure_runs(distractor_bundles, distractor_models):
     """For each architecture, (seed, target) -> the numbers of the default target-level method."""
-    out = {}
-    for arch in ARCHITECTURES:
-        runs = {}
-        for seed in SEEDS:
-            bundle = distractor_bundles[seed]
-            model = distractor_models[arch, seed]
-            base = predict_logits(model, bundle.test)
-            for target in range(5):
-                views = EvalViews.from_bundle(bundle, ForgetRequest(kind="target", labels=(str(target),)))
-                result = get_method("target_erasure").unlearn(model, views.request, views.forget_set,
-                                                              views.retain_set, recipe=RECIPE, seed=seed)
-                runs[seed, target] = _numbers(model, base, result, bundle, target)
-        out[arch] = runs
-    return out
+    return {arch: _runs("target_erasure", arch, distractor_bundles, distractor_models) for arch in ARCHITECTURES}
+
+
+def _runs(method: str, arch: str, bundles: dict, models: dict) -> dict:
+    """(seed, target) -> the numbers of ``method`` forgetting each target of each seed's model."""
+    runs = {}
+    for seed in SEEDS:
+        bundle, model = bundles[seed], models[arch, seed]
+        base = predict_logits(model, bundle.test)
+        for target in range(5):
+            views = EvalViews.from_bundle(bundle, ForgetRequest(kind="target", labels=(str(target),)))
+            result = get_method(method).unlearn(model, views.request, views.forget_set, views.retain_set,
+                                                recipe=RECIPE, seed=seed)
+            runs[seed, target] = _numbers(model, base, result, bundle, target)
+    return runs
 
 
 def _numbers(model, base_logits, result, bundle, target) -> dict:
@@ -369,16 +370,7 @@ def test_resnet18_features_no_longer_carry_the_target(erasure_runs):
 @pytest.fixture(scope="session")
 def body_runs(distractor_bundles, distractor_models):
     """(seed, target) -> the numbers of ``target_erasure_body`` on ResNet-18."""
-    runs = {}
-    for seed in SEEDS:
-        bundle, model = distractor_bundles[seed], distractor_models["resnet18", seed]
-        base = predict_logits(model, bundle.test)
-        for target in range(5):
-            views = EvalViews.from_bundle(bundle, ForgetRequest(kind="target", labels=(str(target),)))
-            result = get_method("target_erasure_body").unlearn(model, views.request, views.forget_set,
-                                                               views.retain_set, recipe=RECIPE, seed=seed)
-            runs[seed, target] = _numbers(model, base, result, bundle, target)
-    return runs
+    return _runs("target_erasure_body", "resnet18", distractor_bundles, distractor_models)
 
 
 def test_body_erasure_on_resnet18_removes_the_target_and_keeps_the_others(body_runs, erasure_runs):
