@@ -299,10 +299,12 @@ def test_a_multi_class_request_reports_its_most_remembered_class(digits, digits_
     handed back while the others stay forgotten shows there at its own accuracy, where the pooled FA dilutes it;
     a single-class request does not report it."""
     import copy
+    from dataclasses import replace
 
     import torch
 
     from excise.metrics import EvalViews, evaluate
+    from excise.metrics.evaluate import collect_outputs, score
     from excise.models import final_linear
     from excise.requests import ForgetRequest
     from excise.training import predict_logits
@@ -320,3 +322,8 @@ def test_a_multi_class_request_reports_its_most_remembered_class(digits, digits_
     assert metrics["FA_class_max"] == pytest.approx(by_hand[1])
     assert metrics["FA"] < metrics["FA_class_max"] - 50  # the pooled number hides the remembered class
     assert "FA_class_max" not in evaluate(digits_model, class_views, mia_variants=())
+    # A bootstrap replicate that misses a class still reads the others: the classes come from the request.
+    outputs = collect_outputs(partly, views)
+    assert outputs.forgotten_classes == (1, 4, 9)
+    without_ones = outputs.forget.take(torch.nonzero(outputs.forget.targets != 1).flatten().numpy())
+    assert score(replace(outputs, forget=without_ones), mia_variants=())["FA_class_max"] == 0.0

@@ -111,6 +111,7 @@ class Outputs:
     kind: str
     classes: tuple[str, ...]
     siblings: tuple[int, ...] = ()  # fine classes sharing a super-class with the forgotten sub-class(es)
+    forgotten_classes: tuple[int, ...] = ()  # a class request's classes, fixed here so a replicate keeps them
 
     def resample(self, rng: np.random.Generator) -> Outputs:
         """A bootstrap replicate: every population drawn with replacement at its own size."""
@@ -142,8 +143,15 @@ def collect_outputs(model: nn.Module, views: EvalViews) -> Outputs | None:
         Population.of(model, views.forget_set), Population.of(model, views.retain_set),
         Population.of(model, views.test_retain),
         None if test_forget is None or len(test_forget) == 0 else Population.of(model, test_forget),
-        task, views.request.kind, views.forget_set.classes, siblings_of(views),
+        task, views.request.kind, views.forget_set.classes, siblings_of(views), forgotten_classes(views),
     )
+
+
+def forgotten_classes(views: EvalViews) -> tuple[int, ...]:
+    """The classes of a class request's forget set (empty for any other request)."""
+    if views.request.kind != "class" or views.forget_set.task != "multiclass" or len(views.forget_set) == 0:
+        return ()
+    return tuple(int(c) for c in views.forget_set.targets.unique())
 
 
 def siblings_of(views: EvalViews) -> tuple[int, ...]:
@@ -221,12 +229,11 @@ def _most_remembered_class(outputs: Outputs) -> float | None:
     rows). Measured on the mid-scale five-step sequence (seed 0): forgetting 7 at step 4 handed 10.5% of the
     forgotten 1s back while the pooled FA read 2.6."""
     forget = outputs.forget
-    if outputs.kind != "class" or len(forget.targets) == 0:
+    if len(outputs.forgotten_classes) < 2:
         return None
-    classes = forget.targets.unique()
-    if len(classes) < 2:
-        return None
-    return max(accuracy(forget.logits[forget.targets == c], forget.targets[forget.targets == c]) for c in classes)
+    # Over the classes present: a bootstrap replicate can miss a small class, and still has a value.
+    return max(accuracy(forget.logits[forget.targets == c], forget.targets[forget.targets == c])
+               for c in outputs.forgotten_classes if bool((forget.targets == c).any()))
 
 
 Pair = tuple[np.ndarray, np.ndarray]
