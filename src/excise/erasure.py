@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from excise.models.heads import HeadError, affine_head, body_tail, classifier_output, head_features
+from excise.models.heads import HeadError, affine_head, body_tail, classifier_output, head_features, module_inputs
 
 __all__ = ["MASKED_LOGIT", "BodyErasure", "Erasure", "erase_in_body", "erase_target", "fit_bias_shifts", "fit_erasure",
            "fold_erasure", "fold_error", "mask_output", "mean_separation", "refit_biases", "shift_biases"]
@@ -282,15 +282,9 @@ def erase_in_body(model: nn.Module, inputs: Tensor, concept: Tensor, keep: Seque
             raise HeadError(f"body_module={module!r} has no trainable parameters to erase the target with")
         labels = concept.reshape(len(concept), -1)
         keep = list(keep)
-        recorded: list[Tensor] = []
-        handle = stage.register_forward_pre_hook(lambda _m, args: recorded.append(args[0].detach()))
-        try:
-            with torch.no_grad():
-                for start in range(0, len(inputs), _CHUNK):
-                    model(inputs[start:start + _CHUNK])
-        finally:
-            handle.remove()
-        stage_inputs = torch.cat(recorded)
+        stage_inputs = module_inputs(model, stage, inputs, _CHUNK)
+        if stage_inputs is None:
+            raise ValueError("erase_in_body needs at least one input row")
 
         def separation(features: Tensor, rows: slice | Tensor) -> Tensor:
             total = features.new_zeros((), dtype=torch.float64)

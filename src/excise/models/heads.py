@@ -10,13 +10,11 @@ layer of the same affine chain produces them, an eraser can be folded into that 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HeadError", "affine_head", "body_tail", "classifier_output", "head_features", "last_body_module"]
+__all__ = ["HeadError", "affine_head", "body_tail", "classifier_output", "head_features", "last_body_module",
+           "module_inputs"]
 
 # Nodes that pass features through unchanged between the head's linear layers (dropout is the identity in eval
 # mode). Indexing, view and reshape are not: they can select or re-lay features, and a fold across them would be
@@ -64,17 +62,28 @@ def classifier_output(model: nn.Module) -> str:
     return affine_head(model)[-1]
 
 
-@contextmanager
-def _recording(module: nn.Module) -> Iterator[list[Tensor]]:
+@torch.no_grad()
+def module_inputs(model: nn.Module, module: nn.Module, inputs: Tensor, batch_size: int = 512,
+                  flatten: bool = False) -> Tensor | None:
+    """What ``module`` receives (its first positional input, ``N x ...``; ``N x D`` with ``flatten``) when ``model``
+    runs on ``inputs`` in eval mode, in batches; the model's mode is restored. None when nothing ran."""
     seen: list[Tensor] = []
-    handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().flatten(1)))
+
+    def record(_module: nn.Module, args: tuple) -> None:
+        seen.append(args[0].detach().flatten(1) if flatten else args[0].detach())
+
+    was_training = model.training
+    model.eval()
+    handle = module.register_forward_pre_hook(record)
     try:
-        yield seen
+        for start in range(0, len(inputs), batch_size):
+            model(inputs[start:start + batch_size])
     finally:
         handle.remove()
+        model.train(was_training)
+    return torch.cat(seen) if seen else None
 
 
-@torch.no_grad()
 def head_features(model: nn.Module, inputs: Tensor, layer: str | None = None, batch_size: int = 512) -> Tensor:
     """``N x D`` classifier-input features (the input of ``layer``, default :func:`classifier_output`), in eval
     mode; the model's mode is restored."""
@@ -82,15 +91,8 @@ def head_features(model: nn.Module, inputs: Tensor, layer: str | None = None, ba
     module = dict(model.named_modules()).get(name)
     if not isinstance(module, nn.Linear):
         raise HeadError(f"layer={name!r} is not an nn.Linear of {type(model).__name__}")
-    was_training = model.training
-    model.eval()
-    try:
-        with _recording(module) as seen:
-            for start in range(0, len(inputs), batch_size):
-                model(inputs[start:start + batch_size])
-    finally:
-        model.train(was_training)
-    return torch.cat(seen) if seen else torch.empty(0, module.in_features)
+    features = module_inputs(model, module, inputs, batch_size, flatten=True)
+    return features if features is not None else torch.empty(0, module.in_features)
 
 
 class _LeafTracer(torch.fx.Tracer):
