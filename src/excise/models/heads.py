@@ -28,15 +28,19 @@ class HeadError(ValueError):
     """A model whose classifier head is not an affine chain of ``nn.Linear`` layers; the message says why."""
 
 
+def _trace(model: nn.Module, tracer: torch.fx.Tracer, why: str = "") -> torch.fx.Graph:
+    try:
+        return tracer.trace(model)
+    except Exception as err:  # fx raises many types on dynamic control flow
+        name = type(model).__name__
+        raise HeadError(f"cannot trace {name} with torch.fx ({type(err).__name__}: {err}){why}") from err
+
+
 def affine_head(model: nn.Module) -> list[str]:
     """Names of the ``nn.Linear`` layers of the final affine chain (the head), first to last."""
-    try:
-        traced = torch.fx.symbolic_trace(model)
-    except Exception as err:  # fx raises many types on dynamic control flow
-        raise HeadError(f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err}); "
-                        "the classifier head is found on the module graph") from err
+    graph = _trace(model, torch.fx.Tracer(), "; the classifier head is found on the module graph")
     modules = dict(model.named_modules())
-    output = next(node for node in traced.graph.nodes if node.op == "output")
+    output = next(node for node in graph.nodes if node.op == "output")
     node = output.args[0]
     chain: list[str] = []
     while isinstance(node, torch.fx.Node):
@@ -124,13 +128,6 @@ def last_body_module(model: nn.Module) -> str:
     if not names:
         raise HeadError(f"{type(model).__name__} has no module with parameters before its head {head}")
     return names[-1]
-
-
-def _trace(model: nn.Module, tracer: torch.fx.Tracer) -> torch.fx.Graph:
-    try:
-        return tracer.trace(model)
-    except Exception as err:  # fx raises many types on dynamic control flow
-        raise HeadError(f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err})") from err
 
 
 def body_tail(model: nn.Module, module: str) -> torch.fx.GraphModule:
