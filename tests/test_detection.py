@@ -14,6 +14,7 @@ from excise.data import load_dataset
 from excise.experiment import run_method, train_original
 from excise.metrics import EvalViews, evaluate
 from excise.metrics.dense import detection_ap
+from excise.metrics.probe import dense_probe_ap
 from excise.models import create_model
 from excise.models.dense import (
     OUTPUT_STRIDE,
@@ -260,9 +261,9 @@ def trained(one_thread):
     bundle = load_dataset("multidigits-det", seed=0, **DATA)
     model, _ = train_original(bundle, "centernet", RECIPE, seed=0, width=16)
     views = EvalViews.from_bundle(bundle, ForgetRequest(kind="target", labels=(FORGET,)))
-    _, reference = run_method("retrain", model, views, RECIPE, seed=0)
+    retrained, reference = run_method("retrain", model, views, RECIPE, seed=0)
     return {"bundle": bundle, "model": model, "views": views, "original": evaluate(model, views),
-            "reference": reference}
+            "reference": reference, "retrained": retrained}
 
 
 def test_original_and_retrained_models(trained) -> None:
@@ -403,3 +404,14 @@ def test_masking_the_class_heatmap_forgets_the_class_and_keeps_every_other_box(t
         before, after = model.eval()(views.test_retain.inputs[:16]), unlearned.eval()(views.test_retain.inputs[:16])
     others = [c for c in range(before.shape[1]) if c != forgotten]
     assert torch.equal(before[:, others], after[:, others])
+
+
+def test_masking_leaves_what_the_heatmap_head_reads_of_the_class(trained) -> None:
+    """dense_target_mask leaves the features its masked heat-map read: a linear probe tells the class's object
+    centres from the other digits' exactly as on the original, and far above the class's share of the centres."""
+    bundle, model, views = trained["bundle"], trained["model"], trained["views"]
+    target = bundle.classes.index(FORGET)
+    masked, _ = run_method("dense_target_mask", model, views, RECIPE, seed=0)
+    for layer in (None, "heatmap.0.0"):  # the class-map input, and the neck the box heads share
+        before, after = (dense_probe_ap(m, bundle.train, bundle.test, target, layer=layer) for m in (model, masked))
+        assert after.ap == before.ap and before.ap > before.prevalence + 50

@@ -1,8 +1,11 @@
 import numpy as np
 import pytest
+import torch
 
+from excise.data.base import LabeledData
 from excise.metrics import MiaInputs, avg_gap, run_mia
 from excise.metrics.mia import modified_entropy
+from excise.metrics.probe import dense_probe_ap
 
 
 def test_modified_entropy_matches_song_and_mittal_per_row():
@@ -327,3 +330,51 @@ def test_a_multi_class_request_reports_its_most_remembered_class(digits, digits_
     assert outputs.forgotten_classes == (1, 4, 9)
     without_ones = outputs.forget.take(torch.nonzero(outputs.forget.targets != 1).flatten().numpy())
     assert score(replace(outputs, forget=without_ones), mia_variants=())["FA_class_max"] == 0.0
+
+
+# --- the dense probe: what a segmenter's or detector's features still tell of a class ---------------------------
+class _InkMaps(torch.nn.Module):
+    """Class maps read straight off the input: the probe's features are the pixels themselves."""
+
+    class_maps = "head"
+
+    def __init__(self, pool: bool = False) -> None:
+        super().__init__()
+        self.pool = torch.nn.AvgPool2d(2) if pool else torch.nn.Identity()
+        self.head = torch.nn.Conv2d(1, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(x))
+
+
+def _ink_canvases(seed: int, class_two_brighter: bool) -> LabeledData:
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.randint(0, 4, (40, 6, 6), generator=generator)  # 0 background, 1 + c the ink of class c
+    ink = torch.where(masks == 3, 1.0, 0.5) if class_two_brighter else (masks > 0).float()
+    inputs = (ink + 0.05 * torch.randn(ink.shape, generator=generator)).unsqueeze(1)
+    return LabeledData(inputs=inputs, targets=masks, classes=("0", "1", "2"), task="segmentation")
+
+
+def test_dense_probe_reads_a_class_the_features_tell_apart_and_not_one_they_do_not() -> None:
+    model = _InkMaps()
+    told = dense_probe_ap(model, _ink_canvases(0, True), _ink_canvases(1, True), 2)
+    assert told.ap > 99 and told.layer == "head"
+    # Ink of every class alike: the probe reads about the class's share of the ink cells, background excluded.
+    blind = dense_probe_ap(model, _ink_canvases(0, False), _ink_canvases(1, False), 2)
+    assert blind.test_cells == int((_ink_canvases(1, False).targets > 0).sum())
+    assert 25 < blind.prevalence < 42 and blind.ap < blind.prevalence + 8
+
+
+def test_dense_probe_refuses_what_it_cannot_read() -> None:
+    train, test = _ink_canvases(0, True), _ink_canvases(1, True)
+    with pytest.raises(ValueError, match="target=3"):
+        dense_probe_ap(_InkMaps(), train, test, 3)
+    with pytest.raises(ValueError, match="layer='nope'"):
+        dense_probe_ap(_InkMaps(), train, test, 2, layer="nope")
+    with pytest.raises(ValueError, match="resolution"):
+        dense_probe_ap(_InkMaps(pool=True), train, test, 2)
+    digits = LabeledData(inputs=train.inputs, targets=torch.zeros(len(train), dtype=torch.long), classes=("0", "1"))
+    with pytest.raises(ValueError, match="segmentation or detection"):
+        dense_probe_ap(_InkMaps(), digits, digits, 0)
+    with pytest.raises(ValueError, match="max_cells"):
+        dense_probe_ap(_InkMaps(), train, test, 2, max_cells=1)

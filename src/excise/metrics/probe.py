@@ -7,26 +7,40 @@ model's gave 54 (distractor canvases, ``bottleneck_resnet``, median of 10 runs).
 (scikit-learn, standardised features, ``C=1``) fitted on the training instances' features and scored by AP on the
 test instances'. Read it next to the retrained model's probe AP (what a model that never learned the target still
 encodes, e.g. through correlated targets or shared strokes) and the target's test prevalence (a probe that reads
-nothing)."""
+nothing).
+
+Dense models (:func:`dense_probe_ap`) have no instance-level features: their class maps are 1x1 convs reading a
+feature map, so the probe reads the feature vector at each *instance cell* — a digit's ink pixel (segmentation),
+an object's centre cell (detection) — and tells the forgotten class's cells from the other classes' cells.
+Background cells are left out: telling ink from empty canvas says nothing about the class."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 from torch import Tensor, nn
 
-from excise.models.heads import head_features
+from excise.data.base import LabeledData
+from excise.models.heads import head_features, module_inputs
 
-__all__ = ["heldout_probe_ap", "label_leakage", "probe_ap"]
+__all__ = ["DenseProbe", "dense_probe_ap", "heldout_probe_ap", "label_leakage", "probe_ap"]
+
+
+def _logistic_probe(seed: int):  # noqa: ANN202 - a scikit-learn Pipeline, imported lazily
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, random_state=seed))
 
 
 def probe_ap(model: nn.Module, train_inputs: Tensor, train_labels: Tensor, test_inputs: Tensor,
              test_labels: Tensor, layer: str | None = None, seed: int = 0) -> float:
     """AP (percent) on the test rows of a logistic-regression probe fitted on the train rows' classifier-input
     features (``layer``: the input of that ``nn.Linear``, default the layer that produces the logits)."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import average_precision_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     y_train = train_labels.numpy().astype(int).ravel()
     y_test = test_labels.numpy().astype(int).ravel()
@@ -34,8 +48,7 @@ def probe_ap(model: nn.Module, train_inputs: Tensor, train_labels: Tensor, test_
         raise ValueError("the probe needs both labels among the train rows and among the test rows")
     train = head_features(model, train_inputs, layer).double().numpy()
     test = head_features(model, test_inputs, layer).double().numpy()
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, random_state=seed))
-    probe.fit(train, y_train)
+    probe = _logistic_probe(seed).fit(train, y_train)
     return 100.0 * float(average_precision_score(y_test, probe.decision_function(test)))
 
 
@@ -47,19 +60,15 @@ def heldout_probe_ap(model: nn.Module, inputs: Tensor, labels: Tensor, folds: in
     the weaker adversary. Measured on the distractor canvases (bottleneck model, seed 0, targets 0-4): after
     ``target_erasure`` the held-out probe read 28-38 where the train-fitted one read 25-32 (prevalence 28-32;
     retrain 52 and 58)."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import average_precision_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     y = labels.numpy().astype(int).ravel()
     if np.bincount(y, minlength=2).min() < folds:
         raise ValueError(f"the held-out probe needs at least folds={folds} rows of each label")
     features = head_features(model, inputs, layer).double().numpy()
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, random_state=seed))
-    scores = cross_val_predict(probe, features, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                               method="decision_function")
+    folding = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    scores = cross_val_predict(_logistic_probe(seed), features, y, cv=folding, method="decision_function")
     return 100.0 * float(average_precision_score(y, scores))
 
 
@@ -74,3 +83,66 @@ def label_leakage(train_targets: Tensor, test_targets: Tensor, target: int) -> f
     fit = LogisticRegression(max_iter=1000).fit(train_targets[:, others].numpy(), train_targets[:, target].numpy())
     scores = fit.decision_function(test_targets[:, others].numpy())
     return 100.0 * float(average_precision_score(test_targets[:, target].numpy(), scores))
+
+
+@dataclass
+class DenseProbe:
+    """What :func:`dense_probe_ap` measured: the probe's AP (percent) on the test cells, the forgotten class's share
+    of those cells (the AP of a probe that reads nothing), the feature map read and the cells used."""
+
+    ap: float
+    prevalence: float
+    layer: str
+    train_cells: int
+    test_cells: int
+
+
+def _cell_features(model: nn.Module, module: nn.Module, layer: str, data: LabeledData, target: int, limit: int,
+                   generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    from excise.tasks.dense import task_module
+
+    cells = task_module(data.task).instance_cells(data)
+    where = torch.nonzero(cells > 0)
+    if len(where) > limit:
+        where = where[torch.randperm(len(where), generator=generator)[:limit].sort().values]
+    maps = module_inputs(model, module, data.inputs)
+    if maps is None or maps.dim() != 4 or tuple(maps.shape[-2:]) != tuple(cells.shape[-2:]):
+        found = "nothing" if maps is None else f"shape {tuple(maps.shape[1:])}"
+        raise ValueError(f"layer={layer!r} must read a C x H x W feature map at the resolution of the task's "
+                         f"instance cells {tuple(cells.shape[-2:])}; it reads {found}")
+    image, row, column = where.unbind(1)
+    features = maps[image, :, row, column].double().numpy()
+    return features, (cells[image, row, column] == 1 + target).numpy().astype(int)
+
+
+def dense_probe_ap(model: nn.Module, train: LabeledData, test: LabeledData, target: int, layer: str | None = None,
+                   max_cells: int = 20_000, seed: int = 0) -> DenseProbe:
+    """AP (percent) of the linear probe (the same as :func:`probe_ap`'s) telling class ``target``'s instance
+    cells from the other classes' cells by the feature vector that ``layer`` reads there (default: the model's
+    class-map conv, ``model.class_maps``), fitted on ``train``'s cells and scored on ``test``'s, at most
+    ``max_cells`` of each (a seeded draw). Read it against the retrained model's: a model trained with the class
+    relabelled background must still tell its ink from the other digits' to leave it unsegmented."""
+    from sklearn.metrics import average_precision_score
+
+    if train.task != test.task or train.task not in ("segmentation", "detection"):
+        raise ValueError(f"dense_probe_ap needs segmentation or detection data; got {train.task!r} (train) and "
+                         f"{test.task!r} (test)")
+    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < train.num_classes:
+        raise ValueError(f"target={target!r} must be a class index in [0, {train.num_classes})")
+    if isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 2:
+        raise ValueError(f"max_cells={max_cells!r} must be an integer >= 2")
+    name = layer if layer is not None else getattr(model, "class_maps", None)
+    module = dict(model.named_modules()).get(name) if isinstance(name, str) else None
+    if module is None:
+        raise ValueError(f"layer={name!r} is not a module of {type(model).__name__} (default: its `class_maps`)")
+    generator = torch.Generator().manual_seed(seed)
+    x_train, y_train = _cell_features(model, module, name, train, target, max_cells, generator)
+    x_test, y_test = _cell_features(model, module, name, test, target, max_cells, generator)
+    for part, labels in (("train", y_train), ("test", y_test)):
+        if len(np.unique(labels)) < 2:
+            raise ValueError(f"the probe needs cells of class {target} and of other classes among the {part} "
+                             f"cells; found {int(labels.sum())} of {len(labels)}")
+    scores = _logistic_probe(seed).fit(x_train, y_train).decision_function(x_test)
+    return DenseProbe(ap=100.0 * float(average_precision_score(y_test, scores)),
+                      prevalence=100.0 * float(y_test.mean()), layer=name, train_cells=len(y_train),
+                      test_cells=len(y_test))

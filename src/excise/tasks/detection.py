@@ -120,6 +120,13 @@ def presence(data: LabeledData) -> Tensor:
     return out
 
 
+def instance_cells(data: LabeledData) -> Tensor:
+    """``N x H/2 x W/2``: ``1 + c`` at the centre cell of every object of class ``c`` (the training maps' last
+    channel), 0 elsewhere — where a linear probe reads what the detector knows of each class
+    (:func:`excise.metrics.probe.dense_probe_ap`)."""
+    return data.targets[:, -1].round().long()
+
+
 def drop_classes(data: LabeledData, labels: tuple[int, ...]) -> LabeledData:
     """The same canvases with the boxes of ``labels`` removed, and the training maps rebuilt without them."""
     gone = torch.as_tensor(labels)

@@ -86,6 +86,12 @@ def presence(data: LabeledData) -> Tensor:
     return torch.stack([(flat == 1 + c).any(dim=1) for c in range(data.num_classes)], dim=1)
 
 
+def instance_cells(data: LabeledData) -> Tensor:
+    """``N x H x W``: ``1 + c`` at every ink pixel of class ``c``, 0 on background — where a linear probe reads
+    what the model knows of each class (:func:`excise.metrics.probe.dense_probe_ap`)."""
+    return data.targets
+
+
 def drop_classes(data: LabeledData, labels: tuple[int, ...]) -> LabeledData:
     """The same canvases with the pixels of ``labels`` relabelled background."""
     targets = data.targets.clone()
