@@ -9,8 +9,8 @@ gradient ascent on the target's loss and relabel-and-fine-tune — and prints on
 class's test score (IoU, or AP50 and AP@[.5:.95]) next to the retrained model's, the remaining classes'
 mean score against the original's, a linear probe's AP for the forgotten class on the features the class maps
 read (:func:`excise.metrics.probe.dense_probe_ap`: the class's ink pixels / object centres among every class's;
-detection also probes the neck, which the box heads share), unlearning time and speed-up over retraining.
-It then writes the
+detection also probes the neck, which the box heads share), unlearning time and speed-up over retraining. It
+then writes the
 before/after picture grid (ground truth, original, retrained, balanced Essential Graph, target mask; images
 with the forgotten class first) for both tasks to ``docs/dense_grid.png``.
 
@@ -43,10 +43,11 @@ What the runs behind the defaults found (seed 0, digit 2, on the machine of an e
   the defaults were left as they are. What held on every model: the forgotten class is hit harder than the
   others (its heat-map peaks fall by a factor 0.07-0.82, the others' by 0.84-1.00 on average; its IoU falls
   more than the remaining mIoU whenever something is pruned).
-- The probe columns (added 2026-12-07; seeds 0-3 with ``--seed``): the retrained reference's features read the
-  forgotten class where the class maps read it (AP 99.6-100 segmentation, 94.8-98.1 detection, prevalence ~19),
-  because leaving its ink unsegmented takes telling it apart; the detector's neck reads it less after retraining
-  (77.7-92.6 on three seeds, 98.9 on the fourth) than the original's and the mask's (97.8-99.0).
+- The probe columns (added 2026-12-07; seeds 0-3 with ``--seed S --grid /tmp/grid.png``, so that the committed
+  picture stays seed 0's): the retrained reference's features read the forgotten class where the class maps read
+  it (AP 99.6-100 segmentation, 94.8-98.1 detection, prevalence ~19), because leaving it unsegmented or undetected
+  takes telling it apart. At the detector's neck retraining reads less on three seeds of four (77.7-92.6 against
+  the original's and the mask's 97.8-99.0); on seed 3 it reads 98.9, above the original's 98.1.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ from excise.data.base import LabeledData
 from excise.metrics import MiaInputs, avg_gap, run_mia
 from excise.metrics.mia import modified_entropy
 from excise.metrics.probe import dense_probe_ap
+from excise.models.dense import OUTPUT_STRIDE, encode_centernet_targets
+from excise.tasks import detection
 
 
 def test_modified_entropy_matches_song_and_mittal_per_row():
@@ -374,7 +376,31 @@ def test_dense_probe_refuses_what_it_cannot_read() -> None:
     with pytest.raises(ValueError, match="resolution"):
         dense_probe_ap(_InkMaps(pool=True), train, test, 2)
     digits = LabeledData(inputs=train.inputs, targets=torch.zeros(len(train), dtype=torch.long), classes=("0", "1"))
-    with pytest.raises(ValueError, match="segmentation or detection"):
+    with pytest.raises(ValueError, match="not a dense task"):
         dense_probe_ap(_InkMaps(), digits, digits, 0)
     with pytest.raises(ValueError, match="max_cells"):
         dense_probe_ap(_InkMaps(), train, test, 2, max_cells=1)
+    other = LabeledData(inputs=test.inputs, targets=test.targets, classes=("0", "1", "9"), task="segmentation")
+    with pytest.raises(ValueError, match="same task and classes"):
+        dense_probe_ap(_InkMaps(), train, other, 2)
+    twice = _InkMaps()
+    twice.forward = lambda x: twice.head(twice.head(x)[:, :1])  # the head called twice per forward pass
+    with pytest.raises(ValueError, match="called 2 times"):
+        dense_probe_ap(twice, train, test, 2)
+
+
+def test_dense_probe_draws_at_most_max_cells_per_split_the_same_way_each_time() -> None:
+    train, test = _ink_canvases(0, True), _ink_canvases(1, True)
+    first, again = (dense_probe_ap(_InkMaps(), train, test, 2, max_cells=300, seed=4) for _ in range(2))
+    assert first.train_cells == first.test_cells == 300 and first == again
+    assert first.ap > 99  # the drawn cells are the ones their labels name
+
+
+def test_detection_instance_cells_are_the_objects_centre_cells() -> None:
+    boxes = [torch.tensor([[2.0, 4.0, 8.0, 12.0], [12.0, 12.0, 16.0, 20.0]])]
+    targets = encode_centernet_targets(boxes, [torch.tensor([2, 0])], 3, (24, 24), OUTPUT_STRIDE)
+    data = LabeledData(inputs=torch.zeros(1, 1, 24, 24), targets=targets, classes=("0", "1", "2"), task="detection")
+    cells = detection.instance_cells(data)
+    assert cells.shape == (1, 12, 12)
+    # Box centres (5, 8) and (14, 16) in pixels fall in cells (row 4, col 2) and (row 8, col 7) at stride 2.
+    assert {(int(r), int(c)): int(cells[0, r, c]) for r, c in torch.nonzero(cells[0])} == {(4, 2): 3, (8, 7): 1}

@@ -15,10 +15,10 @@ What it does not do: the decoder's features, which the masked channel read, are 
 carry about the class stays in the model. Measured (:func:`excise.metrics.probe.dense_probe_ap`,
 ``benchmarks/dense.py``, seeds 0-3, digit 2, prevalence ~19): a linear probe tells the class's ink pixels / object
 centres from the other digits' at AP 99.3-100 there, as on the original. On dense tasks that is also about what
-the retrained reference keeps: trained to leave the class's ink unsegmented, its class-map input reads it at
-99.6-100 (segmentation) and 94.8-98.1 (detection), so the mask is within retrain's probe + 5 on 7 of 8 models. At
-the detector's neck, which the box heads share, retrain reads less (77.7-92.6 on three seeds of four, 98.9 on
-the fourth) and the mask leaves the original's 97.8-99.0. The record says ``forgotten_output: "masked"`` and names
+the retrained reference keeps: trained to leave the class unsegmented or undetected, its class-map input reads it
+at 99.6-100 (segmentation) and 94.8-98.1 (detection), a ceiling that does not rank methods. At the detector's neck,
+which the box heads share, retrain reads less on three seeds of four (77.7-92.6; 98.9 on the fourth) and the mask
+leaves the original's 97.8-99.0. The record says ``forgotten_output: "masked"`` and names
 the layer.
 """
 

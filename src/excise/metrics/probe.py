@@ -98,21 +98,29 @@ class DenseProbe:
 
 
 def _cell_features(model: nn.Module, module: nn.Module, layer: str, data: LabeledData, target: int, limit: int,
-                   generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The feature vectors ``module`` receives at (at most ``limit``, a seeded draw of) ``data``'s instance cells, and
+    whether each is ``target``'s. Only the drawn cells are kept, batch by batch: never the whole feature maps."""
     from excise.tasks.dense import task_module
 
     cells = task_module(data.task).instance_cells(data)
     where = torch.nonzero(cells > 0)
     if len(where) > limit:
+        generator = torch.Generator().manual_seed(seed)
         where = where[torch.randperm(len(where), generator=generator)[:limit].sort().values]
-    maps = module_inputs(model, module, data.inputs)
-    if maps is None or maps.dim() != 4 or tuple(maps.shape[-2:]) != tuple(cells.shape[-2:]):
-        found = "nothing" if maps is None else f"shape {tuple(maps.shape[1:])}"
-        raise ValueError(f"layer={layer!r} must read a C x H x W feature map at the resolution of the task's "
-                         f"instance cells {tuple(cells.shape[-2:])}; it reads {found}")
+
+    def select(maps: Tensor, start: int) -> Tensor:
+        if maps.dim() != 4 or tuple(maps.shape[-2:]) != tuple(cells.shape[-2:]):
+            raise ValueError(f"layer={layer!r} must read an N x C x H x W feature map at the resolution of the "
+                             f"task's instance cells {tuple(cells.shape[-2:])}; it reads {tuple(maps.shape[1:])}")
+        mine = where[(where[:, 0] >= start) & (where[:, 0] < start + len(maps))]
+        return maps[mine[:, 0] - start, :, mine[:, 1], mine[:, 2]]
+
+    features = module_inputs(model, module, data.inputs, select=select)
+    if features is None:
+        raise ValueError(f"the probe needs at least one {data.task} image; got none")
     image, row, column = where.unbind(1)
-    features = maps[image, :, row, column].double().numpy()
-    return features, (cells[image, row, column] == 1 + target).numpy().astype(int)
+    return features.double().numpy(), (cells[image, row, column] == 1 + target).numpy().astype(int)
 
 
 def dense_probe_ap(model: nn.Module, train: LabeledData, test: LabeledData, target: int, layer: str | None = None,
@@ -120,29 +128,34 @@ def dense_probe_ap(model: nn.Module, train: LabeledData, test: LabeledData, targ
     """AP (percent) of the linear probe (the same as :func:`probe_ap`'s) telling class ``target``'s instance
     cells from the other classes' cells by the feature vector that ``layer`` reads there (default: the model's
     class-map conv, ``model.class_maps``), fitted on ``train``'s cells and scored on ``test``'s, at most
-    ``max_cells`` of each (a seeded draw). Read it against the retrained model's: a model trained with the class
-    relabelled background must still tell its ink from the other digits' to leave it unsegmented."""
+    ``max_cells`` of each (seeded draws, one per split). Read it against the retrained model's: a model trained
+    to leave the class unsegmented (or undetected) must still tell it apart from the other classes."""
     from sklearn.metrics import average_precision_score
 
-    if train.task != test.task or train.task not in ("segmentation", "detection"):
-        raise ValueError(f"dense_probe_ap needs segmentation or detection data; got {train.task!r} (train) and "
-                         f"{test.task!r} (test)")
+    from excise.tasks.dense import task_module
+
+    task_module(train.task)  # refuses a task that is not dense, naming the dense ones
+    if train.task != test.task or train.classes != test.classes:
+        raise ValueError(f"train and test must be the same task and classes; got {train.task!r} {train.classes} "
+                         f"(train) and {test.task!r} {test.classes} (test)")
     if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < train.num_classes:
         raise ValueError(f"target={target!r} must be a class index in [0, {train.num_classes})")
     if isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 2:
         raise ValueError(f"max_cells={max_cells!r} must be an integer >= 2")
-    name = layer if layer is not None else getattr(model, "class_maps", None)
-    module = dict(model.named_modules()).get(name) if isinstance(name, str) else None
+    if layer is None:
+        layer = getattr(model, "class_maps", None)
+        if not isinstance(layer, str):
+            raise ValueError(f"{type(model).__name__} names no `class_maps` layer: pass layer= (a module name)")
+    module = dict(model.named_modules()).get(layer) if layer else None
     if module is None:
-        raise ValueError(f"layer={name!r} is not a module of {type(model).__name__} (default: its `class_maps`)")
-    generator = torch.Generator().manual_seed(seed)
-    x_train, y_train = _cell_features(model, module, name, train, target, max_cells, generator)
-    x_test, y_test = _cell_features(model, module, name, test, target, max_cells, generator)
+        raise ValueError(f"layer={layer!r} is not a submodule of {type(model).__name__}")
+    x_train, y_train = _cell_features(model, module, layer, train, target, max_cells, seed)
+    x_test, y_test = _cell_features(model, module, layer, test, target, max_cells, seed + 1)
     for part, labels in (("train", y_train), ("test", y_test)):
         if len(np.unique(labels)) < 2:
             raise ValueError(f"the probe needs cells of class {target} and of other classes among the {part} "
-                             f"cells; found {int(labels.sum())} of {len(labels)}")
+                             f"cells; found {int(labels.sum())} cells of class {target} among {len(labels)}")
     scores = _logistic_probe(seed).fit(x_train, y_train).decision_function(x_test)
     return DenseProbe(ap=100.0 * float(average_precision_score(y_test, scores)),
-                      prevalence=100.0 * float(y_test.mean()), layer=name, train_cells=len(y_train),
+                      prevalence=100.0 * float(y_test.mean()), layer=layer, train_cells=len(y_train),
                       test_cells=len(y_test))

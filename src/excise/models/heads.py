@@ -10,6 +10,8 @@ layer of the same affine chain produces them, an eraser can be folded into that 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -68,24 +70,34 @@ def classifier_output(model: nn.Module) -> str:
 
 @torch.no_grad()
 def module_inputs(model: nn.Module, module: nn.Module, inputs: Tensor, batch_size: int = 512,
-                  flatten: bool = False) -> Tensor | None:
+                  flatten: bool = False, select: Callable[[Tensor, int], Tensor] | None = None) -> Tensor | None:
     """What ``module`` receives (its first positional input, ``N x ...``; ``N x D`` with ``flatten``) when ``model``
-    runs on ``inputs`` in eval mode, in batches; the model's mode is restored. None when nothing ran."""
+    runs on ``inputs`` (a tensor, or a data set's lazy inputs) in eval mode, in batches; the model's mode is
+    restored. None when nothing ran. ``select``
+    (a batch's input to ``module`` and the batch's first row) keeps part of each batch, so that only it is held.
+    Refuses a module called other than once per forward pass: its inputs would not be one row per input row."""
     seen: list[Tensor] = []
 
     def record(_module: nn.Module, args: tuple) -> None:
-        seen.append(args[0].detach().flatten(1) if flatten else args[0].detach())
+        seen.append(args[0].detach())
 
+    parts: list[Tensor] = []
     was_training = model.training
     model.eval()
     handle = module.register_forward_pre_hook(record)
     try:
         for start in range(0, len(inputs), batch_size):
+            seen.clear()
             model(inputs[start:start + batch_size])
+            if len(seen) != 1:
+                raise ValueError(f"{type(module).__name__} module was called {len(seen)} times in one forward pass of "
+                                 f"{type(model).__name__}; its inputs are read from a module called once")
+            part = seen[0] if select is None else select(seen[0], start)
+            parts.append(part.flatten(1) if flatten else part)
     finally:
         handle.remove()
         model.train(was_training)
-    return torch.cat(seen) if seen else None
+    return torch.cat(parts) if parts else None
 
 
 def head_features(model: nn.Module, inputs: Tensor, layer: str | None = None, batch_size: int = 512) -> Tensor:

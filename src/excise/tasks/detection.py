@@ -83,7 +83,7 @@ def detection_loss(outputs: Tensor, targets: Tensor, label_mask: Tensor | None) 
         positive * (1 - probability) ** 2 * torch.log(probability)
         + (1 - positive) * (1 - heat) ** 4 * probability**2 * torch.log(1 - probability)
     )
-    centre_class = targets[:, k + 4].long()  # 1 + c at a centre cell, 0 elsewhere
+    centre_class = centre_classes(targets)
     centres = centre_class > 0
     if label_mask is not None:
         # The selected classes' loss where they are present: the focal loss at their objects' centres (the
@@ -120,11 +120,15 @@ def presence(data: LabeledData) -> Tensor:
     return out
 
 
+def centre_classes(targets: Tensor) -> Tensor:
+    """``N x H/2 x W/2`` from training maps: ``1 + c`` at the centre cell of every object of class ``c``, else 0."""
+    return targets[:, targets.shape[1] - TARGET_EXTRA_CHANNELS + 4].long()
+
+
 def instance_cells(data: LabeledData) -> Tensor:
-    """``N x H/2 x W/2``: ``1 + c`` at the centre cell of every object of class ``c`` (the training maps' last
-    channel), 0 elsewhere — where a linear probe reads what the detector knows of each class
+    """:func:`centre_classes` of ``data``: where a linear probe reads what the detector knows of each class
     (:func:`excise.metrics.probe.dense_probe_ap`)."""
-    return data.targets[:, -1].round().long()
+    return centre_classes(data.targets)
 
 
 def drop_classes(data: LabeledData, labels: tuple[int, ...]) -> LabeledData:
@@ -182,9 +186,8 @@ def evaluate_detection(
 # --- essential graph -----------------------------------------------------------------------------
 def graph_score(outputs: Tensor, targets: Tensor, target: int) -> Tensor:
     """Per image: the heat-map probability of ``target`` summed over its objects' centre cells."""
-    k = targets.shape[1] - TARGET_EXTRA_CHANNELS
     probability = torch.sigmoid(outputs[:, target])
-    centres = (targets[:, k + 4] == 1 + target).to(probability.dtype)
+    centres = (centre_classes(targets) == 1 + target).to(probability.dtype)
     return (probability * centres).flatten(1).sum(dim=1)
 
 
