@@ -73,9 +73,9 @@ def module_inputs(model: nn.Module, module: nn.Module, inputs: Tensor, batch_siz
                   flatten: bool = False, select: Callable[[Tensor, int], Tensor] | None = None) -> Tensor | None:
     """What ``module`` receives (its first positional input, ``N x ...``; ``N x D`` with ``flatten``) when ``model``
     runs on ``inputs`` (a tensor, or a data set's lazy inputs) in eval mode, in batches; the model's mode is
-    restored. None when nothing ran. ``select``
-    (a batch's input to ``module`` and the batch's first row) keeps part of each batch, so that only it is held.
-    Refuses a module called other than once per forward pass: its inputs would not be one row per input row."""
+    restored. None when nothing ran. ``select(batch_input, first_row)`` keeps part of each batch's input, so that
+    only that part is held. Refuses a module called other than once per forward pass: its inputs would not line
+    up one row per input row."""
     seen: list[Tensor] = []
 
     def record(_module: nn.Module, args: tuple) -> None:
