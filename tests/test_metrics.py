@@ -7,7 +7,7 @@ from excise.metrics import MiaInputs, avg_gap, run_mia
 from excise.metrics.mia import modified_entropy
 from excise.metrics.probe import dense_probe_ap
 from excise.models.dense import OUTPUT_STRIDE, encode_centernet_targets
-from excise.tasks import detection
+from excise.tasks import detection, segmentation  # noqa: F401 - importing a dense task registers its instance cells
 
 
 def test_modified_entropy_matches_song_and_mittal_per_row():

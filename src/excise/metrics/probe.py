@@ -16,6 +16,7 @@ Background cells are left out: telling ink from empty canvas says nothing about 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,15 @@ from torch import Tensor, nn
 from excise.data.base import LabeledData
 from excise.models.heads import head_features, module_inputs
 
-__all__ = ["DenseProbe", "dense_probe_ap", "heldout_probe_ap", "label_leakage", "probe_ap"]
+__all__ = ["DenseProbe", "dense_probe_ap", "heldout_probe_ap", "label_leakage", "probe_ap", "register_instance_cells"]
+
+_INSTANCE_CELLS: dict[str, Callable[[LabeledData], Tensor]] = {}
+
+
+def register_instance_cells(task: str, cells: Callable[[LabeledData], Tensor]) -> None:
+    """Where :func:`dense_probe_ap` reads a dense task's data: ``cells(data)`` is ``N x H x W``, ``1 + c`` at each
+    instance cell of class ``c`` and 0 elsewhere (:func:`excise.tasks.common.register_dense_task` registers it)."""
+    _INSTANCE_CELLS[task] = cells
 
 
 def _logistic_probe(seed: int):  # noqa: ANN202 - a scikit-learn Pipeline, imported lazily
@@ -101,9 +110,7 @@ def _cell_features(model: nn.Module, module: nn.Module, layer: str, data: Labele
                    seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The feature vectors ``module`` receives at (at most ``limit``, a seeded draw of) ``data``'s instance cells, and
     whether each is ``target``'s. Only the drawn cells are kept, batch by batch: never the whole feature maps."""
-    from excise.tasks.dense import task_module
-
-    cells = task_module(data.task).instance_cells(data)
+    cells = _INSTANCE_CELLS[data.task](data)
     where = torch.nonzero(cells > 0)
     if len(where) > limit:
         generator = torch.Generator().manual_seed(seed)
@@ -132,9 +139,9 @@ def dense_probe_ap(model: nn.Module, train: LabeledData, test: LabeledData, targ
     to leave the class unsegmented (or undetected) must still tell it apart from the other classes."""
     from sklearn.metrics import average_precision_score
 
-    from excise.tasks.dense import task_module
-
-    task_module(train.task)  # refuses a task that is not dense, naming the dense ones
+    if train.task not in _INSTANCE_CELLS:
+        raise ValueError(f"task={train.task!r} is not a dense task with instance cells; dense tasks: "
+                         f"{sorted(_INSTANCE_CELLS)}")
     if train.task != test.task or train.classes != test.classes:
         raise ValueError(f"train and test must be the same task and classes; got {train.task!r} {train.classes} "
                          f"(train) and {test.task!r} {test.classes} (test)")

@@ -19,6 +19,7 @@ from excise.data.multidigits import multidigits
 from excise.data.registry import dataset_info, register_dataset
 from excise.metrics.dense import nanmean
 from excise.metrics.evaluate import EvalViews, register_evaluator
+from excise.metrics.probe import register_instance_cells
 from excise.requests import TargetSplitter, register_target_splitter
 from excise.training import register_task_loss
 
@@ -59,14 +60,17 @@ def register_dense_task(
     presence: Callable[[LabeledData], Tensor],
     drop: Callable[[LabeledData, tuple[int, ...]], LabeledData],
     make_part: Callable[[LabeledData], LabeledData],
+    instance_cells: Callable[[LabeledData], Tensor],
 ) -> None:
     """Plug a dense task into the shared machinery: its per-sample loss (the one training loop), its evaluator,
-    its ``target``-request splitter (``presence`` of each class per image, ``drop`` of forgotten classes) and its
-    data set ``dataset`` (a view over ``multidigits``)."""
+    its ``target``-request splitter (``presence`` of each class per image, ``drop`` of forgotten classes), its
+    data set ``dataset`` (a view over ``multidigits``) and where a linear probe reads each class
+    (``instance_cells``, :func:`excise.metrics.probe.register_instance_cells`)."""
     register_task_loss(task, loss)
     register_evaluator(task, evaluator)
     register_target_splitter(task, TargetSplitter(presence=presence, drop=drop))
     register_multidigits_view(dataset, task, make_part)
+    register_instance_cells(task, instance_cells)
 
 
 def train_defaults(task: str | None, dataset: str | None, model: str | None) -> tuple[str, str]:

@@ -228,4 +228,5 @@ def grid_title(data: LabeledData, forgotten: list[int]) -> str:
 
 
 register_dense_task(TASK, "multidigits-det", loss=detection_loss, evaluator=evaluate_detection,
-                    presence=presence, drop=drop_classes, make_part=_part)
+                    presence=presence, drop=drop_classes, make_part=_part,
+                    instance_cells=instance_cells)

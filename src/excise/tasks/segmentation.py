@@ -174,4 +174,5 @@ def grid_title(data: LabeledData, forgotten: list[int]) -> str:
 
 
 register_dense_task(TASK, "multidigits-seg", loss=segmentation_loss, evaluator=evaluate_segmentation,
-                    presence=presence, drop=drop_classes, make_part=_part)
+                    presence=presence, drop=drop_classes, make_part=_part,
+                    instance_cells=instance_cells)
