@@ -404,3 +404,20 @@ def test_detection_instance_cells_are_the_objects_centre_cells() -> None:
     assert cells.shape == (1, 12, 12)
     # Box centres (5, 8) and (14, 16) in pixels fall in cells (row 4, col 2) and (row 8, col 7) at stride 2.
     assert {(int(r), int(c)): int(cells[0, r, c]) for r, c in torch.nonzero(cells[0])} == {(4, 2): 3, (8, 7): 1}
+
+
+def test_the_mlp_reader_finds_a_class_a_linear_probe_cannot() -> None:
+    """Class 2's ink sits in the middle of the intensity range, between classes 0 and 1: no single threshold (and no
+    linear probe on one feature) separates it, a hidden layer does."""
+    def canvases(seed: int) -> LabeledData:
+        generator = torch.Generator().manual_seed(seed)
+        masks = torch.randint(0, 4, (40, 6, 6), generator=generator)
+        ink = torch.tensor([0.0, 0.2, 1.0, 0.6])[masks]  # class c's ink at level [0.2, 1.0, 0.6][c]
+        return LabeledData(inputs=(ink + 0.03 * torch.randn(ink.shape, generator=generator)).unsqueeze(1),
+                           targets=masks, classes=("0", "1", "2"), task="segmentation")
+
+    linear = dense_probe_ap(_InkMaps(), canvases(0), canvases(1), 2)
+    mlp = dense_probe_ap(_InkMaps(), canvases(0), canvases(1), 2, reader="mlp")
+    assert linear.ap < linear.prevalence + 25 and mlp.ap > 95
+    with pytest.raises(ValueError, match="reader='svm'"):
+        dense_probe_ap(_InkMaps(), canvases(0), canvases(1), 2, reader="svm")

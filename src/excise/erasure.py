@@ -53,9 +53,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from excise.models.heads import HeadError, affine_head, body_tail, classifier_output, head_features, module_inputs
+from excise.models.heads import (
+    HeadError,
+    affine_head,
+    body_tail,
+    classifier_output,
+    head_features,
+    module_inputs,
+    stage_tail,
+)
 
-__all__ = ["MASKED_LOGIT", "BodyErasure", "Erasure", "erase_in_body", "erase_target", "fit_bias_shifts", "fit_erasure",
+__all__ = ["MASKED_LOGIT", "BodyErasure", "Erasure", "StageErasure", "erase_in_body", "erase_in_dense_stage",
+           "erase_target", "fit_bias_shifts", "fit_erasure",
            "fold_erasure", "fold_error", "mask_output", "mean_separation", "refit_biases", "shift_biases"]
 
 MASKED_LOGIT = math.log(1e-3 / (1 - 1e-3))
@@ -324,3 +333,84 @@ def erase_in_body(model: nn.Module, inputs: Tensor, concept: Tensor, keep: Seque
     finally:
         model.train(was_training)
     return BodyErasure(module, steps, before, after, classifier_features)
+
+
+@dataclass
+class StageErasure:
+    """What :func:`erase_in_dense_stage` did: its optimiser steps, and the mean separation of the concept's cells
+    from the other instance cells in the read features, on every cell, before and after."""
+
+    steps: int
+    separation_before: float
+    separation_after: float
+
+
+def erase_in_dense_stage(model: nn.Module, images: Tensor, cells: Tensor, concept: Sequence[int], drop: Sequence[int],
+                         module: str, read: str, epochs: int, penalty: float, lr: float, seed: int,
+                         batch_size: int = 128) -> StageErasure:
+    """The dense form of :func:`erase_in_body`: train ``module`` (in place; nothing else moves, no ``.grad`` is
+    left) so that the feature map ``read`` receives no longer separates the instance cells of the classes
+    ``concept`` from the other instance cells (``cells``: ``N x H x W``, ``1 + c`` at each instance cell of class
+    ``c``, 0 elsewhere, at ``read``'s resolution), while every output channel but those in ``drop`` (the
+    concept's own maps) stays the original's at every cell. The inputs of ``module`` are recorded once; Adam at
+    ``lr``, eval mode, ``epochs`` passes over ``images`` in batches of ``batch_size``; per batch the loss is
+    ``mean((out_kept - original_kept)^2) + penalty * mean_separation(cell features, cell in concept)``."""
+    was_training = model.training
+    model.eval()  # before tracing: fx fixes the mode where a forward reads self.training
+    try:
+        tail = stage_tail(model, module, (read,), "stage")
+        stage = dict(model.named_modules())[module]
+        parameters = [p for p in stage.parameters() if p.requires_grad]
+        if not parameters:
+            raise HeadError(f"stage={module!r} has no trainable parameters to erase the class with")
+        stage_inputs = module_inputs(model, stage, images)
+        if stage_inputs is None:
+            raise ValueError("erase_in_dense_stage needs at least one image")
+        where = torch.nonzero(cells > 0)
+        labels = torch.isin(cells[where[:, 0], where[:, 1], where[:, 2]], torch.as_tensor([1 + c for c in concept]))
+
+        def cell_features(features: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+            if tuple(features.shape[-2:]) != tuple(cells.shape[-2:]):
+                raise ValueError(f"read={read!r} receives {tuple(features.shape[-2:])} maps; the instance cells are "
+                                 f"{tuple(cells.shape[-2:])}")
+            position = torch.full((len(cells),), -1, dtype=torch.long)
+            position[rows] = torch.arange(len(rows))
+            mine = position[where[:, 0]] >= 0
+            chosen = where[mine]
+            return features[position[chosen[:, 0]], :, chosen[:, 1], chosen[:, 2]].double(), labels[mine]
+
+        @torch.no_grad()
+        def run_all() -> tuple[Tensor, Tensor]:
+            parts = [tail(stage_inputs[s:s + batch_size]) for s in range(0, len(stage_inputs), batch_size)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+        def separation(features: Tensor, rows: Tensor) -> Tensor:
+            return mean_separation(*cell_features(features, rows))
+
+        features, original = run_all()
+        everything = torch.arange(len(stage_inputs))
+        before = float(separation(features, everything))
+        keep = [k for k in range(original.shape[1]) if k not in set(drop)]
+        original = original[:, keep]
+        optimizer = torch.optim.Adam(parameters, lr=lr)
+        generator = torch.Generator().manual_seed(seed)
+        steps = 0
+        try:
+            for _ in range(epochs):
+                order = torch.randperm(len(stage_inputs), generator=generator)
+                for start in range(0, len(order), batch_size):
+                    rows = order[start:start + batch_size]
+                    features, outputs = tail(stage_inputs[rows])
+                    loss = (outputs[:, keep] - original[rows]).pow(2).mean()
+                    loss = loss + penalty * separation(features, rows).to(loss.dtype)
+                    for parameter, grad in zip(parameters, torch.autograd.grad(loss, parameters), strict=True):
+                        parameter.grad = grad
+                    optimizer.step()
+                    steps += 1
+        finally:
+            for parameter in parameters:
+                parameter.grad = None
+        after = float(separation(run_all()[0], everything))
+    finally:
+        model.train(was_training)
+    return StageErasure(steps, before, after)

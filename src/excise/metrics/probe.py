@@ -130,13 +130,29 @@ def _cell_features(model: nn.Module, module: nn.Module, layer: str, data: Labele
     return features.double().numpy(), (cells[image, row, column] == 1 + target).numpy().astype(int)
 
 
+PROBE_READERS = ("linear", "mlp")
+
+
+def _reader(kind: str, seed: int):  # noqa: ANN202 - a scikit-learn Pipeline, imported lazily
+    if kind == "linear":
+        return _logistic_probe(seed)
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, max_iter=3000,
+                                                         random_state=seed))
+
+
 def dense_probe_ap(model: nn.Module, train: LabeledData, test: LabeledData, target: int, layer: str | None = None,
-                   max_cells: int = 20_000, seed: int = 0) -> DenseProbe:
+                   max_cells: int = 20_000, seed: int = 0, reader: str = "linear") -> DenseProbe:
     """AP (percent) of the linear probe (the same as :func:`probe_ap`'s) telling class ``target``'s instance
     cells from the other classes' cells by the feature vector that ``layer`` reads there (default: the model's
     class-map conv, ``model.class_maps``), fitted on ``train``'s cells and scored on ``test``'s, at most
     ``max_cells`` of each (seeded draws, one per split). Read it against the retrained model's: a model trained
-    to leave the class unsegmented (or undetected) must still tell it apart from the other classes."""
+    to leave the class unsegmented (or undetected) must still tell it apart from the other classes. ``reader="mlp"``
+    fits a one-hidden-layer network (64 units) instead: the stronger reader, for features trained to defeat a
+    linear one (``dense_target_erasure``)."""
     from sklearn.metrics import average_precision_score
 
     if train.task not in _INSTANCE_CELLS:
@@ -149,6 +165,8 @@ def dense_probe_ap(model: nn.Module, train: LabeledData, test: LabeledData, targ
         raise ValueError(f"target={target!r} must be a class index in [0, {train.num_classes})")
     if isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 2:
         raise ValueError(f"max_cells={max_cells!r} must be an integer >= 2")
+    if reader not in PROBE_READERS:
+        raise ValueError(f"reader={reader!r} must be one of {list(PROBE_READERS)}")
     if layer is None:
         layer = getattr(model, "class_maps", None)
         if not isinstance(layer, str):
@@ -162,7 +180,9 @@ def dense_probe_ap(model: nn.Module, train: LabeledData, test: LabeledData, targ
         if len(np.unique(labels)) < 2:
             raise ValueError(f"the probe needs cells of class {target} and of other classes among the {part} "
                              f"cells; found {int(labels.sum())} cells of class {target} among {len(labels)}")
-    scores = _logistic_probe(seed).fit(x_train, y_train).decision_function(x_test)
+    fitted = _reader(reader, seed).fit(x_train, y_train)
+    # The linear probe's margin, not its probability: a saturated sigmoid would tie the scores AP ranks.
+    scores = fitted.decision_function(x_test) if reader == "linear" else fitted.predict_proba(x_test)[:, 1]
     return DenseProbe(ap=100.0 * float(average_precision_score(y_test, scores)),
                       prevalence=100.0 * float(y_test.mean()), layer=layer, train_cells=len(y_train),
                       test_cells=len(y_test))

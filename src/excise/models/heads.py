@@ -10,7 +10,7 @@ layer of the same affine chain produces them, an eraser can be folded into that 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -151,19 +151,28 @@ def body_tail(model: nn.Module, module: str) -> torch.fx.GraphModule:
     is not called exactly once, or when anything after it also reads a value computed from the model's input
     before it (a skip connection around it): then its input alone does not determine the logits."""
     head = affine_head(model)
-    modules = dict(model.named_modules())
-    if module == "" or module not in modules:
-        raise HeadError(f"body_module={module!r} is not a submodule of {type(model).__name__}")
     if any(h == module or h.startswith(module + ".") or module.startswith(h + ".") for h in head):
         raise HeadError(f"body_module={module!r} is or holds a layer of the head {head}; name a module of the body")
+    return stage_tail(model, module, (head[0], head[-1]), "body_module")
+
+
+def stage_tail(model: nn.Module, module: str, reads: Sequence[str], field: str = "module") -> torch.fx.GraphModule:
+    """A module mapping the *input* of ``module`` to ``(*inputs of each module named in reads, model output)``:
+    ``module`` itself, then what the model computes from its output. It shares ``model``'s layers. Refused (naming
+    ``field``) when ``module`` does not exist or is not called exactly once with one input, when a module of
+    ``reads`` does not follow from its output alone, or when anything after it also reads a value computed before
+    it (a skip connection around it): then its input alone does not determine the output."""
+    modules = dict(model.named_modules())
+    if module == "" or module not in modules:
+        raise HeadError(f"{field}={module!r} is not a submodule of {type(model).__name__}")
     graph = _trace(model, _LeafTracer(module))
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == module]
     if len(calls) != 1:
-        raise HeadError(f"body_module={module!r} is called {len(calls)} times in {type(model).__name__}'s forward; "
+        raise HeadError(f"{field}={module!r} is called {len(calls)} times in {type(model).__name__}'s forward; "
                         "it must be called exactly once")
     stage = calls[0]
     if len(stage.args) != 1 or stage.kwargs:
-        raise HeadError(f"body_module={module!r} must be called with one positional input")
+        raise HeadError(f"{field}={module!r} must be called with one positional input")
     # Nodes computed from the model's input; the rest (parameters read with get_attr, constants) can be copied
     # into the tail wherever they are needed.
     dependent: set[torch.fx.Node] = set()
@@ -182,7 +191,7 @@ def body_tail(model: nn.Module, module: str) -> torch.fx.GraphModule:
     nodes = list(graph.nodes)
     for node in nodes[nodes.index(stage) + 1:]:
         if node.op == "output":
-            wanted["logits"] = node.args[0]
+            wanted[""] = node.args[0]
             break
         inputs = [i for i in node.all_input_nodes if i in dependent]
         if node not in dependent or not any(i in env for i in inputs):
@@ -190,15 +199,13 @@ def body_tail(model: nn.Module, module: str) -> torch.fx.GraphModule:
         if not all(i in env for i in inputs):
             raise HeadError(f"{node.name} in {type(model).__name__} reads both the output of {module!r} and a value "
                             f"computed before it (a skip connection around it); name a module whose output alone "
-                            "feeds the head")
+                            "determines the model's output")
         env[node] = tail.node_copy(node, copied)
-        if node.op == "call_module" and node.target == head[0]:
-            wanted["body"] = node.args[0]
-        if node.op == "call_module" and node.target == head[-1]:
-            wanted["classifier"] = node.args[0]
-    missing = [key for key in ("body", "classifier", "logits") if wanted.get(key) not in env]
+        if node.op == "call_module" and node.target in reads:
+            wanted.setdefault(str(node.target), node.args[0])
+    missing = [name for name in (*reads, "") if wanted.get(name) not in env]
     if missing:
-        raise HeadError(f"the {', '.join(missing)} of {type(model).__name__} do not follow from body_module={module!r} "
-                        "alone")
-    tail.output(tuple(env[wanted[key]] for key in ("body", "classifier", "logits")))
+        what = ", ".join(f"the input of {name!r}" if name else "the model's output" for name in missing)
+        raise HeadError(f"{what} of {type(model).__name__} do not follow from {field}={module!r} alone")
+    tail.output(tuple(env[wanted[name]] for name in (*reads, "")))
     return torch.fx.GraphModule(model, tail)
