@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from excise.data import load_dataset
+from excise.erasure import erase_in_dense_stage
 from excise.experiment import run_method, train_original
-from excise.methods import get_method
+from excise.methods import UnlearnData, get_method
+from excise.methods.dense_target_erasure import training_cells
 from excise.metrics import EvalViews, evaluate
 from excise.metrics.dense import detection_ap
 from excise.metrics.probe import dense_probe_ap
@@ -28,7 +30,7 @@ from excise.models.dense import (
 )
 from excise.models.heads import HeadError
 from excise.requests import ForgetRequest, RequestError, split
-from excise.tasks.detection import TARGET_EXTRA_CHANNELS, detection_loss, graph_score
+from excise.tasks.detection import TARGET_EXTRA_CHANNELS, detection_loss, graph_score, instance_cells
 from excise.training import TrainConfig
 
 # --- NMS and peaks -------------------------------------------------------------------------------------
@@ -420,24 +422,27 @@ def test_masking_leaves_what_the_heatmap_head_reads_of_the_class(trained) -> Non
 
 
 def test_erasing_the_class_from_the_neck_brings_its_probe_to_retrains_and_keeps_the_other_boxes(trained) -> None:
-    """dense_target_erasure: the neck is trained until its features no longer separate the class's object centres
-    from the other classes' (linear probe at or below the retrained detector's + 5; benchmark seeds 0-3: 22-26
-    against retrain's 78-99), the class's heat-map is masked (AP50 0), the remaining classes' mAP50 stays within 1
-    point of the original's, and the heat-map head's input reads the class no more than retrain's + 5. The
-    caller's model is not touched."""
+    """dense_target_erasure: the neck is trained until a linear probe no longer reads the class at its object
+    centres (at most the retrained detector's + 5, and far below the original's; benchmark seeds 0-3: 22-26 against
+    retrain's 78-99), a one-hidden-layer reader finds no more than in the retrained neck + 5, the class's heat-map is
+    masked (AP50 0), and the remaining classes' mAP50 stays within 1 point of the original's. Only the neck and the
+    masked map change; the caller's model is not touched."""
     bundle, model, views = trained["bundle"], trained["model"], trained["views"]
     target = bundle.classes.index(FORGET)
-    before = [p.detach().clone() for p in model.parameters()]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
     erased, record = run_method("dense_target_erasure", model, views, RECIPE, seed=0)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
+    moved = {name for name, p in erased.named_parameters() if not torch.equal(before[name], p)}
+    assert moved and all(name.startswith(("neck.", "heatmap.1.")) for name in moved), moved
     assert record.metrics["forget_AP50"] == 0.0
     assert abs(record.metrics["retain_mAP50"] - trained["original"]["retain_mAP50"]) <= 1.0
-    for layer in ("heatmap.0.0", None):
-        probe, original, retrained = (dense_probe_ap(m, bundle.train, bundle.test, target, layer=layer)
-                                      for m in (erased, model, trained["retrained"]))
-        assert probe.ap <= retrained.ap + 5, (layer, probe.ap, retrained.ap)
-    neck = [dense_probe_ap(m, bundle.train, bundle.test, target, layer="heatmap.0.0").ap for m in (erased, model)]
-    assert neck[0] < neck[1] - 30
+    for reader in ("linear", "mlp"):
+        erased_ap, original_ap, retrained_ap = (
+            dense_probe_ap(m, bundle.train, bundle.test, target, layer="heatmap.0.0", reader=reader).ap
+            for m in (erased, model, trained["retrained"]))
+        assert erased_ap <= retrained_ap + 5, (reader, erased_ap, retrained_ap)
+        if reader == "linear":
+            assert erased_ap < original_ap - 30
     stats = record.stats
     assert stats["erased"] == "stage" and stats["erased_stage"] == "neck" and stats["forgotten_output"] == "masked"
     assert stats["separation_after"] < 0.1 * stats["separation_before"]
@@ -447,8 +452,10 @@ def test_the_neck_erasure_refuses_what_it_cannot_serve(trained) -> None:
     model, views = trained["model"], trained["views"]
     with pytest.raises(HeadError, match="stage='trunk' is not a submodule"):
         run_method(get_method("dense_target_erasure", stage="trunk"), model, views, RECIPE, seed=0)
-    with pytest.raises(HeadError, match="the input of 'nope'"):
+    with pytest.raises(HeadError, match="read='nope' is not a submodule"):
         run_method(get_method("dense_target_erasure", read="nope"), model, views, RECIPE, seed=0)
+    with pytest.raises(HeadError, match="read='heatmap' is called 0 times"):  # a container, not a call
+        run_method(get_method("dense_target_erasure", read="heatmap"), model, views, RECIPE, seed=0)
     for field, value in (("epochs", 0), ("penalty", -1.0), ("lr", float("nan")), ("stage", "")):
         with pytest.raises(ValueError, match=field):
             get_method("dense_target_erasure", **{field: value})
@@ -457,3 +464,31 @@ def test_the_neck_erasure_refuses_what_it_cannot_serve(trained) -> None:
                                       ForgetRequest(kind="target", labels=(FORGET,)))
     with pytest.raises(RequestError, match="does not support segmentation"):
         run_method("dense_target_erasure", segmenter, seg_views, RECIPE, seed=0)
+
+
+def test_the_erasure_sees_every_canvas_with_the_forgotten_centres_put_back(small_det) -> None:
+    views = EvalViews.from_bundle(small_det, ForgetRequest(kind="target", labels=(FORGET, "3")))
+    data = UnlearnData(forget_set=views.forget_set, request=views.request, recipe=RECIPE,
+                       _retain_set=views.retain_set)
+    rows = views.retain_set.source_indices
+    assert torch.equal(training_cells(data), instance_cells(small_det.train)[rows])
+
+
+def test_the_stage_erasure_trains_the_stage_alone_and_refuses_bad_cells(small_det) -> None:
+    torch.manual_seed(0)
+    model = create_model("centernet", num_classes=5, width=4).train()
+    images, cells = small_det.train.inputs[:24], instance_cells(small_det.train)[:24]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    done = erase_in_dense_stage(model, images, cells, [2], [2], "neck", "heatmap.0.0", 2, 0.01, 1e-3, 0, 8)
+    assert done.steps == 6 and model.training
+    assert all(p.grad is None for p in model.parameters())
+    moved = {name for name, p in model.named_parameters() if not torch.equal(before[name], p)}
+    assert moved and all(name.startswith("neck.") for name in moved)
+    assert all(torch.equal(buffers[name], b) for name, b in model.named_buffers())
+    with pytest.raises(ValueError, match="one map per image"):
+        erase_in_dense_stage(model, images, cells[:4], [2], [2], "neck", "heatmap.0.0", 1, 0.01, 1e-3, 0)
+    with pytest.raises(ValueError, match="concept=\\[\\]"):
+        erase_in_dense_stage(model, images, cells, [], [2], "neck", "heatmap.0.0", 1, 0.01, 1e-3, 0)
+    with pytest.raises(ValueError, match="drop=\\[42\\]"):
+        erase_in_dense_stage(model, images, cells, [2], [42], "neck", "heatmap.0.0", 1, 0.01, 1e-3, 0)

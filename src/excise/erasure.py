@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -270,6 +270,47 @@ class BodyErasure:
 _CHUNK = 512
 
 
+def _trainable(model: nn.Module, module: str, field: str) -> tuple[nn.Module, list[nn.Parameter]]:
+    stage = dict(model.named_modules())[module]
+    parameters = [p for p in stage.parameters() if p.requires_grad]
+    if not parameters:
+        raise HeadError(f"{field}={module!r} has no trainable parameters to erase with")
+    return stage, parameters
+
+
+@torch.no_grad()
+def _tail_outputs(tail: nn.Module, stage_inputs: Tensor, chunk: int) -> tuple[Tensor, ...]:
+    parts = [tail(stage_inputs[s:s + chunk]) for s in range(0, len(stage_inputs), chunk)]
+    return tuple(torch.cat([part[i] for part in parts]) for i in range(len(parts[0])))
+
+
+def _train_stage(tail: nn.Module, parameters: list[nn.Parameter], stage_inputs: Tensor,
+                 batch_loss: Callable[[tuple[Tensor, ...], Tensor], Tensor], epochs: int, lr: float, seed: int,
+                 batch_size: int) -> int:
+    """Adam at ``lr`` on ``parameters`` for ``epochs`` seeded passes over ``stage_inputs`` in batches of
+    ``batch_size``, minimising ``batch_loss(tail outputs, batch rows)``; returns the steps taken. No ``.grad``
+    is left anywhere."""
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    steps = 0
+    try:
+        with torch.enable_grad():
+            for _ in range(epochs):
+                order = torch.randperm(len(stage_inputs), generator=generator)
+                for start in range(0, len(order), batch_size):
+                    rows = order[start:start + batch_size]
+                    loss = batch_loss(tail(stage_inputs[rows]), rows)
+                    # autograd.grad, not backward: nothing outside the stage gets (or loses) a .grad
+                    for parameter, grad in zip(parameters, torch.autograd.grad(loss, parameters), strict=True):
+                        parameter.grad = grad
+                    optimizer.step()
+                    steps += 1
+    finally:
+        for parameter in parameters:
+            parameter.grad = None
+    return steps
+
+
 def erase_in_body(model: nn.Module, inputs: Tensor, concept: Tensor, keep: Sequence[int], module: str, epochs: int,
                   penalty: float, lr: float, seed: int, batch_size: int = 256) -> BodyErasure:
     """Train ``module`` (in place; every other parameter and buffer stays, and no ``.grad`` is left anywhere) so
@@ -285,10 +326,7 @@ def erase_in_body(model: nn.Module, inputs: Tensor, concept: Tensor, keep: Seque
     model.eval()  # before tracing: fx fixes the mode where a forward reads self.training
     try:
         tail = body_tail(model, module)
-        stage = dict(model.named_modules())[module]
-        parameters = [p for p in stage.parameters() if p.requires_grad]
-        if not parameters:
-            raise HeadError(f"body_module={module!r} has no trainable parameters to erase the target with")
+        stage, parameters = _trainable(model, module, "body_module")
         labels = concept.reshape(len(concept), -1)
         keep = list(keep)
         stage_inputs = module_inputs(model, stage, inputs, _CHUNK)
@@ -301,34 +339,17 @@ def erase_in_body(model: nn.Module, inputs: Tensor, concept: Tensor, keep: Seque
                 total = total + mean_separation(features.double(), labels[rows, k])
             return total
 
-        @torch.no_grad()
-        def run_all() -> tuple[Tensor, Tensor, Tensor]:
-            parts = [tail(stage_inputs[s:s + _CHUNK]) for s in range(0, len(stage_inputs), _CHUNK)]
-            return tuple(torch.cat([part[i] for part in parts]) for i in range(3))  # type: ignore[return-value]
+        def batch_loss(outputs: tuple[Tensor, ...], rows: Tensor) -> Tensor:
+            features, _, logits = outputs
+            loss = penalty * separation(features, rows).to(logits.dtype)
+            if keep:
+                loss = loss + (logits[:, keep] - original_logits[rows][:, keep]).pow(2).mean()
+            return loss
 
-        body_features, _, original_logits = run_all()
+        body_features, _, original_logits = _tail_outputs(tail, stage_inputs, _CHUNK)
         before = float(separation(body_features, slice(None)))
-        optimizer = torch.optim.Adam(parameters, lr=lr)
-        generator = torch.Generator().manual_seed(seed)
-        steps = 0
-        try:
-            for _ in range(epochs):
-                order = torch.randperm(len(stage_inputs), generator=generator)
-                for start in range(0, len(order), batch_size):
-                    rows = order[start:start + batch_size]
-                    features, _, logits = tail(stage_inputs[rows])
-                    loss = penalty * separation(features, rows).to(logits.dtype)
-                    if keep:
-                        loss = loss + (logits[:, keep] - original_logits[rows][:, keep]).pow(2).mean()
-                    # autograd.grad, not backward: nothing outside the stage gets (or loses) a .grad
-                    for parameter, grad in zip(parameters, torch.autograd.grad(loss, parameters), strict=True):
-                        parameter.grad = grad
-                    optimizer.step()
-                    steps += 1
-        finally:
-            for parameter in parameters:
-                parameter.grad = None
-        body_features, classifier_features, _ = run_all()
+        steps = _train_stage(tail, parameters, stage_inputs, batch_loss, epochs, lr, seed, batch_size)
+        body_features, classifier_features, _ = _tail_outputs(tail, stage_inputs, _CHUNK)
         after = float(separation(body_features, slice(None)))
     finally:
         model.train(was_training)
@@ -349,68 +370,59 @@ def erase_in_dense_stage(model: nn.Module, images: Tensor, cells: Tensor, concep
                          module: str, read: str, epochs: int, penalty: float, lr: float, seed: int,
                          batch_size: int = 128) -> StageErasure:
     """The dense form of :func:`erase_in_body`: train ``module`` (in place; nothing else moves, no ``.grad`` is
-    left) so that the feature map ``read`` receives no longer separates the instance cells of the classes
-    ``concept`` from the other instance cells (``cells``: ``N x H x W``, ``1 + c`` at each instance cell of class
-    ``c``, 0 elsewhere, at ``read``'s resolution), while every output channel but those in ``drop`` (the
-    concept's own maps) stays the original's at every cell. The inputs of ``module`` are recorded once; Adam at
-    ``lr``, eval mode, ``epochs`` passes over ``images`` in batches of ``batch_size``; per batch the loss is
-    ``mean((out_kept - original_kept)^2) + penalty * mean_separation(cell features, cell in concept)``."""
+    left) so that the feature map ``read`` receives no longer separates, by the class means a linear probe reads,
+    the instance cells of each class of ``concept`` from the other instance cells (``cells``: ``N x H x W``, one map
+    per image, ``1 + c`` at each instance cell of class ``c``, 0 elsewhere, at ``read``'s resolution), while every
+    output channel but those in ``drop`` (the concept's own maps, which are masked next) stays the original's at
+    every cell. The inputs of ``module`` are recorded once; Adam at ``lr``, eval mode, ``epochs`` passes over
+    ``images`` in batches of ``batch_size``; per batch the loss is ``mean((out_kept - original_kept)^2) + penalty *
+    sum_c mean_separation(cell features, cell of class c)``."""
+    concept = [int(c) for c in concept]
+    if cells.dim() != 3 or len(cells) != len(images):
+        raise ValueError(f"cells must be N x H x W with one map per image; got {tuple(cells.shape)} for "
+                         f"{len(images)} images")
+    where = torch.nonzero(cells > 0)
+    classes = cells[where[:, 0], where[:, 1], where[:, 2]]
+    if not concept or any(int((classes == 1 + c).sum()) < 2 for c in concept):
+        raise ValueError(f"concept={concept} must name classes with at least 2 instance cells each")
     was_training = model.training
     model.eval()  # before tracing: fx fixes the mode where a forward reads self.training
     try:
-        tail = stage_tail(model, module, (read,), "stage")
-        stage = dict(model.named_modules())[module]
-        parameters = [p for p in stage.parameters() if p.requires_grad]
-        if not parameters:
-            raise HeadError(f"stage={module!r} has no trainable parameters to erase the class with")
+        tail = stage_tail(model, module, (read,), "stage", "read")
+        stage, parameters = _trainable(model, module, "stage")
         stage_inputs = module_inputs(model, stage, images)
         if stage_inputs is None:
             raise ValueError("erase_in_dense_stage needs at least one image")
-        where = torch.nonzero(cells > 0)
-        labels = torch.isin(cells[where[:, 0], where[:, 1], where[:, 2]], torch.as_tensor([1 + c for c in concept]))
+        features, original = _tail_outputs(tail, stage_inputs, batch_size)
+        if tuple(features.shape[-2:]) != tuple(cells.shape[-2:]):
+            raise ValueError(f"read={read!r} receives {tuple(features.shape[-2:])} maps; the instance cells are "
+                             f"{tuple(cells.shape[-2:])}")
+        if any(not 0 <= d < original.shape[1] for d in drop) or len(set(drop)) >= original.shape[1]:
+            raise ValueError(f"drop={list(drop)} must name some, not all, of the model's {original.shape[1]} output "
+                             "channels")
+        keep = [k for k in range(original.shape[1]) if k not in set(drop)]
+        original = original[:, keep]
 
-        def cell_features(features: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-            if tuple(features.shape[-2:]) != tuple(cells.shape[-2:]):
-                raise ValueError(f"read={read!r} receives {tuple(features.shape[-2:])} maps; the instance cells are "
-                                 f"{tuple(cells.shape[-2:])}")
+        def separation(features: Tensor, rows: Tensor) -> Tensor:
             position = torch.full((len(cells),), -1, dtype=torch.long)
             position[rows] = torch.arange(len(rows))
             mine = position[where[:, 0]] >= 0
             chosen = where[mine]
-            return features[position[chosen[:, 0]], :, chosen[:, 1], chosen[:, 2]].double(), labels[mine]
+            found = features[position[chosen[:, 0]], :, chosen[:, 1], chosen[:, 2]].double()
+            total = found.new_zeros(())
+            for c in concept:
+                total = total + mean_separation(found, classes[mine] == 1 + c)
+            return total
 
-        @torch.no_grad()
-        def run_all() -> tuple[Tensor, Tensor]:
-            parts = [tail(stage_inputs[s:s + batch_size]) for s in range(0, len(stage_inputs), batch_size)]
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        def batch_loss(outputs: tuple[Tensor, ...], rows: Tensor) -> Tensor:
+            features, out = outputs
+            loss = (out[:, keep] - original[rows]).pow(2).mean()
+            return loss + penalty * separation(features, rows).to(loss.dtype)
 
-        def separation(features: Tensor, rows: Tensor) -> Tensor:
-            return mean_separation(*cell_features(features, rows))
-
-        features, original = run_all()
         everything = torch.arange(len(stage_inputs))
         before = float(separation(features, everything))
-        keep = [k for k in range(original.shape[1]) if k not in set(drop)]
-        original = original[:, keep]
-        optimizer = torch.optim.Adam(parameters, lr=lr)
-        generator = torch.Generator().manual_seed(seed)
-        steps = 0
-        try:
-            for _ in range(epochs):
-                order = torch.randperm(len(stage_inputs), generator=generator)
-                for start in range(0, len(order), batch_size):
-                    rows = order[start:start + batch_size]
-                    features, outputs = tail(stage_inputs[rows])
-                    loss = (outputs[:, keep] - original[rows]).pow(2).mean()
-                    loss = loss + penalty * separation(features, rows).to(loss.dtype)
-                    for parameter, grad in zip(parameters, torch.autograd.grad(loss, parameters), strict=True):
-                        parameter.grad = grad
-                    optimizer.step()
-                    steps += 1
-        finally:
-            for parameter in parameters:
-                parameter.grad = None
-        after = float(separation(run_all()[0], everything))
+        steps = _train_stage(tail, parameters, stage_inputs, batch_loss, epochs, lr, seed, batch_size)
+        after = float(separation(_tail_outputs(tail, stage_inputs, batch_size)[0], everything))
     finally:
         model.train(was_training)
     return StageErasure(steps, before, after)

@@ -1,6 +1,6 @@
-"""Dense target-level unlearning that also removes what a detector's shared features tell of the class: the
-forgotten class's heat-map masked (``dense_target_mask``) after the detector's neck is trained so that its features
-no longer separate the class's object centres from the other classes' — the dense form of ``target_erasure_body``.
+"""Dense target-level unlearning that also removes what a linear probe reads of the class in a detector's shared
+features: the forgotten class's heat-map masked (``dense_target_mask``) after the detector's neck is trained so that
+the class means of its features at object centres coincide — the dense form of ``target_erasure_body``.
 
 Task: Xu et al. (arXiv 2406.10954), forget one class of a detector and keep the others. Criterion: LEACE's
 (Belrose et al., NeurIPS 2023, arXiv 2306.03819) equal class means, here as a penalty on the squared Mahalanobis
@@ -31,7 +31,8 @@ Defaults chosen on seed 0 (remaining AP@[.5:.95] change, neck probe, speed-up; A
 held on seeds 1-3:
 ``target_erasure_body``'s 20 passes at penalty 0.3 and Adam 3e-3: -15.4, 29.3, 2x; penalty 0.03 for 5 passes:
 -7.4; 0.01 for 3 passes: -5.4; 0.01 for 10 passes at 3e-3: -2.2; 0.003 for 10: -1.9; 0.01 for 20: -1.4; **0.01 for
-10 at 1e-3: -0.8, 25.6, 3-4x**; the same for 5 passes: -1.3, 25.1, 5x. The separation falls within the first passes
+10 at 1e-3: -0.8, 25.6, 3x**; the same for 5 passes: -1.3, 25.1, 5x (speed-ups of runs sharing the machine; 4x
+uncontended in the benchmark). The separation falls within the first passes
 at any of these; what the passes buy is the other outputs' return to the original's.
 """
 
@@ -46,7 +47,7 @@ from torch import nn
 
 from excise.erasure import erase_in_dense_stage
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
-from excise.methods.dense_target_mask import mask_class_maps
+from excise.methods.dense_target_mask import class_map_layer, mask_class_maps
 from excise.methods.essential_graph import forgotten_targets
 from excise.tasks.dense import task_module
 
@@ -109,7 +110,13 @@ class DenseTargetErasure(UnlearningMethod):
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
         cfg = self.config
         forgotten = list(forgotten_targets(data))
-        with torch.enable_grad():  # the forgotten classes' maps (channels c) are masked next, so not kept
+        # The forgotten classes' heat-maps are output channels c (CenterNet: heat-maps first, then size and offset);
+        # they are masked next, so they are the channels not kept.
+        if class_map_layer(model).out_channels != data.num_classes:
+            raise ValueError(f"{type(model).__name__}'s class maps ({model.class_maps}) have "
+                             f"{class_map_layer(model).out_channels} channels for {data.num_classes} classes; "
+                             "dense_target_erasure needs one heat-map per class as the first output channels")
+        with torch.enable_grad():
             done = erase_in_dense_stage(model, data.retain_set.inputs, training_cells(data), forgotten, forgotten,
                                         cfg.stage, cfg.read, cfg.epochs, cfg.penalty, cfg.lr, seed, cfg.batch_size)
         record = mask_class_maps(model, data)

@@ -181,7 +181,8 @@ def dense_probe_ap(model: nn.Module, train: LabeledData, test: LabeledData, targ
             raise ValueError(f"the probe needs cells of class {target} and of other classes among the {part} "
                              f"cells; found {int(labels.sum())} cells of class {target} among {len(labels)}")
     fitted = _reader(reader, seed).fit(x_train, y_train)
-    # The linear probe's margin, not its probability: a saturated sigmoid would tie the scores AP ranks.
+    # The linear probe's margin, not its probability: a saturated sigmoid would tie the scores AP ranks (the MLP
+    # has no margin; its probabilities may tie at 1.0 on cells it is sure of).
     scores = fitted.decision_function(x_test) if reader == "linear" else fitted.predict_proba(x_test)[:, 1]
     return DenseProbe(ap=100.0 * float(average_precision_score(y_test, scores)),
                       prevalence=100.0 * float(y_test.mean()), layer=layer, train_cells=len(y_train),

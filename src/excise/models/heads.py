@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["HeadError", "affine_head", "body_tail", "classifier_output", "head_features", "last_body_module",
-           "module_inputs"]
+           "module_inputs", "stage_tail"]
 
 # Nodes that pass features through unchanged between the head's linear layers (dropout is the identity in eval
 # mode). Indexing, view and reshape are not: they can select or re-lay features, and a fold across them would be
@@ -156,16 +156,26 @@ def body_tail(model: nn.Module, module: str) -> torch.fx.GraphModule:
     return stage_tail(model, module, (head[0], head[-1]), "body_module")
 
 
-def stage_tail(model: nn.Module, module: str, reads: Sequence[str], field: str = "module") -> torch.fx.GraphModule:
+def stage_tail(model: nn.Module, module: str, reads: Sequence[str], field: str = "module",
+               read_field: str = "read") -> torch.fx.GraphModule:
     """A module mapping the *input* of ``module`` to ``(*inputs of each module named in reads, model output)``:
     ``module`` itself, then what the model computes from its output. It shares ``model``'s layers. Refused (naming
-    ``field``) when ``module`` does not exist or is not called exactly once with one input, when a module of
-    ``reads`` does not follow from its output alone, or when anything after it also reads a value computed before
-    it (a skip connection around it): then its input alone does not determine the output."""
+    ``field``, ``read_field``) when ``module`` or a module of ``reads`` does not exist or is not called exactly once,
+    when ``module`` takes more than one input, when a module of ``reads`` does not follow from its output alone, or
+    when anything after it also reads a value computed before it (a skip connection around it): then its input
+    alone does not determine the output."""
     modules = dict(model.named_modules())
     if module == "" or module not in modules:
         raise HeadError(f"{field}={module!r} is not a submodule of {type(model).__name__}")
+    for name in reads:
+        if name == "" or name not in modules:
+            raise HeadError(f"{read_field}={name!r} is not a submodule of {type(model).__name__}")
     graph = _trace(model, _LeafTracer(module))
+    for name in set(reads):
+        called = sum(n.op == "call_module" and n.target == name for n in graph.nodes)
+        if called != 1:
+            raise HeadError(f"{read_field}={name!r} is called {called} times in {type(model).__name__}'s forward; "
+                            "its input is read from a module called exactly once")
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == module]
     if len(calls) != 1:
         raise HeadError(f"{field}={module!r} is called {len(calls)} times in {type(model).__name__}'s forward; "
@@ -187,11 +197,11 @@ def stage_tail(model: nn.Module, module: str, reads: Sequence[str], field: str =
             env[node] = tail.node_copy(node, copied)
         return env[node]
 
-    wanted: dict[str, torch.fx.Node] = {}
+    wanted: dict[str | None, torch.fx.Node] = {}  # None: the model's output
     nodes = list(graph.nodes)
     for node in nodes[nodes.index(stage) + 1:]:
         if node.op == "output":
-            wanted[""] = node.args[0]
+            wanted[None] = node.args[0]
             break
         inputs = [i for i in node.all_input_nodes if i in dependent]
         if node not in dependent or not any(i in env for i in inputs):
@@ -203,9 +213,9 @@ def stage_tail(model: nn.Module, module: str, reads: Sequence[str], field: str =
         env[node] = tail.node_copy(node, copied)
         if node.op == "call_module" and node.target in reads:
             wanted.setdefault(str(node.target), node.args[0])
-    missing = [name for name in (*reads, "") if wanted.get(name) not in env]
+    missing = [name for name in (*reads, None) if wanted.get(name) not in env]
     if missing:
-        what = ", ".join(f"the input of {name!r}" if name else "the model's output" for name in missing)
+        what = ", ".join(f"the input of {name!r}" if name is not None else "the model's output" for name in missing)
         raise HeadError(f"{what} of {type(model).__name__} do not follow from {field}={module!r} alone")
-    tail.output(tuple(env[wanted[name]] for name in (*reads, "")))
+    tail.output(tuple(env[wanted[name]] for name in (*reads, None)))
     return torch.fx.GraphModule(model, tail)
