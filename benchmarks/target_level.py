@@ -20,6 +20,8 @@ Per (cell, target, method) row:
 - ``probe``: linear-probe AP of the forgotten target on the classifier-input features (the input of the layer
   producing the logits; :mod:`excise.metrics.probe`), next to retrain's and the prevalence; ``probe_head``:
   the same at the head's first linear layer (the pooled body features; equal to ``probe`` on ResNet-18);
+  ``probe_mlp``: a one-hidden-layer reader on the classifier-input features (added 2026-12-07, after the last full
+  run; ``benchmarks/probe_readers.py`` measures it alone);
 - ``MIA``: the evaluator's MIA-efficacy on the forgotten target;
 - ``inversion``: the original model's recognition of the target in each model's inversions painted into test
   instances without it (:mod:`excise.metrics.inversion`; the starts score ``inversion_start``);
@@ -80,7 +82,7 @@ def protocol(model: torch.nn.Module, bundle: DatasetBundle, target: int) -> dict
 def probes(model: torch.nn.Module, bundle: DatasetBundle, target: int) -> dict[str, float]:
     train, test = bundle.train, bundle.test
     args = (train.inputs, train.targets[:, target], test.inputs, test.targets[:, target])
-    out = {"probe": probe_ap(model, *args)}
+    out = {"probe": probe_ap(model, *args), "probe_mlp": probe_ap(model, *args, reader="mlp")}
     head = affine_head(model)
     out["probe_head"] = out["probe"] if len(head) == 1 else probe_ap(model, *args, layer=head[0])
     return out

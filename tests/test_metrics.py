@@ -5,7 +5,7 @@ import torch
 from excise.data.base import LabeledData
 from excise.metrics import MiaInputs, avg_gap, run_mia
 from excise.metrics.mia import modified_entropy
-from excise.metrics.probe import dense_probe_ap
+from excise.metrics.probe import dense_probe_ap, heldout_probe_ap, probe_ap
 from excise.models.dense import OUTPUT_STRIDE, encode_centernet_targets
 from excise.tasks import detection, segmentation  # noqa: F401 - importing a dense task registers its instance cells
 
@@ -421,3 +421,14 @@ def test_the_mlp_reader_finds_a_class_a_linear_probe_cannot() -> None:
     assert linear.ap < linear.prevalence + 25 and mlp.ap > 95
     with pytest.raises(ValueError, match="reader='svm'"):
         dense_probe_ap(_InkMaps(), canvases(0), canvases(1), 2, reader="svm")
+
+
+def test_the_probes_refuse_an_unknown_reader() -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    inputs, labels = torch.rand(20, 4), torch.arange(20) % 2
+    with pytest.raises(ValueError, match="reader='svm'"):
+        probe_ap(model, inputs, labels, inputs, labels, reader="svm")
+    with pytest.raises(ValueError, match="reader='svm'"):
+        heldout_probe_ap(model, inputs, labels, reader="svm")
+    inputs[:, 0] += 2 * labels  # features that carry the label outright: both readers read it
+    assert min(probe_ap(model, inputs, labels, inputs, labels, reader=r) for r in ("linear", "mlp")) > 99

@@ -45,24 +45,51 @@ def _logistic_probe(seed: int):  # noqa: ANN202 - a scikit-learn Pipeline, impor
     return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, random_state=seed))
 
 
+PROBE_READERS = ("linear", "mlp")
+
+
+def _reader(kind: str, seed: int):  # noqa: ANN202 - a scikit-learn Pipeline, imported lazily
+    if kind == "linear":
+        return _logistic_probe(seed)
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, max_iter=3000,
+                                                         random_state=seed))
+
+
+def _check_reader(reader: str) -> None:
+    if reader not in PROBE_READERS:
+        raise ValueError(f"reader={reader!r} must be one of {list(PROBE_READERS)}")
+
+
+def _scores(fitted, features: np.ndarray, reader: str) -> np.ndarray:  # noqa: ANN001 - a fitted Pipeline
+    # The linear probe's margin, not its probability: a saturated sigmoid would tie the scores AP ranks (the MLP
+    # has no margin; its probabilities may tie at 1.0 on rows it is sure of).
+    return fitted.decision_function(features) if reader == "linear" else fitted.predict_proba(features)[:, 1]
+
+
 def probe_ap(model: nn.Module, train_inputs: Tensor, train_labels: Tensor, test_inputs: Tensor,
-             test_labels: Tensor, layer: str | None = None, seed: int = 0) -> float:
+             test_labels: Tensor, layer: str | None = None, seed: int = 0, reader: str = "linear") -> float:
     """AP (percent) on the test rows of a logistic-regression probe fitted on the train rows' classifier-input
-    features (``layer``: the input of that ``nn.Linear``, default the layer that produces the logits)."""
+    features (``layer``: the input of that ``nn.Linear``, default the layer that produces the logits).
+    ``reader="mlp"``: a one-hidden-layer network (64 units) instead, which reads what a linear eraser leaves."""
     from sklearn.metrics import average_precision_score
 
+    _check_reader(reader)
     y_train = train_labels.numpy().astype(int).ravel()
     y_test = test_labels.numpy().astype(int).ravel()
     if len(np.unique(y_train)) < 2 or len(np.unique(y_test)) < 2:
         raise ValueError("the probe needs both labels among the train rows and among the test rows")
     train = head_features(model, train_inputs, layer).double().numpy()
     test = head_features(model, test_inputs, layer).double().numpy()
-    probe = _logistic_probe(seed).fit(train, y_train)
-    return 100.0 * float(average_precision_score(y_test, probe.decision_function(test)))
+    probe = _reader(reader, seed).fit(train, y_train)
+    return 100.0 * float(average_precision_score(y_test, _scores(probe, test, reader)))
 
 
 def heldout_probe_ap(model: nn.Module, inputs: Tensor, labels: Tensor, folds: int = 5, layer: str | None = None,
-                     seed: int = 0) -> float:
+                     seed: int = 0, reader: str = "linear") -> float:
     """AP (percent) of the same probe cross-validated on ``inputs`` alone (stratified ``folds``, each row scored
     by a probe that did not see it). Pass rows the unlearning method never saw (a test split): an eraser fitted
     on the training rows equalises the class means there by construction, so a probe fitted on those rows is
@@ -72,12 +99,15 @@ def heldout_probe_ap(model: nn.Module, inputs: Tensor, labels: Tensor, folds: in
     from sklearn.metrics import average_precision_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+    _check_reader(reader)
     y = labels.numpy().astype(int).ravel()
     if np.bincount(y, minlength=2).min() < folds:
         raise ValueError(f"the held-out probe needs at least folds={folds} rows of each label")
     features = head_features(model, inputs, layer).double().numpy()
     folding = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    scores = cross_val_predict(_logistic_probe(seed), features, y, cv=folding, method="decision_function")
+    method = "decision_function" if reader == "linear" else "predict_proba"
+    scores = cross_val_predict(_reader(reader, seed), features, y, cv=folding, method=method)
+    scores = scores if reader == "linear" else scores[:, 1]
     return 100.0 * float(average_precision_score(y, scores))
 
 
@@ -130,20 +160,6 @@ def _cell_features(model: nn.Module, module: nn.Module, layer: str, data: Labele
     return features.double().numpy(), (cells[image, row, column] == 1 + target).numpy().astype(int)
 
 
-PROBE_READERS = ("linear", "mlp")
-
-
-def _reader(kind: str, seed: int):  # noqa: ANN202 - a scikit-learn Pipeline, imported lazily
-    if kind == "linear":
-        return _logistic_probe(seed)
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, max_iter=3000,
-                                                         random_state=seed))
-
-
 def dense_probe_ap(model: nn.Module, train: LabeledData, test: LabeledData, target: int, layer: str | None = None,
                    max_cells: int = 20_000, seed: int = 0, reader: str = "linear") -> DenseProbe:
     """AP (percent) of the linear probe (the same as :func:`probe_ap`'s) telling class ``target``'s instance
@@ -165,8 +181,7 @@ def dense_probe_ap(model: nn.Module, train: LabeledData, test: LabeledData, targ
         raise ValueError(f"target={target!r} must be a class index in [0, {train.num_classes})")
     if isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 2:
         raise ValueError(f"max_cells={max_cells!r} must be an integer >= 2")
-    if reader not in PROBE_READERS:
-        raise ValueError(f"reader={reader!r} must be one of {list(PROBE_READERS)}")
+    _check_reader(reader)
     if layer is None:
         layer = getattr(model, "class_maps", None)
         if not isinstance(layer, str):
@@ -180,10 +195,7 @@ def dense_probe_ap(model: nn.Module, train: LabeledData, test: LabeledData, targ
         if len(np.unique(labels)) < 2:
             raise ValueError(f"the probe needs cells of class {target} and of other classes among the {part} "
                              f"cells; found {int(labels.sum())} cells of class {target} among {len(labels)}")
-    fitted = _reader(reader, seed).fit(x_train, y_train)
-    # The linear probe's margin, not its probability: a saturated sigmoid would tie the scores AP ranks (the MLP
-    # has no margin; its probabilities may tie at 1.0 on cells it is sure of).
-    scores = fitted.decision_function(x_test) if reader == "linear" else fitted.predict_proba(x_test)[:, 1]
+    scores = _scores(_reader(reader, seed).fit(x_train, y_train), x_test, reader)
     return DenseProbe(ap=100.0 * float(average_precision_score(y_test, scores)),
                       prevalence=100.0 * float(y_test.mean()), layer=layer, train_cells=len(y_train),
                       test_cells=len(y_test))
