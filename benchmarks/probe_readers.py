@@ -1,5 +1,7 @@
-"""What a linear probe and a one-hidden-layer reader each still read of a forgotten target after target-level
-unlearning, on the features the classifier reads, against the retrained model's.
+"""Linear probe and MLP reader of a forgotten target after target-level unlearning, against retrain's.
+
+What a linear probe and a one-hidden-layer reader each still read of a forgotten target, on the features the
+classifier reads.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/probe_readers.py --models bottleneck_resnet,resnet18
 --seeds 0,1`` (distractor canvases and recipe of ``benchmarks/target_level.py``; a few minutes per model and seed).
@@ -8,7 +10,8 @@ Why: LEACE (``target_erasure``) makes the class means of the features equal, so 
 target — the bound issue 16 set. A non-linear reader can still find it in what the means do not describe. This
 prints, per (model, seed, target) and method, both readers' AP (``excise.metrics.probe.probe_ap``, ``reader``
 ``"linear"`` / ``"mlp"``: 64 hidden units), then per model and method the medians and the share of runs within
-the retrained model's AP + 5 by each reader.
+the retrained model's AP + 5 by each reader. Methods run through their ``unlearn`` API, as
+``tests/test_target_level.py`` runs them (no evaluation pass).
 """
 
 from __future__ import annotations

@@ -432,3 +432,4 @@ def test_the_probes_refuse_an_unknown_reader() -> None:
         heldout_probe_ap(model, inputs, labels, reader="svm")
     inputs[:, 0] += 2 * labels  # features that carry the label outright: both readers read it
     assert min(probe_ap(model, inputs, labels, inputs, labels, reader=r) for r in ("linear", "mlp")) > 99
+    assert min(heldout_probe_ap(model, inputs, labels, reader=r) for r in ("linear", "mlp")) > 99

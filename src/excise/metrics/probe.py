@@ -1,5 +1,5 @@
-"""Linear-probe evidence for target-level forgetting: how well a fresh linear classifier still reads a
-forgotten target from a model's classifier-input features.
+"""Probe evidence for target-level forgetting: how well a fresh linear classifier (or, ``reader="mlp"``, one
+with a hidden layer) still reads a forgotten target from a model's classifier-input features.
 
 An output that no longer predicts a target says little about whether the model still knows it: after Essential-
 Graph pruning a probe read the pruned target at AP 98 from the features the logit layer reads, where the retrained
@@ -7,7 +7,9 @@ model's gave 54 (distractor canvases, ``bottleneck_resnet``, median of 10 runs).
 (scikit-learn, standardised features, ``C=1``) fitted on the training instances' features and scored by AP on the
 test instances'. Read it next to the retrained model's probe AP (what a model that never learned the target still
 encodes, e.g. through correlated targets or shared strokes) and the target's test prevalence (a probe that reads
-nothing).
+nothing). A linear probe reads only what the class means separate; an eraser that equalises them (LEACE) defeats it
+by construction, and the MLP reader then still found the target at AP 85-97 where a retrained model's features gave
+43-55 (``benchmarks/probe_readers.py``).
 
 Dense models (:func:`dense_probe_ap`) have no instance-level features: their class maps are 1x1 convs reading a
 feature map, so the probe reads the feature vector at each *instance cell* — a digit's ink pixel (segmentation),
@@ -49,6 +51,7 @@ PROBE_READERS = ("linear", "mlp")
 
 
 def _reader(kind: str, seed: int):  # noqa: ANN202 - a scikit-learn Pipeline, imported lazily
+    _check_reader(kind)
     if kind == "linear":
         return _logistic_probe(seed)
     from sklearn.neural_network import MLPClassifier
