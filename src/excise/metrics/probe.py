@@ -67,10 +67,17 @@ def _check_reader(reader: str) -> None:
         raise ValueError(f"reader={reader!r} must be one of {list(PROBE_READERS)}")
 
 
+# What each reader ranks by. The linear probe's margin, not its probability: a saturated sigmoid would tie the scores
+# AP ranks (the MLP has no margin; its probabilities may tie at 1.0 on rows it is sure of).
+_SCORE_METHOD = {"linear": "decision_function", "mlp": "predict_proba"}
+
+
+def _positive_scores(raw: np.ndarray, reader: str) -> np.ndarray:
+    return raw[:, 1] if _SCORE_METHOD[reader] == "predict_proba" else raw
+
+
 def _scores(fitted, features: np.ndarray, reader: str) -> np.ndarray:  # noqa: ANN001 - a fitted Pipeline
-    # The linear probe's margin, not its probability: a saturated sigmoid would tie the scores AP ranks (the MLP
-    # has no margin; its probabilities may tie at 1.0 on rows it is sure of).
-    return fitted.decision_function(features) if reader == "linear" else fitted.predict_proba(features)[:, 1]
+    return _positive_scores(getattr(fitted, _SCORE_METHOD[reader])(features), reader)
 
 
 def probe_ap(model: nn.Module, train_inputs: Tensor, train_labels: Tensor, test_inputs: Tensor,
@@ -108,9 +115,8 @@ def heldout_probe_ap(model: nn.Module, inputs: Tensor, labels: Tensor, folds: in
         raise ValueError(f"the held-out probe needs at least folds={folds} rows of each label")
     features = head_features(model, inputs, layer).double().numpy()
     folding = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    method = "decision_function" if reader == "linear" else "predict_proba"
-    scores = cross_val_predict(_reader(reader, seed), features, y, cv=folding, method=method)
-    scores = scores if reader == "linear" else scores[:, 1]
+    scores = cross_val_predict(_reader(reader, seed), features, y, cv=folding, method=_SCORE_METHOD[reader])
+    scores = _positive_scores(scores, reader)
     return 100.0 * float(average_precision_score(y, scores))
 
 
