@@ -79,7 +79,7 @@ def test_a_run_that_forgets_nothing_says_so(digits_model, class_views, samples_v
 def test_bad_guards_are_refused_by_name():
     with pytest.raises(ValueError, match="guard action='undo' is not one of"):
         Guard(action="undo")
-    with pytest.raises(ValueError, match="guard max_drop=-1 must be"):
+    with pytest.raises(ValueError, match="guard max_drop=-1 must be a finite number"):
         Guard(max_drop=-1)
     with pytest.raises(ValueError, match="guard rows=0 must be a positive integer"):
         Guard(rows=0)
@@ -212,6 +212,9 @@ def test_the_retrained_model_is_never_further_from_the_goal(digits, digits_model
         # A run that changes nothing has not moved: it never "grew" in a redraw.
         same = Guard().goal(digits_model, digits_model, data, held_out, seed=0)
         assert same["grew_in_redraws"] == 0.0 and same["further"] is False
+        # Nor does it cost the held-out accuracy a samples request may not lose.
+        kept = Guard().judge(digits_model, retrained, held_out, "held-out guard_set", views.request.kind)
+        assert kept["utility_drop"] is False and kept["fired"] is False, kept
     # Class requests are judged by progress, and a retain sample (training data) cannot stand for unseen rows.
     class_data = UnlearnData(forget_set=views.forget_set, request=ForgetRequest(kind="class", labels=(3,)),
                              recipe=RECIPE)
@@ -299,3 +302,67 @@ def test_a_retrained_reference_is_never_rolled_back(digits_model, class_views):
     assert found["fired"] and found["action"] == "rollback" and not found["rolled_back"]
     assert not all(torch.equal(a, b) for a, b in zip(digits_model.state_dict().values(),
                                                      short.model.state_dict().values(), strict=True))
+
+
+class _Answers(torch.nn.Module):
+    """A "model" that gives row ``i`` (its input is ``i``) the class in ``answers[i]``: the guard's accuracy
+    check, exactly, without a trained network."""
+
+    def __init__(self, answers: torch.Tensor, num_classes: int = 3) -> None:
+        super().__init__()
+        self.register_buffer("logits", torch.nn.functional.one_hot(answers, num_classes).float())
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.logits[inputs.long().flatten()]
+
+
+def _rows(count: int):
+    from excise.data.base import LabeledData
+
+    return LabeledData(torch.arange(count).float().view(-1, 1), torch.zeros(count, dtype=torch.long),
+                       ("a", "b", "c"))
+
+
+def test_a_samples_request_may_not_cost_what_retraining_would_not():
+    """Retraining without random rows keeps the held-out accuracy (zoo: -2.5..+1.0 points over 36 cells), so a
+    samples run that costs more than 2 points beyond the rows' noise damaged the model; a class request keeps the
+    5-point collapse check alone, and a few flips among few rows are noise, not damage."""
+    rows = _rows(500)
+    before = _Answers(torch.zeros(500, dtype=torch.long))
+    answers = torch.zeros(500, dtype=torch.long)
+    answers[:15] = 1  # 3 points, every flip for the worse
+    after = _Answers(answers)
+    found = Guard().judge(before, after, rows, "held-out guard_set", "samples")
+    assert found["fired"] and found["utility_drop"], found
+    assert (found["turned_wrong"], found["turned_right"], found["samples_max_drop"]) == (15, 0, 2.0)
+    assert found["accuracy_before"] - found["accuracy_after"] == pytest.approx(3.0)
+    from excise.methods import guard_objection
+
+    assert guard_objection(found) == ("accuracy on 500 held-out guard_set rows fell from 100.0 to 97.0 (a "
+                                      "random-sample request may cost 2 points: its retrained model keeps this "
+                                      "accuracy)")
+    for kind in ("class", "subclass", None):
+        assert Guard().judge(before, after, rows, "held-out guard_set", kind)["fired"] is False
+    assert "utility_drop" not in Guard().judge(before, after, rows, "held-out guard_set", "class")
+    # 2.4 points net, but from 40 rows turned wrong and 28 turned right: within a paired comparison's noise.
+    churn_before = torch.zeros(500, dtype=torch.long)
+    churn_before[:28] = 1
+    churn_after = torch.zeros(500, dtype=torch.long)
+    churn_after[28:68] = 1
+    churned = Guard().judge(_Answers(churn_before), _Answers(churn_after), rows, "held-out guard_set", "samples")
+    assert (churned["turned_wrong"], churned["turned_right"]) == (40, 28)
+    assert churned["accuracy_before"] - churned["accuracy_after"] == pytest.approx(2.4)
+    assert churned["fired"] is False and churned["utility_drop"] is False
+    # Two of 50 rows is 4 points, and no evidence of damage.
+    few = Guard().judge(_Answers(torch.zeros(50, dtype=torch.long)),
+                        _Answers(torch.tensor([1, 1] + [0] * 48)), _rows(50), "held-out guard_set", "samples")
+    assert few["fired"] is False
+    # A collapse is a collapse whatever the request.
+    collapsed = torch.zeros(500, dtype=torch.long)
+    collapsed[:40] = 2
+    assert Guard().judge(before, _Answers(collapsed), rows, "held-out guard_set", "class")["fired"]
+    # The allowance is the caller's to set, and checked like max_drop.
+    assert Guard(samples_max_drop=5.0).judge(before, after, rows, "held-out guard_set", "samples")["fired"] is False
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"guard samples_max_drop=.* must be a finite number"):
+            Guard(samples_max_drop=bad)

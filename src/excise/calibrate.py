@@ -346,7 +346,8 @@ def calibrate(
                                        startup)
     return CalibrationResult(
         request=views.request.to_dict(), seed=seed, n_trials=n_trials,
-        guard={"max_drop": guard.max_drop, "rows": guard.rows, "action": guard.action},
+        guard={"max_drop": guard.max_drop, "samples_max_drop": guard.samples_max_drop, "rows": guard.rows,
+               "action": guard.action},
         sampler={"name": "TPESampler", "seed": seed, "multivariate": True, "n_startup_trials": startup},
         reference_metrics=reference_record.metrics, methods=found,
     )

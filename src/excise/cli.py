@@ -267,8 +267,9 @@ def unlearn_command(
     sign_key: Path | None = typer.Option(
         None, help="Sign the certificate with this Ed25519 private key (PEM, from `excise keygen`)."),
     guard: str = typer.Option(
-        "rollback", help="If the run drops the held-out test rows' accuracy by more than 5 points, or leaves a "
-                         "samples request's forget rows further from looking unseen than it found them: rollback "
+        "rollback", help="If the run drops the held-out test rows' accuracy by more than 5 points (a samples "
+                         "request: 2, when also beyond the rows' noise), or leaves a samples request's forget rows "
+                         "further from looking unseen than it found them: rollback "
                          "(write nothing and exit with an error: the input model is unchanged), warn (write the "
                          "damaged model, with the finding in its sidecar) or off."),
     config: Path | None = typer.Option(
@@ -322,7 +323,8 @@ def calibrate_command(
     seed: int = typer.Option(0, help="Seeds every trial's run and the sampler."),
     max_drop: float = typer.Option(
         5.0, help="The guard: a trial that drops the guard rows' accuracy by more points than this (or, on a "
-                  "samples proxy, leaves the forget rows further from looking unseen) is not kept."),
+                  "samples proxy, by more than 2 when that is beyond the rows' noise, or leaves the forget rows "
+                  "further from looking unseen) is not kept."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
 ) -> None:
     """Tune each method's key hyper-parameters against one retrain on a proxy request (optuna); then

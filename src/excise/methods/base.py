@@ -71,6 +71,17 @@ GOAL_CONFIDENCE = 0.95
 """The share of those redraws in which the run must have ended further from the goal for the guard to say so."""
 
 
+SAMPLES_MAX_DROP = 2.0
+"""How many points of guard-row accuracy a samples request may cost (:meth:`Guard.judge`). Retraining without a
+random draw of the training rows keeps the held-out accuracy: over the 36 random-request cells of
+``benchmarks/zoo.py`` (six settings, 10% and 1%, three seeds) the retrained model's test accuracy sat -2.5 to +1.0
+points from the original's (mean -0.05, sd 0.72; one cell of 36 beyond -2, an under-fit Animal-MNIST model's
+full test set), so a run that costs more than 2 points — and more than the rows' noise — has most likely moved away
+from the goal, not toward it. A class request keeps :attr:`Guard.max_drop` alone: a model that never saw a class
+is allowed to differ on the others. Retraining itself (a method that never rolls back) is not held to it: it *is*
+the goal."""
+
+
 class GuardWarning(UserWarning):
     """A method's run lowered the guard rows' accuracy by more than the guard allows, ended further from the goal
     than it started, or forgot nothing."""
@@ -126,17 +137,20 @@ class Guard:
     """The check every method runs under (issue 19): did the run collapse the model, or end further from the goal
     than it started?
 
-    It compares the top-1 accuracy on ``rows`` guard rows before and after the run and *fires* when it fell by
-    more than ``max_drop`` points. The rows are only data the method is entitled to: a held-out ``guard_set`` the
-    caller hands over (data that is not training data — never the retain set for a forget-only method), else a
-    seeded sample of the retain set for a method that reads it; without either, nothing is checked and the result
-    says so. For a samples request with held-out rows it also asks whether the forget rows ended further from
-    looking unseen than they started (:meth:`goal`, ``stats["guard"]["further_from_goal"]``). ``action``:
-    ``"rollback"`` (default: a warning, and the input model is returned as it was, so a collapsed or goal-missing run is
-    never shipped; ``stats["guard"]["rolled_back"]`` says so), ``"warn"`` (the warning and the record only: the
-    damaged model is returned — what a benchmark comparing methods as published wants), ``"off"``. For a
-    class request it also says whether the run forgot anything (:meth:`progress`: the forget rows' accuracy before
-    and after). The guard's forward passes are not part of the method's timed seconds."""
+    It compares the top-1 accuracy on ``rows`` guard rows before and after the run and *fires* when it fell by more
+    than ``max_drop`` points — or, on a samples request, by more than ``samples_max_drop`` points *and* by more than
+    the rows' own noise (:meth:`judge`): retraining without random rows keeps the held-out accuracy. The rows are
+    only data the method is entitled to: a held-out ``guard_set`` the caller hands over (data that is not training
+    data — never the retain set for a forget-only method), else a seeded sample of the retain set for a method that
+    reads it; without either, nothing is checked and the result says so. For a samples request with held-out rows it
+    also asks whether the forget rows ended further from looking unseen than they started (:meth:`goal`,
+    ``stats["guard"]["further_from_goal"]``). ``action``: ``"rollback"`` (default: a warning, and the input model is
+    returned as it was, so a collapsed or goal-missing run is never shipped; ``stats["guard"]["rolled_back"]`` says
+    so), ``"warn"`` (the warning and the record only: the damaged model is returned — what a benchmark comparing
+    methods as published wants), ``"off"``. For a class request it also says whether the run forgot anything
+    (:meth:`progress`: the forget rows' accuracy before and after). The guard's forward passes are not part of the
+    method's timed seconds.
+    """
 
     max_drop: float = 5.0
     # Rollback by default. Measured on benchmarks/zoo.py (702 runs, same models): under "warn" 35 (setting, request,
@@ -144,12 +158,17 @@ class Guard:
     # that forgot only by damaging the model comes back as the original (and says so).
     action: str = "rollback"
     rows: int = 512
+    # Measured on benchmarks/zoo.py's random requests (same models, rollback): the pairs that did harm went from 15
+    # to 11 (see SAMPLES_MAX_DROP for the level).
+    samples_max_drop: float = SAMPLES_MAX_DROP
 
     def __post_init__(self) -> None:
         if self.action not in GUARD_ACTIONS:
             raise ValueError(f"guard action={self.action!r} is not one of {list(GUARD_ACTIONS)}")
-        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or self.max_drop < 0:
-            raise ValueError(f"guard max_drop={self.max_drop!r} must be a number of accuracy points >= 0")
+        for name in ("max_drop", "samples_max_drop"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"guard {name}={value!r} must be a finite number of accuracy points >= 0")
         if isinstance(self.rows, bool) or not isinstance(self.rows, int) or self.rows < 1:
             raise ValueError(f"guard rows={self.rows!r} must be a positive integer")
 
@@ -231,11 +250,28 @@ class Guard:
         return {"checked": True, "forget_rows": n_forget, "held_out_rows": n_held, "auc_before": auc_before,
                 "auc_after": auc_after, "chance_band": band, "grew_in_redraws": grew, "further": further}
 
-    def judge(self, before: nn.Module, after: nn.Module, rows: LabeledData, source: str) -> dict[str, Any]:
-        first, last = _top1(before, rows), _top1(after, rows)
-        return {"data": source, "rows": len(rows), "accuracy_before": first, "accuracy_after": last,
-                "max_drop": self.max_drop, "fired": first - last > self.max_drop, "action": self.action,
-                "rolled_back": False}
+    def judge(self, before: nn.Module, after: nn.Module, rows: LabeledData, source: str,
+              kind: str | None = None) -> dict[str, Any]:
+        """Did the run damage the model? Top-1 accuracy on the guard ``rows`` before and after.
+
+        Any request: a fall of more than ``max_drop`` points is a collapse. A samples request (``kind``) is held to
+        ``samples_max_drop`` too, since its goal keeps the held-out accuracy, but only when the fall is also beyond
+        the rows' noise: the rows the run turned wrong (``b``) outnumber those it turned right (``c``) by
+        :data:`GOAL_Z` standard errors of a paired (McNemar) comparison, ``b - c > GOAL_Z * sqrt(b + c)`` — with
+        50 guard rows one row is 2 points, and a single flip is not damage."""
+        right_before, right_after = _correct(before, rows), _correct(after, rows)
+        first, last = 100 * float(right_before.float().mean()), 100 * float(right_after.float().mean())
+        turned_wrong = int((right_before & ~right_after).sum())
+        turned_right = int((~right_before & right_after).sum())
+        found = {"data": source, "rows": len(rows), "accuracy_before": first, "accuracy_after": last,
+                 "max_drop": self.max_drop, "fired": first - last > self.max_drop, "action": self.action,
+                 "rolled_back": False}
+        if kind == "samples":
+            beyond_noise = turned_wrong - turned_right > GOAL_Z * math.sqrt(turned_wrong + turned_right)
+            found.update(samples_max_drop=self.samples_max_drop, turned_wrong=turned_wrong, turned_right=turned_right,
+                         utility_drop=first - last > self.samples_max_drop and beyond_noise)
+            found["fired"] = found["fired"] or found["utility_drop"]
+        return found
 
 
 COMPARE_GUARD = Guard(action="warn")
@@ -251,8 +287,12 @@ def _seeded_rows(rows: LabeledData, limit: int, seed: int) -> LabeledData:
     return rows.subset(torch.randperm(len(rows), generator=generator)[:limit].sort().values)
 
 
+def _correct(model: nn.Module, rows: LabeledData) -> torch.Tensor:
+    return predict_logits(model, rows).argmax(1) == rows.targets
+
+
 def _top1(model: nn.Module, rows: LabeledData) -> float:
-    return 100 * float((predict_logits(model, rows).argmax(1) == rows.targets).float().mean())
+    return 100 * float(_correct(model, rows).float().mean())
 
 
 def _row_losses(model: nn.Module, rows: LabeledData) -> torch.Tensor:
@@ -352,11 +392,17 @@ class UnlearningMethod(ABC):
         if rows is None:
             stats["guard"] = {"data": None, "fired": None, "reason": source}
         else:
-            found = stats["guard"] = guard.judge(model, unlearned, rows, source)
+            # The retrained reference defines the goal: it is never held to the samples allowance.
+            found = stats["guard"] = guard.judge(model, unlearned, rows, source,
+                                                 request.kind if self.rolls_back else None)
             if found["fired"]:
+                collapsed = found["accuracy_before"] - found["accuracy_after"] > guard.max_drop
+                allowed = (f"more than the guard's {guard.max_drop:g} points" if collapsed else
+                           f"more than the {guard.samples_max_drop:g} points a samples request may cost, beyond the "
+                           f"rows' noise: {found['turned_wrong']} turned wrong, {found['turned_right']} right")
                 warnings.warn(
                     f"{self.name}: accuracy on {found['rows']} {source} rows fell from {found['accuracy_before']:.1f}"
-                    f" to {found['accuracy_after']:.1f} (more than the guard's {guard.max_drop:g} points): the run "
+                    f" to {found['accuracy_after']:.1f} ({allowed}): the run "
                     "damaged the model" + _rollback_note(rolling, self.rolls_back), GuardWarning, stacklevel=2)
         # Judged on the run's own model, whatever the collapse check decides: a run can do both kinds of damage.
         goal = guard.goal(model, unlearned, data, rows if guard_set is not None else None, seed)
@@ -416,8 +462,12 @@ def guard_objection(finding: Mapping[str, Any] | None) -> str | None:
         return None
     reasons = []
     if finding.get("fired"):
+        fall = finding["accuracy_before"] - finding["accuracy_after"]
+        within = finding.get("utility_drop") and fall <= finding.get("max_drop", math.inf)
         reasons.append(f"accuracy on {finding['rows']} {finding['data']} rows fell from "
-                       f"{finding['accuracy_before']:.1f} to {finding['accuracy_after']:.1f}")
+                       f"{finding['accuracy_before']:.1f} to {finding['accuracy_after']:.1f}" + (
+                           f" (a random-sample request may cost {finding['samples_max_drop']:g} points: its "
+                           "retrained model keeps this accuracy)" if within else ""))
     if finding.get("further_from_goal"):
         goal = finding.get("goal") or {}
         reasons.append("the forget rows ended further from looking unseen than they started" + (
