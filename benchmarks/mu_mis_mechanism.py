@@ -48,7 +48,7 @@ from excise.methods.mu_mis import _Monitor, draw_irrelevant, input_gradients  # 
 from excise.metrics import EvalViews  # noqa: E402
 from excise.metrics.evaluate import predict_logits  # noqa: E402
 from excise.requests import ForgetRequest  # noqa: E402
-from excise.training import TrainConfig, make_loader, make_optimizer  # noqa: E402
+from excise.training import TrainConfig, make_loader  # noqa: E402
 
 
 def sensitivities(model: nn.Module, data: LabeledData, seed: int, limit: int = 500) -> dict[str, np.ndarray]:
@@ -96,7 +96,7 @@ def unlearning_curve(model: nn.Module, views: EvalViews, seed: int, past_stop: i
     loader = make_loader(forget, cfg.batch_size, shuffle=True, generator=generator)
     net = copy.deepcopy(model)
     net.eval()
-    optimizer = make_optimizer(net.parameters(), cfg.optimizer, cfg.lr, momentum=cfg.momentum)
+    optimizer = method.make_optimizer(net)
     retain = views.retain_set.subset(torch.randperm(len(views.retain_set), generator=torch.Generator().manual_seed(
         seed))[:retain_rows])
     initial = monitor.sensitivity(net)
