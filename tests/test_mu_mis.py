@@ -480,7 +480,15 @@ def test_random_samples_stop_when_the_forget_accuracy_falls_past_the_drop(digits
     guarded, unguarded = runs[0.02], runs[None]
     assert guarded.stats["stop_reason"] == "forget_accuracy"
     assert guarded.stats["stop_accuracy"] == pytest.approx(guarded.stats["start_forget_accuracy"] - 0.02)
-    assert guarded.stats["forget_accuracy_curve"][-1] <= guarded.stats["stop_accuracy"]
+    curve, target = guarded.stats["forget_accuracy_curve"], guarded.stats["stop_accuracy"]
+    assert curve[-1] <= target
+    # The run keeps whichever of its last two checks is nearer the target, and says which.
+    before = curve[-2] if len(curve) > 1 else guarded.stats["start_forget_accuracy"]
+    kept_previous = target - curve[-1] > before - target
+    assert guarded.stats["stop_kept"] == ("stop_accuracy" if not kept_previous else
+                                          "stop_accuracy: kept the previous check, nearer the target" if len(curve) > 1
+                                          else "stop_accuracy: kept the model as handed over (the first check "
+                                               "overshot)")
     assert guarded.metrics["RA"] >= original["RA"] - 3
     # The same budget without the rule runs to its cap and does the damage the rule prevents.
     assert unguarded.stats["stop_reason"] == "max_steps" and unguarded.stats["stop_accuracy"] is None
