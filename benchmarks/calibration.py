@@ -75,7 +75,8 @@ proxy class. What the table says:
 
 **A proxy of the real request's kind** (``--random-proxy``: the random request is calibrated on another random draw
 of the same size, the issue's second proxy; the class rows as above; measured 2026-12-07, same settings, MU-Mis with
-its relative step, 1241 s wall on a machine shared with other benchmarks): calibrated beats default in 10/24 cells
+its relative step but before its nearer-of-two and 1% class stops, 1241 s wall on a machine shared with other
+benchmarks): calibrated beats default in 10/24 cells
 (42%) and 7/12 pairs (58%), against 7/24 and 3/12 with the class proxy. On the random request it is better in 7 of
 12 cells (was 3 of 12): MU-Mis 2.50 -> 1.15 and 9.95 -> 7.52 (digits, MNIST), gradient ascent 1.56 -> 1.21 and
 12.52 -> 3.02, SalUn 1.94 -> 0.97 (digits), random labels 1.94 -> 1.01 (digits), IMU 3.48 -> 3.27 (MNIST); worse
