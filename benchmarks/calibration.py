@@ -82,12 +82,12 @@ cells 7 of 12: MU-Mis 2.50 -> 1.15 and 4.95 -> 4.67 (digits, MNIST), gradient as
 3.02, SalUn 1.94 -> 0.97 (digits), random labels 1.94 -> 1.01 (digits), IMU 3.48 -> 3.27 (MNIST); worse in 4: IMU
 on the digits (0.60 -> 3.98, the guard fired: its tuned max_accuracy_drop 0.005 on 137 rows is under one row),
 SCRUB twice (0.40 -> 2.58, 3.37 -> 3.85), SalUn on MNIST (3.56 -> 3.83); random labels on MNIST kept its defaults.
-Three of the "better" random runs still fire the guard on the real request (MU-Mis and gradient ascent on MNIST,
-and MU-Mis's default there too): under the default rollback they would be returned as the original. Still under the
-issue's 80%: a random draw of 137-160 rows is a noisy proxy for another (the twin rows of ``benchmarks/zoo.py``:
-two retrains of the same data sit 0.4-2.2 apart on random 10%), and where the defaults already sit at the proxy's
-floor (the class rows of IMU, SalUn and SCRUB on the digits) calibration can only tie. (The 2026-12-06 table above
-ran older code: 7/24 and 3/12 there.)
+Two of the "better" random runs still fire the guard on the real request (MU-Mis on MNIST, whose default fires it
+too, and gradient ascent on MNIST): under the default rollback they would be returned as the original. Still under
+the issue's 80%: a random draw of 137-160 rows is a noisy proxy for another (the twin rows of
+``benchmarks/zoo.py``: two retrains of the same data sit 0.4-2.2 apart on random 10%), and where the defaults
+already sit at the proxy's floor (the class rows of IMU, SalUn and SCRUB on the digits) calibration can only tie.
+(The 2026-12-06 table above ran older code: 7/24 and 3/12 there.)
 
 Not measured here: several proxies or seeds.
 """
