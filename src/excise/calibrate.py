@@ -177,7 +177,12 @@ SEARCH_SPACES: dict[str, dict[str, Space]] = {
         "min_steps": Space(25, 400, integer=True, log=True, kinds=("class", "subclass")),
         "epochs": Space(1, 8, integer=True, kinds=_SAMPLES_ONLY),
     },
-    "ssd": {  # ratios of two importances: scale-free already
+    "ssd": {  # alpha is searched per request ("auto"): tune the levels that search stops at, and lambda
+        "dampening_constant": Space(0.1, 5.0, log=True),
+        "max_retain_drop": Space(0.005, 0.1, log=True),
+        "class_stop_accuracy": Space(0.0, 0.05, kinds=("class",)),
+    },
+    "ssd_paper": {  # ratios of two importances: scale-free already
         "selection_weighting": Space(1.0, 50.0, log=True),
         "dampening_constant": Space(0.1, 5.0, log=True),
     },
