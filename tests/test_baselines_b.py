@@ -1,5 +1,7 @@
 """SSD, Boundary Shrink, Bad Teacher and JiT on the shared digits fixtures: they forget, and by their own mechanism."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,7 @@ from excise.methods._common import concat_labeled, diagonal_fisher
 from excise.methods.bad_teacher import incompetent_teacher
 from excise.methods.boundary_shrink import nearest_wrong_labels
 from excise.methods.jit import local_lipschitz, resolve_sigma
-from excise.methods.ssd import class_order
+from excise.methods.ssd import SSDTrial, class_order, search_alpha
 from excise.metrics import avg_gap
 from excise.models import create_model
 from excise.requests import ForgetRequest, RequestError
@@ -113,7 +115,7 @@ def test_ssd_dampens_exactly_the_selected_parameters_by_the_right_factor(name, d
     result = method.unlearn(digits_model, class_views.request, class_views.forget_set, class_views.retain_set,
                             recipe=RECIPE, seed=0)
     alpha = result.stats["selection_weighting"]  # the paper's 10, or the one "auto" chose for this request
-    assert alpha == 10.0 if name == "ssd_paper" else 1.0 < alpha <= 10.0
+    assert alpha == 10.0 if name == "ssd_paper" else 1.0 < alpha <= 100.0
     retain = class_views.retain_set
     forget_imp = diagonal_fisher(digits_model, class_views.forget_set, batch_size=cfg.batch_size)
     full_imp = diagonal_fisher(digits_model, concat_labeled(retain.subset(class_order(retain)), class_views.forget_set),
@@ -139,10 +141,9 @@ def _forget_accuracy(model, views) -> float:
 
 
 @pytest.mark.parametrize("request_views", ["class_views", "samples_views"])
-def test_ssd_auto_keeps_the_least_dampening_alpha_that_reaches_the_forget_level(request_views, digits_model, request):
-    """"auto" walks alpha from the paper's 10 until the request's forget-accuracy level (or damage to the retain rows)
-    is bracketed, bisects the bracket, and keeps the nearer undamaged end: exactly the paper's dampening at the alpha
-    it reports."""
+def test_ssd_auto_keeps_the_undamaged_trial_nearest_the_forget_level(request_views, digits_model, request):
+    """On a real model: "auto" reads the request's level, keeps the undamaged trial nearest it, and that model is the
+    paper's dampening at the alpha it reports, bit for bit."""
     views = request.getfixturevalue(request_views)
     result = get_method("ssd").unlearn(digits_model, views.request, views.forget_set, views.retain_set, recipe=RECIPE,
                                        seed=0)
@@ -151,53 +152,79 @@ def test_ssd_auto_keeps_the_least_dampening_alpha_that_reaches_the_forget_level(
     assert start == _forget_accuracy(digits_model, views)
     assert level == (0.01 if views.request.kind == "class" else start - 0.02)
     floor = stats["start_retain_accuracy"] - 0.02
-    curve = {alpha: (forget, retain) for alpha, forget, retain in stats["alpha_curve"]}
-    assert next(iter(curve)) == 10.0  # the walk starts at the paper's alpha
-    above = sorted(a for a, (f, r) in curve.items() if f > level and r >= floor)
-    at_or_damaged = sorted(a for a, (f, r) in curve.items() if not (f > level and r >= floor))
-    assert at_or_damaged, curve  # the digits model's class and random draw both meet their level above alpha 1
-    # The bracket: the largest alpha that met the level (or damaged) and the next larger one tried, still above it.
-    stop = max(at_or_damaged)
-    higher = min((a for a in above if a > stop), default=None)
-    assert higher is None or higher / stop < 1.015  # bisected to within 1.5%
+    trials = stats["alpha_curve"]
+    assert trials and trials[0][0] == 10.0  # the walk starts at the paper's alpha
+    undamaged = [(alpha, forget) for alpha, forget, retain in trials if retain >= floor and forget < start]
+    nearest = min([(None, start), *undamaged], key=lambda t: (abs(t[1] - level), -(t[0] or math.inf)))
     alpha = stats["selection_weighting"]
-    stop_forget, stop_retain = curve[stop]
-    higher_forget = curve[higher][0] if higher is not None else start
-    if stop_retain < floor:
-        expected = higher  # never a damaged model
-    else:
-        expected = stop if level - stop_forget <= higher_forget - level else higher
-    if expected is not None and curve[expected][0] >= start:
-        expected = None  # dampening that moved no forget row is not kept
-    assert alpha == expected, (alpha, expected, curve)
-    # The result is the paper's dampening at the alpha it reports, bit for bit (or the model as handed over).
+    assert alpha == nearest[0], (alpha, nearest, trials)
     reference = digits_model if alpha is None else get_method("ssd_paper", selection_weighting=alpha).unlearn(
         digits_model, views.request, views.forget_set, views.retain_set, recipe=RECIPE, seed=0).model
     for (name, p), q in zip(result.model.named_parameters(), reference.parameters(), strict=True):
         assert torch.equal(p, q), name
     if alpha is not None:
-        assert curve[alpha][0] == _forget_accuracy(result.model, views)
-    if views.request.kind == "class":  # this model's class is forgotten without damage
-        assert alpha is not None and curve[alpha][0] <= 0.02 and curve[alpha][1] >= floor
+        assert nearest[1] == _forget_accuracy(result.model, views)
+    if views.request.kind == "class":  # this model's class is forgotten, the retain rows kept
+        assert alpha is not None and nearest[1] <= 0.02
 
 
-def test_ssd_auto_never_keeps_a_model_that_damaged_the_retain_rows(digits_model, class_views):
-    """A retain floor no dampening can keep: every alpha tried costs more than it allows, so the model comes back as it
-    was handed over, and the stop reason says why."""
-    views = class_views
-    result = get_method("ssd", max_retain_drop=0.0).unlearn(digits_model, views.request, views.forget_set,
-                                                           views.retain_set, recipe=RECIPE, seed=0)
-    stats = result.stats
-    damaged = [a for a, _, r in stats["alpha_curve"] if r < stats["start_retain_accuracy"]]
-    if stats["selection_weighting"] is None:
-        assert damaged and "stopped before the retain rows' accuracy fell" in stats["stop_reason"]
-        assert all(torch.equal(p, q) for p, q in zip(result.model.parameters(), digits_model.parameters(), strict=True))
-    else:  # some alpha forgot the class without costing a single retain row checked
-        assert curve_at(stats, stats["selection_weighting"])[1] >= stats["start_retain_accuracy"]
+def _scripted(forget_below: float, damage_below: float, *, bump: tuple[float, float] | None = None):
+    """A trial whose forget accuracy is 1.0 above ``forget_below`` and 0.0 at or under it, and whose retain accuracy
+    is 1.0 above ``damage_below`` and 0.5 at or under it; ``bump``: an alpha range damaged anyway (not monotone)."""
+
+    def trial(alpha: float) -> SSDTrial:
+        damaged = alpha <= damage_below or (bump is not None and bump[0] <= alpha <= bump[1])
+        return SSDTrial(alpha, 1.0 if alpha > forget_below else 0.0, 0.5 if damaged else 1.0)
+
+    return trial
 
 
-def curve_at(stats: dict, alpha: float) -> tuple[float, float]:
-    return next((f, r) for a, f, r in stats["alpha_curve"] if a == alpha)
+START = SSDTrial(None, 1.0, 1.0)
+
+
+def test_search_alpha_walks_down_to_the_largest_alpha_that_forgets():
+    kept, reason, tried = search_alpha(_scripted(forget_below=5.5, damage_below=2.0), START, 0.01, 0.98)
+    assert [t.alpha for t in tried[:5]] == pytest.approx([10.0, 8.0, 6.4, 5.12, 5.12 ** 0.5 * 6.4 ** 0.5])
+    assert kept.forget == 0.0 and 5.5 / 1.015 < kept.alpha <= 5.5  # bisected to within 1.4% under the edge
+    assert "at the level" in reason
+
+
+def test_search_alpha_walks_up_when_the_paper_alpha_damages_the_model():
+    kept, _, tried = search_alpha(_scripted(forget_below=30.0, damage_below=14.0), START, 0.01, 0.98)
+    assert [t.alpha for t in tried[:4]] == pytest.approx([10.0, 12.5, 15.625, 19.53125])
+    assert tried[0].retain == 0.5 and kept.retain == 1.0  # never the damaged paper alpha
+    assert kept.forget == 0.0 and 14.0 < kept.alpha <= 30.0
+
+
+def test_search_alpha_keeps_a_good_trial_the_final_bracket_left_behind():
+    # 10 forgets undamaged; 11-15 are damaged (a retain row or two under the floor) and 15.6 is still above, so the
+    # bracket ends between 15 and 15.6 on a damaged trial, yet the undamaged trial at 10 is the one kept.
+    trial = _scripted(forget_below=15.0, damage_below=1.0, bump=(11.0, 15.0))
+    kept, _, tried = search_alpha(trial, START, 0.01, 0.98)
+    assert kept.alpha == 10.0 and kept.forget == 0.0
+    assert any(t.retain < 0.98 for t in tried)
+
+
+def test_search_alpha_returns_the_model_as_handed_over_when_every_trial_damages_or_moves_nothing():
+    damaged, reason, _ = search_alpha(_scripted(forget_below=1000.0, damage_below=1000.0), START, 0.01, 0.98)
+    assert damaged is START and "kept the model as handed over" in reason
+    unmoved, _, tried = search_alpha(_scripted(forget_below=0.5, damage_below=0.0), START, 0.01, 0.98)
+    assert unmoved is START and tried[-1].alpha * 0.8 <= 1.0 < tried[-1].alpha  # walked down to the floor
+
+
+def test_search_alpha_stops_its_walk_down_at_lambda():
+    _, _, tried = search_alpha(_scripted(forget_below=0.5, damage_below=0.0), START, 0.01, 0.98, floor=4.0)
+    assert min(t.alpha for t in tried) > 4.0 and min(t.alpha for t in tried) * 0.8 <= 4.0
+
+
+def test_ssd_returns_a_tiny_random_forget_set_as_handed_over(digits_model, samples_views):
+    """Under 25 random rows one flip overshoots the 2-point level by more than the original sits above it."""
+    views = samples_views
+    few = views.forget_set.subset(torch.arange(20))
+    result = get_method("ssd").unlearn(digits_model, views.request, few, views.retain_set, recipe=RECIPE, seed=0)
+    assert result.stats["selection_weighting"] is None and "one of 20 forget rows is 5.0 points" in \
+        result.stats["stop_reason"]
+    assert all(torch.equal(p, q) for p, q in zip(result.model.parameters(), digits_model.parameters(), strict=True))
 
 
 def test_ssd_auto_keeps_the_paper_alpha_on_a_subclass_request(digits_super_model, subclass_views):
@@ -343,7 +370,8 @@ def test_jit_lowers_the_local_lipschitz_ratio_on_forget_samples(digits_model, cl
     [
         ("ssd", {"selection_weighting": 0}, "selection_weighting=0 must be a finite number > 0 or 'auto'"),
         ("ssd", {"selection_weighting": "automatic"}, "selection_weighting='automatic' must be a finite number > 0"),
-        ("ssd", {"class_stop_accuracy": None}, "class_stop_accuracy=None: give a number in"),
+        ("ssd", {"class_stop_accuracy": None}, "class_stop_accuracy=None must be a number in"),
+        ("ssd_paper", {"selection_weighting": "auto"}, "ssd_paper keeps a fixed alpha"),
         ("ssd", {"max_accuracy_drop": 1.5}, "max_accuracy_drop=1.5 must be a number in"),
         ("ssd", {"importance": "exact"}, "importance='exact' is not one of"),
         ("boundary_shrink", {"on_failure": "skip"}, "on_failure='skip' is not one of"),

@@ -177,10 +177,11 @@ SEARCH_SPACES: dict[str, dict[str, Space]] = {
         "min_steps": Space(25, 400, integer=True, log=True, kinds=("class", "subclass")),
         "epochs": Space(1, 8, integer=True, kinds=_SAMPLES_ONLY),
     },
-    "ssd": {  # alpha is searched per request ("auto"): tune the levels that search stops at, and lambda
+    "ssd": {  # alpha is searched per request ("auto"; sub-class requests keep 10): tune where the search stops
         "dampening_constant": Space(0.1, 5.0, log=True),
-        "max_retain_drop": Space(0.005, 0.1, log=True),
-        "class_stop_accuracy": Space(0.0, 0.05, kinds=("class",)),
+        "max_retain_drop": Space(0.005, 0.1, log=True, kinds=("class", "samples")),
+        "class_stop_accuracy": Space(0.0, 0.05, kinds=_CLASS_ONLY),
+        "max_accuracy_drop": Space(0.005, 0.1, log=True, kinds=_SAMPLES_ONLY),
     },
     "ssd_paper": {  # ratios of two importances: scale-free already
         "selection_weighting": Space(1.0, 50.0, log=True),

