@@ -63,10 +63,12 @@ def main(out_path: str, method: str, start_path: str) -> None:
         "original": param_hash(original), "retrain": param_hash(retrained), "unlearn": param_hash(unlearned),
         # What this rank's own loop did (before the final broadcast of rank 0's model).
         "steps": record.stats.get("steps"), "stop_reason": record.stats.get("stop_reason"),
+        # What SSD's per-request search chose (None for the iterative methods).
+        "alpha": record.stats.get("selection_weighting"),
     }
     per_rank = distributed.all_gather_objects(mine)
     result = {
-        "world_size": distributed.world_size(),
+        "method": method, "world_size": distributed.world_size(),
         "original": evaluate(original, views), "retrain": retrain_record.metrics, "unlearn": record.metrics,
         "per_rank": per_rank,
     }

@@ -32,7 +32,7 @@ def _run(cmd: list[str]) -> None:
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
-@pytest.fixture(scope="module", params=["mu_mis", "imu"])
+@pytest.fixture(scope="module", params=["mu_mis", "imu", "ssd"])
 def runs(request, tmp_path_factory) -> tuple[dict, dict]:
     """``(single-process, two-process)`` results; both unlearning runs start from the same weights."""
     work = tmp_path_factory.mktemp(f"ddp_{request.param}")
@@ -59,11 +59,18 @@ def test_two_processes_unlearn_like_one_and_stop_together(runs):
     for metric in ("FA", "RA", "TA"):
         assert two["unlearn"][metric] == pytest.approx(one["unlearn"][metric], abs=0.5), (one["unlearn"],
                                                                                            two["unlearn"])
-    ranks = two["per_rank"]
-    # Each rank's own loop stopped at the same step for the same reason, the step of the single process.
-    assert {(r["steps"], r["stop_reason"]) for r in ranks} == {(one["per_rank"][0]["steps"],
-                                                               one["per_rank"][0]["stop_reason"])}
-    assert ranks[0]["steps"] > 0
+    ranks, single = two["per_rank"], one["per_rank"][0]
+    # Every rank took the same decision: its own loop stopped at the same step for the same reason, or SSD's
+    # search chose the same alpha (its accuracies are counted per rank and summed).
+    assert len({(r["steps"], r["stop_reason"], r["alpha"]) for r in ranks}) == 1, ranks
+    if one["method"] != "ssd":  # an iterative method: the step of the single process
+        assert (ranks[0]["steps"], ranks[0]["stop_reason"]) == (single["steps"], single["stop_reason"])
+        assert ranks[0]["steps"] > 0
+    elif single["alpha"] is None:  # on this width-16 model every alpha that forgets damages the retain rows
+        assert ranks[0]["alpha"] is None and ranks[0]["stop_reason"] == single["stop_reason"], (ranks[0], single)
+        assert "alphas tried" in single["stop_reason"]  # a search was run, on the ranks' summed counts
+    else:  # the importances are summed in another order: the same alpha up to one bisection step
+        assert ranks[0]["alpha"] == pytest.approx(single["alpha"], rel=0.015), (ranks[0], single)
     assert len({r["unlearn"] for r in ranks}) == 1
 
 
