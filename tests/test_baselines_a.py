@@ -90,6 +90,8 @@ def test_refuses_target_requests_by_name(name, digits_model, class_views):
         ("l1_sparse", {"gamma": -1.0}, "gamma=-1.0 must be a number >= 0"),
         ("scrub", {"max_epochs": 4}, r"max_epochs=4 must be an integer in \[0, epochs=3\]"),
         ("scrub", {"temperature": 0}, "temperature=0 must be > 0"),
+        ("scrub", {"class_stop_accuracy": 2.0}, r"class_stop_accuracy=2.0 must be a number in \[0, 1\] or None"),
+        ("scrub", {"class_max_epochs": 0}, "class_max_epochs=0 must be a positive integer"),
         ("finetune", {"batch_size": 0}, "batch_size=0 must be a positive integer"),
         ("gradient_ascent", {"stop_accuracy": "abc"}, r"stop_accuracy='abc' must be a number in \[0, 1\] or None"),
         ("mu_mis", {"class_stop_accuracy": "x"}, r"class_stop_accuracy='x' must be a number in \[0, 1\]"),
@@ -185,7 +187,33 @@ def test_scrub_student_leaves_the_teacher_on_forget_and_stays_on_retain(digits_m
     assert kl_to_original(class_views.forget_set) > 1.0
     assert kl_to_original(class_views.retain_set) < 0.05
     kls = result.stats["forget_kl_per_max_epoch"]
-    assert len(kls) == result.config["max_epochs"] and kls[-1] > kls[0]
+    assert len(kls) == result.stats["max_epochs_run"] >= result.config["max_epochs"] and kls[-1] > kls[0]
+
+
+def test_scrub_takes_more_max_epochs_until_the_class_is_forgotten(digits_model, class_views, samples_views):
+    """A class request keeps adding max epochs (each with its min pass) while more than 1% of the class is still
+    predicted, up to class_max_epochs; the official budget is kept when it suffices and on other requests."""
+    slow = {"lr_scale": 0.05}  # the official 1/20 lr: two max epochs leave part of the class (module doc)
+    official = _unlearn("scrub", digits_model, class_views, class_stop_accuracy=None, **slow)
+    extended = _unlearn("scrub", digits_model, class_views, **slow)
+    assert official.stats["max_epochs_run"] == 2 and official.stats["forget_accuracy_after_max_epochs"] == []
+    checks = extended.stats["forget_accuracy_after_max_epochs"]
+    assert checks[0] > 0.01  # the official budget left the class: the run went on
+    assert all(c > 0.01 for c in checks[:-1]) and len(checks) == extended.stats["max_epochs_run"] - 1
+    assert (checks[-1] <= 0.01) == (extended.stats["stop_reason"] == "forget_accuracy")
+    assert extended.stats["max_epochs_run"] > 2 and extended.stats["min_steps"] > official.stats["min_steps"]
+    forget = class_views.forget_set
+    fa = {name: float((predict_logits(r.model, forget).argmax(1) == forget.targets).double().mean())
+          for name, r in (("official", official), ("extended", extended))}
+    assert fa["official"] > 0.1 and fa["extended"] <= 0.02, fa  # measured: 21% of the class left, and none
+    # Where the official budget already forgets the class (the default lr), the run is the official one, bit for bit.
+    default, plain = _unlearn("scrub", digits_model, class_views), _unlearn("scrub", digits_model, class_views,
+                                                                           class_stop_accuracy=None)
+    assert default.stats["max_epochs_run"] == 2 and default.stats["stop_reason"] == "forget_accuracy"
+    assert all(torch.equal(a, b) for a, b in zip(default.model.state_dict().values(), plain.model.state_dict().values(),
+                                                 strict=True))
+    random_request = _unlearn("scrub", digits_model, samples_views)
+    assert random_request.stats["max_epochs_run"] == 2 and random_request.stats["stop_reason"] == "epochs"
 
 
 @pytest.mark.parametrize("name", ["random_labels", "bad_teacher", "salun", "neggrad_plus"])
