@@ -216,11 +216,12 @@ def test_scrub_takes_more_max_epochs_until_the_class_is_forgotten(digits_model, 
     assert random_request.stats["max_epochs_run"] == 2 and random_request.stats["stop_reason"] == "epochs"
 
 
-@pytest.mark.parametrize("name", ["random_labels", "bad_teacher", "salun", "neggrad_plus"])
+@pytest.mark.parametrize("name", ["random_labels", "bad_teacher", "salun", "neggrad_plus", "scrub"])
 def test_a_random_request_stops_near_the_allowed_forget_accuracy_drop(name, digits_model, samples_views,
                                                                        class_views):
     strong = {"random_labels": {"lr_scale": 1.0, "epochs": 4}, "bad_teacher": {"lr": 3e-3, "epochs": 25},
-              "salun": {"lr_scale": 1.0, "epochs": 4}, "neggrad_plus": {"beta": 0.5, "epochs": 4}}[name]
+              "salun": {"lr_scale": 1.0, "epochs": 4}, "neggrad_plus": {"beta": 0.5, "epochs": 4},
+              "scrub": {"lr_scale": 0.5, "epochs": 3, "max_epochs": 3}}[name]
     result = get_method(name, **strong).unlearn(digits_model, samples_views.request, samples_views.forget_set,
                                                 samples_views.retain_set, recipe=RECIPE, seed=0)
     stats = result.stats
