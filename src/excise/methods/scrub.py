@@ -57,6 +57,8 @@ Choices, measured on ``small_cnn`` (width 16) trained 15 epochs at lr 0.05 (cosi
   random 1% (20 rows) 5.13 -> 0.94 (the original's 1.76), the plain CNN's 1.34 -> 0.68; on the under-fit
   Animal-MNIST CNN, whose retrained forget accuracy is 5.5 points under the original's, the 2-point level stops one
   seed early: random 10% 3.13 -> 3.96, random 1% 2.80 -> 3.03. Runs it does not fire on are unchanged, bit for bit.
+  Under U-LiRA (``benchmarks/ulira.py``, digits, 16 shadows) the AUC went 0.606 -> 0.600 and 0.516 -> 0.529: at the
+  larger size it left retrain's band (0.478-0.523).
 - a cosine schedule (the recipe's) was worse: digits full class gap 0.64, MNIST full class RA 73.9 (both at
   ``lr_scale`` 0.2).
 - cost on the digits (1 core, CPU time): 0.38 s against 1.26 s for the retrain, a 3.3x speed-up;
