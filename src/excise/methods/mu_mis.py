@@ -78,7 +78,13 @@ seed rolled back both times); on the zoo's MLP it turns a run that hit its 80-st
 one that stops at FA 4-5 with RA 98-99 at the 5% stop (gap 1.5-1.6, seeds 0-2; 0.54 at the 1% stop). It does not
 rescue the models where MU-Mis forgets only by damaging them: the zoo's ResNet-18 (lr ~1.1e-4: the forget-accuracy
 stop after 6-8 steps, at held-out accuracy 97 -> 64-68) and Animal-MNIST CNN (5-6 steps, 80-85 -> 47-63), rolled
-back by the guard as before. On random requests the larger step can land far past the 2-point stop within one step;
+back by the guard as before. Why, measured on the ResNet's class 3 (seed 0, followed step by step on the test
+set): the retained classes' accuracy falls with the forgotten class's along the whole trajectory ((95.1, 88) ->
+(91.1, 60) -> (81.8, 12) -> (68.4, 0)), the classes sharing its strokes (8, 9, 6, 0) first, and the damage comes from
+the *target* term — ``irrelevant_weight`` 0 / 1 / 2 gave RA 59.7 / 72.2 / 87.7 at the stop, 4 and 8 collapsed (RA
+23-34); freezing BatchNorm's affine parameters, the head or the biases did not help (gaps 14.6-18.9 against 14.6),
+the head alone forgot nothing in 80 steps, and Adam at relative steps 1e-4 to 3e-3 was at best FA 8.5 / RA 95.9 (gap
+4.76, 80 steps); none is adopted. On random requests the larger step can land far past the 2-point stop within one step;
 since it also keeps the nearer of its last two checks (``max_accuracy_drop`` above), measured with and without
 that: the mid-scale suite's random 10% (augmented, Adam-trained ResNet-18, 3 seeds) MNIST 5.30 without -> 1.34 with
 (absolute lr: 1.89), Animal-MNIST 3.72 -> 2.64 (2.44; the original 2.63); ``benchmarks/retain_free.py``'s MNIST
