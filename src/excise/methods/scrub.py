@@ -48,8 +48,8 @@ Choices, measured on ``small_cnn`` (width 16) trained 15 epochs at lr 0.05 (cosi
   official trailing min-only epoch. Where the official two already reach the level the run is the official one,
   bit for bit (every digits zoo setting). The forget accuracy is read in eval mode after each max epoch's min pass;
   under a schedule (``schedule`` not "constant") the official budget holds, since the schedule's length is fixed
-  before the first step. Random and sub-class requests keep the official budget (no level is known for a
-  sub-class; a random one's would be a 2-point fall, which its max steps are not tuned to). ``stats``:
+  before the first step. Sub-class requests keep the official budget (no level is known for a sub-class);
+  random-sample requests keep it as a cap and may stop sooner (next item). ``stats``:
   ``max_epochs_run``, ``forget_accuracy_after_max_epochs``, ``stop_reason``.
 - **Random-sample requests stop** at a ``max_accuracy_drop`` (2-point) fall of the forget accuracy, checked after
   every epoch, keeping the nearer of the last two checks (:class:`excise.methods._common.SamplesStop`, the rule of
