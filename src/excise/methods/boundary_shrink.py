@@ -36,7 +36,12 @@ Choices (documented, overridable):
   set, so the number of steps scales with it.
 - **BatchNorm.** The official fine-tune runs in train mode (``unlearn_model.train()``); ``bn_mode="train"``
   (default) does the same, so the running statistics drift toward the forget batches.
-  ``bn_mode="eval"`` freezes them; measured worse (below).
+  ``bn_mode="eval"`` freezes them; measured worse (below). On BatchNorm models a good part of the class
+  forgetting *is* that drift: normalising with batch statistics but leaving the running ones untouched (IMU's
+  ``bn_mode="batch"``, tried on ``benchmarks/zoo.py``'s three digits settings, class 3, seeds 0-2) left FA at
+  85-100% where train mode reached 1.5-10.2% (6 of 9 runs; the other 3 were rolled back by the guard), and it did
+  not make the random requests safer (random 1%: gap 4.31 / 0.37 / 5.30 against 0.17* / 1.98* / 11.75 on the
+  width-16 CNN, * = rolled back; a tie on the other two). Not offered.
 - The fine-tune is a small loop of its own rather than :func:`excise.training.train` because of
   ``bn_mode``; it is the same SGD step.
 
