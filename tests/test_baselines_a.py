@@ -92,6 +92,7 @@ def test_refuses_target_requests_by_name(name, digits_model, class_views):
         ("scrub", {"temperature": 0}, "temperature=0 must be > 0"),
         ("scrub", {"class_stop_accuracy": 2.0}, r"class_stop_accuracy=2.0 must be a number in \[0, 1\] or None"),
         ("scrub", {"class_max_epochs": 0}, "class_max_epochs=0 must be a positive integer"),
+        ("scrub", {"class_max_epochs": 1}, "class_max_epochs=1 must be >= max_epochs=2"),
         ("finetune", {"batch_size": 0}, "batch_size=0 must be a positive integer"),
         ("gradient_ascent", {"stop_accuracy": "abc"}, r"stop_accuracy='abc' must be a number in \[0, 1\] or None"),
         ("mu_mis", {"class_stop_accuracy": "x"}, r"class_stop_accuracy='x' must be a number in \[0, 1\]"),
@@ -239,3 +240,17 @@ def test_a_random_request_stops_near_the_allowed_forget_accuracy_drop(name, digi
     whole = get_method(name).unlearn(digits_model, class_views.request, class_views.forget_set,
                                      class_views.retain_set, recipe=RECIPE, seed=0)
     assert "forget_accuracy_curve" not in whole.stats
+
+
+def test_evaluating_a_model_leaves_the_global_generator_where_it_was():
+    """A progress check (SCRUB's class budget, SamplesStop, the guard) reads the model with predict_logits; it must
+    not shift the global draws — dropout masks — of the training that follows it."""
+    from excise.data.base import LabeledData
+
+    data = LabeledData(torch.rand(10, 1, 8, 8), torch.tensor([0, 1] * 5), ("a", "b"))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(64, 2))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    predict_logits(model, data, batch_size=4)
+    assert torch.equal(torch.rand(3), expected)

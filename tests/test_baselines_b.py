@@ -156,6 +156,9 @@ def test_ssd_auto_keeps_the_undamaged_trial_nearest_the_forget_level(request_vie
     assert trials and trials[0][0] == 10.0  # the walk starts at the paper's alpha
     undamaged = [(alpha, forget) for alpha, forget, retain in trials if retain >= floor and forget < start]
     nearest = min([(None, start), *undamaged], key=lambda t: (abs(t[1] - level), -(t[0] or math.inf)))
+    reached = [t for t in undamaged if t[1] <= level]
+    if views.request.kind == "class" and reached:  # a class's level is a ceiling: the least dampened under it
+        nearest = max(reached, key=lambda t: t[0])
     alpha = stats["selection_weighting"]
     assert alpha == nearest[0], (alpha, nearest, trials)
     reference = digits_model if alpha is None else get_method("ssd_paper", selection_weighting=alpha).unlearn(
@@ -203,6 +206,18 @@ def test_search_alpha_keeps_a_good_trial_the_final_bracket_left_behind():
     kept, _, tried = search_alpha(trial, START, 0.01, 0.98)
     assert kept.alpha == 10.0 and kept.forget == 0.0
     assert any(t.retain < 0.98 for t in tried)
+
+
+def test_search_alpha_under_a_ceiling_prefers_a_trial_at_the_level_to_a_nearer_one_above_it():
+    # 4 of 300 rows (1.33%) is nearer the 1% level than 0 rows, but a class request allows at most 1%.
+    def trial(alpha: float) -> SSDTrial:
+        return SSDTrial(alpha, 0.0 if alpha <= 5.2 else 4 / 300 if alpha <= 6.0 else 1.0, 1.0)
+
+    nearest, _, _ = search_alpha(trial, START, 0.01, 0.98)
+    assert nearest.forget == 4 / 300
+    kept, reason, tried = search_alpha(trial, START, 0.01, 0.98, ceiling=True)
+    assert kept.forget == 0.0 and "the least dampened at the level" in reason
+    assert kept.alpha == max(t.alpha for t in tried if t.forget <= 0.01)
 
 
 def test_search_alpha_returns_the_model_as_handed_over_when_every_trial_damages_or_moves_nothing():

@@ -46,7 +46,8 @@ Choices, measured on ``small_cnn`` (width 16) trained 15 epochs at lr 0.05 (cosi
   takes one more max epoch (with its min pass) while more than ``class_stop_accuracy`` (1%, MU-Mis's class level)
   of the forgotten class is still predicted after the planned ones, up to ``class_max_epochs`` (8), then the
   official trailing min-only epoch. Where the official two already reach the level the run is the official one,
-  bit for bit (every digits zoo setting). The forget accuracy is read in eval mode after each max epoch's min pass;
+  bit for bit (every digits zoo setting). The forget accuracy is read in eval mode after the planned max epochs'
+min passes and after each extra one's;
   under a schedule (``schedule`` not "constant") the official budget holds, since the schedule's length is fixed
   before the first step. Sub-class requests keep the official budget (no level is known for a sub-class);
   random-sample requests keep it as a cap and may stop sooner (next item). ``stats``:
@@ -110,6 +111,9 @@ class ScrubConfig:
 
     def __post_init__(self) -> None:
         check_positive_int(self, "epochs", "class_max_epochs")
+        if isinstance(self.max_epochs, int) and self.class_max_epochs < self.max_epochs:
+            raise ValueError(f"class_max_epochs={self.class_max_epochs!r} must be >= max_epochs={self.max_epochs!r} "
+                             "(it caps the max epochs a class request may take; the planned ones always run)")
         check_optional_probability(self, "class_stop_accuracy", "max_accuracy_drop")
         check_nonnegative(self, "max_epochs", "gamma", "alpha", "lr_scale")
         if not isinstance(self.max_epochs, int) or self.max_epochs > self.epochs:
@@ -152,7 +156,7 @@ class Scrub(UnlearningMethod):
         generator = torch.Generator().manual_seed(seed)
         forget_loader = make_loader(data.forget_set, batch_size, shuffle=True, generator=generator)
         retain_loader = make_loader(data.retain_set, batch_size, shuffle=True, generator=generator)
-        total = cfg.max_epochs * len(forget_loader) + cfg.epochs * len(retain_loader)
+        total = cfg.max_epochs * len(forget_loader) + cfg.epochs * len(retain_loader)  # the official budget
         scheduler = None
         if (cfg.schedule or data.recipe.schedule) == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)

@@ -61,31 +61,32 @@ method that changes least. It is also the cheapest: one forward-backward pass ov
 
 **The default chooses alpha per request (``selection_weighting="auto"``; an excise extension — the paper's fixed
 alpha = 10 is ``ssd_paper``).** No single alpha holds across models: measured on ``benchmarks/zoo.py``'s class
-requests (seed 0), alpha = 10 dampens nothing on the CIFAR-style ResNet-18 on MNIST (gap 50.07, the original's)
-and leaves the Animal-MNIST CNN unchanged (18.45), while alpha = 5 forgets the class on both with every other
-accuracy kept (gaps 0.03 and 0.45) and alpha = 3 already costs the Animal-MNIST CNN 30 points of retain accuracy
-(gap 15.88); on two of three seeds of the width-32 digits CNN alpha = 10 forgets the class but collapses the model
-(retain rows at 70-83%), where alpha = 12.5-20 forgets it with every retain row kept (gaps 0.50 and 1.05). A larger
-alpha selects a subset of a smaller one's entries, each dampened by the same factor ``min(lambda * []_D / []_Df,
-1)``, so ``"auto"`` searches one dimension (:func:`search_alpha`): it tries the paper's alpha, walks from it down
-(x :data:`ALPHA_STEP`: 8, 6.4, ... while above :data:`ALPHA_FLOOR` — below a ratio of 1 an entry matters *less*
-to the forget set than to the data — and above lambda) while its dampened model is still above the request's
-forget-accuracy level, or up (12.5, 15.6, ... to :data:`ALPHA_CEILING`) while it is at the level or damaged,
-bisects the bracket found (in log alpha, :data:`REFINE_STEPS` times, to within 1.4%), and keeps, of all the
-undamaged models tried that lowered the forget accuracy and the model as handed over, the one whose forget
-accuracy is nearest the level (on a tie the least dampened). The level is the retrained model's forget accuracy
-as far as the request tells it: at most ``class_stop_accuracy`` (1%) of a forgotten class still predicted (a class
-the retrained model never saw is almost never predicted; the MU-Mis rule), and for random samples a fall of
-``max_accuracy_drop`` (2 points) from the start (an i.i.d. draw of the training set: its retrained accuracy is
-about the held-out one; the rule IMU, MU-Mis and the fine-tuning baselines use) — so on a random forget set of
-fewer than 25 rows, where one row is more than twice those 2 points, the model is returned as handed over
-without a search. "Damaged": the accuracy on ``retain_check_size`` (1,024) seeded retain rows — data SSD already
-reads — fell more than ``max_retain_drop`` (2 points) below the original's; the retrained model keeps it. Each
-try costs one dampening and one forward pass over the forget set and those rows (10-20 tries); the two importance
-passes are shared. A sub-class request has no such level (the retrained model may still call the fine class by
-its super-class), so it keeps the paper's alpha. ``stats``: the chosen ``selection_weighting`` (``None``: nothing
-dampened), ``alpha_curve`` (each alpha tried, its forget and retain-row accuracy), ``start_forget_accuracy``,
-``stop_accuracy`` (the level), ``start_retain_accuracy``, ``retain_rows_checked`` and ``stop_reason``.
+requests (seed 0), alpha = 10 dampens nothing on the CIFAR-style ResNet-18 on MNIST (gap 50.07, the original's) and
+leaves the Animal-MNIST CNN unchanged (18.45), while alpha = 5 forgets the class on both with every other accuracy
+kept (gaps 0.03 and 0.45) and alpha = 3 already costs the Animal-MNIST CNN 30 points of retain accuracy (gap 15.88);
+on two of three seeds of the width-32 digits CNN alpha = 10 forgets the class but collapses the model (retain rows at
+70-83%), where alpha = 12.5-20 forgets it with every retain row kept (gaps 0.50 and 1.05). A larger alpha selects a
+subset of a smaller one's entries, each dampened by the same factor ``min(lambda * []_D / []_Df, 1)``, so ``"auto"``
+searches one dimension (:func:`search_alpha`): it tries the paper's alpha, walks from it down (x :data:`ALPHA_STEP`:
+8, 6.4, ... while above :data:`ALPHA_FLOOR` — below a ratio of 1 an entry matters *less* to the forget set than to
+the data — and above lambda) while its dampened model is still above the request's forget-accuracy level, or up
+(12.5, 15.6, ... to :data:`ALPHA_CEILING`) while it is at the level or damaged, bisects the bracket found (in log
+alpha, :data:`REFINE_STEPS` times, to within 1.4%), and keeps, of all the undamaged models tried that lowered the
+forget accuracy and the model as handed over, the one whose forget accuracy is nearest the level (on a tie the least
+dampened) — for a class request, whose level is a ceiling, the least dampened one at or under it, and the nearest
+only when none got there. The level is the retrained model's forget accuracy as far as the request tells it: at most
+``class_stop_accuracy`` (1%) of a forgotten class still predicted (a class the retrained model never saw is almost
+never predicted; the MU-Mis rule), and for random samples a fall of ``max_accuracy_drop`` (2 points) from the start
+(an i.i.d. draw of the training set: its retrained accuracy is about the held-out one; the rule IMU, MU-Mis and the
+fine-tuning baselines use) — so on a random forget set of fewer than 25 rows, where one row is more than twice those
+2 points, the model is returned as handed over without a search. "Damaged": the accuracy on ``retain_check_size``
+(1,024) seeded retain rows — data SSD already reads — fell more than ``max_retain_drop`` (2 points) below the
+original's; the retrained model keeps it. Each try costs one dampening and one forward pass over the forget set and
+those rows (6-15 tries, after one reading of the model as handed over); the two importance passes are shared. A
+sub-class request has no such level (the retrained model may still call the fine class by its super-class), so it
+keeps the paper's alpha. ``stats``: the chosen ``selection_weighting`` (``None``: nothing dampened), ``alpha_curve``
+(each alpha tried, its forget and retain-row accuracy), ``start_forget_accuracy``, ``stop_accuracy`` (the level),
+``start_retain_accuracy``, ``retain_rows_checked`` and ``stop_reason``.
 """
 
 from __future__ import annotations
@@ -111,8 +112,9 @@ PAPER_ALPHA = 10.0
 ALPHA_STEP = 0.8
 """``"auto"`` walks from alpha = 10 down (8, 6.4, ...) or up (12.5, 15.6, ...) by this factor."""
 ALPHA_FLOOR = 1.0
-"""``"auto"`` tries no alpha at or below this ratio of forget to full importance (nor at or below lambda, the
-``dampening_constant``: an entry whose ratio is under lambda is not dampened, so smaller alphas change nothing)."""
+"""``"auto"`` walks down to no alpha at or below this ratio of forget to full importance (nor at or below lambda,
+the ``dampening_constant``: an entry whose ratio is under lambda is not dampened, so smaller alphas change nothing);
+its first try, the paper's alpha, is made whatever lambda is."""
 ALPHA_CEILING = 100.0
 """``"auto"`` tries no alpha above this (ten times the paper's) when it walks up: its last try is 93.1."""
 REFINE_STEPS = 4
@@ -251,8 +253,9 @@ class SSD(UnlearningMethod):
         stats: dict[str, Any] = {"start_forget_accuracy": start.forget, "stop_accuracy": target,
                                  "start_retain_accuracy": start.retain, "retain_rows_checked": len(retain)}
         if start.forget <= target:
-            return None, {}, {**stats, "alpha_curve": [],
-                              "stop_reason": "nothing to forget: the forget accuracy is already at the level"}
+            why = ("max_accuracy_drop=0 allows no fall: the model as handed over is the level" if kind == "samples"
+                   else "nothing to forget: the forget accuracy is already at the level")
+            return None, {}, {**stats, "alpha_curve": [], "stop_reason": why}
         if kind == "samples" and 1 / len(forget) > 2 * cfg.max_accuracy_drop:
             # One flipped row already lands further below the level than the original sits above it: every
             # dampened model that moves the forget accuracy at all is further from it (the nearest rule below).
@@ -260,7 +263,7 @@ class SSD(UnlearningMethod):
                 f"kept the model as handed over: one of {len(forget)} forget rows is {100 / len(forget):.1f} points, "
                 f"more than twice the {100 * cfg.max_accuracy_drop:g}-point level")}
         chosen, reason, tried = search_alpha(trial, start, target, start.retain - cfg.max_retain_drop,
-                                             floor=max(ALPHA_FLOOR, cfg.dampening_constant))
+                                             floor=max(ALPHA_FLOOR, cfg.dampening_constant), ceiling=kind == "class")
         counts = set_alpha(chosen.alpha)
         return chosen.alpha, counts, {**stats, "stop_reason": reason,
                                       "alpha_curve": [[t.alpha, t.forget, t.retain] for t in tried]}
@@ -277,7 +280,7 @@ class SSDTrial:
 
 
 def search_alpha(trial: Callable[[float], SSDTrial], start: SSDTrial, target: float, retain_floor: float, *,
-                 floor: float = ALPHA_FLOOR) -> tuple[SSDTrial, str, list[SSDTrial]]:
+                 floor: float = ALPHA_FLOOR, ceiling: bool = False) -> tuple[SSDTrial, str, list[SSDTrial]]:
     """The decision of ``"auto"`` (module doc), apart from the model: ``trial(alpha)`` dampens and measures.
 
     A trial is *damaged* when its retain accuracy is under ``retain_floor``, *at the level* when its forget accuracy
@@ -286,9 +289,11 @@ def search_alpha(trial: Callable[[float], SSDTrial], start: SSDTrial, target: fl
     as the trials are above, else up (to :data:`ALPHA_CEILING`) as long as they are not; the bracket is bisected
     :data:`REFINE_STEPS` times in log alpha. Of every undamaged trial that lowered the forget accuracy, and the
     model as handed over (``start``), the one whose forget accuracy is nearest ``target`` is kept — on a tie the
-    least dampened. Taking the nearest of all trials, not of the final bracket's two ends, keeps a good trial when
-    the accuracies are not monotone in alpha (a retain row or two either side of the floor). Returns the kept trial,
-    the reason, and every trial in order."""
+    least dampened. With ``ceiling`` (a class request: *at most* ``target`` may remain) a trial at the level beats
+    any above it, however near: of those at the level the least dampened is kept, and the nearest rule applies only
+    when none reached it. Taking the best of all trials, not of the final bracket's two ends, keeps a good trial
+    when the accuracies are not monotone in alpha (a retain row or two either side of the floor). Returns the kept
+    trial, the reason, and every trial in order."""
     tried: list[SSDTrial] = []
 
     def outcome(result: SSDTrial) -> Literal["above", "level", "damaged"]:
@@ -315,7 +320,12 @@ def search_alpha(trial: Callable[[float], SSDTrial], start: SSDTrial, target: fl
             result = run(math.sqrt(above.alpha * stop.alpha))
             above, stop = (result, stop) if outcome(result) == "above" else (above, result)
     candidates = [start, *(t for t in tried if outcome(t) != "damaged" and t.forget < start.forget)]
-    kept = min(candidates, key=lambda t: (abs(t.forget - target), -(math.inf if t.alpha is None else t.alpha)))
+    reached = [t for t in candidates if outcome(t) == "level"] if ceiling else []
+    if reached:
+        kept, rule = max(reached, key=lambda t: math.inf if t.alpha is None else t.alpha), "the least dampened at"
+    else:
+        kept = min(candidates, key=lambda t: (abs(t.forget - target), -(math.inf if t.alpha is None else t.alpha)))
+        rule = "the nearest to"
     damaged = sum(outcome(t) == "damaged" for t in tried)
     where = (f"{len(tried)} alphas tried ({damaged} damaged the retain rows: under {retain_floor:.3f}), "
              f"{tried[0].alpha:g} to {tried[-1].alpha:.3g}")
@@ -324,7 +334,7 @@ def search_alpha(trial: Callable[[float], SSDTrial], start: SSDTrial, target: fl
                       f"level {target:.3f}; {where}"), tried
     return kept, (f"alpha={kept.alpha:.3g}: forget accuracy {kept.forget:.3f} "
                   f"({'at' if kept.forget <= target else 'above'} the level {target:.3f}), retain rows "
-                  f"{kept.retain:.3f}; the nearest to the level of {where}"), tried
+                  f"{kept.retain:.3f}; {rule} the level of {where}"), tried
 
 
 def _accuracy(model: nn.Module, rows: LabeledData) -> float:
