@@ -40,8 +40,10 @@ Choices (documented, overridable):
   forgetting *is* that drift: normalising with batch statistics but leaving the running ones untouched (IMU's
   ``bn_mode="batch"``, tried on ``benchmarks/zoo.py``'s three digits settings, class 3, seeds 0-2) left FA at
   85-100% where train mode reached 1.5-10.2% (6 of 9 runs; the other 3 were rolled back by the guard), and it did
-  not make the random requests safer (random 1%: gap 4.31 / 0.37 / 5.30 against 0.17* / 1.98* / 11.75 on the
-  width-16 CNN, * = rolled back; a tie on the other two). Not offered.
+  not make the random requests safer: random 1%, mean gap over seeds 0-2 (guard on), batch against train mode,
+  3.33 / 0.96 / 1.43 against 4.63 / 1.57 / 1.58 on the three digits models and 1.78 against 1.80 on the zoo's
+  ResNet-18, but 6.95 against 3.14 on the Animal-MNIST CNN (one seed's MIA 79 -> 25 where train mode was rolled
+  back); random 10% a tie or rolled back on most runs. Not offered.
 - The fine-tune is a small loop of its own rather than :func:`excise.training.train` because of
   ``bn_mode``; it is the same SGD step.
 
