@@ -175,7 +175,14 @@ def batch_loss(model: nn.Module, batch: dict[str, Tensor], task: str) -> Tensor:
 def make_loader(
     data: LabeledData, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
 ) -> torch.utils.data.DataLoader:
-    """Batches of ``data`` as dicts; whole batches are gathered by ``LabeledData.__getitems__``."""
+    """Batches of ``data`` as dicts; whole batches are gathered by ``LabeledData.__getitems__``.
+
+    An unshuffled loader gets a private generator: a DataLoader without one draws its base seed from torch's global
+    generator at every pass, so each evaluation would shift the dropout masks (or any other global draw) of the
+    training that follows it — and a method that checks its progress would no longer match the same run unchecked.
+    """
+    if generator is None and not shuffle:
+        generator = torch.Generator()
     return torch.utils.data.DataLoader(
         data,
         batch_size=min(batch_size, max(len(data), 1)),
