@@ -47,7 +47,11 @@ Choices (by measurement, see the closing note of issue 16 and ``benchmarks/targe
   four seeds (20 runs) the probe was within retrain's + 5 on 80% of runs (median 38.9; retrain 40.6; prevalence
   29.5) and the other targets were kept (2 points, 0.5 AP) on 75%: 5 of 20 runs missed, seed 3 by up to 3.4 points
   and 2.9 AP, and on its two worst neither 40 passes nor a penalty of 0.1 brought the AP drop under 0.96. It runs
-  3-5x faster than retraining (12 epochs at this size) where ``target_erasure`` runs 33x. Matching the last stage's
+  3-5x faster than retraining (12 epochs at this size) where ``target_erasure`` runs 33x. Cheaper body steps buy
+  speed with the probe (seed 0, targets 0-2, retrain 12.8-13.5 s; probe within retrain's + 5 / speed-up): the
+  default 3 of 3 / 3.5x; ``layer4.1`` alone, 20 passes, 1 of 3 / 5.5-6.4x; ``layer4.1``, 10 passes at 6e-3, 0 of 3 /
+  10-11x; ``layer4``, 8 passes at 6e-3, 1 of 3 / 7.5x. A 20x bound leaves 0.65 s here, of which the head-only
+  ``target_erasure`` already takes about 0.4: no body step measured fits in the rest. Matching the last stage's
   output to the erased features instead (a squared error, no class-mean term) had left the probe at 87-94: a probe
   is scale-free, so any residual separation reads. On the bottleneck model, whose classifier-input features the fold
   already erases, the body step takes the pooled body features below retrain's (probe 75.3 against 81.2) but keeps
