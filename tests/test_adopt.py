@@ -238,3 +238,14 @@ def test_a_sidecar_naming_code_it_was_not_trusted_with_is_refused(user_weights, 
         load_checkpoint(adopted.path)
     monkeypatch.setenv("EXCISE_TRUSTED_MODULES", "numpy, user_zoo")
     assert type(load_checkpoint(adopted.path).model).__name__ == "PlainNet"
+
+
+def test_adopting_trusts_the_factory_typed_for_it_and_only_for_that_call(user_weights, tmp_path, monkeypatch):
+    """The factory the user types is theirs: adopting must not write the checkpoint and then refuse to read it back
+    (leaving a file a retry may not overwrite). A later read of the file checks the trust list as for any file."""
+    monkeypatch.setenv("EXCISE_TRUSTED_MODULES", "")
+    out = tmp_path / "typed.safetensors"
+    adopted = adopt_model(user_weights, "user_zoo:build", "user_zoo:digits", out)
+    assert adopted.meta["model"]["name"] == "user_zoo:build" and adopted.meta["test_accuracy"] > 90
+    with pytest.raises(CheckpointError, match="EXCISE_TRUSTED_MODULES=user_zoo"):
+        load_checkpoint(out)

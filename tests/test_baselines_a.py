@@ -254,3 +254,31 @@ def test_evaluating_a_model_leaves_the_global_generator_where_it_was():
     torch.manual_seed(0)
     predict_logits(model, data, batch_size=4)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_run_is_the_same_first_in_its_process_and_later_and_leaves_the_global_generator_alone(monkeypatch):
+    """The first run of a process also warms up (random draws of its own); a dropout model must still come out the
+    same as from any later run with the seed, and the caller's global generator must not move."""
+    from excise import runtime
+    from excise.data.base import LabeledData
+    from excise.methods import Guard, base
+
+    generator = torch.Generator().manual_seed(3)
+    data = LabeledData(torch.rand(40, 1, 8, 8, generator=generator), torch.arange(40) % 2, ("a", "b"))
+    request = ForgetRequest(kind="class", labels=("a",))
+    forget = data.subset(torch.arange(0, 40, 2))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                                torch.nn.Linear(32, 2))
+    monkeypatch.setattr(base, "_WARMED", set())
+    monkeypatch.setattr(runtime, "_done", False)
+    method = get_method("gradient_ascent", epochs=2, lr=0.01)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        result = method.unlearn(model, request, forget, recipe=RECIPE, seed=5, guard=Guard(action="off"))
+        # The caller's generator is where it was before the run: its next draw is the seed's first.
+        assert torch.equal(torch.rand(2), torch.rand(2, generator=torch.Generator().manual_seed(123)))
+        runs.append(result.model)
+    for p, q in zip(runs[0].parameters(), runs[1].parameters(), strict=True):
+        assert torch.equal(p, q)

@@ -76,6 +76,17 @@ def test_a_run_that_forgets_nothing_says_so(digits_model, class_views, samples_v
     assert "forgot_nothing" not in sampled.stats["guard"]
 
 
+def test_a_run_that_forgets_a_class_only_in_part_says_so(digits_model, class_views):
+    # Two passes of ascent at a small rate move the class, far from the ~0% a retrained model predicts.
+    with pytest.warns(GuardWarning, match=r"gradient_ascent: forgot the class only in part: 89\.8% of 137"):
+        partial = _unlearn("gradient_ascent", digits_model, class_views, epochs=2, lr=5e-4)
+    found = partial.stats["guard"]
+    assert found["incomplete"] is True and found["forgot_nothing"] is False
+    assert found["forget_accuracy_after"] > 10 and found["forget_accuracy_before"] - found["forget_accuracy_after"] > 1
+    done = _unlearn("imu", digits_model, class_views)  # the class forgotten: not flagged
+    assert done.stats["guard"]["incomplete"] is False and done.stats["guard"]["forget_accuracy_after"] <= 10
+
+
 def test_bad_guards_are_refused_by_name():
     with pytest.raises(ValueError, match="guard action='undo' is not one of"):
         Guard(action="undo")

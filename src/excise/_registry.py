@@ -11,7 +11,8 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -75,6 +76,23 @@ class UntrustedFactoryError(ValueError):
     """A checkpoint's sidecar names code to import that the user has not said they trust."""
 
 
+_TYPED: set[str] = set()
+"""Modules of factories the user typed in this call (:func:`typed_factories`): trusted while it runs."""
+
+
+@contextmanager
+def typed_factories(*names: str | None) -> Iterator[None]:
+    """Trust the modules of the factories the user typed (``excise adopt --model mine:build``) while the block
+    runs: reading back the checkpoint just written from them must not be refused for naming what the user named.
+    A later command that reads the file checks :data:`TRUST_VARIABLE` as for any other file."""
+    added = {n.partition(":")[0] for n in names if n and is_import_path(n)} - _TYPED
+    _TYPED.update(added)
+    try:
+        yield
+    finally:
+        _TYPED.difference_update(added)
+
+
 def check_trusted(name: str, kind: str, where: str) -> None:
     """Refuse to import a factory that a *file* names (a sidecar, a certificate) unless its module is trusted.
 
@@ -87,7 +105,7 @@ def check_trusted(name: str, kind: str, where: str) -> None:
     if not is_import_path(name):
         return
     module_name = name.partition(":")[0]
-    trusted = {m.strip() for m in os.environ.get(TRUST_VARIABLE, "").split(",") if m.strip()}
+    trusted = {m.strip() for m in os.environ.get(TRUST_VARIABLE, "").split(",") if m.strip()} | _TYPED
     if module_name in trusted or module_name.split(".")[0] in trusted:
         return
     raise UntrustedFactoryError(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from excise import distributed
+from excise._registry import typed_factories
 from excise.calibrate import CalibrationResult, apply_calibration, calibrate, check_calibration
 from excise.checkpoint import (
     Checkpoint,
@@ -131,7 +132,7 @@ def train_model(
     meta.update(fit_accuracy(network, training_set, bundle.test))
     if views is not None:
         meta["metrics"] = evaluate(network, views, seed=seed)
-    return _write_and_reload(out, network, meta, overwrite)
+    return _write_and_reload(out, network, meta, overwrite, model)
 
 
 def _build_and_train(bundle: DatasetBundle, model: str, model_kwargs: dict[str, Any], training_set: LabeledData,
@@ -196,16 +197,19 @@ def adopt_model(
         "adopted": {"weights": str(weights), "weights_sha256": sha256_file(weights)},
     }
     meta.update(fit_accuracy(network, bundle.train, bundle.test))
-    return _write_and_reload(out, network, meta, overwrite)
+    return _write_and_reload(out, network, meta, overwrite, model)
 
 
-def _write_and_reload(out: Path, network: nn.Module, meta: dict[str, Any], overwrite: bool) -> Checkpoint:
+def _write_and_reload(out: Path, network: nn.Module, meta: dict[str, Any], overwrite: bool,
+                      model: str) -> Checkpoint:
     """Only rank 0 writes; the others wait until the file is complete, then every rank reads the same
-    checkpoint back (its sidecar, sha256 and all)."""
+    checkpoint back (its sidecar, sha256 and all). ``model`` is the factory the caller named, trusted for that
+    read: a typed factory is the user's own."""
     if distributed.is_main():
         save_checkpoint(out, network, meta, overwrite=overwrite)
     distributed.barrier()
-    return load_checkpoint(out)
+    with typed_factories(model):
+        return load_checkpoint(out)
 
 
 def _read_state_dict(path: Path) -> dict[str, Any]:

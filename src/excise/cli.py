@@ -140,7 +140,7 @@ def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress ba
 
         distributed.init_from_env()
         writes = distributed.is_main()
-    set_progress(not quiet and writes)
+    set_progress(not quiet and writes and os.environ.get("EXCISE_PROGRESS", "1") != "0")
     console.quiet = not writes
 
 
