@@ -249,3 +249,19 @@ def test_adopting_trusts_the_factory_typed_for_it_and_only_for_that_call(user_we
     assert adopted.meta["model"]["name"] == "user_zoo:build" and adopted.meta["test_accuracy"] > 90
     with pytest.raises(CheckpointError, match="EXCISE_TRUSTED_MODULES=user_zoo"):
         load_checkpoint(out)
+
+
+def test_adopt_records_every_part_of_the_users_recipe(user_weights, tmp_path):
+    """The user's loop used Adam with neither weight decay nor a schedule: the recipe the retrained reference and
+    the fine-tuning methods follow must say so, not excise's defaults."""
+    out = tmp_path / "recipe.safetensors"
+    result = invoke("adopt", user_weights, "--model", "user_zoo:build", "--data", "user_zoo:digits", "--out", out,
+                    "--epochs", 12, "--optimizer", "adam", "--lr", 0.003, "--weight-decay", 0, "--schedule",
+                    "constant", "--momentum", 0.0)
+    assert result.exit_code == 0, result.output
+    recipe = json.loads(out.with_suffix(".json").read_text())["recipe"]
+    assert {k: recipe[k] for k in ("optimizer", "lr", "weight_decay", "schedule", "momentum")} == {
+        "optimizer": "adam", "lr": 0.003, "weight_decay": 0.0, "schedule": "constant", "momentum": 0.0}
+    result = invoke("adopt", user_weights, "--model", "user_zoo:build", "--data", "user_zoo:digits", "--out",
+                    tmp_path / "bad.safetensors", "--schedule", "linear")
+    assert result.exit_code != 0 and "schedule='linear' is not one of" in result.output

@@ -43,6 +43,18 @@ def fail(err: Exception) -> None:
 
 AUGMENT_HELP = ("Training augmentation: none, crop (zero-pad 4 pixels, random crop) or crop-flip (and a random "
                 "horizontal flip; not for digits or text). Recorded in the recipe: the retrained reference repeats it.")
+MOMENTUM_HELP = "SGD momentum (ignored by adam/adamw). Recorded in the recipe, like every training flag."
+WEIGHT_DECAY_HELP = "Weight decay (0: none). The retrained reference and the fine-tuning methods follow it."
+SCHEDULE_HELP = "Learning-rate schedule: cosine (annealed to 0 over the epochs) or constant."
+
+
+def training_recipe(epochs: int, batch_size: int, lr: float, optimizer: str, momentum: float, weight_decay: float,
+                    schedule: str, augment: str) -> Any:
+    """The recipe `train` follows and `adopt` records: every field the command line can set."""
+    from excise.training import TrainConfig
+
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+                       weight_decay=weight_decay, schedule=schedule, augment=augment)
 
 
 def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, Any]:
@@ -165,6 +177,9 @@ def train_command(
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(0.05),
     optimizer: str = typer.Option("sgd", help="sgd, adam or adamw."),
+    momentum: float = typer.Option(0.9, help=MOMENTUM_HELP),
+    weight_decay: float = typer.Option(5e-4, help=WEIGHT_DECAY_HELP),
+    schedule: str = typer.Option("cosine", help=SCHEDULE_HELP),
     augment: str = typer.Option("none", help=AUGMENT_HELP),
     root: str | None = typer.Option(None, help="Local directory of a data set that is not bundled (CIFAR, CelebA)."),
     data_option: list[str] | None = typer.Option(None, "--data-option", help="Data-set option key=value."),
@@ -176,13 +191,12 @@ def train_command(
 ) -> None:
     """Train an original model, or (with --request) the retrained reference that never saw the forget set."""
     from excise import api
-    from excise.training import TrainConfig
 
     try:
         from excise.tasks.dense import train_defaults
 
         dataset, model = train_defaults(task, dataset, model)
-        recipe = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment)
+        recipe = training_recipe(epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, augment)
         model_kwargs = model_options(width, model_option)
         checkpoint = api.train_model(
             dataset, model, out, recipe=recipe, model_kwargs=model_kwargs,
@@ -225,6 +239,9 @@ def adopt_command(
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(0.05),
     optimizer: str = typer.Option("sgd", help="sgd, adam or adamw."),
+    momentum: float = typer.Option(0.9, help=MOMENTUM_HELP),
+    weight_decay: float = typer.Option(5e-4, help=WEIGHT_DECAY_HELP),
+    schedule: str = typer.Option("cosine", help=SCHEDULE_HELP),
     augment: str = typer.Option("none", help=AUGMENT_HELP),
     seed: int = typer.Option(0, help="Seed of the data split (and of a retrained reference)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
@@ -232,12 +249,11 @@ def adopt_command(
     """Bring a model excise did not train into excise: then `excise unlearn` / `evaluate` / `train --request`
     work on it like on one of excise's own."""
     from excise import api
-    from excise.training import TrainConfig
 
     try:
         checkpoint = api.adopt_model(
             weights, model, dataset, out,
-            recipe=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment),
+            recipe=training_recipe(epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, augment),
             model_kwargs=model_options(width, model_option),
             dataset_options=parse_params(data_option, "--data-option"), root=root, seed=seed, overwrite=overwrite,
         )
