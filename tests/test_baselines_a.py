@@ -217,6 +217,18 @@ def test_scrub_takes_more_max_epochs_until_the_class_is_forgotten(digits_model, 
     assert random_request.stats["max_epochs_run"] == 2 and random_request.stats["stop_reason"] == "epochs"
 
 
+def test_scrub_stops_extending_once_an_extra_max_epoch_does_not_lower_the_class(digits_model, class_views,
+                                                                                monkeypatch):
+    """An extra max epoch that leaves the class where it was (the max step can raise its divergence by sharpening
+    the student) is the last one: more would only cost the other classes."""
+    from excise.methods import scrub
+
+    monkeypatch.setattr(scrub, "_forget_accuracy", lambda student, data: 1.0)  # the class never moves
+    stuck = _unlearn("scrub", digits_model, class_views)
+    assert stuck.stats["forget_accuracy_after_max_epochs"] == [1.0, 1.0]
+    assert stuck.stats["max_epochs_run"] == 3 and stuck.stats["stop_reason"] == "no_progress"
+
+
 @pytest.mark.parametrize("name", ["random_labels", "bad_teacher", "salun", "neggrad_plus", "scrub"])
 def test_a_random_request_stops_near_the_allowed_forget_accuracy_drop(name, digits_model, samples_views,
                                                                        class_views):
