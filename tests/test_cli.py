@@ -77,6 +77,13 @@ def test_train_unlearn_evaluate(trained, reference, tmp_path):
     assert record["request"] == {"kind": "class", "labels": ["3"], "seed": 0}
     assert record["seed"] == 0 and record["data"]["fingerprint"] == meta["dataset"]["fingerprint"]
     assert record["versions"]["torch"] == meta["versions"]["torch"]
+    # Judged against another request than the one it served, it is told so: class 3 would count as retained.
+    from excise.api import evaluation_record
+    from excise.metrics.uncertainty import Uncertainty
+    from excise.requests import ForgetRequest
+
+    with pytest.warns(UserWarning, match=r"has served class:3; --request class:5 judges it as if nothing else"):
+        evaluation_record(out, ForgetRequest(kind="class", labels=("5",)), uncertainty=Uncertainty(replicates=0))
 
 
 @pytest.mark.parametrize(
@@ -92,6 +99,8 @@ def test_train_unlearn_evaluate(trained, reference, tmp_path):
         (("--method", "finetune", "--request", "class:3", "--param", "lr=[1"), "the value is not valid YAML"),
         (("--method", "finetune", "--request", "class:3", "--param", "lr=" + "[" * 3000), "not valid YAML"),
         (("--method", "finetune", "--request", "class:3", "--param", "x={a: 1, a: 2}"), "key 'a' appears twice"),
+        (("--method", "gradient_ascent", "--request", "class:3", "--reference", "nope.safetensors"),
+         "reference='nope.safetensors' does not exist (the retrained model to compare with"),
     ],
 )
 def test_bad_input_is_refused_with_a_message(trained, args, message):

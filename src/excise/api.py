@@ -200,6 +200,15 @@ def adopt_model(
     return _write_and_reload(out, network, meta, overwrite, model)
 
 
+def _load_reference(path: str | Path) -> Checkpoint:
+    """The retrained reference a gap is measured against; a missing file is named as the reference it was meant
+    to be, not as just any checkpoint."""
+    if not Path(path).exists():
+        raise ValueError(f"reference={str(path)!r} does not exist (the retrained model to compare with: `excise train "
+                         "--request ...` writes one)")
+    return load_checkpoint(path)
+
+
 def _write_and_reload(out: Path, network: nn.Module, meta: dict[str, Any], overwrite: bool,
                       model: str) -> Checkpoint:
     """Only rank 0 writes; the others wait until the file is complete, then every rank reads the same
@@ -330,7 +339,7 @@ def unlearn_checkpoint(
     if reference_path:
         # Checked and evaluated before the run: a wrong reference would otherwise fail (or, worse, give a
         # gap to retrain for another request) only after the unlearning work is done.
-        reference = load_checkpoint(reference_path)
+        reference = _load_reference(reference_path)
         # the known history (warned above if partial)
         mismatch = check_reference(reference, head, requests, bundle.train, allow_mismatch=allow_reference_mismatch)
         if mismatch:
@@ -473,7 +482,7 @@ def calibrate_checkpoint(
     recipe = recipe_of(head)
     original = load_checkpoint(model_path)  # checks the weights (and that a factory it names is trusted) first
     if reference_path is not None:
-        reference = load_checkpoint(reference_path)
+        reference = _load_reference(reference_path)
         check_reference(reference, head, [proxy_request], bundle.train)
         retrained, reference_seconds = reference.model, None
         reference_record = {"path": str(reference.path), "sha256": reference.sha256}
@@ -544,6 +553,12 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
     complete = True
     if request is not None:
         requests = [request]
+        served, _ = served_requests(checkpoint)
+        if served and [r.to_dict() for r in served] != [request.to_dict()]:
+            warnings.warn(f"{str(model_path)!r} has served {' then '.join(r.describe() for r in served)}; "
+                          f"--request {request.describe()} judges it as if nothing else had been forgotten (rows "
+                          "forgotten earlier count as retained). Omit the request to judge it on its history.",
+                          stacklevel=2)
     else:
         requests, complete = served_requests(checkpoint)
         if not requests:
@@ -554,7 +569,7 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
     views, _ = history_views(bundle, checkpoint, requests, len(requests) - 1)
     reference, mismatch = None, []
     if reference_path is not None:
-        reference = load_checkpoint(reference_path)
+        reference = _load_reference(reference_path)
         mismatch = check_reference(reference, checkpoint, requests, bundle.train,
                                    allow_mismatch=allow_reference_mismatch)
     metrics, found = judge(checkpoint.model, views, seed=seed, uncertainty=uncertainty,
