@@ -377,3 +377,13 @@ def test_a_samples_request_may_not_cost_what_retraining_would_not():
     for bad in (-1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match=r"guard samples_max_drop=.* must be a finite number"):
             Guard(samples_max_drop=bad)
+
+
+def test_a_damaged_run_names_what_to_try_instead(digits_model, class_views):
+    """IMU's ascent can pull other classes toward the forgotten one (its sink): when the guard finds the damage, the
+    warning and the record point to imu_forgotten_rows."""
+    with pytest.warns(GuardWarning, match="rolled back to the model as it was. On a class request imu_forgotten_rows"):
+        hurt = _unlearn("imu", digits_model, class_views, guard_set=class_views.test_retain, lr=1.0,
+                        stop_accuracy=None, epochs=3)
+    assert hurt.stats["guard"]["rolled_back"] and "imu_forgotten_rows" in hurt.stats["guard"]["hint"]
+    assert get_method("imu_forgotten_rows").damage_hints == {}

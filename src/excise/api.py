@@ -359,9 +359,10 @@ def unlearn_checkpoint(
     if out is not None and refusing and (finding.get("rolled_back") or finding.get("forgot_nothing")):
         raise GuardRefused(
             f"{method}: {guard_objection(finding)}, so nothing was written: {model_path} is unchanged and still "
-            f"holds the data {request.describe()} names. Try another method, calibrate this one (`excise "
-            "calibrate`), or write the run anyway with --guard warn (Guard(action='warn')), its finding recorded in "
-            "the sidecar", record)
+            f"holds the data {request.describe()} names. "
+            + (f"{finding['hint']}. Or try " if finding.get("hint") else "Try ")
+            + "another method, calibrate this one (`excise calibrate`), or write the run anyway with --guard warn "
+            "(Guard(action='warn')), its finding recorded in the sidecar", record)
     if reference is not None:
         record.avg_gap = avg_gap(record.metrics, ref_metrics)
         # Across runs: the retrain time is the one the reference checkpoint recorded (possibly another machine

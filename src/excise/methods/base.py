@@ -329,6 +329,9 @@ class UnlearningMethod(ABC):
     # Whether Guard(action="rollback") may return the input model instead of this method's result. Retraining is
     # the exact deletion every other result is measured against: its findings are recorded, never rolled back.
     rolls_back: ClassVar[bool] = True
+    # What to try instead when the guard finds a run of this method damaged the model, per request kind: said in
+    # the warning and kept in ``stats["guard"]["hint"]`` (e.g. IMU's sink on a class request).
+    damage_hints: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: Any = None, **hyperparameters: Any) -> None:
         if config is not None and hyperparameters:
@@ -412,10 +415,14 @@ class UnlearningMethod(ABC):
                 allowed = (f"more than the guard's {guard.max_drop:g} points" if collapsed else
                            f"more than the {guard.samples_max_drop:g} points a samples request may cost, beyond the "
                            f"rows' noise: {found['turned_wrong']} turned wrong, {found['turned_right']} right")
+                hint = self.damage_hints.get(request.kind)
+                if hint:
+                    found["hint"] = hint
                 warnings.warn(
                     f"{self.name}: accuracy on {found['rows']} {source} rows fell from {found['accuracy_before']:.1f}"
                     f" to {found['accuracy_after']:.1f} ({allowed}): the run "
-                    "damaged the model" + _rollback_note(rolling, self.rolls_back), GuardWarning, stacklevel=2)
+                    "damaged the model" + _rollback_note(rolling, self.rolls_back) + (f". {hint}" if hint else ""),
+                    GuardWarning, stacklevel=2)
         # Judged on the run's own model, whatever the collapse check decides: a run can do both kinds of damage.
         goal = guard.goal(model, unlearned, data, rows if guard_set is not None else None, seed)
         if goal is not None:
