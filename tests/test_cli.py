@@ -78,12 +78,18 @@ def test_train_unlearn_evaluate(trained, reference, tmp_path):
     assert record["seed"] == 0 and record["data"]["fingerprint"] == meta["dataset"]["fingerprint"]
     assert record["versions"]["torch"] == meta["versions"]["torch"]
     # Judged against another request than the one it served, it is told so: class 3 would count as retained.
+    import warnings
+
     from excise.api import evaluation_record
     from excise.metrics.uncertainty import Uncertainty
     from excise.requests import ForgetRequest
 
     with pytest.warns(UserWarning, match=r"has served class:3; --request class:5 judges it as if nothing else"):
         evaluation_record(out, ForgetRequest(kind="class", labels=("5",)), uncertainty=Uncertainty(replicates=0))
+    with warnings.catch_warnings():  # the request it served, named or not, is no other request
+        warnings.simplefilter("error")
+        evaluation_record(out, ForgetRequest(kind="class", labels=("3",), name="ticket-7"),
+                          uncertainty=Uncertainty(replicates=0))
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,7 @@ def test_a_run_that_forgets_nothing_says_so(digits_model, class_views, samples_v
 
 def test_a_run_that_forgets_a_class_only_in_part_says_so(digits_model, class_views):
     # Two passes of ascent at a small rate move the class, far from the ~0% a retrained model predicts.
-    with pytest.warns(GuardWarning, match=r"gradient_ascent: forgot the class only in part: 89\.8% of 137"):
+    with pytest.warns(GuardWarning, match=r"gradient_ascent: forgot the class only in part: \d+\.\d% of 137 forget"):
         partial = _unlearn("gradient_ascent", digits_model, class_views, epochs=2, lr=5e-4)
     found = partial.stats["guard"]
     assert found["incomplete"] is True and found["forgot_nothing"] is False

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -76,21 +77,22 @@ class UntrustedFactoryError(ValueError):
     """A checkpoint's sidecar names code to import that the user has not said they trust."""
 
 
-_TYPED: set[str] = set()
-"""Modules of factories the user typed in this call (:func:`typed_factories`): trusted while it runs."""
+_TYPED: ContextVar[frozenset[str]] = ContextVar("excise_typed_factories", default=frozenset())
+"""Modules of factories the user typed in this call (:func:`typed_factories`): trusted while it runs, in its own
+thread or task only."""
 
 
 @contextmanager
 def typed_factories(*names: str | None) -> Iterator[None]:
     """Trust the modules of the factories the user typed (``excise adopt --model mine:build``) while the block
     runs: reading back the checkpoint just written from them must not be refused for naming what the user named.
-    A later command that reads the file checks :data:`TRUST_VARIABLE` as for any other file."""
-    added = {n.partition(":")[0] for n in names if n and is_import_path(n)} - _TYPED
-    _TYPED.update(added)
+    Exactly those modules, in this context only; a later command that reads the file checks :data:`TRUST_VARIABLE`
+    as for any other file."""
+    token = _TYPED.set(_TYPED.get() | {n.partition(":")[0] for n in names if n and is_import_path(n)})
     try:
         yield
     finally:
-        _TYPED.difference_update(added)
+        _TYPED.reset(token)
 
 
 def check_trusted(name: str, kind: str, where: str) -> None:
@@ -105,7 +107,9 @@ def check_trusted(name: str, kind: str, where: str) -> None:
     if not is_import_path(name):
         return
     module_name = name.partition(":")[0]
-    trusted = {m.strip() for m in os.environ.get(TRUST_VARIABLE, "").split(",") if m.strip()} | _TYPED
+    if module_name in _TYPED.get():
+        return
+    trusted = {m.strip() for m in os.environ.get(TRUST_VARIABLE, "").split(",") if m.strip()}
     if module_name in trusted or module_name.split(".")[0] in trusted:
         return
     raise UntrustedFactoryError(

@@ -555,7 +555,7 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
     if request is not None:
         requests = [request]
         served, _ = served_requests(checkpoint)
-        if served and [r.to_dict() for r in served] != [request.to_dict()]:
+        if served and served != [request]:  # equality ignores a request's name
             warnings.warn(f"{str(model_path)!r} has served {' then '.join(r.describe() for r in served)}; "
                           f"--request {request.describe()} judges it as if nothing else had been forgotten (rows "
                           "forgotten earlier count as retained). Omit the request to judge it on its history.",

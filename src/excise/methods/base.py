@@ -203,7 +203,8 @@ class Guard:
         # A class its model never predicted (accuracy already under the threshold) had nothing to forget.
         nothing = first >= NO_PROGRESS_POINTS and first - last < NO_PROGRESS_POINTS
         return {"forget_rows": len(rows), "forget_accuracy_before": first, "forget_accuracy_after": last,
-                "forgot_nothing": nothing, "incomplete": not nothing and last > INCOMPLETE_POINTS}
+                "forgot_nothing": nothing,
+                "incomplete": first - last >= NO_PROGRESS_POINTS and last > INCOMPLETE_POINTS}
 
     def goal(self, before: nn.Module, after: nn.Module, data: UnlearnData, held_out: LabeledData | None,
              seed: int) -> dict[str, Any] | None:
@@ -387,7 +388,8 @@ class UnlearningMethod(ABC):
         # The run's global draws (dropout masks, a re-initialised layer) come from ``seed`` alone, and the caller's
         # generator is left where it was: the first run of a process (which also warms up) and any later one, from
         # the CLI or the API, give the same model.
-        with torch.random.fork_rng(devices=[]):
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=cuda):  # manual_seed below seeds every device: each is put back
             # One-time process setup (lazy imports, kernels, thread pool) is not unlearning work: done before the
             # clock starts, so the CLI, the API and the bench time the same thing (see excise.runtime).
             setup = runtime.prepare() + warm_model(working, forget_set, data.recipe.batch_size)
