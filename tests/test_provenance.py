@@ -88,6 +88,10 @@ def test_the_certificate_says_what_was_asked_done_and_measured(lineage):
     assert "MIA" in cert["evidence"]["directions"]
     measures = {m["measure"] for m in cert["evidence"]["retrain_free"]}
     assert "FA - TA_forget" in measures and "MIA" in measures
+    # What the guard found is stated in the certificate itself: a partial deletion is not certified silently.
+    guard = cert["evidence"]["guard"]
+    assert guard == {k: sidecar["method_stats"]["guard"][k] for k in guard} and "incomplete" in guard
+    assert guard["incomplete"] == (sidecar["method_stats"]["guard"]["forget_accuracy_after"] > 10)
     assert cert["limits"].startswith("Approximate unlearning")
     assert cert["signature"]["algorithm"] == "ed25519"
     assert "PRIVATE" not in cert_file.read_text()  # the public key is recorded, never the private one

@@ -12,7 +12,9 @@ A certificate is one canonical-JSON file written beside every unlearned checkpoi
   library versions (with the torch thread count, which changes float summation order);
 - **the evidence**: FA/RA/TA and every MIA variant, each with its direction and its bootstrap interval when one
   was computed; with a retrained reference, the average gap to it; without one, the retrain-free evidence
-  (:func:`retrain_free_evidence`); the U-LiRA audit when one was run;
+  (:func:`retrain_free_evidence`); the U-LiRA audit when one was run; what the run's guard found (:func:`guard_record`:
+  whether it fired or rolled back, forgot nothing or only part of a class, or left random rows further from looking
+  unseen), so a partial deletion is stated in the certificate itself, not only in the model's sidecar;
 - **its limits**, in plain words (:func:`limits`);
 - optionally an **Ed25519 signature** over all of the above, with the public key recorded (never the private
   key). Without a signature a certificate is only as trustworthy as the place it is kept; a ledger
@@ -106,6 +108,18 @@ def retrain_free_evidence(metrics: dict[str, float], directions: dict[str, str])
     return out
 
 
+GUARD_FIELDS = ("data", "rows", "accuracy_before", "accuracy_after", "fired", "rolled_back", "forget_rows",
+                "forget_accuracy_before", "forget_accuracy_after", "forgot_nothing", "incomplete", "further_from_goal",
+                "hint", "reason")
+
+
+def guard_record(finding: dict[str, Any] | None) -> dict[str, Any] | str:
+    """The part of a run's guard finding (``stats["guard"]``) a certificate states; a string when none was kept."""
+    if not finding:
+        return "not recorded"
+    return {name: finding[name] for name in GUARD_FIELDS if name in finding}
+
+
 def build_certificate(
     *,
     request: dict[str, Any],
@@ -129,6 +143,7 @@ def build_certificate(
     intervals: dict[str, Any] | None = None,
     reference: dict[str, Any] | None = None,
     ulira: dict[str, Any] | None = None,
+    guard: dict[str, Any] | None = None,
     base: Path,
 ) -> dict[str, Any]:
     """The certificate of one unlearning run (unsigned); paths are stored relative to ``base`` (the
@@ -142,6 +157,7 @@ def build_certificate(
         "reference": reference,
         "retrain_free": retrain_free_evidence(metrics, directions),
         "ulira": ulira if ulira is not None else "not run (`excise ulira` audits a method on shadow models)",
+        "guard": guard_record(guard),
     }
     certificate = {
         "format": FORMAT,

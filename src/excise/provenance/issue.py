@@ -49,7 +49,7 @@ def certify(path: str | Path, meta: dict[str, Any], *, original: dict[str, Any],
         versions=written["versions"], metrics=meta["metrics"],
         directions={name: metric_direction(name) for name in meta["metrics"]},
         intervals=None if evidence is None else evidence.to_dict(), reference=reference, ulira=ulira,
-        base=path.parent)
+        guard=(meta.get("method_stats") or {}).get("guard"), base=path.parent)
     if sign_key is not None:
         cert = sign(cert, sign_key)
     cert_path = write_certificate(certificate_path(path), cert, overwrite=overwrite)
