@@ -257,11 +257,12 @@ def test_adopt_records_every_part_of_the_users_recipe(user_weights, tmp_path):
     out = tmp_path / "recipe.safetensors"
     result = invoke("adopt", user_weights, "--model", "user_zoo:build", "--data", "user_zoo:digits", "--out", out,
                     "--epochs", 12, "--optimizer", "adam", "--lr", 0.003, "--weight-decay", 0, "--schedule",
-                    "constant", "--momentum", 0.0)
+                    "constant", "--momentum", 0.0, "--augment", "crop", "--crop-padding", 2)
     assert result.exit_code == 0, result.output
     recipe = json.loads(out.with_suffix(".json").read_text())["recipe"]
-    assert {k: recipe[k] for k in ("optimizer", "lr", "weight_decay", "schedule", "momentum")} == {
-        "optimizer": "adam", "lr": 0.003, "weight_decay": 0.0, "schedule": "constant", "momentum": 0.0}
+    assert {k: recipe[k] for k in ("optimizer", "lr", "weight_decay", "schedule", "momentum", "crop_padding")} == {
+        "optimizer": "adam", "lr": 0.003, "weight_decay": 0.0, "schedule": "constant", "momentum": 0.0,
+        "crop_padding": 2}
     result = invoke("adopt", user_weights, "--model", "user_zoo:build", "--data", "user_zoo:digits", "--out",
                     tmp_path / "bad.safetensors", "--schedule", "linear")
     assert result.exit_code != 0 and "schedule='linear' is not one of" in result.output

@@ -189,6 +189,14 @@ def test_samples_shorthand_is_unmistakable():
                     ForgetRequest.parse("samples:3,4")):
         assert ForgetRequest.parse(request.describe()) == request
     assert ForgetRequest(kind="samples", indices=tuple(range(50))).describe() == "samples: 50 given training indices"
+    # Another random draw of the same size (a calibration proxy), in the spelling `excise calibrate --help` shows.
+    drawn = ForgetRequest.parse("samples:fraction=0.1,seed=1")
+    assert (drawn.fraction, drawn.seed) == (0.1, 1) and drawn != ForgetRequest.parse("samples:fraction=0.1")
+    assert ForgetRequest.parse(drawn.describe()) == drawn and ForgetRequest.parse("samples:0.1, seed=1") == drawn
+    with pytest.raises(RequestError, match="seed='x' .* must be an integer"):
+        ForgetRequest.parse("samples:fraction=0.1,seed=x")
+    with pytest.raises(RequestError, match="given indices are not drawn"):
+        ForgetRequest.parse("samples:indices=3,4,seed=1")
 
 
 def test_label_errors_say_what_the_labels_are(digits_super):

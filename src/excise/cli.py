@@ -49,12 +49,12 @@ SCHEDULE_HELP = "Learning-rate schedule: cosine (annealed to 0 over the epochs) 
 
 
 def training_recipe(epochs: int, batch_size: int, lr: float, optimizer: str, momentum: float, weight_decay: float,
-                    schedule: str, augment: str) -> Any:
+                    schedule: str, augment: str, crop_padding: int) -> Any:
     """The recipe `train` follows and `adopt` records: every field the command line can set."""
     from excise.training import TrainConfig
 
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
-                       weight_decay=weight_decay, schedule=schedule, augment=augment)
+                       weight_decay=weight_decay, schedule=schedule, augment=augment, crop_padding=crop_padding)
 
 
 def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, Any]:
@@ -181,6 +181,7 @@ def train_command(
     weight_decay: float = typer.Option(5e-4, help=WEIGHT_DECAY_HELP),
     schedule: str = typer.Option("cosine", help=SCHEDULE_HELP),
     augment: str = typer.Option("none", help=AUGMENT_HELP),
+    crop_padding: int = typer.Option(4, help="Pixels of zero padding that --augment crop / crop-flip crops back from."),
     root: str | None = typer.Option(None, help="Local directory of a data set that is not bundled (CIFAR, CelebA)."),
     data_option: list[str] | None = typer.Option(None, "--data-option", help="Data-set option key=value."),
     request: list[str] | None = typer.Option(
@@ -196,7 +197,8 @@ def train_command(
         from excise.tasks.dense import train_defaults
 
         dataset, model = train_defaults(task, dataset, model)
-        recipe = training_recipe(epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, augment)
+        recipe = training_recipe(epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, augment,
+                                 crop_padding)
         model_kwargs = model_options(width, model_option)
         checkpoint = api.train_model(
             dataset, model, out, recipe=recipe, model_kwargs=model_kwargs,
@@ -243,6 +245,7 @@ def adopt_command(
     weight_decay: float = typer.Option(5e-4, help=WEIGHT_DECAY_HELP),
     schedule: str = typer.Option("cosine", help=SCHEDULE_HELP),
     augment: str = typer.Option("none", help=AUGMENT_HELP),
+    crop_padding: int = typer.Option(4, help="Pixels of zero padding that --augment crop / crop-flip crops back from."),
     seed: int = typer.Option(0, help="Seed of the data split (and of a retrained reference)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
@@ -253,7 +256,8 @@ def adopt_command(
     try:
         checkpoint = api.adopt_model(
             weights, model, dataset, out,
-            recipe=training_recipe(epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, augment),
+            recipe=training_recipe(epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, augment,
+                                   crop_padding),
             model_kwargs=model_options(width, model_option),
             dataset_options=parse_params(data_option, "--data-option"), root=root, seed=seed, overwrite=overwrite,
         )

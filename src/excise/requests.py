@@ -18,8 +18,9 @@ empty forget set). Every refusal names the field, the bad value and what was all
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,9 @@ class ForgetRequest:
     @classmethod
     def parse(cls, text: str) -> ForgetRequest:
         """Parse the CLI shorthand: ``class:3``, ``subclass:7``, ``target:2``, ``samples:fraction=0.1`` (or
-        ``samples:0.1``), ``samples:indices=0,5,9`` (or ``samples:0,5,9``), a path to a JSON/YAML file, or inline
-        JSON. A lone ``samples:0`` or ``samples:1`` is refused as ambiguous."""
+        ``samples:0.1``; ``samples:fraction=0.1,seed=1`` for another random draw of that size),
+        ``samples:indices=0,5,9`` (or ``samples:0,5,9``), a path to a JSON/YAML file, or inline JSON. A lone
+        ``samples:0`` or ``samples:1`` is refused as ambiguous."""
         text = text.strip()
         if text.startswith("{"):
             try:
@@ -162,6 +164,18 @@ class ForgetRequest:
                 "samples:indices=0,5,9, subclass:7, target:2) nor a .json/.yaml file"
             )
         if kind == "samples":
+            drawn = re.fullmatch(r"(.+?),\s*seed=(.*)", value)
+            if drawn:  # samples:fraction=0.1,seed=1: another random draw of the same size (a calibration proxy)
+                try:
+                    seed = int(drawn.group(2))
+                except ValueError as err:
+                    raise RequestError(f"seed={drawn.group(2)!r} in request {text!r} must be an integer") from err
+                spelled, _, rest = drawn.group(1).partition("=")
+                share = rest if spelled == "fraction" else drawn.group(1)
+                if spelled == "indices" or "," in share or not any(c in share for c in ".eE"):
+                    raise RequestError(f"request {text!r}: seed= draws a random fraction (samples:fraction=0.1,"
+                                       "seed=1); given indices are not drawn")
+                return replace(cls._samples(share, as_fraction=True), seed=seed)
             spelled, _, rest = value.partition("=")
             if rest and spelled in ("fraction", "indices"):
                 return cls._samples(rest, as_fraction=spelled == "fraction")
@@ -200,7 +214,7 @@ class ForgetRequest:
             return self.name
         if self.kind == "samples":
             if self.fraction is not None:
-                return f"samples:fraction={self.fraction}"
+                return f"samples:fraction={self.fraction}" + (f",seed={self.seed}" if self.seed else "")
             # The spelling `parse` reads back, when it is short enough to be read; else how many rows it names.
             if len(self.indices) <= 10:
                 return f"samples:indices={','.join(str(i) for i in self.indices)}"
