@@ -70,7 +70,7 @@ from rich.table import Table  # noqa: E402
 from excise.bench.cache import ModelCache, code_version, results_code_version  # noqa: E402
 from excise.checkpoint import versions  # noqa: E402
 from excise.data import load_dataset  # noqa: E402
-from excise.experiment import build_model, evaluate_original, held_out_guard_rows, run_method  # noqa: E402
+from excise.experiment import build_model, evaluate_original, run_method  # noqa: E402
 from excise.methods import Guard, get_method, list_methods, method_class  # noqa: E402
 from excise.metrics import EvalViews, avg_gap  # noqa: E402
 from excise.requests import ForgetRequest, split  # noqa: E402
@@ -155,15 +155,6 @@ def trained(cache: ModelCache, setting: Setting, bundle: Any, seed: int, request
     return model.eval(), float(meta["seconds"])
 
 
-def guard_rows(views: EvalViews) -> Any:
-    """Held-out rows of the retained classes (test data, never training data) for every method's guard: what
-    ``run_method``, ``excise unlearn`` and sequences give it by default, so the zoo measures the guard a user gets
-    (the guard checks at most ``Guard.rows``, 512, of them). Until 2026-12-07 the zoo gave it a seeded 256: with
-    half the rows its paired noise test let through a random-1% boundary-shrink run that cost 4.6 points of test
-    accuracy (11 rows turned wrong, 4 right of 256; 25 and 4 of the 450 the default reads, which it rolls back)."""
-    return held_out_guard_rows(views)
-
-
 def said_so(stats: dict[str, Any]) -> bool:
     """Whether the method's result itself flags the run: its guard fired (a collapse), the guard found that it
     forgot nothing (class requests) or that the forget rows ended further from looking unseen than they started
@@ -191,7 +182,6 @@ def run_cell(out: Path, cache: ModelCache, name: str, setting: Setting, kind: st
     reference.seconds = retrain_seconds
     base = evaluate_original(original, views, seed=seed)
     base_gap = avg_gap(base.metrics, reference.metrics)
-    held_out = guard_rows(views)
     common = {"setting": name, "request": kind, "seed": seed, "forget_size": len(views.forget_set),
               "original": base.metrics, "original_gap": base_gap, "retrain": reference.metrics,
               "retrain_seconds": retrain_seconds}
@@ -214,8 +204,12 @@ def run_cell(out: Path, cache: ModelCache, name: str, setting: Setting, kind: st
     for method in todo:
         start = time.perf_counter()
         try:
+            # The guard reads the held-out rows run_method gives it by default (every test row of the kept classes,
+            # at most Guard.rows of them): the guard a user gets. Until 2026-12-07 the zoo gave it a seeded 256, and
+            # its noise test let through a random-1% boundary-shrink run that cost 4.6 points of test accuracy (11
+            # rows turned wrong, 4 right of 256; 25 and 4 of the 450 the default reads, which rolls it back).
             _, record = run_method(method, original, views, setting.recipe, seed=seed, reference=reference,
-                                   guard=guard, guard_set=held_out)
+                                   guard=guard)
         except Exception as err:  # noqa: BLE001 - a method that cannot run here is a finding, recorded as such
             line = {**common, "method": method, "error": f"{type(err).__name__}: {err}"}
         else:
