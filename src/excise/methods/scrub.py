@@ -83,7 +83,7 @@ import torch
 from torch import Tensor, nn
 
 from excise.methods._common import SamplesStop, check_schedule, kl_to_teacher, relative_optimizer
-from excise.methods.base import UnlearnData, UnlearningMethod, register_method
+from excise.methods.base import UnlearnData, UnlearningMethod, _correct, register_method
 from excise.progress import progress_bar
 from excise.training import (
     check_nonnegative,
@@ -91,7 +91,6 @@ from excise.training import (
     check_positive_int,
     make_loader,
     per_sample_loss,
-    predict_logits,
 )
 
 
@@ -134,7 +133,7 @@ class ScrubConfig:
 
 def _forget_accuracy(model: nn.Module, data: UnlearnData) -> float:
     """Share of the forget rows still predicted as their label (eval mode; the model's mode is restored)."""
-    return float((predict_logits(model, data.forget_set).argmax(1) == data.forget_set.targets).double().mean())
+    return float(_correct(model, data.forget_set).double().mean())
 
 
 def distill_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
