@@ -71,3 +71,20 @@ def test_harm_is_a_worse_gap_the_result_did_not_flag_and_the_twin_is_the_noise_f
     rolled = cells["digits-cnn16-sgd|random-1|rolled"]
     assert rolled["rolled_back"] == 1 and not rolled["said_so"] and not rolled["harm"]
     assert "| `rolled` | 1 | 1 | 1 | 1 | 0 | 0 | 0/1 | 1/3 |" in table
+
+
+def test_other_class_forgets_a_different_class_per_seed_never_the_fixed_one_and_is_judged_as_a_class(zoo):
+    setting = zoo.SETTINGS["animal-cnn16-adam"]
+    classes = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
+    drawn = [zoo.request_for(setting, "other-class", seed, classes) for seed in range(3)]
+    assert all(request.kind == "class" for request in drawn)
+    labels = [request.labels[0] for request in drawn]
+    assert len(set(labels)) == 3 and setting.forget_class not in labels
+    assert labels == [zoo.request_for(setting, "other-class", seed, classes).labels[0] for seed in range(3)]
+    # "forgot" on a class request is FA near retrain's, not a smaller gap: a run at FA 95 against retrain's 0 with
+    # a gap under the original's did not forget.
+    row = _row("m", 0, 30.0, original_gap=50.0, kind="other-class")
+    row["metrics"] = {**row["metrics"], "FA": 95.0}
+    row["retrain"] = {**row["retrain"], "FA": 0.0}
+    cell = zoo.summarise([row])["digits-cnn16-sgd|other-class|m"]
+    assert cell["beat_nothing"] and not cell["forgot"]
