@@ -5,15 +5,15 @@ import copy
 import pytest
 import torch
 
-from excise.experiment import evaluate_original, run_method
-from excise.methods import get_method, list_methods, method_class
+from excise.experiment import build_model, evaluate_original, run_method
+from excise.methods import Guard, GuardWarning, get_method, list_methods, method_class
 from excise.methods._common import keep_bn_running_stats
 from excise.methods.base import UnlearnData
 from excise.methods.l1_sparse import l1_norm
 from excise.methods.salun import forget_gradient, saliency_mask
 from excise.metrics import avg_gap
 from excise.requests import ForgetRequest, RequestError
-from excise.training import predict_logits
+from excise.training import predict_logits, train
 
 from .conftest import RECIPE
 
@@ -138,7 +138,8 @@ def test_neggrad_plus_steps_on_both_sets_and_ascends_on_forget(digits_model, cla
 
     handle = digits_model.register_forward_pre_hook(spy)  # copied into the method's working model
     try:
-        ascent = _unlearn("neggrad_plus", digits_model, class_views)
+        # The official ascent (every step): the class gate's eval-mode check would add forget forwards of its own.
+        ascent = _unlearn("neggrad_plus", digits_model, class_views, class_gate=False)
     finally:
         handle.remove()
     epochs = ascent.config["epochs"]
@@ -294,3 +295,29 @@ def test_a_run_is_the_same_first_in_its_process_and_later_and_leaves_the_global_
         runs.append(result.model)
     for p, q in zip(runs[0].parameters(), runs[1].parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+@pytest.fixture(scope="module")
+def digits_mlp(digits):
+    # No BatchNorm: nothing bounds NegGrad+'s ascent but the class gate.
+    model = build_model(digits, "mlp", seed=0)
+    train(model, digits.train, RECIPE, seed=0)
+    return model.eval()
+
+
+def test_neggrad_plus_class_gate_stops_ascending_a_forgotten_class_where_the_official_ascent_collapses(
+        digits_mlp, class_views):
+    original = evaluate_original(digits_mlp, class_views).metrics
+    guard = Guard(action="warn")
+    gated = get_method("neggrad_plus").unlearn(digits_mlp, class_views.request, class_views.forget_set,
+                                               class_views.retain_set, recipe=RECIPE, seed=0, guard=guard)
+    metrics = evaluate_original(gated.model, class_views).metrics
+    assert metrics["FA"] <= 1.0 and metrics["TA"] >= original["TA"] - 2, metrics
+    assert 0 < gated.stats["ascent_steps"] < gated.stats["steps"]
+    assert gated.stats["gated_steps"] + gated.stats["ascent_steps"] == gated.stats["steps"]
+    with pytest.warns(GuardWarning, match="damaged the model"):
+        official = get_method("neggrad_plus", class_gate=False).unlearn(
+            digits_mlp, class_views.request, class_views.forget_set, class_views.retain_set, recipe=RECIPE, seed=0,
+            guard=guard)
+    assert evaluate_original(official.model, class_views).metrics["TA"] < 50
+    assert "gated_steps" not in official.stats
