@@ -120,11 +120,12 @@ def test_the_cli_records_the_guard_and_rolls_a_collapse_back(tmp_path):
     assert result.exit_code == 0, result.output
     guard = json.loads(forget_only.with_suffix(".json").read_text())["method_stats"]["guard"]
     assert guard["data"] == "held-out guard_set" and guard["fired"] is False and 100 < guard["rows"] <= 512
-    # NegGrad+ at 100x its step: a collapse. At the default the run is rolled back, and nothing is written: a model
-    # file and certificate for it would certify a deletion that did not happen, and the ledger would record it.
+    # NegGrad+'s official (ungated) ascent at 100x its step: a collapse. At the default the run is rolled back, and
+    # nothing is written: a model file and certificate for it would certify a deletion that did not happen, and the
+    # ledger would record it.
     rolled = tmp_path / "rolled.safetensors"
     collapse = ("unlearn", kept, "--method", "neggrad_plus", "--request", "class:5", "--out", rolled,
-                "--param", "lr_scale=100", "--ledger", ledger)
+                "--param", "lr_scale=100", "--param", "class_gate=false", "--ledger", ledger)
     result = invoke(*collapse)
     said = " ".join(result.output.split())
     assert result.exit_code != 0 and "the guard rolled the run back (accuracy on" in said
@@ -146,7 +147,7 @@ def test_the_cli_records_the_guard_and_rolls_a_collapse_back(tmp_path):
     assert not all(torch.equal(before[k], after[k]) for k in before)
     assert len(ledger.read_bytes()) > len(entries)
     # Without --out nothing is certified: the rolled-back numbers are shown, and said to be the model as it was.
-    result = invoke(*collapse[:6], "--param", "lr_scale=100")
+    result = invoke(*collapse[:6], "--param", "lr_scale=100", "--param", "class_gate=false")
     assert result.exit_code == 0, result.output
     assert "the guard rolled the run back: these are the numbers of the model as it was" in " ".join(
         result.output.split())
@@ -387,3 +388,46 @@ def test_a_damaged_run_names_what_to_try_instead(digits_model, class_views):
                         stop_accuracy=None, epochs=3)
     assert hurt.stats["guard"]["rolled_back"] and "imu_forgotten_rows" in hurt.stats["guard"]["hint"]
     assert get_method("imu_forgotten_rows").damage_hints == {}
+
+
+def test_a_run_that_returns_the_model_unchanged_says_so_and_gets_no_certificate(digits, digits_model, tmp_path):
+    from excise.metrics import EvalViews
+
+    from .test_cli import invoke
+
+    # SSD keeps the model as handed over when a forget row or two would decide its stop: five rows here. A new
+    # user's five-row request was certified as a deletion with the output file bit-identical to the input.
+    few = EvalViews.from_bundle(digits, ForgetRequest(kind="samples", indices=(0, 5, 9, 100, 200)))
+    with pytest.warns(GuardWarning, match=r"ssd: returned the model unchanged .* stop_reason says why"):
+        kept = _unlearn("ssd", digits_model, few, guard_set=few.test_retain)
+    assert kept.stats["guard"]["unchanged"] is True and not kept.stats["guard"]["rolled_back"]
+    moved = _unlearn("imu", digits_model, few, guard_set=few.test_retain)
+    assert "unchanged" not in moved.stats["guard"]
+    original = tmp_path / "original.safetensors"
+    assert invoke("train", "--out", original, "--width", 8, "--epochs", 6).exit_code == 0
+    out = tmp_path / "out.safetensors"
+    result = invoke("unlearn", original, "--method", "ssd", "--request", "samples:indices=0,5,9,100,200", "--out", out)
+    said = " ".join(result.output.split())
+    assert result.exit_code != 0 and "returned the model unchanged" in said and "nothing was written" in said, said
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_a_subclass_run_that_forgets_nothing_says_so(digits_super_model, subclass_views):
+    with pytest.warns(GuardWarning, match="finetune: forgot nothing at these settings"):
+        idle = _unlearn("finetune", digits_super_model, subclass_views, epochs=1, lr_scale=0.01)
+    found = idle.stats["guard"]
+    assert found["forgot_nothing"] is True and found["incomplete"] is False
+
+
+def test_calibration_never_chooses_a_trial_that_forgot_nothing_of_its_proxy(digits_model, class_views, monkeypatch):
+    import excise.calibrate as calibrate_module
+    from excise.experiment import RunRecord
+
+    def idle(*args, **kwargs):
+        stats = {"guard": {"fired": False, "forgot_nothing": True, "forget_rows": 137,
+                           "forget_accuracy_before": 100.0, "forget_accuracy_after": 100.0}}
+        return None, RunRecord("imu", {}, {}, 0.1, {}, stats, avg_gap=49.6)
+
+    monkeypatch.setattr(calibrate_module, "run_method", idle)
+    trial = calibrate_module._run_trial("imu", {}, digits_model, class_views, RECIPE, None, 0, Guard(), None)
+    assert trial.status == "guard" and "forgot nothing" in trial.detail

@@ -356,7 +356,7 @@ def unlearn_checkpoint(
                                uncertainty=uncertainty, reference_replicates=ref_replicates, guard=guard)
     finding = record.stats.get("guard") or {}
     refusing = (guard or Guard()).action == "rollback"
-    if out is not None and refusing and (finding.get("rolled_back") or finding.get("forgot_nothing")):
+    if out is not None and refusing and any(finding.get(k) for k in ("rolled_back", "forgot_nothing", "unchanged")):
         raise GuardRefused(
             f"{method}: {guard_objection(finding)}, so nothing was written: {model_path} is unchanged and still "
             f"holds the data {request.describe()} names. "

@@ -22,7 +22,9 @@ Choices, and why:
   trials after the ``n_trials`` of the search.
 - **The guard is on.** A trial whose run fired the guard (:class:`excise.methods.base.Guard`, checked on the
   proxy's held-out test rows, handed over as the ``guard_set`` — not training data, never read by the method: a
-  collapse, or on a samples request forget rows that ended further from looking unseen) or raised a
+  collapse, or on a samples request forget rows that ended further from looking unseen; since 2026-12-07 also a
+  proxy class the run did not forget, or a model returned unchanged: a new user's calibration had picked a
+  configuration that forgot nothing of its proxy class, and ``excise unlearn`` then refused it) or raised a
   ``ValueError`` / ``FloatingPointError`` (a refused or diverged configuration) is told to optuna as *pruned*:
   TPE ranks pruned trials below every complete one, and
   the best trial is only ever a complete one. Its gap (if measured) and the reason are kept in the file.
@@ -210,7 +212,8 @@ def search_space(method: str, kind: str | None = None) -> dict[str, Space]:
 @dataclass
 class TrialRecord:
     """One trial: its hyper-parameters, the proxy gap it measured (``None`` when the run failed) and its status:
-    ``"ok"``, ``"guard"`` (the guard fired — a collapse, or forget rows left further from looking unseen: not
+    ``"ok"``, ``"guard"`` (the guard objected, :func:`~excise.methods.guard_objection` — a collapse, forget rows
+    left further from looking unseen, a class or sub-class that was not forgotten, an unchanged model: not
     eligible, whatever its gap) or ``"failed"``."""
 
     number: int
@@ -454,7 +457,9 @@ def _run_trial(method: str, params: dict[str, Any], model: nn.Module, views: Eva
     seconds = time.perf_counter() - start
     if gap is None or not math.isfinite(gap):
         return TrialRecord(0, params, None, "failed", f"the avg gap is {gap}", seconds)
-    if finding.get("fired") or finding.get("further_from_goal"):
+    # Any finding that would refuse the configuration's certificate on the real request (guard_objection): a trial
+    # that forgot nothing of the proxy class scored a gap, but it is not a calibration of forgetting.
+    if guard_objection(finding) is not None:
         return TrialRecord(0, params, gap, "guard", f"guard: {guard_objection(finding)}", seconds)
     return TrialRecord(0, params, gap, "ok", None, seconds)
 

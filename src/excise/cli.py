@@ -361,10 +361,12 @@ def calibrate_command(
     except USER_ERRORS as err:
         fail(err)
     result = outcome.result
-    table = Table(title=f"calibrated on {proxy}: avg gap to its retrained model, {n_trials} trials per method",
+    table = Table(title=f"calibrated on {proxy}: avg gap to its retrained model, {n_trials} trials per method "
+                        "and one per tuned knob put back to its default",
                   title_justify="left",
-                  caption="trial 0 runs the defaults; guard: trials whose run fired the guard, failed: refused or "
-                          "diverged configurations (neither can be chosen)")
+                  caption="trial 0 runs the defaults; guard: trials the guard objected to (a collapse, forget rows "
+                          "left further from looking unseen, a class that was not forgotten, an unchanged model), "
+                          "failed: refused or diverged configurations (neither can be chosen)")
     for header in ("method", "defaults", "calibrated", "params", "ok", "guard", "failed"):
         table.add_column(header, justify="left" if header in ("method", "params") else "right")
     for name, found in result.methods.items():

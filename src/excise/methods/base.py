@@ -65,6 +65,11 @@ that did move them was served only in part (:meth:`Guard.progress`): a model nev
 predicts it, and ``benchmarks/zoo.py`` counts a class as forgotten within 10 points of the retrained model's."""
 
 
+UNCHANGED_ADVICE = ("Its stats' stop_reason says why it kept the model; another method may serve the request, and "
+                    "`retrain` is the exact deletion")
+"""What the guard's ``unchanged`` warning suggests."""
+
+
 GOAL_Z = 2.0
 """How many null standard errors of the membership AUC a samples request's forget rows must end beyond 0.5 before
 the guard calls them further from the goal (:meth:`Guard.goal`); 2 is the two-sided 95% band of a never-seen set."""
@@ -192,11 +197,15 @@ class Guard:
         return _seeded_rows(source, self.rows, seed), name
 
     def progress(self, before: nn.Module, after: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any] | None:
-        """For a class request: the top-1 accuracy on up to ``rows`` forget rows (data every method reads) before
-        and after. A fall of less than :data:`NO_PROGRESS_POINTS` means the run forgot nothing — the model is
-        returned as it came, in effect, and the result says so rather than pass for an unlearned model; an end above
-        :data:`INCOMPLETE_POINTS` after a fall means it forgot the class only in part (``incomplete``)."""
-        if self.action == "off" or data.task != "multiclass" or data.request.kind != "class":
+        """For a class or sub-class request: the top-1 accuracy on up to ``rows`` forget rows (data every method
+        reads) before and after. A fall of less than :data:`NO_PROGRESS_POINTS` means the run forgot nothing — the
+        model is returned as it came, in effect, and the result says so rather than pass for an unlearned model; on a
+        class request an end above :data:`INCOMPLETE_POINTS` after a fall means it forgot the class only in part
+        (``incomplete``). A sub-class's rows keep their super-class label, which a retrained model still predicts for
+        some of them (14-50% on the digits groupings), so it has no "in part"; but a run that did not move them at
+        all was measured to leave the retrained model's level far away (a new user's digits grouping, fine class 4:
+        nine of fourteen methods at FA 100 against the retrained 50, certified without a word until 2026-12-07)."""
+        if self.action == "off" or data.task != "multiclass" or data.request.kind not in ("class", "subclass"):
             return None
         rows = _seeded_rows(data.forget_set, self.rows, seed)
         first, last = _top1(before, rows), _top1(after, rows)
@@ -204,7 +213,8 @@ class Guard:
         nothing = first >= NO_PROGRESS_POINTS and first - last < NO_PROGRESS_POINTS
         return {"forget_rows": len(rows), "forget_accuracy_before": first, "forget_accuracy_after": last,
                 "forgot_nothing": nothing,
-                "incomplete": first - last >= NO_PROGRESS_POINTS and last > INCOMPLETE_POINTS}
+                "incomplete": (data.request.kind == "class" and first - last >= NO_PROGRESS_POINTS
+                               and last > INCOMPLETE_POINTS)}
 
     def goal(self, before: nn.Module, after: nn.Module, data: UnlearnData, held_out: LabeledData | None,
              seed: int) -> dict[str, Any] | None:
@@ -293,6 +303,13 @@ def _seeded_rows(rows: LabeledData, limit: int, seed: int) -> LabeledData:
         return rows
     generator = torch.Generator().manual_seed(seed)
     return rows.subset(torch.randperm(len(rows), generator=generator)[:limit].sort().values)
+
+
+def _same_state(before: nn.Module, after: nn.Module) -> bool:
+    """Whether two models hold the same tensors, bit for bit (parameters and buffers, by name)."""
+    first, last = before.state_dict(), after.state_dict()
+    return first.keys() == last.keys() and all(
+        first[name].shape == last[name].shape and torch.equal(first[name], last[name]) for name in first)
 
 
 def _correct(model: nn.Module, rows: LabeledData) -> torch.Tensor:
@@ -440,6 +457,13 @@ class UnlearningMethod(ABC):
         if rolling and (stats["guard"].get("fired") or stats["guard"].get("further_from_goal")):
             unlearned, stats["guard"]["rolled_back"] = copy.deepcopy(model).eval(), True
         rolled_back = bool(stats["guard"].get("rolled_back"))
+        if guard.action != "off" and not rolled_back and _same_state(model, unlearned):
+            # A run that chose to keep the model as handed over (a stop whose first check overshot, SSD on a handful
+            # of rows) deleted nothing: its weights still hold the rows, whatever the request. Said here, and no
+            # certificate is written for it (guard_objection).
+            stats["guard"]["unchanged"] = True
+            warnings.warn(f"{self.name}: returned the model unchanged (its weights equal the input's): nothing was "
+                          f"deleted for {request.describe()}. {UNCHANGED_ADVICE}", GuardWarning, stacklevel=2)
         moved = None if rolled_back else guard.progress(model, unlearned, data, seed)
         if moved is not None:
             stats["guard"].update(moved)
@@ -481,7 +505,8 @@ class UnlearningMethod(ABC):
 def guard_objection(finding: Mapping[str, Any] | None) -> str | None:
     """Why a run's model must not be certified as a deletion, from its ``stats["guard"]``: the guard rolled it
     back, or found that it collapsed the model, left a samples request's forget rows further from looking unseen,
-    or forgot nothing of a class request. ``None`` when the guard found none of these (or did not check).
+    forgot nothing of a class or sub-class request, or returned the model unchanged. ``None`` when the guard found
+    none of these (or did not check).
 
     One wording for every place that refuses a certificate: `excise unlearn --out` (under the default rollback)
     and `excise bench --certify` (whose comparison guard only warns, so it keeps such a run's model and metrics
@@ -504,6 +529,8 @@ def guard_objection(finding: Mapping[str, Any] | None) -> str | None:
     if finding.get("forgot_nothing"):
         reasons.append(f"the run forgot nothing (accuracy on {finding['forget_rows']} forget rows went from "
                        f"{finding['forget_accuracy_before']:.1f} to {finding['forget_accuracy_after']:.1f})")
+    if finding.get("unchanged"):
+        reasons.append("the run returned the model unchanged (its weights equal the input's)")
     if finding.get("rolled_back"):
         return f"the guard rolled the run back ({'; '.join(reasons) or 'the guard fired'})"
     return "; ".join(reasons) or None

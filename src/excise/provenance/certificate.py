@@ -110,7 +110,7 @@ def retrain_free_evidence(metrics: dict[str, float], directions: dict[str, str])
 
 GUARD_FIELDS = ("data", "rows", "accuracy_before", "accuracy_after", "fired", "rolled_back", "forget_rows",
                 "forget_accuracy_before", "forget_accuracy_after", "forgot_nothing", "incomplete", "further_from_goal",
-                "hint", "reason")
+                "unchanged", "hint", "reason")
 
 
 def guard_record(finding: dict[str, Any] | None) -> dict[str, Any] | str:
