@@ -220,6 +220,13 @@ def test_reference_check_ignores_label_order_and_refuses_sidecars_without_a_data
     original.meta["dataset"] = {"name": "digits"}
     with pytest.raises(CheckpointError, match=r"of the original model '.*original.safetensors' records no dataset"):
         check_reference(reference(dataset), original, ForgetRequest.parse("class:3,5"), digits.train)
+    # A reference from other data is named as such before its request is read against this data's classes (which
+    # would fail on a class name the user never typed).
+    elsewhere = reference({"name": "cancer", "fingerprint": "f" * 64})
+    elsewhere.meta["request"] = {"kind": "class", "labels": ["malignant"]}
+    original.meta["dataset"] = dataset
+    with pytest.raises(ValueError, match=r"reference '.*reference.safetensors' was trained on other data than"):
+        check_reference(elsewhere, original, ForgetRequest.parse("class:3"), digits.train)
 
 
 def test_demo_prints_the_table_and_records_it(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from excise.data import load_dataset
+from excise.data import LabeledData, load_dataset
 from excise.data.external import call_factory
 from excise.data.lazy import READ_CHUNK, LazyInputs, concat_inputs
 from excise.experiment import evaluate_original, run_method, train_original
@@ -124,6 +124,18 @@ def test_a_small_dataset_is_read_into_memory(digits) -> None:
     bundle = call_factory(lambda: (data, data), "tests:small", root=None, seed=0)
     assert isinstance(bundle.train.inputs, torch.Tensor)
     assert torch.equal(bundle.train.inputs, digits.test.inputs)
+
+
+def test_train_and_test_parts_of_different_sample_shapes_are_refused_by_name(digits) -> None:
+    train = StrictDataset(digits.train.inputs.clone(), digits.train.targets.clone())
+    test = StrictDataset(digits.test.inputs[..., :7].clone(), digits.test.targets.clone())
+    with pytest.raises(ValueError, match=r"dataset='tests:cut': the train samples have shape \(1, 8, 8\) but the "
+                                         r"test samples \(1, 8, 7\)"):
+        call_factory(lambda: (train, test), "tests:cut", root=None, seed=0)
+    labeled = digits.test.subset(range(20))
+    cut = LabeledData(labeled.inputs[..., :7].clone(), labeled.targets, labeled.classes)
+    with pytest.raises(ValueError, match="the train samples have shape"):
+        call_factory(lambda: (labeled, cut), "tests:cut", root=None, seed=0)
 
 
 def test_bad_memory_limit_is_refused(monkeypatch, digits) -> None:

@@ -234,3 +234,29 @@ def test_sequence_is_cumulative(digits):
     assert set(np.unique(steps[0][0].targets)) == {1}
     assert set(np.unique(steps[1][0].targets)) == {1, 2}
     assert not np.isin(steps[1][1].targets.numpy(), [1, 2]).any()
+
+
+def _tiny(classes):
+    inputs = torch.randn(9, 1, 2, 2)
+    return LabeledData(inputs, torch.tensor([0, 1, 2] * 3), classes=classes, name="tiny")
+
+
+def test_a_number_that_is_one_class_by_index_and_another_by_name_is_refused_and_a_string_is_a_name():
+    # UCI wine's cultivars are named "1", "2", "3": `class:1` (text, the CLI's) is the class named "1" (index 0),
+    # while labels=(1,) is index 1 — and both read `class:1` in every record. The int is refused; text is a name.
+    data = _tiny(("1", "2", "3"))
+    forget, _ = split(data, ForgetRequest.parse("class:1"))
+    assert set(forget.targets.tolist()) == {0}
+    with pytest.raises(ValueError, match=r"labels=1 is ambiguous on this data: as an index it is the class named '2'"):
+        split(data, ForgetRequest(kind="class", labels=(1,)))
+    # Where names and indices agree (the digits) or names are not numbers, an int is an index as before.
+    assert set(split(_tiny(("0", "1", "2")), ForgetRequest(kind="class", labels=(1,)))[0].targets.tolist()) == {1}
+    assert set(split(_tiny(("a", "b", "c")), ForgetRequest(kind="class", labels=(1,)))[0].targets.tolist()) == {1}
+    assert set(split(data, ForgetRequest(kind="class", labels=(0,)))[0].targets.tolist()) == {0}
+
+
+def test_forgetting_all_but_one_class_is_served_with_a_warning():
+    data = LabeledData(torch.randn(6, 1, 2, 2), torch.tensor([0, 1] * 3), classes=("benign", "malignant"))
+    with pytest.warns(UserWarning, match="leaves a single class: a model retrained without it predicts that class"):
+        forget, retain = split(data, ForgetRequest(kind="class", labels=("malignant",)))
+    assert len(forget) == 3 and len(retain) == 3

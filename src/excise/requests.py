@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -305,6 +306,12 @@ def resolve(data: LabeledData, request: ForgetRequest) -> ResolvedRequest:
         raise RequestError(f"request {request.describe()!r} selects no training sample: the forget set is empty")
     if request.kind != "target" and len(forget) == n:
         raise RequestError(f"request {request.describe()!r} selects every training sample: nothing would remain")
+    if request.kind == "class" and not by_class_targets and data.num_classes - len(set(labels)) == 1:
+        # Served as asked, but a user should know what the reference is (a new user's breast-cancer model: the
+        # retrained model predicted "benign" for every input, and a method matching it had a gap of 0.00).
+        warnings.warn(f"request {request.describe()!r} leaves a single class: a model retrained without it predicts "
+                      f"that class for every input, so the retained accuracies are 100 by construction and the "
+                      "gap to retrain says little", UserWarning, stacklevel=2)
     return ResolvedRequest(request, forget, labels)
 
 

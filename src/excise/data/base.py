@@ -180,10 +180,21 @@ def _take(value: Any, idx: Tensor) -> Any:
 
 
 def _resolve_label(label: str | int, names: Sequence[str], field_name: str, what: str = "class") -> int:
-    """The index of ``label`` (a name, or an index) among ``names``; ``what`` names what the labels are in the
-    error ("class", "target", "fine class")."""
+    """The index of ``label`` among ``names``; ``what`` names what the labels are in the error ("class", "target",
+    "fine class"). A string is read as a name first, and as an index only when no class has that name (the CLI's
+    `class:3` on the digits); an int is an index, refused when a class is named by the same number at another index
+    (it would mean one class here and another in the CLI's spelling)."""
     if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
         if 0 <= int(label) < len(names):
+            named = list(names).index(str(int(label))) if str(int(label)) in names else int(label)
+            if named != int(label):
+                # Class names that are numbers in another order (UCI wine's cultivars "1", "2", "3"): the index 1
+                # and the name "1" are two classes, and both requests would read `class:1` in every record.
+                raise ValueError(
+                    f"{field_name}={label!r} is ambiguous on this data: as an index it is the {what} named "
+                    f"{names[int(label)]!r}, but the {what} named {str(int(label))!r} is index {named}; name the "
+                    f"{what} as a string instead ({names[int(label)]!r} or {str(int(label))!r}): a string is read "
+                    "as a name")
             return int(label)
         raise ValueError(
             f"{field_name}={label!r} is out of range: expected a {what} index in [0, {len(names) - 1}] "

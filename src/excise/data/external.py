@@ -55,6 +55,8 @@ def call_factory(factory: Callable[..., Any], name: str, *, root: Any, seed: int
     if all(isinstance(part, LabeledData) for part in read.values()):
         if read["train"].classes != read["test"].classes:
             raise ValueError(f"dataset={name!r}: the train and test parts name different classes")
+        if read["train"].task == "multiclass":
+            _check_sample_shapes(name, read["train"].inputs, read["test"].inputs)
         return DatasetBundle(name, replace(read["train"], name=name), replace(read["test"], name=name),
                              {"source": f"user factory {name}"})
     if any(isinstance(part, LabeledData) for part in read.values()):
@@ -65,6 +67,7 @@ def call_factory(factory: Callable[..., Any], name: str, *, root: Any, seed: int
     if len(classes) < 2:
         raise ValueError(f"dataset={name!r}: found fewer than two classes; give the training set a `classes` "
                          "attribute naming them")
+    _check_sample_shapes(name, read["train"][0], read["test"][0])
     parts = {}
     for which, (inputs, labels) in read.items():
         if int(labels.min()) < 0 or int(labels.max()) >= len(classes):
@@ -72,6 +75,15 @@ def call_factory(factory: Callable[..., Any], name: str, *, root: Any, seed: int
                              f"outside the {len(classes)} classes {list(classes)[:10]}")
         parts[which] = LabeledData(inputs, labels.long(), classes, name=name)
     return DatasetBundle(name, parts["train"], parts["test"], {"source": f"user factory {name}"})
+
+
+def _check_sample_shapes(name: str, train_inputs: Any, test_inputs: Any) -> None:
+    """Refuse parts whose samples differ in shape: the model would otherwise fail with a matrix-size error deep in
+    its forward, after a whole training run (a new user's train and test tables had 13 and 12 columns)."""
+    train_shape, test_shape = tuple(train_inputs.shape[1:]), tuple(test_inputs.shape[1:])
+    if train_shape != test_shape:
+        raise ValueError(f"dataset={name!r}: the train samples have shape {train_shape} but the test samples "
+                         f"{test_shape}; both parts must give inputs of one shape")
 
 
 def memory_limit_bytes() -> int:

@@ -161,17 +161,8 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
             raise ValueError("it records no request")
     except ValueError as err:
         raise CheckpointError(f"{where} records an invalid request: {err}") from err
-    same = ((requests[0].kind == "target") == (retrained_for[0].kind == "target")
-            and _forgotten(data, requests) == _forgotten(data, retrained_for))
-    if not same:
-        hint = ""
-        if len(requests) > 1 and len({r.kind for r in requests}) == 1 and requests[0].kind != "samples":
-            labels = ",".join(dict.fromkeys(str(label) for r in requests for label in r.labels))
-            hint = f"; retrain one with `excise train --request {requests[0].kind}:{labels}`"
-        if len(requests) > 1 and not hint:
-            hint = "; retrain one with `excise train " + " ".join(f"--request {r.describe()}" for r in requests) + "`"
-        raise ValueError(f"{where} was retrained without {_describe(retrained_for)}, but this run forgets "
-                         f"{_describe(requests)}: its metrics are not this request's reference{hint}")
+    # The data first: a reference from another data set would otherwise be read against this one's classes and
+    # fail on a label the user never typed (a new user's `malignant` against the digits' classes).
     fingerprints = []
     for role, checkpoint in (("reference", reference), ("original model", original)):
         record = checkpoint.meta.get("dataset")
@@ -185,6 +176,17 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
     if fingerprints[0] != fingerprints[1]:
         raise ValueError(f"{where} was trained on other data than {str(original.path)!r} (data set fingerprint "
                          f"{str(fingerprints[0])[:12]} vs {str(fingerprints[1])[:12]})")
+    same = ((requests[0].kind == "target") == (retrained_for[0].kind == "target")
+            and _forgotten(data, requests) == _forgotten(data, retrained_for))
+    if not same:
+        hint = ""
+        if len(requests) > 1 and len({r.kind for r in requests}) == 1 and requests[0].kind != "samples":
+            labels = ",".join(dict.fromkeys(str(label) for r in requests for label in r.labels))
+            hint = f"; retrain one with `excise train --request {requests[0].kind}:{labels}`"
+        if len(requests) > 1 and not hint:
+            hint = "; retrain one with `excise train " + " ".join(f"--request {r.describe()}" for r in requests) + "`"
+        raise ValueError(f"{where} was retrained without {_describe(retrained_for)}, but this run forgets "
+                         f"{_describe(requests)}: its metrics are not this request's reference{hint}")
     differences = reference_differences(reference, original)
     if differences and not allow_mismatch:
         # Measured: a width-8, 2-epoch reference for a width-32, 20-epoch original gave "avg gap to retrain 22.81";
