@@ -43,11 +43,29 @@ def test_stop_rule_is_what_ends_class_ascent(digits_model, class_views, recipe):
     full = get_method("imu", stop_accuracy=None, epochs=4).unlearn(
         digits_model, class_views.request, class_views.forget_set, recipe=recipe)
     assert full.stats["stop_reason"] == "epochs" and full.stats["steps"] == 4
-    auto = get_method("imu", epochs=4).unlearn(digits_model, class_views.request, class_views.forget_set,
-                                              recipe=recipe)
+    auto = get_method("imu", epochs=4, min_steps=0).unlearn(digits_model, class_views.request, class_views.forget_set,
+                                                            recipe=recipe)
     assert auto.stats["stop_accuracy"] == 0.0
     # Same seed, same steps up to the stop: the early-stopped run is a prefix of the full one.
     assert auto.stats["loss_curve"] == full.stats["loss_curve"][: auto.stats["steps"]]
+
+
+def test_a_class_run_is_not_ended_by_a_few_steps_on_a_small_forget_set(digits_model, class_views, samples_views,
+                                                                      recipe):
+    # 137 forget rows are one step per epoch: the cap of an epoch budget, not the class stop, would end the run.
+    official = get_method("imu", epochs=2, min_steps=0).unlearn(
+        digits_model, class_views.request, class_views.forget_set, recipe=recipe)
+    assert official.stats["stop_reason"] == "epochs" and official.stats["steps"] == 2
+    assert official.stats["forget_accuracy_curve"][-1] > 0.5
+    floored = get_method("imu", epochs=2).unlearn(digits_model, class_views.request, class_views.forget_set,
+                                                  recipe=recipe)
+    assert floored.stats["stop_reason"].startswith("stop_accuracy") and 2 < floored.stats["steps"] <= 40
+    assert floored.stats["forget_accuracy_curve"][-1] == 0.0
+    assert floored.stats["loss_curve"][:2] == official.stats["loss_curve"]  # the same run, only longer
+    # A samples request keeps its epoch budget: its stop is a fall from the start, not a known level.
+    sampled = get_method("imu", epochs=1).unlearn(digits_model, samples_views.request, samples_views.forget_set,
+                                                  recipe=recipe)
+    assert sampled.stats["steps"] <= sampled.stats["batches_per_epoch"]
 
 
 def test_random_samples_mia_moves_toward_retrain(digits_model, samples_views, samples_reference, recipe):
@@ -196,6 +214,7 @@ def test_deterministic_with_a_seed(digits_model, samples_views, recipe):
         ({"rows": "mine"}, "rows"),
         ({"stop_probability": 0.01}, "stop_probability"),  # needs rows='forgotten'
         ({"rows": "forgotten", "stop_probability": 1.0}, "stop_probability"),
+        ({"min_steps": -1}, "min_steps"),
     ],
 )
 def test_bad_config_names_the_field(options, field):
