@@ -42,7 +42,7 @@ cached under ``<out>/cache``. The summary judges each (setting, request) pair on
 - **harm**: RA fell more than 5 points, or the gap ended further from retrain than the original's by more than the
   original's spread over seeds — unless the method said so on every seed (its guard fired, or it reported that
   it could not serve the request, or forgot nothing on a class request, or left a samples request's forget rows
-  further from looking unseen than it found them).
+  further from looking unseen than it found them, or returned the model unchanged).
 
 It prints one line per method (in how many pairs it forgot, kept RA, beat nothing, did harm) and a settings x
 methods table of gaps with the harmful ones marked, and writes ``<out>/summary.json`` and ``<out>/zoo.md``.

@@ -306,7 +306,7 @@ def digits_mlp(digits):
 
 
 def test_neggrad_plus_class_gate_stops_ascending_a_forgotten_class_where_the_official_ascent_collapses(
-        digits_mlp, class_views):
+        digits_mlp, class_views, samples_views):
     original = evaluate_original(digits_mlp, class_views).metrics
     guard = Guard(action="warn")
     gated = get_method("neggrad_plus").unlearn(digits_mlp, class_views.request, class_views.forget_set,
@@ -321,3 +321,9 @@ def test_neggrad_plus_class_gate_stops_ascending_a_forgotten_class_where_the_off
             guard=guard)
     assert evaluate_original(official.model, class_views).metrics["TA"] < 50
     assert "gated_steps" not in official.stats
+    # A random-samples request is never gated: the same run, bit for bit, either way.
+    on, off = (get_method("neggrad_plus", class_gate=gate).unlearn(
+        digits_mlp, samples_views.request, samples_views.forget_set, samples_views.retain_set, recipe=RECIPE,
+        seed=0, guard=guard) for gate in (True, False))
+    gated, official = on.model.state_dict(), off.model.state_dict()
+    assert all(torch.equal(gated[name], official[name]) for name in official)

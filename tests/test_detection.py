@@ -379,9 +379,16 @@ def test_cli_train_unlearn_evaluate_and_plot(tmp_path) -> None:
     meta = json.loads(original.with_suffix(".json").read_text())
     assert meta["model"]["name"] == "centernet" and meta["dataset"]["name"] == "multidigits-det"
     unlearned = tmp_path / "unlearned.safetensors"
+    # One epoch at width 4: every channel the target needs, a remaining target needs too, so the balanced graph
+    # prunes nothing — and a run that returned the model unchanged gets no file and no certificate.
     result = invoke("unlearn", original, "--method", "dense_essential_graph", "--request", "target:2",
                     "--out", unlearned, "--param", "proportion=0.5")
+    assert result.exit_code != 0 and "returned the model unchanged" in " ".join(result.output.split())
+    assert not unlearned.exists()
+    result = invoke("unlearn", original, "--method", "dense_essential_graph_unbalanced", "--request", "target:2",
+                    "--out", unlearned, "--param", "proportion=0.5")
     assert result.exit_code == 0, result.output
+    assert json.loads(unlearned.with_suffix(".json").read_text())["method_stats"]["pruned_channels"] > 0
     picture = tmp_path / "grid.png"
     result = invoke("evaluate", unlearned, "--request", "target:2", "--plot", picture, "--before", original)
     assert result.exit_code == 0, result.output

@@ -39,6 +39,7 @@ from excise.experiment import (
     run_method,
 )
 from excise.methods import Guard, GuardRefused, get_method, guard_objection
+from excise.methods.base import refuses_forgot_nothing
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.metrics.uncertainty import Uncertainty
 from excise.provenance.certificate import certificate_path, sign
@@ -297,8 +298,9 @@ def unlearn_checkpoint(
     signed with the Ed25519 key at ``sign_key`` if given); with ``ledger``, it is appended to that model lineage's
     ledger (:mod:`excise.provenance.ledger`), which must be new or end at this input model. ``guard``: the
     collapse and goal check (:class:`~excise.methods.base.Guard`; default rollback), recorded in the sidecar's stats;
-    a run it rolled back, or one that forgot nothing, is not written (:class:`~excise.methods.base.GuardRefused`),
-    since its certificate would certify a deletion that did not happen.
+    a run it rolled back, one that forgot nothing of a class, or one that returned the model unchanged, is not
+    written (:class:`~excise.methods.base.GuardRefused`), since its certificate would certify a deletion that did not
+    happen.
     ``config``: a calibration file (``excise calibrate``, :func:`calibrate_checkpoint`) whose values for ``method``
     are used; a value in ``hyperparameters`` overrides the calibrated one. The sidecar records which were applied."""
     calibration = None
@@ -356,7 +358,8 @@ def unlearn_checkpoint(
                                uncertainty=uncertainty, reference_replicates=ref_replicates, guard=guard)
     finding = record.stats.get("guard") or {}
     refusing = (guard or Guard()).action == "rollback"
-    if out is not None and refusing and any(finding.get(k) for k in ("rolled_back", "forgot_nothing", "unchanged")):
+    if out is not None and refusing and (finding.get("rolled_back") or finding.get("unchanged")
+                                         or refuses_forgot_nothing(finding)):
         raise GuardRefused(
             f"{method}: {guard_objection(finding)}, so nothing was written: {model_path} is unchanged and still "
             f"holds the data {request.describe()} names. "

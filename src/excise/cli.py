@@ -290,7 +290,8 @@ def unlearn_command(
         "rollback", help="If the run drops the held-out test rows' accuracy by more than 5 points (a samples "
                          "request: 2, when also beyond the rows' noise), or leaves a samples request's forget rows "
                          "further from looking unseen than it found them: rollback "
-                         "(write nothing and exit with an error: the input model is unchanged), warn (write the "
+                         "(write nothing and exit with an error: the input model is unchanged; so too for a class "
+                         "request that forgot nothing and a run that returned the model unchanged), warn (write the "
                          "damaged model, with the finding in its sidecar) or off."),
     config: Path | None = typer.Option(
         None, help="A calibration file from `excise calibrate`: use its values for --method (a --param wins)."),
@@ -629,8 +630,8 @@ def bench_command(
     check: bool = typer.Option(False, "--check", help="Only validate the suite (and load its data); run nothing."),
     certify: bool = typer.Option(
         False, help="Keep each cell's model under OUT/certified/ with its deletion certificate (`excise verify`); "
-                    "a run whose guard found it collapsed the model, left random rows further from looking unseen or "
-                    "forgot nothing of a class is recorded, not certified."),
+                    "a run whose guard found it collapsed the model, left random rows further from looking unseen, "
+                    "forgot nothing of a class or returned the model unchanged is recorded, not certified."),
 ) -> None:
     """Run a benchmark suite: every method on every scenario and seed, cached and resumable."""
     from excise.bench import load_suite, plan, read_records, run_suite

@@ -627,8 +627,8 @@ def run_suite(
     cell's model under ``out_dir/certified/<scenario>/`` with its deletion certificate
     (:mod:`excise.provenance.certificate`), for `excise verify`; the record's ``certificate`` is ``{"path",
     "sha256"}``, or ``{"refused": <what the guard found>, "path": None}`` for a run whose guard found it collapsed
-    the model, left a samples request's rows further from looking unseen, or forgot nothing of a class request
-    (:func:`excise.methods.guard_objection`): nothing is written for it."""
+    the model, left a samples request's rows further from looking unseen, forgot nothing of a class request, or
+    returned the model unchanged (:func:`excise.methods.guard_objection`): nothing is written for it."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

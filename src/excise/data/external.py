@@ -46,6 +46,8 @@ def call_factory(factory: Callable[..., Any], name: str, *, root: Any, seed: int
             given[key] = value
     value = factory(**given)
     if isinstance(value, DatasetBundle):
+        if value.task == "multiclass":
+            _check_sample_shapes(name, value.train.inputs, value.test.inputs)
         return DatasetBundle(name, value.train, value.test, dict(value.meta))
     if not (isinstance(value, (tuple, list)) and len(value) == 2):
         raise ValueError(f"dataset={name!r} returned a {type(value).__name__}; a data factory returns a "

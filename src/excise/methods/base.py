@@ -47,9 +47,9 @@ class RetainAccessError(RuntimeError):
 
 
 class GuardRefused(ValueError):
-    """A run the guard rolled back, or one that forgot nothing, was asked to be written as an unlearned model:
-    refused, nothing written (its certificate would certify a deletion that did not happen). ``record``: the run's
-    evaluation, for a caller that wants its numbers."""
+    """A run the guard rolled back, one that forgot nothing of a class, or one that returned the model unchanged, was
+    asked to be written as an unlearned model: refused, nothing written (its certificate would certify a deletion
+    that did not happen). ``record``: the run's evaluation, for a caller that wants its numbers."""
 
     def __init__(self, message: str, record: Any = None) -> None:
         super().__init__(message)
@@ -57,7 +57,8 @@ class GuardRefused(ValueError):
 
 
 NO_PROGRESS_POINTS = 1.0
-"""A class request whose forget accuracy fell by less than this many points was not served (:meth:`Guard.progress`)."""
+"""A class (or sub-class) request whose forget accuracy fell by less than this many points was not served
+(:meth:`Guard.progress`)."""
 
 INCOMPLETE_POINTS = 10.0
 """A class request whose forget rows are still predicted as their class above this accuracy (in points) after a run
@@ -94,7 +95,7 @@ the goal."""
 
 class GuardWarning(UserWarning):
     """A method's run lowered the guard rows' accuracy by more than the guard allows, ended further from the goal
-    than it started, or forgot nothing."""
+    than it started, forgot nothing (or only part of a class), or returned the model unchanged."""
 
 
 @dataclass
@@ -157,9 +158,11 @@ class Guard:
     ``stats["guard"]["further_from_goal"]``). ``action``: ``"rollback"`` (default: a warning, and the input model is
     returned as it was, so a collapsed or goal-missing run is never shipped; ``stats["guard"]["rolled_back"]`` says
     so), ``"warn"`` (the warning and the record only: the damaged model is returned — what a benchmark comparing
-    methods as published wants), ``"off"``. For a class request it also says whether the run forgot anything, and
-    whether only in part (:meth:`progress`: the forget rows' accuracy before and after; a warning, not a rollback:
-    the model did move toward the goal). The guard's forward passes are not part of the method's timed seconds.
+    methods as published wants), ``"off"``. For a class or sub-class request it also says whether the run forgot
+    anything, and for a class whether only in part (:meth:`progress`: the forget rows' accuracy before and after; a
+    warning, not a rollback: the model did move toward the goal); for any request, whether the run returned the
+    model unchanged (``stats["guard"]["unchanged"]``, a warning). The guard's forward passes are not part of the
+    method's timed seconds.
     """
 
     max_drop: float = 5.0
@@ -202,9 +205,11 @@ class Guard:
         model is returned as it came, in effect, and the result says so rather than pass for an unlearned model; on a
         class request an end above :data:`INCOMPLETE_POINTS` after a fall means it forgot the class only in part
         (``incomplete``). A sub-class's rows keep their super-class label, which a retrained model still predicts for
-        some of them (14-50% on the digits groupings), so it has no "in part"; but a run that did not move them at
-        all was measured to leave the retrained model's level far away (a new user's digits grouping, fine class 4:
-        nine of fourteen methods at FA 100 against the retrained 50, certified without a word until 2026-12-07)."""
+        some of them (14-50% on the digits groupings), so it has no "in part"; a run that did not move them at all
+        was measured to leave the retrained model's level far away (a new user's digits grouping, fine class 4: nine
+        of fourteen methods at FA 100 against the retrained 50, certified without a word until 2026-12-07), so it
+        is said (a warning, and in the certificate's evidence) — but not refused: on fine classes much like their
+        siblings the retrained level can sit near the original's, and no forget-only check knows it."""
         if self.action == "off" or data.task != "multiclass" or data.request.kind not in ("class", "subclass"):
             return None
         rows = _seeded_rows(data.forget_set, self.rows, seed)
@@ -212,7 +217,7 @@ class Guard:
         # A class its model never predicted (accuracy already under the threshold) had nothing to forget.
         nothing = first >= NO_PROGRESS_POINTS and first - last < NO_PROGRESS_POINTS
         return {"forget_rows": len(rows), "forget_accuracy_before": first, "forget_accuracy_after": last,
-                "forgot_nothing": nothing,
+                "request_kind": data.request.kind, "forgot_nothing": nothing,
                 "incomplete": (data.request.kind == "class" and first - last >= NO_PROGRESS_POINTS
                                and last > INCOMPLETE_POINTS)}
 
@@ -308,8 +313,17 @@ def _seeded_rows(rows: LabeledData, limit: int, seed: int) -> LabeledData:
 def _same_state(before: nn.Module, after: nn.Module) -> bool:
     """Whether two models hold the same tensors, bit for bit (parameters and buffers, by name)."""
     first, last = before.state_dict(), after.state_dict()
-    return first.keys() == last.keys() and all(
-        first[name].shape == last[name].shape and torch.equal(first[name], last[name]) for name in first)
+    return first.keys() == last.keys() and all(_same_entry(first[name], last[name]) for name in first)
+
+
+def _same_entry(first: Any, last: Any) -> bool:
+    # A module's get_extra_state may put any object into its state dict.
+    if isinstance(first, torch.Tensor) and isinstance(last, torch.Tensor):
+        return first.shape == last.shape and first.dtype == last.dtype and torch.equal(first, last)
+    try:
+        return bool(first == last)
+    except Exception:  # noqa: BLE001 - an object that cannot say: not known to be the same
+        return False
 
 
 def _correct(model: nn.Module, rows: LabeledData) -> torch.Tensor:
@@ -526,7 +540,7 @@ def guard_objection(finding: Mapping[str, Any] | None) -> str | None:
         reasons.append("the forget rows ended further from looking unseen than they started" + (
             f" (membership AUC {goal['auc_before']:.2f} -> {goal['auc_after']:.2f}, 0.5 = unseen)"
             if "auc_after" in goal else f" ({goal['reason']})" if goal.get("reason") else ""))
-    if finding.get("forgot_nothing"):
+    if refuses_forgot_nothing(finding):
         reasons.append(f"the run forgot nothing (accuracy on {finding['forget_rows']} forget rows went from "
                        f"{finding['forget_accuracy_before']:.1f} to {finding['forget_accuracy_after']:.1f})")
     if finding.get("unchanged"):
@@ -534,6 +548,12 @@ def guard_objection(finding: Mapping[str, Any] | None) -> str | None:
     if finding.get("rolled_back"):
         return f"the guard rolled the run back ({'; '.join(reasons) or 'the guard fired'})"
     return "; ".join(reasons) or None
+
+
+def refuses_forgot_nothing(finding: Mapping[str, Any]) -> bool:
+    """Whether a finding of "forgot nothing" stands against a certificate: on a class request (a model never trained
+    on it predicts none of it), not on a sub-class one (:meth:`Guard.progress`)."""
+    return bool(finding.get("forgot_nothing")) and finding.get("request_kind", "class") != "subclass"
 
 
 def _rollback_note(rolled_back: bool, can_roll_back: bool = True) -> str:

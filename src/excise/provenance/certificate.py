@@ -13,8 +13,9 @@ A certificate is one canonical-JSON file written beside every unlearned checkpoi
 - **the evidence**: FA/RA/TA and every MIA variant, each with its direction and its bootstrap interval when one
   was computed; with a retrained reference, the average gap to it; without one, the retrain-free evidence
   (:func:`retrain_free_evidence`); the U-LiRA audit when one was run; what the run's guard found (:func:`guard_record`:
-  whether it fired or rolled back, forgot nothing or only part of a class, or left random rows further from looking
-  unseen), so a partial deletion is stated in the certificate itself, not only in the model's sidecar;
+  whether it fired or rolled back, forgot nothing (of a class or sub-class) or only part of a class, left random rows
+  further from looking unseen, or returned the model unchanged), so a partial deletion is stated in the certificate
+  itself, not only in the model's sidecar;
 - **its limits**, in plain words (:func:`limits`);
 - optionally an **Ed25519 signature** over all of the above, with the public key recorded (never the private
   key). Without a signature a certificate is only as trustworthy as the place it is kept; a ledger
