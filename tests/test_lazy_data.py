@@ -138,6 +138,14 @@ def test_train_and_test_parts_of_different_sample_shapes_are_refused_by_name(dig
         call_factory(lambda: (labeled, cut), "tests:cut", root=None, seed=0)
 
 
+def test_multi_hot_labels_from_a_dataset_are_refused_with_the_way_to_give_them(digits) -> None:
+    hot = torch.nn.functional.one_hot(digits.test.targets[:40], 10).float()
+    data = torch.utils.data.TensorDataset(digits.test.inputs[:40].clone(), hot)  # (image, multi-hot row) pairs
+    with pytest.raises(ValueError, match=r"labels must be integer class indices.*LabeledData\(inputs, targets, "
+                                         r"classes, task='multilabel'\)"):
+        call_factory(lambda: (data, data), "tests:hot", root=None, seed=0)
+
+
 def test_bad_memory_limit_is_refused(monkeypatch, digits) -> None:
     monkeypatch.setenv("EXCISE_MEMORY_LIMIT_MB", "lots")
     data = StrictDataset(digits.test.inputs.clone(), digits.test.targets.clone())

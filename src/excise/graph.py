@@ -176,8 +176,11 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | None, num_layers: i
             prunable = [c for c, bn in mapping.items() if bn is not None]
             raise GraphError(
                 f"conv layer {name!r} cannot be mapped to a BatchNorm: in the module graph its output does not "
-                f"feed exactly one BatchNorm over its channels, so zeroing the channel would not be exact; "
-                f"choose among the convs that do: {prunable}"
+                f"feed exactly one BatchNorm over its channels, so zeroing the channel would not be exact; " + (
+                    f"choose among the convs that do: {prunable}" if prunable else
+                    "no conv of this model feeds one (the Essential Graph prunes a channel through the BatchNorm "
+                    "after its conv, as in the paper's ResNet and VGG): use target_erasure, target_erasure_body or "
+                    "target_finetune on this model")
             )
         out.append((name, mapping[name]))
     if len(set(names)) != len(names):

@@ -158,6 +158,10 @@ def _dataset_of(loader: DataLoader, name: str, which: str) -> Dataset:
 
 def _check_labels(labels: Tensor, name: str, which: str) -> Tensor:
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() != 1:
+        multi_hot = labels.dim() == 2 and (labels.dtype.is_floating_point or labels.dtype == torch.bool)
         raise ValueError(f"dataset={name!r}: the {which} labels must be integer class indices, got "
-                         f"{labels.dtype} of shape {tuple(labels.shape)}")
+                         f"{labels.dtype} of shape {tuple(labels.shape)}" + (
+                             "; for a multi-label task (one 0/1 column per target) return the parts as "
+                             "excise.data.LabeledData(inputs, targets, classes, task='multilabel')" if multi_hot
+                             else ""))
     return labels

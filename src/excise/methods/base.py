@@ -71,6 +71,12 @@ UNCHANGED_ADVICE = ("Its stats' stop_reason says why it kept the model; another 
 """What the guard's ``unchanged`` warning suggests."""
 
 
+GUARDED_TASKS = ("multiclass", "multilabel")
+"""The tasks whose runs the guard checks: accuracy is top-1 for a multiclass model, and per (row, target) at
+threshold 0.5 over the targets kept (held-out rows) or forgotten (forget rows) for a multi-label one. Dense tasks
+(segmentation, detection) are not checked."""
+
+
 GOAL_Z = 2.0
 """How many null standard errors of the membership AUC a samples request's forget rows must end beyond 0.5 before
 the guard calls them further from the goal (:meth:`Guard.goal`); 2 is the two-sided 95% band of a never-seen set."""
@@ -189,7 +195,7 @@ class Guard:
         """The rows to check and where they come from (or ``None`` and why not)."""
         if self.action == "off":
             return None, "off"
-        if data.task != "multiclass":
+        if data.task not in GUARDED_TASKS:
             return None, f"no accuracy guard for {data.task} models"
         if guard_set is not None:
             source, name = guard_set, "held-out guard_set"
@@ -209,8 +215,11 @@ class Guard:
         was measured to leave the retrained model's level far away (a new user's digits grouping, fine class 4: nine
         of fourteen methods at FA 100 against the retrained 50, certified without a word until 2026-12-07), so it
         is said (a warning, and in the certificate's evidence) — but not refused: on fine classes much like their
-        siblings the retrained level can sit near the original's, and no forget-only check knows it."""
-        if self.action == "off" or data.task != "multiclass" or data.request.kind not in ("class", "subclass"):
+        siblings the retrained level can sit near the original's, and no forget-only check knows it. A target request
+        on a multi-label model is read the same way on the forgotten target's forget rows (its recall at 0.5): one
+        that did not move it forgot nothing and is refused like a class (a new user's attribute model had such runs
+        certified; a retrained model's output for a target it never learned is an untrained row)."""
+        if self.action == "off" or data.task not in GUARDED_TASKS or data.request.kind == "samples":
             return None
         rows = _seeded_rows(data.forget_set, self.rows, seed)
         first, last = _top1(before, rows), _top1(after, rows)
@@ -327,7 +336,14 @@ def _same_entry(first: Any, last: Any) -> bool:
 
 
 def _correct(model: nn.Module, rows: LabeledData) -> torch.Tensor:
-    return predict_logits(model, rows).argmax(1) == rows.targets
+    """Which predictions are right: one per row (multiclass top-1), or, on a multi-label task, one per (row, target)
+    the rows' label mask selects, at threshold 0.5 — the kept targets on a target request's held-out rows, the
+    forgotten ones on its forget rows (where that is the recall of the forgotten target)."""
+    logits = predict_logits(model, rows)
+    if rows.task != "multilabel":
+        return logits.argmax(1) == rows.targets
+    hits = (logits > 0) == (rows.targets > 0.5)
+    return hits[rows.label_mask.bool()] if rows.label_mask is not None else hits.reshape(-1)
 
 
 def _top1(model: nn.Module, rows: LabeledData) -> float:

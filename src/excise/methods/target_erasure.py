@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,6 +214,15 @@ def erase_forgotten(model: nn.Module, data: UnlearnData, cfg: TargetErasureConfi
         shifts = fit_bias_shifts(logits, retain.targets[rows], remaining_targets(data))
         shift_biases(model, shifts)
         record["erasure_bias_shifts"] = {retain.classes[k]: delta for k, delta in shifts.items()}
+    if record["erased"] == "none":
+        # Said at run time, not only in the sidecar: a new user's fc1 -> ReLU -> fc2 head got FA 0, an MIA of 100 and
+        # a gap to retrain of 0.44 while a probe on fc2's input read the target exactly as on the original (95.9).
+        warnings.warn(
+            f"nothing was erased from the features: {layer!r} reads them through a nonlinearity or directly from the "
+            f"body, so no linear layer can carry the eraser; only the output{'s' if len(erased) > 1 else ''} "
+            f"{[retain.classes[t] for t in erased]} {'were' if len(erased) > 1 else 'was'} masked and a probe on those "
+            "features reads the target as before. target_erasure_body erases it in the body (stats['erased'])",
+            UserWarning, stacklevel=2)
     return record
 
 
