@@ -38,7 +38,6 @@ from torch.nn import functional as F
 
 from excise import distributed, runtime
 from excise.data.base import LabeledData
-from excise.hashing import model_sha256
 from excise.requests import ForgetRequest, RequestError
 from excise.training import TrainConfig, batch_loss, config_from_dict, make_loader, predict_logits
 
@@ -320,6 +319,22 @@ def _seeded_rows(rows: LabeledData, limit: int, seed: int) -> LabeledData:
     return rows.subset(torch.randperm(len(rows), generator=generator)[:limit].sort().values)
 
 
+def _same_state(before: nn.Module, after: nn.Module) -> bool:
+    """Whether two models hold the same tensors, bit for bit (parameters and buffers, by name)."""
+    first, last = before.state_dict(), after.state_dict()
+    return first.keys() == last.keys() and all(_same_entry(first[name], last[name]) for name in first)
+
+
+def _same_entry(first: Any, last: Any) -> bool:
+    # A module's get_extra_state may put any object into its state dict.
+    if isinstance(first, torch.Tensor) and isinstance(last, torch.Tensor):
+        return first.shape == last.shape and first.dtype == last.dtype and torch.equal(first, last)
+    try:
+        return bool(first == last)
+    except Exception:  # noqa: BLE001 - an object that cannot say: not known to be the same
+        return False
+
+
 def _correct(model: nn.Module, rows: LabeledData) -> torch.Tensor:
     """Which predictions are right: one per row (multiclass top-1), or, on a multi-label task, one per (row, target)
     the rows' label mask selects, at threshold 0.5 — the kept targets on a target request's held-out rows, the
@@ -472,8 +487,7 @@ class UnlearningMethod(ABC):
         if rolling and (stats["guard"].get("fired") or stats["guard"].get("further_from_goal")):
             unlearned, stats["guard"]["rolled_back"] = copy.deepcopy(model).eval(), True
         rolled_back = bool(stats["guard"].get("rolled_back"))
-        # Unchanged = the checkpoint it would write hashes as the input's, the certificate's own test of identity.
-        if guard.action != "off" and not rolled_back and model_sha256(model) == model_sha256(unlearned):
+        if guard.action != "off" and not rolled_back and _same_state(model, unlearned):
             # A run that chose to keep the model as handed over (a stop whose first check overshot, SSD on a handful
             # of rows) deleted nothing: its weights still hold the rows, whatever the request. Said here, and no
             # certificate is written for it (guard_objection).
