@@ -320,7 +320,9 @@ def _seeded_rows(rows: LabeledData, limit: int, seed: int) -> LabeledData:
 
 
 def _same_state(before: nn.Module, after: nn.Module) -> bool:
-    """Whether two models hold the same tensors, bit for bit (parameters and buffers, by name)."""
+    """Whether two models hold the same tensors, bit for bit (parameters and buffers, by name). Not by
+    :func:`excise.hashing.model_sha256`: its safetensors serialisation refuses tied weights (a language model whose
+    output layer shares the embedding), and every run passes through this check."""
     first, last = before.state_dict(), after.state_dict()
     return first.keys() == last.keys() and all(_same_entry(first[name], last[name]) for name in first)
 
