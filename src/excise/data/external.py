@@ -44,10 +44,15 @@ def call_factory(factory: Callable[..., Any], name: str, *, root: Any, seed: int
     for key, value in (("root", root), ("seed", seed)):
         if takes_any or key in parameters:
             given[key] = value
-    value = factory(**given)
+    bundle = _as_bundle(factory(**given), name)
+    if bundle.task == "multiclass":  # a sequence task's parts may pad to different lengths
+        _check_sample_shapes(name, bundle.train.inputs, bundle.test.inputs)
+    return bundle
+
+
+def _as_bundle(value: Any, name: str) -> DatasetBundle:
+    """What a data factory returned, as a bundle named ``name``."""
     if isinstance(value, DatasetBundle):
-        if value.task == "multiclass":
-            _check_sample_shapes(name, value.train.inputs, value.test.inputs)
         return DatasetBundle(name, value.train, value.test, dict(value.meta))
     if not (isinstance(value, (tuple, list)) and len(value) == 2):
         raise ValueError(f"dataset={name!r} returned a {type(value).__name__}; a data factory returns a "
@@ -57,8 +62,6 @@ def call_factory(factory: Callable[..., Any], name: str, *, root: Any, seed: int
     if all(isinstance(part, LabeledData) for part in read.values()):
         if read["train"].classes != read["test"].classes:
             raise ValueError(f"dataset={name!r}: the train and test parts name different classes")
-        if read["train"].task == "multiclass":
-            _check_sample_shapes(name, read["train"].inputs, read["test"].inputs)
         return DatasetBundle(name, replace(read["train"], name=name), replace(read["test"], name=name),
                              {"source": f"user factory {name}"})
     if any(isinstance(part, LabeledData) for part in read.values()):
@@ -69,7 +72,6 @@ def call_factory(factory: Callable[..., Any], name: str, *, root: Any, seed: int
     if len(classes) < 2:
         raise ValueError(f"dataset={name!r}: found fewer than two classes; give the training set a `classes` "
                          "attribute naming them")
-    _check_sample_shapes(name, read["train"][0], read["test"][0])
     parts = {}
     for which, (inputs, labels) in read.items():
         if int(labels.min()) < 0 or int(labels.max()) >= len(classes):
