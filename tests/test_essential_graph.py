@@ -633,6 +633,53 @@ def test_the_guard_checks_a_target_request_on_the_kept_targets_and_the_forgotten
                          target_views.test_retain, 0)[1] == "held-out guard_set"
 
 
+def test_the_guard_catches_one_kept_target_lost_among_several(canvas_model, target_views):
+    """A run that costs one kept target many points and the mean over the kept targets fewer than the guard's 5 is
+    damage: a new user's attribute model came back from target_erasure with a copy of the forgotten target at 72.7%
+    (from 96.1) and was certified, the mean over its four kept targets having fallen less than 5 points."""
+    from excise.methods import Guard, GuardWarning, guard_objection
+    from excise.methods.base import UnlearningMethod
+
+    rows = target_views.test_retain
+    column = rows.classes.index("2")
+
+    def lower(model: nn.Module, shift: float) -> nn.Module:
+        head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            head.bias[column] -= shift
+        return model
+
+    def judged(shift: float) -> dict:
+        return Guard().judge(canvas_model, lower(copy.deepcopy(canvas_model), shift), rows, "held-out guard_set")
+
+    # A bias shift that costs target "2" between 8 and 16 points (bisection: the fall grows with the shift).
+    low, high = 0.0, 64.0
+    for _ in range(20):
+        shift = (low + high) / 2
+        found = judged(shift)
+        fall = found["worst_target_before"] - found["worst_target_after"]
+        if 8 < fall < 16:
+            break
+        low, high = (shift, high) if fall <= 8 else (low, shift)
+    assert found["worst_target"] == "2" and found["target_drop"] and found["fired"]
+    assert found["accuracy_before"] - found["accuracy_after"] <= 5  # the mean alone would not have fired
+    assert not judged(1e-3)["target_drop"]  # a change within the rows' noise is none
+
+    class LowerOneTarget(UnlearningMethod):
+        name = "lower_one_target"
+        needs_retain = False
+        kinds = ("target",)
+        tasks = ("multilabel",)
+
+        def _unlearn(self, model, data, seed):
+            lower(model, shift)
+
+    with pytest.warns(GuardWarning, match=r"kept target '2' fell from .* while the mean over the kept targets"):
+        result = LowerOneTarget().unlearn(canvas_model, target_views.request, target_views.forget_set, seed=0,
+                                          recipe=CANVAS_RECIPE, guard_set=rows)
+    assert result.stats["guard"]["rolled_back"] and "kept target '2' fell" in guard_objection(result.stats["guard"])
+
+
 def test_erasure_that_cannot_reach_the_features_says_so(tiny):
     model, inputs, targets = tiny
     data = LabeledData(inputs, targets, ("a", "b", "c"), task="multilabel")

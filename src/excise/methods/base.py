@@ -167,8 +167,9 @@ class Guard:
     methods as published wants), ``"off"``. For a class or sub-class request it also says whether the run forgot
     anything, and for a class whether only in part (:meth:`progress`: the forget rows' accuracy before and after; a
     warning, not a rollback: the model did move toward the goal); for any request, whether the run returned the
-    model unchanged (``stats["guard"]["unchanged"]``, a warning). The guard's forward passes are not part of the
-    method's timed seconds.
+    model unchanged (``stats["guard"]["unchanged"]``, a warning). On a multi-label model the rows' accuracy is over
+    (row, kept target) pairs at 0.5, and each kept target is also held to ``max_drop`` on its own
+    (:meth:`_worst_target`). The guard's forward passes are not part of the method's timed seconds.
     """
 
     max_drop: float = 5.0
@@ -291,19 +292,47 @@ class Guard:
         the rows' noise: the rows the run turned wrong (``b``) outnumber those it turned right (``c``) by
         :data:`GOAL_Z` standard errors of a paired (McNemar) comparison, ``b - c > GOAL_Z * sqrt(b + c)`` — with
         50 guard rows one row is 2 points, and a single flip is not damage."""
-        right_before, right_after = _correct(before, rows), _correct(after, rows)
+        hits_before, hits_after = _hits(before, rows), _hits(after, rows)
+        right_before, right_after = _selected(hits_before, rows), _selected(hits_after, rows)
         first, last = 100 * float(right_before.float().mean()), 100 * float(right_after.float().mean())
-        turned_wrong = int((right_before & ~right_after).sum())
-        turned_right = int((~right_before & right_after).sum())
+        turned_wrong, turned_right = _flips(right_before, right_after)
         found = {"data": source, "rows": len(rows), "accuracy_before": first, "accuracy_after": last,
                  "max_drop": self.max_drop, "fired": first - last > self.max_drop, "action": self.action,
                  "rolled_back": False}
         if kind == "samples":
-            beyond_noise = turned_wrong - turned_right > GOAL_Z * math.sqrt(turned_wrong + turned_right)
             found.update(samples_max_drop=self.samples_max_drop, turned_wrong=turned_wrong, turned_right=turned_right,
-                         utility_drop=first - last > self.samples_max_drop and beyond_noise)
+                         utility_drop=first - last > self.samples_max_drop
+                         and _beyond_noise(turned_wrong, turned_right))
             found["fired"] = found["fired"] or found["utility_drop"]
+        if rows.task == "multilabel":
+            found.update(self._worst_target(hits_before, hits_after, rows))
+            found["fired"] = found["fired"] or found["target_drop"]
         return found
+
+    def _worst_target(self, hits_before: torch.Tensor, hits_after: torch.Tensor, rows: LabeledData) -> dict[str, Any]:
+        """The kept target whose accuracy at 0.5 fell most, and whether it fell by more than ``max_drop`` points
+        beyond its rows' noise (the paired count of :meth:`judge`). The mean over the kept targets hides one target
+        lost among several: a new user's attribute model, asked to forget a target whose copy it also predicted,
+        came back with the copy at 72.7% from 96.1% (AP 97.0 -> 22.2), the mean over its four kept targets down less
+        than 5 points, and was certified. A retrained model keeps every target it was trained on, so one kept target's fall is damage."""
+        mask = (rows.label_mask.bool() if rows.label_mask is not None
+                else torch.ones_like(hits_before, dtype=torch.bool))
+        worst: dict[str, Any] = {"target_drop": False}
+        largest = -math.inf
+        for column in range(hits_before.shape[1]):
+            selected = mask[:, column]
+            if not bool(selected.any()):
+                continue
+            right_before, right_after = hits_before[selected, column], hits_after[selected, column]
+            first = 100 * float(right_before.float().mean())
+            last = 100 * float(right_after.float().mean())
+            if first - last > largest:
+                largest = first - last
+                worst = {"worst_target": rows.classes[column], "worst_target_before": first,
+                         "worst_target_after": last,
+                         "target_drop": first - last > self.max_drop and _beyond_noise(*_flips(right_before,
+                                                                                              right_after))}
+        return worst
 
 
 COMPARE_GUARD = Guard(action="warn")
@@ -341,11 +370,33 @@ def _correct(model: nn.Module, rows: LabeledData) -> torch.Tensor:
     """Which predictions are right: one per row (multiclass top-1), or, on a multi-label task, one per (row, target)
     the rows' label mask selects, at threshold 0.5 — the kept targets on a target request's held-out rows, the
     forgotten ones on its forget rows (where that is the recall of the forgotten target)."""
+    return _selected(_hits(model, rows), rows)
+
+
+def _hits(model: nn.Module, rows: LabeledData) -> torch.Tensor:
+    """Per row (multiclass top-1), or per (row, target) at threshold 0.5 (multi-label: ``N x K``), whether right."""
     logits = predict_logits(model, rows)
     if rows.task != "multilabel":
         return logits.argmax(1) == rows.targets
-    hits = (logits > 0) == (rows.targets > 0.5)
+    return (logits > 0) == (rows.targets > 0.5)
+
+
+def _selected(hits: torch.Tensor, rows: LabeledData) -> torch.Tensor:
+    """The entries of :func:`_hits` the rows are about (a multi-label view's label mask), flattened."""
+    if rows.task != "multilabel":
+        return hits
     return hits[rows.label_mask.bool()] if rows.label_mask is not None else hits.reshape(-1)
+
+
+def _flips(right_before: torch.Tensor, right_after: torch.Tensor) -> tuple[int, int]:
+    """``(turned wrong, turned right)``: the entries a run changed, each way."""
+    return int((right_before & ~right_after).sum()), int((~right_before & right_after).sum())
+
+
+def _beyond_noise(turned_wrong: int, turned_right: int) -> bool:
+    """Whether more entries turned wrong than right by :data:`GOAL_Z` standard errors of a paired (McNemar)
+    comparison, ``b - c > GOAL_Z * sqrt(b + c)``: with 50 rows one row is 2 points, and a single flip is no damage."""
+    return turned_wrong - turned_right > GOAL_Z * math.sqrt(turned_wrong + turned_right)
 
 
 def _top1(model: nn.Module, rows: LabeledData) -> float:
@@ -462,18 +513,12 @@ class UnlearningMethod(ABC):
             found = stats["guard"] = guard.judge(model, unlearned, rows, source,
                                                  request.kind if self.rolls_back else None)
             if found["fired"]:
-                collapsed = found["accuracy_before"] - found["accuracy_after"] > guard.max_drop
-                allowed = (f"more than the guard's {guard.max_drop:g} points" if collapsed else
-                           f"more than the {guard.samples_max_drop:g} points a samples request may cost, beyond the "
-                           f"rows' noise: {found['turned_wrong']} turned wrong, {found['turned_right']} right")
                 hint = self.damage_hints.get(request.kind)
                 if hint:
                     found["hint"] = hint
-                warnings.warn(
-                    f"{self.name}: accuracy on {found['rows']} {source} rows fell from {found['accuracy_before']:.1f}"
-                    f" to {found['accuracy_after']:.1f} ({allowed}): the run "
-                    "damaged the model" + _rollback_note(rolling, self.rolls_back) + (f". {hint}" if hint else ""),
-                    GuardWarning, stacklevel=2)
+                warnings.warn(f"{self.name}: {_damage(found, explain=True)}: the run damaged the model"
+                              + _rollback_note(rolling, self.rolls_back) + (f". {hint}" if hint else ""),
+                              GuardWarning, stacklevel=2)
         # Judged on the run's own model, whatever the collapse check decides: a run can do both kinds of damage.
         goal = guard.goal(model, unlearned, data, rows if guard_set is not None else None, seed)
         if goal is not None:
@@ -547,12 +592,7 @@ def guard_objection(finding: Mapping[str, Any] | None) -> str | None:
         return None
     reasons = []
     if finding.get("fired"):
-        fall = finding["accuracy_before"] - finding["accuracy_after"]
-        within = finding.get("utility_drop") and fall <= finding.get("max_drop", math.inf)
-        reasons.append(f"accuracy on {finding['rows']} {finding['data']} rows fell from "
-                       f"{finding['accuracy_before']:.1f} to {finding['accuracy_after']:.1f}" + (
-                           f" (a random-sample request may cost {finding['samples_max_drop']:g} points: its "
-                           "retrained model keeps this accuracy)" if within else ""))
+        reasons.append(_damage(finding, explain=False))
     if finding.get("further_from_goal"):
         goal = finding.get("goal") or {}
         reasons.append("the forget rows ended further from looking unseen than they started" + (
@@ -566,6 +606,33 @@ def guard_objection(finding: Mapping[str, Any] | None) -> str | None:
     if finding.get("rolled_back"):
         return f"the guard rolled the run back ({'; '.join(reasons) or 'the guard fired'})"
     return "; ".join(reasons) or None
+
+
+def _damage(found: Mapping[str, Any], *, explain: bool) -> str:
+    """What a fired collapse check found (:meth:`Guard.judge`), in words: the fall of the rows' accuracy, and of the
+    worst kept target's on a multi-label model; ``explain``: with the limit each exceeded (the warning) rather than
+    the reason a samples request is held to it (the certificate's refusal)."""
+    fall = found["accuracy_before"] - found["accuracy_after"]
+    max_drop = found.get("max_drop", math.inf)
+    overall = f"accuracy on {found['rows']} {found['data']} rows fell from {found['accuracy_before']:.1f} to " \
+              f"{found['accuracy_after']:.1f}"
+    parts = []
+    if fall > max_drop:
+        parts.append(overall + (f" (more than the guard's {max_drop:g} points)" if explain else ""))
+    elif found.get("utility_drop"):
+        parts.append(overall + (
+            f" (more than the {found['samples_max_drop']:g} points a samples request may cost, beyond the rows' "
+            f"noise: {found['turned_wrong']} turned wrong, {found['turned_right']} right)" if explain else
+            f" (a random-sample request may cost {found['samples_max_drop']:g} points: its retrained model keeps "
+            "this accuracy)"))
+    if found.get("target_drop"):
+        parts.append(f"kept target {found['worst_target']!r} fell from {found['worst_target_before']:.1f} to "
+                     f"{found['worst_target_after']:.1f} on {found['rows']} {found['data']} rows" + (
+                         f" (more than the guard's {max_drop:g} points on one target, beyond its rows' noise; a "
+                         "retrained model keeps every target it learned)" if explain else "")
+                     + ("" if fall > max_drop else f", while the mean over the kept targets went from "
+                        f"{found['accuracy_before']:.1f} to {found['accuracy_after']:.1f}"))
+    return "; ".join(parts) or overall
 
 
 def refuses_forgot_nothing(finding: Mapping[str, Any]) -> bool:
