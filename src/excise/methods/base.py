@@ -314,7 +314,8 @@ class Guard:
         beyond its rows' noise (the paired count of :meth:`judge`). The mean over the kept targets hides one target
         lost among several: a new user's attribute model, asked to forget a target whose copy it also predicted,
         came back with the copy at 72.7% from 96.1% (AP 97.0 -> 22.2), the mean over its four kept targets down less
-        than 5 points, and was certified. A retrained model keeps every target it was trained on, so one kept target's fall is damage."""
+        than 5 points, and was certified. A retrained model keeps every target it was trained on, so one kept
+        target's fall is damage."""
         mask = (rows.label_mask.bool() if rows.label_mask is not None
                 else torch.ones_like(hits_before, dtype=torch.bool))
         worst: dict[str, Any] = {"target_drop": False}
