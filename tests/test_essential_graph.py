@@ -680,6 +680,32 @@ def test_the_guard_catches_one_kept_target_lost_among_several(canvas_model, targ
     assert result.stats["guard"]["rolled_back"] and "kept target '2' fell" in guard_objection(result.stats["guard"])
 
 
+def test_a_target_requests_evidence_says_what_a_probe_still_reads(canvases, canvas_model, target_views,
+                                                                  target_reference):
+    """The outputs say whether a target is still predicted; the evidence of a target request also says whether it can
+    still be read (``excise unlearn`` / ``excise evaluate`` on a multi-label model: ``probe_AP``)."""
+    from excise.api import add_information_left
+
+    def left(model: nn.Module) -> dict:
+        found: dict = {}
+        assert add_information_left(found, model, target_views, seed=0) is None
+        return found
+
+    erased_model = get_method("target_erasure").unlearn(canvas_model, target_views.request, target_views.forget_set,
+                                                        target_views.retain_set, recipe=CANVAS_RECIPE, seed=0).model
+    original, erased, retrained = left(canvas_model), left(erased_model), left(target_reference)
+    prevalence = original["prevalence:0"]
+    assert prevalence == pytest.approx(100 * float(target_views.test_retain.targets[:, 0].mean()))
+    # The eraser is folded into the head's first layer: the features the logit layer reads no longer give the target
+    # away (measured 73.1, prevalence 70.8, retrain 96.5: here the other digits predict it) — but the pooled body
+    # features it reads from still do, and the evidence says both.
+    assert original["probe_AP:0"] > 95 and erased["probe_AP:0"] < prevalence + 10 < retrained["probe_AP:0"]
+    assert erased["probe_AP_head:0"] > 95
+    # A samples request has no forgotten target to read: nothing is added.
+    samples = EvalViews.from_bundle(canvases, ForgetRequest(kind="samples", fraction=0.05, seed=0))
+    assert add_information_left(found := {}, canvas_model, samples, seed=0) is None and found == {}
+
+
 def test_erasure_that_cannot_reach_the_features_says_so(tiny):
     model, inputs, targets = tiny
     data = LabeledData(inputs, targets, ("a", "b", "c"), task="multilabel")

@@ -65,6 +65,10 @@ def test_graph_then_unlearn_then_one_shot(models, tmp_path):
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["method_config"]["graph"] == str(graph) and meta["method_stats"]["guard"]["forgot_nothing"]
     assert meta["metrics"]["forget_AP"] >= 0  # a target request is evaluated with the multi-label metrics
+    # ... and with what a probe still reads of the target (resnet18: one fc, so no head-layer probe).
+    assert "information left" in flat(result) and meta["metrics"]["prevalence:2"] > 50
+    assert meta["metrics"]["probe_AP:2"] >= meta["metrics"]["prevalence:2"] - 20 and "probe_AP_head:2" not in meta[
+        "metrics"]
 
     one_shot = tmp_path / "one_shot.safetensors"
     result = invoke("unlearn", model, "--method", "essential_graph_paper", "--request", "target:2", "--out", one_shot,

@@ -268,6 +268,23 @@ class UnlearnOutcome:
     model: nn.Module
     record: RunRecord
     path: Path | None
+    # The retrained reference's metrics on the same views (None without --reference).
+    reference_metrics: dict[str, float] | None = None
+
+
+def add_information_left(metrics: dict[str, float], model: nn.Module, views: EvalViews, seed: int) -> str | None:
+    """On a multi-label model judged for target requests: add how well the forgotten targets can still be read
+    from it (:func:`excise.metrics.probe.information_left`: ``probe_AP:t``, ``prevalence:t``) to ``metrics``, and
+    return why not when they could not be measured. The outputs alone say a target is no longer predicted, not that
+    it is gone. Other requests: nothing added, ``None``."""
+    mask = views.forget_set.label_mask
+    if views.forget_set.task != "multilabel" or mask is None:
+        return None
+    from excise.metrics.probe import information_left
+
+    found, note = information_left(model, views.test_retain, mask.any(dim=0).nonzero().flatten().tolist(), seed)
+    metrics.update(found)
+    return note
 
 
 def unlearn_checkpoint(
@@ -366,7 +383,11 @@ def unlearn_checkpoint(
             + (f"{finding['hint']}. Or try " if finding.get("hint") else "Try ")
             + "another method, calibrate this one (`excise calibrate`), or write the run anyway with --guard warn "
             "(Guard(action='warn')), its finding recorded in the sidecar", record)
+    note = add_information_left(record.metrics, model, views, seed)
+    if note is not None:
+        record.stats["information_left"] = note
     if reference is not None:
+        add_information_left(ref_metrics, reference.model, views, seed)
         record.avg_gap = avg_gap(record.metrics, ref_metrics)
         # Across runs: the retrain time is the one the reference checkpoint recorded (possibly another machine
         # or thread count). Same-run ratios are what `excise bench` and the demo measure.
@@ -411,7 +432,7 @@ def unlearn_checkpoint(
                     bundle=bundle, covers=[request], evidence=record.evidence, ledger=ledger, sign_key=sign_key,
                     overwrite=overwrite)
         distributed.barrier()
-    return UnlearnOutcome(model, record, path)
+    return UnlearnOutcome(model, record, path, ref_metrics)
 
 
 def _check_provenance(head: Checkpoint, out: Path | None, ledger: str | Path | None,
@@ -578,6 +599,7 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
                                    allow_mismatch=allow_reference_mismatch)
     metrics, found = judge(checkpoint.model, views, seed=seed, uncertainty=uncertainty,
                            reference_model=None if reference is None else reference.model)
+    note = add_information_left(metrics, checkpoint.model, views, seed)
     out: dict[str, Any] = {
         "metrics": metrics,
         "intervals": {} if found is None else found.intervals,
@@ -591,8 +613,11 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
         "data": checkpoint.meta["dataset"],  # name, options, seed, root, fingerprint
         "versions": versions(),
     }
+    if note is not None:
+        out["information_left"] = note
     if reference is not None:
         reference_metrics = evaluate(reference.model, views, seed=seed)
+        add_information_left(reference_metrics, reference.model, views, seed)
         out["reference"] = {"path": str(reference.path.resolve()), "sha256": reference.sha256,
                             "metrics": reference_metrics, "mismatch": mismatch}
         out["avg_gap"] = avg_gap(metrics, reference_metrics)

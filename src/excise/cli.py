@@ -129,6 +129,27 @@ def metrics_table(metrics: dict[str, float], title: str, intervals: dict[str, li
     return table
 
 
+def print_information_left(metrics: dict[str, float], reference: dict[str, float] | None, note: str | None) -> None:
+    """Under a target request's table: how well each forgotten target can still be read (``probe_AP:t``), beside
+    what reads nothing (its prevalence) and, with a reference, what a retrained model still reads."""
+    if note:
+        console.print(f"[yellow]{note}[/yellow]")
+    names = [key.split(":", 1)[1] for key in metrics if key.startswith("probe_AP:")]
+    if not names:
+        return
+    parts = []
+    for name in names:
+        text = f"{name!r} {metrics[f'probe_AP:{name}']:.1f}"
+        if f"probe_AP_head:{name}" in metrics:
+            text += f" ({metrics[f'probe_AP_head:{name}']:.1f} at the head's first layer)"
+        text += f", prevalence {metrics[f'prevalence:{name}']:.1f}"
+        if reference and f"probe_AP:{name}" in reference:
+            text += f", retrained {reference[f'probe_AP:{name}']:.1f}"
+        parts.append(text)
+    console.print("information left — AP of a linear probe (5-fold on the test rows) reading the forgotten target "
+                  "from the features the classifier reads; at the prevalence it reads nothing: " + "; ".join(parts))
+
+
 def uncertainty_option(replicates: int) -> Any:
     from excise.metrics.uncertainty import Uncertainty
 
@@ -316,6 +337,7 @@ def unlearn_command(
     if record.avg_gap is not None:
         title += "; " + gap_text(record.avg_gap, None if found is None else found.avg_gap_interval)
     console.print(metrics_table(record.metrics, title, None if found is None else found.intervals))
+    print_information_left(record.metrics, outcome.reference_metrics, record.stats.get("information_left"))
     if (record.stats.get("guard") or {}).get("rolled_back"):
         console.print("[yellow]the guard rolled the run back: these are the numbers of the model as it was[/yellow]")
     if outcome.path:
@@ -432,6 +454,8 @@ def evaluate_command(
         if "avg_gap" in record:
             title += "; " + gap_text(record["avg_gap"], record["avg_gap_interval"])
         console.print(metrics_table(record["metrics"], title, record["intervals"]))
+        print_information_left(record["metrics"], (record.get("reference") or {}).get("metrics"),
+                               record.get("information_left"))
     if plot is not None and not as_json:
         console.print(f"wrote {plot}")
 

@@ -26,9 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from excise.data.base import LabeledData
-from excise.models.heads import head_features, module_inputs
+from excise.models.heads import HeadError, affine_head, head_features, module_inputs
 
-__all__ = ["DenseProbe", "dense_probe_ap", "heldout_probe_ap", "label_leakage", "probe_ap", "register_instance_cells"]
+__all__ = ["DenseProbe", "dense_probe_ap", "heldout_probe_ap", "information_left", "label_leakage", "probe_ap",
+           "register_instance_cells"]
 
 _INSTANCE_CELLS: dict[str, Callable[[LabeledData], Tensor]] = {}
 
@@ -106,18 +107,61 @@ def heldout_probe_ap(model: nn.Module, inputs: Tensor, labels: Tensor, folds: in
     the weaker adversary. Measured on the distractor canvases (bottleneck model, seed 0, targets 0-4): after
     ``target_erasure`` the held-out probe read 28-38 where the train-fitted one read 25-32 (prevalence 28-32;
     retrain 52 and 58)."""
-    from sklearn.metrics import average_precision_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
     _check_reader(reader)
     y = labels.numpy().astype(int).ravel()
     if np.bincount(y, minlength=2).min() < folds:
         raise ValueError(f"the held-out probe needs at least folds={folds} rows of each label")
-    features = head_features(model, inputs, layer).double().numpy()
+    return _heldout_ap(head_features(model, inputs, layer).double().numpy(), y, folds, seed, reader)
+
+
+def _heldout_ap(features: np.ndarray, y: np.ndarray, folds: int, seed: int, reader: str) -> float:
+    from sklearn.metrics import average_precision_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
     folding = StratifiedKFold(folds, shuffle=True, random_state=seed)
     scores = cross_val_predict(_reader(reader, seed), features, y, cv=folding, method=_SCORE_METHOD[reader])
-    scores = _positive_scores(scores, reader)
-    return 100.0 * float(average_precision_score(y, scores))
+    return 100.0 * float(average_precision_score(y, _positive_scores(scores, reader)))
+
+
+def information_left(model: nn.Module, test: LabeledData, targets: list[int], seed: int = 0,
+                     folds: int = 5) -> tuple[dict[str, float], str | None]:
+    """What a target request's evidence needs beside the outputs: how well the forgotten ``targets`` can still be
+    read from the model (``excise unlearn`` and ``excise evaluate`` add it to a multi-label model's metrics).
+
+    Per forgotten target ``t`` (by name), in percent:
+
+    - ``probe_AP:t``: :func:`heldout_probe_ap` on the ``test`` rows (rows no method fitted anything on), reading the
+      features the logit layer reads;
+    - ``probe_AP_head:t``: the same at the input of the head's first linear layer (the pooled body features), when
+      the head has more than one — an eraser folded into the first layer hides the target from the second's input
+      only;
+    - ``prevalence:t``: the target's share of the test rows, what a probe that reads nothing scores.
+
+    A probe near the prevalence reads nothing; one near the original's reads it as before, whatever the output says
+    (a new user's ``target_erasure`` run read FA 0 and MIA 100 while the probe read 95.9, the original's value). A
+    retrained model is the fair reference: it still reads what the other targets give away. Returns the metrics and
+    ``None``, or no metrics and why not (a head not found on the module graph, too few test positives)."""
+    try:
+        head = affine_head(model)
+    except HeadError as err:
+        return {}, f"no probe: {err}"
+    if not head:
+        return {}, "no probe: the model's logits do not come from an nn.Linear"
+    layers = {"probe_AP": head[-1]} | ({"probe_AP_head": head[0]} if len(head) > 1 else {})
+    features = {key: head_features(model, test.inputs, layer).double().numpy() for key, layer in layers.items()}
+    out: dict[str, float] = {}
+    skipped = []
+    for target in targets:
+        name = test.classes[target]
+        labels = (test.targets[:, target] > 0.5).long()
+        if int(labels.sum()) < folds or int((1 - labels).sum()) < folds:
+            skipped.append(name)
+            continue
+        for key, feats in features.items():
+            out[f"{key}:{name}"] = _heldout_ap(feats, labels.numpy(), folds, seed, "linear")
+        out[f"prevalence:{name}"] = 100.0 * float(labels.double().mean())
+    note = (None if not skipped else f"no probe for {skipped}: fewer than {folds} test rows with or without it")
+    return out, note
 
 
 def label_leakage(train_targets: Tensor, test_targets: Tensor, target: int) -> float:
