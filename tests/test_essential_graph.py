@@ -657,13 +657,13 @@ def test_the_guard_catches_one_kept_target_lost_among_several(canvas_model, targ
     for _ in range(20):
         shift = (low + high) / 2
         found = judged(shift)
-        fall = found["worst_target_before"] - found["worst_target_after"]
+        fall = found["worst_class_before"] - found["worst_class_after"]
         if 8 < fall < 16:
             break
         low, high = (shift, high) if fall <= 8 else (low, shift)
-    assert found["worst_target"] == "2" and found["target_drop"] and found["fired"]
+    assert found["worst_class"] == "2" and found["class_drop"] and found["fired"]
     assert found["accuracy_before"] - found["accuracy_after"] <= 5  # the mean alone would not have fired
-    assert not judged(1e-3)["target_drop"]  # a change within the rows' noise is none
+    assert not judged(1e-3)["class_drop"]  # a change within the rows' noise is none
 
     class LowerOneTarget(UnlearningMethod):
         name = "lower_one_target"

@@ -87,6 +87,39 @@ def test_a_run_that_forgets_a_class_only_in_part_says_so(digits_model, class_vie
     assert done.stats["guard"]["incomplete"] is False and done.stats["guard"]["forget_accuracy_after"] <= 10
 
 
+def test_one_kept_class_lost_among_several_is_damage(digits_model, class_views):
+    """A run that costs one kept class many points while the mean over the kept classes falls less than the guard's
+    5 is damage: a retrained model keeps every class it learned."""
+    import copy
+
+    from torch import nn
+
+    from excise.methods import guard_objection
+
+    rows = class_views.test_retain
+    column = rows.classes.index("5")
+
+    def lowered(shift: float) -> nn.Module:
+        model = copy.deepcopy(digits_model)
+        with torch.no_grad():
+            [m for m in model.modules() if isinstance(m, nn.Linear)][-1].bias[column] -= shift
+        return model
+
+    low, high = 0.0, 64.0  # bisection: a shift that costs class 5 between 15 and 35 points
+    for _ in range(20):
+        found = Guard().judge(digits_model, lowered(shift := (low + high) / 2), rows, "held-out guard_set")
+        fall = found["worst_class_before"] - found["worst_class_after"]
+        if 15 < fall < 35:
+            break
+        low, high = (shift, high) if fall <= 15 else (low, shift)
+    assert found["worst_class"] == "5" and found["class_drop"] and found["fired"]
+    assert found["worst_class_rows"] == int((rows.targets == column).sum())
+    assert found["accuracy_before"] - found["accuracy_after"] <= 5  # the mean alone would not have fired
+    assert "kept class '5' fell" in guard_objection(found)
+    # One row turned wrong is no damage, and a retrained-like change (nothing lost) neither.
+    assert not Guard().judge(digits_model, lowered(1e-3), rows, "held-out guard_set")["class_drop"]
+
+
 def test_bad_guards_are_refused_by_name():
     with pytest.raises(ValueError, match="guard action='undo' is not one of"):
         Guard(action="undo")

@@ -167,9 +167,10 @@ class Guard:
     methods as published wants), ``"off"``. For a class or sub-class request it also says whether the run forgot
     anything, and for a class whether only in part (:meth:`progress`: the forget rows' accuracy before and after; a
     warning, not a rollback: the model did move toward the goal); for any request, whether the run returned the
-    model unchanged (``stats["guard"]["unchanged"]``, a warning). On a multi-label model the rows' accuracy is over
-    (row, kept target) pairs at 0.5, and each kept target is also held to ``max_drop`` on its own
-    (:meth:`_worst_target`). The guard's forward passes are not part of the method's timed seconds.
+    model unchanged (``stats["guard"]["unchanged"]``, a warning). Each kept class is also held to ``max_drop`` on
+    its own rows (:meth:`_worst_class`); on a multi-label model the rows' accuracy is over (row, kept target) pairs at
+    0.5, and each kept target is held the same way. The guard's forward passes are not part of the method's timed
+    seconds.
     """
 
     max_drop: float = 5.0
@@ -296,44 +297,46 @@ class Guard:
         right_before, right_after = _selected(hits_before, rows), _selected(hits_after, rows)
         first, last = 100 * float(right_before.float().mean()), 100 * float(right_after.float().mean())
         turned_wrong, turned_right = _flips(right_before, right_after)
-        found = {"data": source, "rows": len(rows), "accuracy_before": first, "accuracy_after": last,
-                 "max_drop": self.max_drop, "fired": first - last > self.max_drop, "action": self.action,
-                 "rolled_back": False}
+        found = {"data": source, "task": rows.task, "rows": len(rows), "accuracy_before": first,
+                 "accuracy_after": last, "max_drop": self.max_drop, "fired": first - last > self.max_drop,
+                 "action": self.action, "rolled_back": False}
         if kind == "samples":
             found.update(samples_max_drop=self.samples_max_drop, turned_wrong=turned_wrong, turned_right=turned_right,
                          utility_drop=first - last > self.samples_max_drop
                          and _beyond_noise(turned_wrong, turned_right))
             found["fired"] = found["fired"] or found["utility_drop"]
-        if rows.task == "multilabel":
-            found.update(self._worst_target(hits_before, hits_after, rows))
-            found["fired"] = found["fired"] or found["target_drop"]
+        found.update(self._worst_class(hits_before, hits_after, rows))
+        found["fired"] = found["fired"] or found["class_drop"]
         return found
 
-    def _worst_target(self, hits_before: torch.Tensor, hits_after: torch.Tensor, rows: LabeledData) -> dict[str, Any]:
-        """The kept target whose accuracy at 0.5 fell most, and whether it fell by more than ``max_drop`` points
-        beyond its rows' noise (the paired count of :meth:`judge`). The mean over the kept targets hides one target
-        lost among several: a new user's attribute model, asked to forget a target whose copy it also predicted,
-        came back with the copy at 72.7% from 96.1% (AP 97.0 -> 22.2), the mean over its four kept targets down less
-        than 5 points, and was certified. A retrained model keeps every target it was trained on, so one kept
-        target's fall is damage."""
-        mask = (rows.label_mask.bool() if rows.label_mask is not None
-                else torch.ones_like(hits_before, dtype=torch.bool))
-        worst: dict[str, Any] = {"target_drop": False}
-        largest = -math.inf
-        for column in range(hits_before.shape[1]):
-            selected = mask[:, column]
+    def _worst_class(self, hits_before: torch.Tensor, hits_after: torch.Tensor, rows: LabeledData) -> dict[str, Any]:
+        """The kept class (a multi-label model's kept target) whose accuracy fell most on the rows, and whether it fell
+        by more than ``max_drop`` points beyond its rows' noise (the paired count of :meth:`judge`). The mean hides one
+        class lost among several: a new user's attribute model, asked to forget a target whose copy it also
+        predicted, came back with the copy at 72.7% from 96.1% (AP 97.0 -> 22.2), the mean over its four kept
+        targets down less than 5 points, and was certified. A retrained model keeps every class it was trained on
+        (on a class request it gains a little on the kept ones: it no longer mistakes them for the forgotten class),
+        so one kept class's fall is damage."""
+        if rows.task == "multilabel":
+            mask = (rows.label_mask.bool() if rows.label_mask is not None
+                    else torch.ones_like(hits_before, dtype=torch.bool))
+            groups = [(column, mask[:, column], column) for column in range(hits_before.shape[1])]
+        else:
+            groups = [(int(c), rows.targets == c, None) for c in rows.targets.unique()]
+        found = []
+        for label, selected, column in groups:
             if not bool(selected.any()):
                 continue
-            right_before, right_after = hits_before[selected, column], hits_after[selected, column]
-            first = 100 * float(right_before.float().mean())
-            last = 100 * float(right_after.float().mean())
-            if first - last > largest:
-                largest = first - last
-                worst = {"worst_target": rows.classes[column], "worst_target_before": first,
-                         "worst_target_after": last,
-                         "target_drop": first - last > self.max_drop and _beyond_noise(*_flips(right_before,
-                                                                                              right_after))}
-        return worst
+            right_before = hits_before[selected] if column is None else hits_before[selected, column]
+            right_after = hits_after[selected] if column is None else hits_after[selected, column]
+            first, last = (100 * float(right.float().mean()) for right in (right_before, right_after))
+            dropped = first - last > self.max_drop and _beyond_noise(*_flips(right_before, right_after))
+            found.append({"worst_class": rows.classes[label], "worst_class_rows": int(selected.sum()),
+                          "worst_class_before": first, "worst_class_after": last, "class_drop": dropped})
+        if not found:
+            return {"class_drop": False}
+        # The largest fall among the classes that dropped beyond their noise, else the largest fall.
+        return max(found, key=lambda f: (f["class_drop"], f["worst_class_before"] - f["worst_class_after"]))
 
 
 COMPARE_GUARD = Guard(action="warn")
@@ -626,11 +629,13 @@ def _damage(found: Mapping[str, Any], *, explain: bool) -> str:
             f"noise: {found['turned_wrong']} turned wrong, {found['turned_right']} right)" if explain else
             f" (a random-sample request may cost {found['samples_max_drop']:g} points: its retrained model keeps "
             "this accuracy)"))
-    if found.get("target_drop"):
-        parts.append(f"kept target {found['worst_target']!r} fell from {found['worst_target_before']:.1f} to "
-                     f"{found['worst_target_after']:.1f} on {found['rows']} {found['data']} rows" + (
-                         f" (more than the guard's {max_drop:g} points on one target, beyond its rows' noise; a "
-                         "retrained model keeps every target it learned)" if explain else "")
+    if found.get("class_drop"):
+        what = "target" if found.get("task") == "multilabel" else "class"
+        parts.append(f"kept {what} {found['worst_class']!r} fell from {found['worst_class_before']:.1f} to "
+                     f"{found['worst_class_after']:.1f} on its {found['worst_class_rows']} of the {found['rows']} "
+                     f"{found['data']} rows" + (
+                         f" (more than the guard's {max_drop:g} points on one {what}, beyond its rows' noise; a "
+                         f"retrained model keeps every {what} it learned)" if explain else "")
                      + ("" if fall > max_drop else f", while the mean over the kept targets went from "
                         f"{found['accuracy_before']:.1f} to {found['accuracy_after']:.1f}"))
     return "; ".join(parts) or overall
