@@ -174,7 +174,8 @@ def said_so(stats: dict[str, Any]) -> bool:
     request."""
     guard = stats.get("guard") or {}
     fired = isinstance(guard, dict) and bool(guard.get("fired") or guard.get("forgot_nothing")
-                                             or guard.get("further_from_goal") or guard.get("unchanged"))
+                                             or guard.get("further_from_goal") or guard.get("unchanged")
+                                             or guard.get("hidden_in_statistics"))
     reason = str(stats.get("stop_reason", "")).lower()
     return fired or any(word in reason for word in ("cannot", "could not", "no negative", "not served"))
 

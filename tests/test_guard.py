@@ -120,6 +120,27 @@ def test_one_kept_class_lost_among_several_is_damage(digits_model, class_views):
     assert not Guard().judge(digits_model, lowered(1e-3), rows, "held-out guard_set")["class_drop"]
 
 
+def test_a_class_forgotten_only_in_the_batchnorm_statistics_says_so_and_is_not_certified(digits_model, class_views):
+    """MU-Mis moves the weights away from their stored BatchNorm statistics: the forget rows read as forgotten, and
+    come back once the statistics are recomputed (no labels, no gradient). Retrained-like forgetting does not."""
+    from excise.methods import guard_objection
+    from excise.metrics import evaluate
+
+    held_out = class_views.test_retain
+    # At "warn": on this fixture the run also costs class 9 (100 -> 38), which the default rolls back.
+    with pytest.warns(GuardWarning, match="mu_mis: the class is forgotten only in the BatchNorm statistics"):
+        hidden = _unlearn("mu_mis", digits_model, class_views, guard=Guard(action="warn"), guard_set=held_out)
+    found = hidden.stats["guard"]
+    assert found["forget_accuracy_after"] <= 10 and found["forget_accuracy_bn_refit"] > 50
+    assert found["hidden_in_statistics"] and "only in the BatchNorm statistics" in guard_objection(found)
+    # The evaluation says the same on the retain set (FA_bn_refit), for any caller.
+    metrics = evaluate(hidden.model, class_views)
+    assert metrics["FA"] <= 10 and metrics["FA_bn_refit"] > 50
+    kept = _unlearn("imu_forgotten_rows", digits_model, class_views, guard_set=held_out)
+    assert not kept.stats["guard"]["hidden_in_statistics"] and kept.stats["guard"]["forget_accuracy_bn_refit"] <= 10
+    assert evaluate(kept.model, class_views)["FA_bn_refit"] <= 10
+
+
 def test_bad_guards_are_refused_by_name():
     with pytest.raises(ValueError, match="guard action='undo' is not one of"):
         Guard(action="undo")

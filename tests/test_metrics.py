@@ -434,3 +434,24 @@ def test_the_probes_refuse_an_unknown_reader() -> None:
     inputs[:, 0] += 2 * labels  # features that carry the label outright: both readers read it
     assert min(probe_ap(model, inputs, labels, inputs, labels, reader=r) for r in ("linear", "mlp")) > 99
     assert min(heldout_probe_ap(model, inputs, labels, reader=r) for r in ("linear", "mlp")) > 99
+
+
+def test_the_forget_accuracy_after_a_batchnorm_refit_is_reported_for_models_with_running_statistics(
+        digits_model, class_views, class_request_models):
+    """``FA_bn_refit``: the forget accuracy once the BatchNorm statistics are recomputed on the retain set. A model
+    that learned the class keeps it, one that never saw it does not find it; the model itself is left untouched."""
+    import copy
+
+    from torch import nn
+
+    from excise.metrics import evaluate
+    from excise.metrics.robustness import has_running_statistics
+
+    state = copy.deepcopy(digits_model.state_dict())
+    original = evaluate(digits_model, class_views)
+    assert original["FA_bn_refit"] >= original["FA"] - 5 > 90
+    assert all(torch.equal(v, state[k]) for k, v in digits_model.state_dict().items())  # untouched
+    scrubbed = evaluate(class_request_models["scrub"], class_views)  # forgets in the weights (zoo: 0.0 after a refit)
+    assert scrubbed["FA"] <= 5 and scrubbed["FA_bn_refit"] <= 10
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # no BatchNorm: nothing to re-estimate
+    assert not has_running_statistics(plain) and "FA_bn_refit" not in evaluate(plain, class_views)

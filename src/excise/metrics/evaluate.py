@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from excise.data.base import DatasetBundle, LabeledData, load_task
 from excise.metrics.accuracy import accuracy, per_target_accuracy, per_target_ap
 from excise.metrics.mia import CV_REPEATS, HEADLINE_MIA, Judge, MiaInputs, run_mia
+from excise.metrics.robustness import batchnorm_refit_logits
 from excise.requests import ForgetRequest, split, split_test
 from excise.training import predict_logits
 
@@ -37,6 +38,9 @@ DIRECTIONS: dict[str, str] = {
     "FA_class_max": "the highest forget accuracy among the forgotten classes of a request naming several (a "
                     "sequence's step names every class so far); retrain's is the reference, and a class handed back "
                     "shows here when the pooled FA hides it",
+    "FA_bn_refit": "forget accuracy after the BatchNorm statistics are recomputed on the retain set "
+                   "(excise.metrics.robustness); it should stay at FA, as retrain's does — a rise means the "
+                   "forgetting lived in stale statistics, not in the weights",
     "MIA:seq_loss": "AUC (%) telling forget from held-out sequences by their loss; 50 = indistinguishable "
                     "(never trained on), above = still recognised, below = over-forgotten; closer to retrain",
     "MIA:seq_min_k": "AUC (%) telling forget from held-out sequences by min-20% token probability; 50 = "
@@ -177,7 +181,12 @@ def evaluate_outputs(model: nn.Module, views: EvalViews, outputs: Outputs | None
     """:func:`evaluate` with ``outputs`` already collected (``None``: the task's registered evaluator)."""
     if outputs is None:
         return _EVALUATORS[views.forget_set.task](model, views, mia_variants=mia_variants, seed=seed)
-    return score(outputs, mia_variants=mia_variants, seed=seed)
+    metrics = score(outputs, mia_variants=mia_variants, seed=seed)
+    if outputs.task == "multiclass":
+        refit = batchnorm_refit_logits(model, views.retain_set, views.forget_set)
+        if refit is not None:
+            metrics["FA_bn_refit"] = accuracy(refit, views.forget_set.targets)
+    return metrics
 
 
 def score(outputs: Outputs, *, mia_variants: tuple[str, ...] | None = None, seed: int = 0,
