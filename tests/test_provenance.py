@@ -265,6 +265,26 @@ def test_a_torn_last_line_is_ignored_then_cut_off(tmp_path):
         ledger.read_ledger(book)
 
 
+def test_a_last_entry_without_its_newline_is_kept_not_cut_off(tmp_path):
+    """An editor that strips the final newline leaves a whole entry, not a torn one: it was dropped as torn and the
+    next append cut a recorded deletion out of the ledger (a compliance audit, 2026-12-07)."""
+    book = tmp_path / "ledger.jsonl"
+    entry = {"model": {"path": "a", "sha256": "1" * 64}, "parent_sha256": None,
+             "certificate": {"path": "c", "sha256": "c" * 64}}
+    ledger.append(book, entry, origin=ORIGIN)
+    book.write_bytes(book.read_bytes().rstrip(b"\n"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is ignored
+        assert [e["kind"] for e in ledger.read_ledger(book).entries] == ["origin", "deletion"]
+    ledger.append(book, {**entry, "model": {"path": "b", "sha256": "2" * 64}}, origin=ORIGIN)
+    assert [e["model"]["path"] for e in ledger.read_ledger(book).entries] == ["m.safetensors", "a", "b"]
+    assert book.read_bytes().count(b"\n") == 3
+    # A whole last line that was edited is corrupt, not torn.
+    book.write_bytes(book.read_bytes().rstrip(b"\n").replace(b'"path":"b"', b'"path":"z"'))
+    with pytest.raises(ledger.LedgerError, match="edited after it was written"):
+        ledger.read_ledger(book)
+
+
 def test_bench_certify_certifies_no_deletion_a_run_did_not_make(tmp_path):
     """The bench keeps a run its guard found wanting, for the table (COMPARE_GUARD only warns), but writes no model
     or certificate for it: SSD that selects no parameter forgets nothing; gradient ascent collapses this tiny model.

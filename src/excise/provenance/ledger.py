@@ -11,8 +11,9 @@ it (``excise verify LEDGER --head HASH``).
 Appends are safe under concurrent writers and crashes: an exclusive file lock (``filelock``, beside the ledger)
 serialises them, each entry is written by one ``write`` of ``line + "\\n"`` with ``O_APPEND`` and ``fsync``ed,
 so a kill can only leave a prefix of the last line without its newline. A reader ignores such a torn tail (the
-append did not happen) and the next append cuts it off first. Anything else that does not parse is an error
-naming the line.
+append did not happen) and the next append cuts it off first. A last line that lacks only its newline (stripped by
+an editor) is a whole entry — a prefix never parses — and is checked and kept; the next append ends its line first.
+Anything else that does not parse is an error naming the line.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class LedgerState:
 
     entries: list[dict[str, Any]]
     torn_at: int | None
+    # The last entry is complete but its line lacks the newline (an editor or a tool stripped it): kept, and the next
+    # append writes the newline first.
+    unterminated: bool = False
 
     @property
     def head(self) -> str | None:
@@ -107,13 +111,18 @@ def _parse(data: bytes, where: str) -> LedgerState:
         offset += len(raw) + 1
         if not raw.strip():
             continue
-        if number == len(lines):  # no newline after it: a write cut short
-            return LedgerState(entries, start)
+        last = number == len(lines)  # no newline after it: a write cut short, or a newline stripped since
         try:
             parsed = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            if last:  # a prefix of an entry never parses: the append did not happen
+                return LedgerState(entries, start)
             raise LedgerError(f"{where}:{number}: not valid JSON ({err}); the ledger is corrupt at this line") from None
+        # A last line that parses is a whole entry (a torn prefix cannot close its object): it is checked like any
+        # other, and kept. Dropping it as torn let the next append cut a recorded deletion out of the ledger.
         entries.append(_check_entry(parsed, number, entries[-1] if entries else None, where))
+        if last:
+            return LedgerState(entries, None, unterminated=True)
     return LedgerState(entries, None)
 
 
@@ -155,6 +164,10 @@ def append(path: str | Path, entry: dict[str, Any], *, origin: dict[str, Any] | 
             if state.torn_at is not None:
                 with open(path, "r+b") as handle:  # an interrupted append: it did not happen
                     handle.truncate(state.torn_at)
+                    os.fsync(handle.fileno())
+            elif state.unterminated:  # a whole last entry whose newline went missing: end its line
+                with open(path, "ab") as handle:
+                    handle.write(b"\n")
                     os.fsync(handle.fileno())
         else:
             state = LedgerState([], None)
