@@ -455,3 +455,33 @@ def test_the_forget_accuracy_after_a_batchnorm_refit_is_reported_for_models_with
     assert scrubbed["FA"] <= 5 and scrubbed["FA_bn_refit"] <= 10
     plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # no BatchNorm: nothing to re-estimate
     assert not has_running_statistics(plain) and "FA_bn_refit" not in evaluate(plain, class_views)
+
+
+def test_class_level_metrics_of_a_sequence_read_their_classes_from_its_requests(digits, digits_model, digits_super,
+                                                                                 subclass_views):
+    """A sequence's cumulative forget set also holds its sample steps' rows: class-level metrics must not take
+    their classes for forgotten ones (a compliance audit: after 5 rows then class 2, FA_class_max read 100 from a
+    kept class; after random 5% then sub-class 8, TA_sibling_min vanished while a sibling sat at 74%)."""
+    from excise.metrics import evaluate
+    from excise.metrics.accuracy import accuracy
+    from excise.metrics.evaluate import forgotten_classes, siblings_of
+    from excise.provenance.history import cumulative_views
+    from excise.requests import ForgetRequest
+    from excise.training import predict_logits
+
+    rows_then_class = cumulative_views(digits, [ForgetRequest(kind="samples", indices=(3, 17, 42, 100, 512)),
+                                                ForgetRequest(kind="class", labels=("2",))])[-1]
+    assert len({int(c) for c in rows_then_class.forget_set.targets.unique()}) > 1  # other classes' rows too
+    assert forgotten_classes(rows_then_class) == (digits.train.classes.index("2"),)
+    assert "FA_class_max" not in evaluate(digits_model, rows_then_class)  # one class forgotten: FA is its own
+    then_five = cumulative_views(digits, [*rows_then_class.requests, ForgetRequest(kind="class", labels=("5",))])[-1]
+    forget = then_five.forget_set
+
+    def own_accuracy(label: int) -> float:
+        rows = forget.subset(torch.nonzero(forget.targets == label).flatten())
+        return accuracy(predict_logits(digits_model, rows), rows.targets)
+
+    assert evaluate(digits_model, then_five)["FA_class_max"] == pytest.approx(max(own_accuracy(2), own_accuracy(5)))
+    random_then_fine = cumulative_views(digits_super, [ForgetRequest(kind="samples", fraction=0.05, seed=0),
+                                                       subclass_views.request])[-1]
+    assert siblings_of(random_then_fine) == siblings_of(subclass_views) != ()

@@ -315,6 +315,17 @@ def resolve(data: LabeledData, request: ForgetRequest) -> ResolvedRequest:
     return ResolvedRequest(request, forget, labels)
 
 
+def named_classes(data: LabeledData, request: ForgetRequest) -> tuple[int, ...]:
+    """The classes a ``class`` request names on ``data`` (for a ``subclass`` request, its fine classes; for any
+    other, none), as indices — read from the request, not from the rows it selects, which after a sequence hold
+    rows of other classes too."""
+    if request.kind == "class":
+        return tuple(_resolve_label(label, data.classes, "labels") for label in request.labels)
+    if request.kind == "subclass" and data.subclasses:
+        return tuple(_resolve_label(label, data.subclasses, "labels", "fine class") for label in request.labels)
+    return ()
+
+
 def split(data: LabeledData, request: ForgetRequest) -> tuple[LabeledData, LabeledData]:
     """``(forget_set, retain_set)`` of ``data`` for ``request``.
 

@@ -662,13 +662,13 @@ def _damage(found: Mapping[str, Any], *, explain: bool) -> str:
             f" (a random-sample request may cost {found['samples_max_drop']:g} points: its retrained model keeps "
             "this accuracy)"))
     if found.get("class_drop"):
-        what = "target" if found.get("task") == "multilabel" else "class"
+        what, whats = ("target", "targets") if found.get("task") == "multilabel" else ("class", "classes")
         parts.append(f"kept {what} {found['worst_class']!r} fell from {found['worst_class_before']:.1f} to "
                      f"{found['worst_class_after']:.1f} on its {found['worst_class_rows']} of the {found['rows']} "
                      f"{found['data']} rows" + (
                          f" (more than the guard's {max_drop:g} points on one {what}, beyond its rows' noise; a "
                          f"retrained model keeps every {what} it learned)" if explain else "")
-                     + ("" if fall > max_drop else f", while the mean over the kept targets went from "
+                     + ("" if fall > max_drop else f", while the mean over the kept {whats} went from "
                         f"{found['accuracy_before']:.1f} to {found['accuracy_after']:.1f}"))
     return "; ".join(parts) or overall
 

@@ -22,7 +22,7 @@ from excise.data.base import DatasetBundle, LabeledData, load_task
 from excise.metrics.accuracy import accuracy, per_target_accuracy, per_target_ap
 from excise.metrics.mia import CV_REPEATS, HEADLINE_MIA, Judge, MiaInputs, run_mia
 from excise.metrics.robustness import batchnorm_refit_logits
-from excise.requests import ForgetRequest, split, split_test
+from excise.requests import ForgetRequest, named_classes, split, split_test
 from excise.training import predict_logits
 
 DIRECTIONS: dict[str, str] = {
@@ -57,6 +57,13 @@ class EvalViews:
     test_retain: LabeledData
     test_forget: LabeledData | None
     request: ForgetRequest
+    # Every request the views judge, oldest first, when they are a sequence's cumulative views (the forget set then
+    # holds every step's rows); empty for one request. Class-level metrics read their classes from it.
+    history: tuple[ForgetRequest, ...] = ()
+
+    @property
+    def requests(self) -> tuple[ForgetRequest, ...]:
+        return self.history or (self.request,)
 
     @classmethod
     def from_bundle(cls, bundle: DatasetBundle, request: ForgetRequest) -> EvalViews:
@@ -152,19 +159,25 @@ def collect_outputs(model: nn.Module, views: EvalViews) -> Outputs | None:
 
 
 def forgotten_classes(views: EvalViews) -> tuple[int, ...]:
-    """The classes of a class request's forget set (empty for any other request)."""
-    if views.request.kind != "class" or views.forget_set.task != "multiclass" or len(views.forget_set) == 0:
+    """The classes the class requests of ``views`` name (every step's, for a sequence's cumulative views); empty
+    when none does. Read from the requests: the forget set of a sequence also holds the rows of its sample and
+    sub-class steps, whose classes are kept (a random step's rows of classes 0 and 3 made ``FA_class_max`` read a
+    kept class as "handed back")."""
+    if views.forget_set.task != "multiclass" or len(views.forget_set) == 0:
         return ()
-    return tuple(int(c) for c in views.forget_set.targets.unique())
+    return tuple(sorted({c for r in views.requests for c in named_classes(views.forget_set, r)
+                         if r.kind == "class"}))
 
 
 def siblings_of(views: EvalViews) -> tuple[int, ...]:
-    """The fine classes that share a super-class with a sub-class request's forgotten fine classes (and are not
-    forgotten themselves); empty for any other request."""
+    """The fine classes that share a super-class with the sub-class requests' forgotten fine classes (and are not
+    forgotten themselves); empty when no request is a sub-class one."""
     data = views.forget_set
-    if views.request.kind != "subclass" or data.subclass_targets is None or data.subclass_parent is None:
+    if data.subclass_targets is None or data.subclass_parent is None:
         return ()
-    forgotten = {int(f) for f in data.subclass_targets.unique()}
+    forgotten = {f for r in views.requests if r.kind == "subclass" for f in named_classes(data, r)}
+    if not forgotten:
+        return ()
     parents = {data.subclass_parent[f] for f in forgotten}
     return tuple(j for j, parent in enumerate(data.subclass_parent) if parent in parents and j not in forgotten)
 

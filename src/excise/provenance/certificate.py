@@ -109,9 +109,14 @@ def retrain_free_evidence(metrics: dict[str, float], directions: dict[str, str])
     return out
 
 
-GUARD_FIELDS = ("data", "rows", "accuracy_before", "accuracy_after", "fired", "rolled_back", "forget_rows",
-                "forget_accuracy_before", "forget_accuracy_after", "forgot_nothing", "incomplete", "further_from_goal",
-                "unchanged", "hint", "reason")
+GUARD_FIELDS = ("data", "task", "rows", "accuracy_before", "accuracy_after", "max_drop", "fired", "rolled_back",
+                "utility_drop", "samples_max_drop", "turned_wrong", "turned_right", "worst_class", "worst_class_rows",
+                "worst_class_before", "worst_class_after", "class_drop", "request_kind", "forget_rows",
+                "forget_accuracy_before", "forget_accuracy_after", "forgot_nothing", "incomplete",
+                "forget_accuracy_bn_refit", "hidden_in_statistics", "further_from_goal", "goal", "unchanged", "hint",
+                "action", "reason")
+"""What a certificate keeps of the guard's finding: enough for :func:`excise.methods.guard_objection` to state, from
+the certificate alone, why such a run would not have been certified (``excise verify`` does)."""
 
 
 def guard_record(finding: dict[str, Any] | None) -> dict[str, Any] | str:

@@ -263,7 +263,7 @@ def cumulative_views(bundle: DatasetBundle, requests: Sequence[ForgetRequest]) -
         mask = _test_forget_mask(bundle.test, requests[: k + 1])
         test_forget = bundle.test.subset(np.flatnonzero(mask)) if mask.any() else None
         test_retain = bundle.test.subset(np.flatnonzero(~mask))
-        views.append(EvalViews(forget_set, retain_set, test_retain, test_forget, requests[k]))
+        views.append(EvalViews(forget_set, retain_set, test_retain, test_forget, requests[k], tuple(requests[: k + 1])))
     return views
 
 

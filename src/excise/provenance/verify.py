@@ -151,6 +151,25 @@ def verify_certificate(path: str | Path, *, public_key: str | Path | None = None
 
     out.run(f"{prefix}original model", original_check)
 
+    def deletion_check() -> str | tuple[str, str]:
+        from excise.methods import guard_objection
+
+        if cert["models"]["unlearned"]["sha256"] == cert["models"]["original"]["sha256"]:
+            raise ValueError("the certified model is its input model, bit for bit: nothing was deleted")
+        finding = cert["evidence"].get("guard")
+        if not isinstance(finding, dict):
+            return "skipped", f"the run's guard finding is {finding!r}"
+        if finding.get("reason") == "off":
+            return "skipped", ("the run was written with --guard off: nothing checked that it did not collapse the "
+                               "model or leave the request unforgotten")
+        objection = guard_objection(finding)
+        if objection:
+            raise ValueError(f"the run's own guard found that {objection}; it was written anyway (--guard warn), so "
+                             "the certificate records no deletion to rely on")
+        return f"the weights changed, and the run's guard found nothing against it ({finding.get('data')})"
+
+    out.run(f"{prefix}deletion", deletion_check)
+
     def data_check() -> str:
         bundle = _certificate_data(cert, f"certificate {str(path)!r}")
         holder["bundle"] = bundle
