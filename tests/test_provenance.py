@@ -368,3 +368,30 @@ def test_bench_certify_writes_a_certificate_per_cell_that_verifies(tmp_path):
         sidecar = json.loads(open(records[key]["certificate"]["path"].replace(".certificate.json", ".json")).read())
         found = records[key]["steps"][-1]["stats"] if "steps" in records[key] else records[key]["stats"]
         assert sidecar["method_stats"]["guard"] == found["guard"] and found["guard"]["action"] == "warn"
+
+
+def test_an_overwritten_private_key_is_owner_only(tmp_path):
+    from excise.provenance.certificate import generate_key
+
+    key = tmp_path / "issuer.pem"
+    key.write_text("an old key\n")
+    key.chmod(0o644)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        generate_key(key)
+    generate_key(key, overwrite=True)
+    assert key.stat().st_mode & 0o077 == 0 and key.read_text().startswith("-----BEGIN PRIVATE KEY")
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_verify_pointed_at_a_model_names_its_certificate(tmp_path):
+    model = tmp_path / "step4.safetensors"
+    model.write_bytes(b"\xa4 not json")
+    result = verify(model)
+    assert result.exit_code != 0 and "is a model; verify its certificate" in text(result)
+    assert "step4.certificate.json" in text(result) and "missing" in text(result)
+
+
+def test_python_dash_m_excise_is_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "excise", "verify", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "Usage: excise verify" in " ".join(done.stdout.split())

@@ -308,9 +308,18 @@ def generate_key(path: str | Path, *, overwrite: bool = False) -> tuple[Path, Pa
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(private_pem)
+    # A new file, created owner-only, renamed over the path: writing into an existing file kept its mode (a key
+    # overwritten over a world-readable file stayed world-readable while the CLI said "mode 600").
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(private_pem)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
     atomic_write_text(public, public_pem.decode(), overwrite=overwrite)
     return path, public
 

@@ -32,6 +32,7 @@ from typing import Any
 from excise.hashing import sha256_file
 from excise.provenance.certificate import (
     CertificateError,
+    certificate_path,
     certificate_sha256,
     check_signature,
     read_certificate,
@@ -301,6 +302,11 @@ def verify(path: str | Path, **options: Any) -> Verification:
     path = Path(path)
     if not path.is_file():
         raise VerificationError("input", f"{str(path)!r} does not exist", [])
+    if path.suffix == ".safetensors":
+        certificate = certificate_path(path)
+        raise VerificationError("input", f"{str(path)!r} is a model; verify its certificate {str(certificate)!r}"
+                                f" ({'found' if certificate.is_file() else 'missing: it was not written'}) or the "
+                                "ledger it was appended to", [])
     with open(path, "rb") as handle:
         first = handle.readline()
     try:
