@@ -395,3 +395,30 @@ def test_python_dash_m_excise_is_the_command_line():
     done = subprocess.run([sys.executable, "-m", "excise", "verify", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "Usage: excise verify" in " ".join(done.stdout.split())
+
+
+def test_a_sidecar_whose_history_left_its_certificate_is_refused_and_a_broken_history_fails_verify(lineage,
+                                                                                                   tmp_path):
+    """The history the next certificate states (and its evidence is judged on) comes from the model's sidecar,
+    which nothing signs: a sidecar edited to drop an earlier request gave a certificate that left it out, and
+    `verify` passed the ledger (a compliance audit, 2026-12-07)."""
+    from excise.provenance.verify import check_history
+
+    folder = copy_of(lineage, tmp_path)
+    sidecar = folder / "step2.json"
+    meta = json.loads(sidecar.read_text())
+    meta["history"] = meta["history"][1:]  # class:3 dropped
+    sidecar.write_text(json.dumps(meta))
+    result = invoke("unlearn", folder / "step2.safetensors", "--method", "gradient_ascent", "--request", "class:4",
+                    "--out", folder / "step3.safetensors", "--ledger", folder / "ledger.jsonl", *UNLEARN)
+    assert result.exit_code == 2 and "the sidecar was changed after the model was written" in text(result)
+    assert not (folder / "step3.safetensors").exists()
+    # verify holds each ledgered certificate's history to the previous one's plus its own request.
+    cert = json.loads(certificate_path(folder / "step2.safetensors").read_text())
+    first = json.loads(certificate_path(folder / "step1.safetensors").read_text())
+    assert check_history(cert, first["history"]) is None
+    with pytest.raises(ValueError, match="is not the previous certificate's"):
+        check_history({**cert, "history": cert["history"][1:], "step": 1}, first["history"])
+    with pytest.raises(ValueError, match="says step 3"):
+        check_history({**cert, "step": 3}, first["history"])
+    assert "already served 1 request" in check_history(cert, None)

@@ -444,13 +444,36 @@ def _check_provenance(head: Checkpoint, out: Path | None, ledger: str | Path | N
             raise ValueError("--ledger needs --out: a ledger entry certifies a written model file")
         ledger = Path(ledger)
         if ledger.exists():
-            check_lineage(read_ledger(ledger), head.sha256, ledger)
+            state = read_ledger(ledger)
+            check_lineage(state, head.sha256, ledger)
+            _check_ledger_history(state, head, ledger)
         else:
             _check_output(ledger, False, suffix=ledger.suffix or ".jsonl")
     if sign_key is not None:
         if out is None:
             raise ValueError("--sign-key needs --out: the signature goes into the certificate written beside it")
         sign(_PROBE, sign_key)  # an unreadable or non-Ed25519 key fails now, not after the work
+
+
+def _check_ledger_history(state: Any, head: Checkpoint, ledger: Path) -> None:
+    """The requests the input model has served, as its sidecar says, must be those its certificate in the ledger
+    certifies: the sidecar is not signed, and the next certificate's history (and the views its evidence is judged
+    on) comes from it."""
+    if len(state.entries) < 2:
+        return
+    from excise.provenance.certificate import read_certificate, resolve_stored
+
+    entry = state.entries[-1]
+    certificate = resolve_stored(entry["certificate"]["path"], ledger.parent)
+    if not certificate.is_file():
+        raise ValueError(f"ledger {str(ledger)!r}: the certificate of its last entry, {str(certificate)!r}, is missing "
+                         "(`excise verify` the ledger)")
+    certified = [ForgetRequest.from_dict(r) for r in read_certificate(certificate)["history"]]
+    recorded = served_requests(head)[0]
+    if recorded != certified:
+        raise ValueError(f"the sidecar of {str(head.path)!r} records {len(recorded)} served request(s), its "
+                         f"certificate in ledger {str(ledger)!r} certifies {len(certified)} other ones: the sidecar "
+                         "was changed after the model was written (`excise verify` the ledger)")
 
 
 _PROBE: dict[str, Any] = {"probe": True}

@@ -288,13 +288,36 @@ def verify_ledger(path: str | Path, *, public_key: str | Path | None = None, ree
                 raise ValueError("its certificate certifies another model than the entry records")
             if cert["models"]["original"]["sha256"] != entry["parent_sha256"]:
                 raise ValueError("its certificate starts from another model than the entry's parent")
-            holder[entry["seq"]] = certificate
-            return f"certificate {certificate.name} unchanged, parent is entry {previous['seq']}'s model"
+            earlier = holder.get("history")
+            history_note = check_history(cert, earlier)
+            holder[entry["seq"]], holder["history"] = certificate, cert["history"]
+            return (f"certificate {certificate.name} unchanged, parent is entry {previous['seq']}'s model"
+                    + (f"; {history_note}" if history_note else ""))
 
         out.run(name, link)
         verify_certificate(holder[entry["seq"]], public_key=public_key, reevaluate=reevaluate, verification=out,
                            prefix=f"{name} ")
     return out
+
+
+def check_history(cert: dict[str, Any], earlier: list[dict[str, Any]] | None) -> str | None:
+    """A ledgered certificate's history must be the previous certificate's plus its own request, and its step its
+    length: the history comes from the model's sidecar, which nothing signs, so a sidecar edited to drop a request
+    would otherwise give the next certificate a history — and evidence judged on views — that leave it out.
+    ``earlier``: the previous certificate's history (``None`` for the ledger's first deletion, whose origin may
+    already have served requests: returned as a note)."""
+    history = cert["history"]
+    if not history or history[-1] != cert["request"]:
+        raise ValueError("its certificate's history does not end with its own request")
+    if cert.get("step") != len(history):
+        raise ValueError(f"its certificate says step {cert.get('step')!r} for a history of {len(history)} requests")
+    if earlier is not None and history[:-1] != earlier:
+        raise ValueError(f"its certificate's history ({len(history) - 1} earlier requests) is not the previous "
+                         f"certificate's ({len(earlier)}) — a request was dropped or added between them")
+    if earlier is None and len(history) > 1:
+        return (f"the origin had already served {len(history) - 1} request(s) before this ledger began, "
+                "certified elsewhere or not at all")
+    return None
 
 
 def verify(path: str | Path, **options: Any) -> Verification:
