@@ -148,6 +148,35 @@ def test_functional_inplace_op_is_refused_with_a_pointer_to_forward(class_views)
         get_method("mu_mis").unlearn(Bad(), class_views.request, class_views.forget_set)
 
 
+def test_a_model_with_fused_attention_is_served(class_views):
+    """nn.MultiheadAttention(need_weights=False) runs scaled_dot_product_attention, whose fused CPU kernel has no
+    double backward: a new user's ViT crashed MU-Mis with a raw autograd error. MU-Mis runs the math kernel."""
+
+    class TinyViT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(16, 16)
+            self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.norm = nn.LayerNorm(16)
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            patches = x.unfold(2, 4, 4).unfold(3, 4, 4).reshape(len(x), 4, 16)  # four 4x4 patches of 8x8 digits
+            tokens = self.embed(patches)
+            attended, _ = self.attention(tokens, tokens, tokens, need_weights=False)
+            return self.head(self.norm(tokens + attended).mean(1))
+
+    torch.manual_seed(0)
+    model = TinyViT()
+    before = copy.deepcopy(model.state_dict())
+    # An untrained model predicts no class to forget: a samples request with a one-pass budget always steps.
+    request = ForgetRequest(kind="samples", indices=tuple(range(64)))
+    rows = class_views.retain_set.subset(torch.arange(64))
+    result = get_method("mu_mis", max_passes=1, max_accuracy_drop=None).unlearn(model, request, rows, seed=0)
+    assert result.stats["steps"] == 1
+    assert any(not torch.equal(before[k], v) for k, v in result.model.state_dict().items())
+
+
 def test_relu_inplace_is_harmless_and_accepted(digits_model, class_views):
     """``nn.ReLU(inplace=True)`` does not break double backprop; refusing it would be wrong."""
     model = copy.deepcopy(digits_model)

@@ -468,6 +468,16 @@ class MuMis(UnlearningMethod):
     Config = MuMisConfig
 
     def _unlearn(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        # The fused attention kernels (flash, memory-efficient) have no double backward, and
+        # nn.MultiheadAttention(need_weights=False) and F.scaled_dot_product_attention pick them: a new user's ViT
+        # failed with "derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not
+        # implemented". The math kernel computes the same attention with ordinary, twice-differentiable ops.
+        with sdpa_kernel(SDPBackend.MATH):
+            return self._run(model, data, seed)
+
+    def _run(self, model: nn.Module, data: UnlearnData, seed: int) -> dict[str, Any]:
         cfg = self.config
         forget = data.forget_set
         generator = torch.Generator().manual_seed(seed)
