@@ -485,3 +485,26 @@ def test_class_level_metrics_of_a_sequence_read_their_classes_from_its_requests(
     random_then_fine = cumulative_views(digits_super, [ForgetRequest(kind="samples", fraction=0.05, seed=0),
                                                        subclass_views.request])[-1]
     assert siblings_of(random_then_fine) == siblings_of(subclass_views) != ()
+
+
+def test_probabilities_and_non_finite_outputs_are_refused_by_name(digits_model, class_views):
+    """A model that applies its own softmax got a second one from the evaluation (two MIA variants read "fully
+    forgotten", the gap halved, no warning); a NaN row was counted as class 0 and failed later inside scikit-learn."""
+    from torch import nn
+
+    from excise.metrics import evaluate
+
+    with pytest.raises(ValueError, match="returns probabilities on the forget set .* drop the final nn.Softmax"):
+        evaluate(nn.Sequential(digits_model, nn.Softmax(dim=1)), class_views)
+    # Log-probabilities are logits up to a constant per row: accepted, and every metric is the same.
+    assert evaluate(nn.Sequential(digits_model, nn.LogSoftmax(dim=1)), class_views)["FA"] == evaluate(
+        digits_model, class_views)["FA"]
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            out = digits_model(x)
+            out[0] = float("nan")
+            return out
+
+    with pytest.raises(ValueError, match=r"not finite \(NaN or inf\) on \d+ of \d+ rows of the forget set"):
+        evaluate(Broken(), class_views)

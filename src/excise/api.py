@@ -248,11 +248,12 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
 def fit_accuracy(model: nn.Module, train_set: LabeledData, test_set: LabeledData) -> dict[str, float]:
     """``train_accuracy`` / ``test_accuracy`` in percent (a multi-label model's mean per-target accuracy), so
     `excise train` says what it built; empty for dense and sequence tasks, whose own metrics are not accuracies."""
-    from excise.metrics.accuracy import accuracy, per_target_accuracy
+    from excise.metrics.accuracy import accuracy, check_logits, per_target_accuracy
     from excise.training import predict_logits
 
     def score(data: LabeledData) -> float:
-        logits = predict_logits(model, data)
+        logits = check_logits(predict_logits(model, data), "the training rows" if data is train_set else
+                              "the test rows", data.task)
         if data.task == "multiclass":
             return accuracy(logits, data.targets)
         return float(per_target_accuracy(logits, data.targets).mean())

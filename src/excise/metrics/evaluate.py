@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from excise.data.base import DatasetBundle, LabeledData, load_task
-from excise.metrics.accuracy import accuracy, per_target_accuracy, per_target_ap
+from excise.metrics.accuracy import accuracy, check_logits, per_target_accuracy, per_target_ap
 from excise.metrics.mia import CV_REPEATS, HEADLINE_MIA, Judge, MiaInputs, run_mia
 from excise.metrics.robustness import batchnorm_refit_logits
 from excise.requests import ForgetRequest, named_classes, split, split_test
@@ -86,8 +86,9 @@ class Population:
     fine: Tensor | None = None  # fine (sub-class) label of each row, for data with super-classes
 
     @classmethod
-    def of(cls, model: nn.Module, data: LabeledData) -> Population:
-        return cls(predict_logits(model, data), data.targets, data.label_mask, data.subclass_targets)
+    def of(cls, model: nn.Module, data: LabeledData, where: str = "the evaluated rows") -> Population:
+        logits = check_logits(predict_logits(model, data), where, data.task)
+        return cls(logits, data.targets, data.label_mask, data.subclass_targets)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -151,9 +152,10 @@ def collect_outputs(model: nn.Module, views: EvalViews) -> Outputs | None:
         return None
     test_forget = views.test_forget
     return Outputs(
-        Population.of(model, views.forget_set), Population.of(model, views.retain_set),
-        Population.of(model, views.test_retain),
-        None if test_forget is None or len(test_forget) == 0 else Population.of(model, test_forget),
+        Population.of(model, views.forget_set, "the forget set"),
+        Population.of(model, views.retain_set, "the retain set"),
+        Population.of(model, views.test_retain, "the test set"),
+        None if test_forget is None or len(test_forget) == 0 else Population.of(model, test_forget, "the test set"),
         task, views.request.kind, views.forget_set.classes, siblings_of(views), forgotten_classes(views),
     )
 
