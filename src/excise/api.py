@@ -39,7 +39,7 @@ from excise.experiment import (
     run_method,
 )
 from excise.methods import Guard, GuardRefused, get_method, guard_objection
-from excise.methods.base import refuses_forgot_nothing
+from excise.methods.base import refuses_unforgotten
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.metrics.uncertainty import Uncertainty
 from excise.provenance.certificate import certificate_path, sign
@@ -377,7 +377,7 @@ def unlearn_checkpoint(
     finding = record.stats.get("guard") or {}
     refusing = (guard or Guard()).action == "rollback"
     if out is not None and refusing and (finding.get("rolled_back") or finding.get("unchanged")
-                                         or refuses_forgot_nothing(finding)):
+                                         or refuses_unforgotten(finding)):
         raise GuardRefused(
             f"{method}: {guard_objection(finding)}, so nothing was written: {model_path} is unchanged and still "
             f"holds the data {request.describe()} names. "
