@@ -508,3 +508,15 @@ def test_probabilities_and_non_finite_outputs_are_refused_by_name(digits_model, 
 
     with pytest.raises(ValueError, match=r"not finite \(NaN or inf\) on \d+ of \d+ rows of the forget set"):
         evaluate(Broken(), class_views)
+
+
+def test_svc_prob_reads_membership_not_the_forgotten_class(digits_model, class_views, class_request_models):
+    """With the forgotten class's test rows among the non-members and never among the members, the unsorted
+    probability vector made the SVC a detector of the class: the original, which forgot nothing, read 100 (every
+    forget row "non-member"). Sorted, it reads like the other variants."""
+    from excise.metrics import evaluate
+
+    original = evaluate(digits_model, class_views)
+    forgotten = evaluate(class_request_models["scrub"], class_views)
+    assert original["MIA:svc_prob"] <= 10 and original["MIA:svc_confidence"] <= 10
+    assert forgotten["MIA:svc_prob"] >= 50 and forgotten["MIA:svc_confidence"] >= 50

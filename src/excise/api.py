@@ -624,8 +624,11 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
     metrics, found = judge(checkpoint.model, views, seed=seed, uncertainty=uncertainty,
                            reference_model=None if reference is None else reference.model)
     note = add_information_left(metrics, checkpoint.model, views, seed)
+    from excise.metrics.directions import metric_direction
+
     out: dict[str, Any] = {
         "metrics": metrics,
+        "directions": {name: metric_direction(name) for name in metrics},
         "intervals": {} if found is None else found.intervals,
         "uncertainty": uncertainty.to_dict(),
         "model": {"path": str(checkpoint.path.resolve()), "sha256": checkpoint.sha256,

@@ -112,20 +112,26 @@ def parse_request(text: str | None, required: bool = True) -> ForgetRequest | No
 
 def metrics_table(metrics: dict[str, float], title: str, intervals: dict[str, list[float]] | None = None,
                   level: float = 0.95) -> Table:
+    from excise.metrics.directions import metric_direction
+
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     if intervals:
         table.add_column(f"{100 * level:g}% interval", justify="right")
+    # Variants read in opposite directions (svc_* count forget rows called non-member, entropy_logreg those called
+    # member): the table says how to read each, as the report and the certificate do.
+    table.add_column("how to read it", max_width=60, overflow="fold", style="dim")
     for key, value in metrics.items():
         row = [key, f"{value:.2f}"]
         if intervals:
             interval = intervals.get(key)
             row.append("" if interval is None else f"[{interval[0]:.2f}, {interval[1]:.2f}]")
-        table.add_row(*row)
+        table.add_row(*row, metric_direction(key))
     if intervals:
         table.caption = ("intervals: percentile bootstrap over the evaluated populations (forget, retain and test "
-                         "sets redrawn; MIA attacks re-fitted), seeded by --seed")
+                         "sets redrawn; MIA attacks re-fitted), seeded by --seed — the evaluation data's noise only: "
+                         "a second retrain with another seed lands elsewhere too (README, the gap's noise floor)")
     return table
 
 

@@ -35,6 +35,11 @@ def metric_direction(name: str) -> str:
     directions = _mia_directions()
     if name in directions:
         return directions[name]
+    if name.startswith("probe_AP"):
+        return ("AP (%) of a linear probe reading the forgotten target from the model's features; at the "
+                "prevalence it reads nothing; at or below retrain's is better")
+    if name.startswith("prevalence:"):
+        return "the forgotten target's share of the test rows (%): what a probe that reads nothing scores"
     if name.startswith(("acc:", "AP:")):
         return "per-target test score; closer to retrain is better"
     if name.startswith("KL_ref:"):
