@@ -266,3 +266,15 @@ def test_adopt_records_every_part_of_the_users_recipe(user_weights, tmp_path):
     result = invoke("adopt", user_weights, "--model", "user_zoo:build", "--data", "user_zoo:digits", "--out",
                     tmp_path / "bad.safetensors", "--schedule", "linear")
     assert result.exit_code != 0 and "schedule='linear' is not one of" in result.output
+
+
+def test_weights_at_chance_are_adopted_with_a_warning(user_weights, tmp_path):
+    """A user who saved their state_dict before training got a checkpoint at 10% and no word."""
+    import user_zoo
+
+    torch.manual_seed(1)
+    untrained = tmp_path / "untrained.pt"
+    torch.save(user_zoo.build().state_dict(), untrained)
+    with pytest.warns(UserWarning, match=r"about chance for 10 classes .* saved before training"):
+        adopted = adopt_model(untrained, "user_zoo:build", "user_zoo:digits", tmp_path / "untrained.safetensors")
+    assert adopted.meta["test_accuracy"] < 15

@@ -167,6 +167,19 @@ def test_a_dataset_of_unequal_shapes_is_refused_by_name(monkeypatch) -> None:
         bundle.train.batch(np.arange(4))
 
 
+def test_text_labels_are_refused_with_how_to_name_classes() -> None:
+    class Named(Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index: int):
+            return torch.zeros(1, 4, 4), ("three", "five")[index % 2]
+
+    with pytest.raises(ValueError, match=r"labels are text \('three', \.\.\.\): return integer class indices .* "
+                                         "`classes` attribute"):
+        call_factory(lambda: (Named(), Named()), "tests:named", root=None, seed=0)
+
+
 class Transformed(Dataset):
     """torchvision's convention: ``targets`` holds the raw labels, ``target_transform`` maps what items carry."""
 

@@ -198,6 +198,12 @@ def adopt_model(
         "adopted": {"weights": str(weights), "weights_sha256": sha256_file(weights)},
     }
     meta.update(fit_accuracy(network, bundle.train, bundle.test))
+    chance = 100.0 / max(len(bundle.classes), 1)
+    if bundle.task == "multiclass" and meta.get("test_accuracy", 100.0) < chance + 5:
+        # Adopted anyway (a user may mean it), but every gap to retrain would be measured against noise.
+        warnings.warn(f"the adopted model scores {meta['test_accuracy']:.1f}% on the test rows, about chance for "
+                      f"{len(bundle.classes)} classes ({chance:.1f}%): were the weights saved before training, or "
+                      "do they belong to another data set or label order?", stacklevel=2)
     return _write_and_reload(out, network, meta, overwrite, model)
 
 

@@ -132,6 +132,10 @@ def _read(part: Any, name: str, which: str, batch_size: int = 256) -> LabeledDat
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
                 raise ValueError("it must yield (input, label) pairs")
             x, y = batch
+            if isinstance(y, (list, tuple)) and y and isinstance(y[0], str):
+                raise ValueError(f"its labels are text ({y[0]!r}, ...): return integer class indices and name the "
+                                 "classes in a `classes` attribute of the Dataset (class requests then take the "
+                                 "names)")
             inputs.append(torch.as_tensor(x).float())
             targets.append(torch.as_tensor(y))
         features, labels = torch.cat(inputs), torch.cat(targets)
