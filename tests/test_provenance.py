@@ -389,6 +389,8 @@ def test_verify_pointed_at_a_model_names_its_certificate(tmp_path):
     result = verify(model)
     assert result.exit_code != 0 and "is a model; verify its certificate" in text(result)
     assert "step4.certificate.json" in text(result) and "missing" in text(result)
+    as_json = verify(model, "--json")  # a script reading --json gets the failure as JSON too
+    assert as_json.exit_code == 1 and '"verified": false' in as_json.stdout and '"check": "input"' in as_json.stdout
 
 
 def test_python_dash_m_excise_is_the_command_line():

@@ -739,14 +739,18 @@ def verify_command(
     try:
         found = verify(path, public_key=public_key, reevaluate=evaluate, head=head)
     except VerificationError as err:
-        if not json_output:
+        if json_output:  # a script reading --json gets the failure as JSON too, with what passed before it
+            console.print_json(json.dumps({"subject": str(path), "verified": False,
+                                           "failed": {"check": err.check, "message": str(err)},
+                                           "checks": [c.__dict__ for c in err.passed]}))
+        else:
             console.print(_checks_table(err.passed, f"{path}: checks passed before the failure"))
         err_console.print(f"[bold red]verification failed[/bold red] at {err}")
         raise typer.Exit(code=1) from None
     except USER_ERRORS as err:
         fail(err)
     if json_output:
-        console.print_json(json.dumps(found.to_dict()))
+        console.print_json(json.dumps({**found.to_dict(), "verified": True}))
         return
     console.print(_checks_table(found.checks, str(path)))
     skipped = sum(c.status == "skipped" for c in found.checks)
