@@ -350,6 +350,9 @@ def unlearn_checkpoint(
         if Path(out).resolve() == Path(model_path).resolve():
             raise ValueError("out must differ from the input model: the original model is never overwritten")
         _check_output(certificate_path(out), overwrite, suffix=".json")
+        if overwrite and certificate_path(out).is_file():
+            warnings.warn(f"--overwrite replaces {str(out)!r} and its deletion certificate: a ledger that recorded "
+                          "that certificate will no longer verify, and the evidence it held is gone", stacklevel=2)
     _check_provenance(head, out, ledger, sign_key)
     if not complete:
         warnings.warn(history_warning(head, earlier), stacklevel=2)
