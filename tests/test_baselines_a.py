@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from excise.experiment import build_model, evaluate_original, run_method
-from excise.methods import Guard, GuardWarning, get_method, list_methods, method_class
+from excise.methods import COMPARE_GUARD, Guard, GuardWarning, get_method, list_methods, method_class
 from excise.methods._common import keep_bn_running_stats
 from excise.methods.base import UnlearnData
 from excise.methods.l1_sparse import l1_norm
@@ -59,8 +59,11 @@ def test_subclass_forgetting_moves_toward_the_retrained_model(
     # samples one seed's FA spreads widely (SCRUB measured 14-55 across seeds and torch thread counts), so the
     # claim is about the mean of three seeds: it closes most of the original-to-retrain distance.
     original = evaluate_original(digits_super_model, subclass_views).metrics
+    # The method's own runs (COMPARE_GUARD): the default guard rolls back SCRUB's seed 1, whose sibling "3" fell
+    # 100 -> 89 on its held-out rows (class_drop).
     records = [
-        run_method(name, digits_super_model, subclass_views, RECIPE, seed=seed, reference=subclass_reference)[1]
+        run_method(name, digits_super_model, subclass_views, RECIPE, seed=seed, reference=subclass_reference,
+                   guard=COMPARE_GUARD)[1]
         for seed in range(3)
     ]
     reference_fa = subclass_reference.metrics["FA"]

@@ -174,8 +174,9 @@ def test_the_cli_calibrates_beside_the_model_and_unlearn_applies_it(trained, tmp
     # Applied to another model (here: the unlearned one, as a chained unlearn would): a warning, and the record.
     again = tmp_path / "u3.safetensors"
     with pytest.warns(UserWarning, match="was calibrated on a model with sha256"):
+        # At "warn": one epoch of SalUn leaves 22% of class 4 (in part), which the default guard does not certify.
         result = invoke("unlearn", out, "--method", "salun", "--request", "class:4", "--config", written,
-                        "--out", again)
+                        "--out", again, "--guard", "warn")
     assert result.exit_code == 0, result.output
     assert json.loads(again.with_suffix(".json").read_text())["calibration"]["same_model"] is False
 

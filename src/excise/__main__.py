@@ -2,4 +2,5 @@
 
 from excise.cli import app
 
-app(prog_name="excise")
+if __name__ == "__main__":
+    app(prog_name="excise")

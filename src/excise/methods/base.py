@@ -233,8 +233,9 @@ class Guard:
                  "request_kind": data.request.kind, "forgot_nothing": nothing,
                  "incomplete": (data.request.kind == "class" and first - last >= NO_PROGRESS_POINTS
                                 and last > INCOMPLETE_POINTS)}
+        # Asked only of a run that looks served (an incomplete one is already said): does it stay served?
         if (data.request.kind == "class" and data.task == "multiclass" and held_out is not None and not nothing
-                and has_running_statistics(after)):
+                and last <= INCOMPLETE_POINTS and has_running_statistics(after)):
             found.update(self.statistics(after, rows, held_out, last))
         return found
 
