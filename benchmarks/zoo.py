@@ -168,14 +168,14 @@ def trained(cache: ModelCache, setting: Setting, bundle: Any, seed: int, request
 
 
 def said_so(stats: dict[str, Any]) -> bool:
-    """Whether the method's result itself flags the run: its guard fired (a collapse), the guard found that it
-    forgot nothing (class requests), that the forget rows ended further from looking unseen than they started
-    (samples requests) or that it returned the model unchanged, or it reported that it could not serve the
-    request."""
+    """Whether the method's result itself flags the run: its guard fired (a collapse, or one kept class lost), the
+    guard found that it forgot nothing, only in part or only in the BatchNorm statistics (class requests: none of
+    these gets a certificate), that the forget rows ended further from looking unseen than they started (samples
+    requests) or that it returned the model unchanged, or it reported that it could not serve the request."""
     guard = stats.get("guard") or {}
     fired = isinstance(guard, dict) and bool(guard.get("fired") or guard.get("forgot_nothing")
-                                             or guard.get("further_from_goal") or guard.get("unchanged")
-                                             or guard.get("hidden_in_statistics"))
+                                             or guard.get("incomplete") or guard.get("further_from_goal")
+                                             or guard.get("unchanged") or guard.get("hidden_in_statistics"))
     reason = str(stats.get("stop_reason", "")).lower()
     return fired or any(word in reason for word in ("cannot", "could not", "no negative", "not served"))
 

@@ -39,6 +39,8 @@ def _row(method, seed, gap, *, original_gap=2.0, ra=99.0, guard=None, kind="rand
 def test_harm_is_a_worse_gap_the_result_did_not_flag_and_the_twin_is_the_noise_floor(zoo, tmp_path):
     assert zoo.said_so({"guard": {"fired": False, "further_from_goal": True}})
     assert not zoo.said_so({"guard": {"fired": False, "further_from_goal": False, "forgot_nothing": False}})
+    for finding in ("incomplete", "hidden_in_statistics", "unchanged"):  # said: none of these is certified
+        assert zoo.said_so({"guard": {"fired": False, finding: True}})
     rows = [_row("retrain (twin)", s, 1.5) for s in range(3)]
     rows += [_row("pusher", s, 6.0) for s in range(3)]  # worse than doing nothing, silently
     rows += [_row("flagged", s, 6.0, guard={"fired": False, "further_from_goal": True}) for s in range(3)]
