@@ -33,7 +33,8 @@ seconds of both, and the guard's finding, appended to ``<out>/results.jsonl`` (o
 seed, method); a rerun skips what is there, so the zoo can be run in parts). Originals and retrained models are
 cached under ``<out>/cache``. The summary judges each (setting, request) pair on the mean over its seeds:
 
-- **forgot**: class — FA within 10 points of retrain's; random — the gap smaller than the original's (a run that
+- **forgot**: class — FA within 10 points of retrain's, and so is ``FA_bn_refit`` (FA with the BatchNorm statistics
+  recomputed on the retain set) on a model that has them; random — the gap smaller than the original's (a run that
   changed nothing, or was rolled back, did not forget);
 - **kept RA**: RA no more than 5 points under the original's;
 - **beat nothing**: gap smaller than the original's (doing nothing);
@@ -283,7 +284,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         retrain_fa = float(np.mean([r["retrain"]["FA"] for r in ok]))
         ra_drop = max(original_ra - r["metrics"]["RA"] for r in ok) if ok else 0.0
         flagged = all(r.get("said_so") for r in ok)  # a flag on one seed does not excuse the others
-        forgot = abs(fa - retrain_fa) <= 10.0 if kind in CLASS_REQUESTS else gap < original_gap
+        # A class counts as forgotten when it stays forgotten with the BatchNorm statistics recomputed on the retain
+        # set too (FA_bn_refit, where the model has them): MU-Mis's class runs read FA 0 and 100 after a refit.
+        refit = [r["metrics"]["FA_bn_refit"] for r in ok if "FA_bn_refit" in r["metrics"]]
+        refit_fa = float(np.mean(refit)) if len(refit) == len(ok) and ok else None
+        forgot = (abs(fa - retrain_fa) <= 10.0 and (refit_fa is None or abs(refit_fa - retrain_fa) <= 10.0)
+                  if kind in CLASS_REQUESTS else gap < original_gap)
         worse = gap > original_gap + spread
         harm = (original_ra - ra > 5.0 or worse) and not flagged
         # As close to the reference as a second retrain is, over the seeds both have: the gap's noise floor.
@@ -294,6 +300,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "as_retrain": None if not paired else bool(np.mean([r["gap"] for r in paired])
                                                        <= np.mean([twin[r["seed"]] for r in paired])),
             "original_gap": original_gap, "original_gap_spread": spread, "FA": fa, "retrain_FA": retrain_fa,
+            "FA_bn_refit": refit_fa,
             "RA": ra, "original_RA": original_ra, "worst_seed_RA_drop": ra_drop, "forgot": forgot,
             "kept_RA": original_ra - ra <= 5.0, "beat_nothing": gap < original_gap, "harm": harm,
             "said_so": flagged, "speedup": float(np.median([r["speedup"] for r in ok])),
