@@ -90,3 +90,17 @@ def test_other_class_forgets_a_different_class_per_seed_never_the_fixed_one_and_
     row["retrain"] = {**row["retrain"], "FA": 0.0}
     cell = zoo.summarise([row])["digits-cnn16-sgd|other-class|m"]
     assert cell["beat_nothing"] and not cell["forgot"]
+
+
+def test_a_class_forgotten_only_in_the_batchnorm_statistics_is_not_forgotten(zoo):
+    def row(method, seed, refit):
+        out = _row(method, seed, 0.5, original_gap=50.0, kind="class")
+        out["retrain"] = {**out["retrain"], "FA": 0.0, "FA_bn_refit": 0.0}
+        out["metrics"] = {**out["metrics"], "FA": 0.0, "FA_bn_refit": refit}
+        return out
+
+    rows = [row("in_weights", s, 1.0) for s in range(3)] + [row("in_statistics", s, 100.0) for s in range(3)]
+    cells = zoo.summarise(rows)
+    assert cells["digits-cnn16-sgd|class|in_weights"]["forgot"]
+    assert not cells["digits-cnn16-sgd|class|in_statistics"]["forgot"]
+    assert cells["digits-cnn16-sgd|class|in_statistics"]["FA_bn_refit"] == 100.0
