@@ -453,3 +453,10 @@ def test_verify_fails_a_certificate_that_certifies_no_deletion(lineage, tmp_path
         result = invoke("unlearn", original, "--method", "ssd", "--request", "class:3", "--param",
                         "selection_weighting=1e9", "--out", same, "--guard", "warn", "--overwrite")
     assert result.exit_code == 0, result.output
+
+
+def test_a_handful_of_forget_rows_is_evaluated_with_a_warning(lineage):
+    with pytest.warns(UserWarning, match=r"3 forget row\(s\): one membership verdict moves an attack by 33 points"):
+        result = invoke("evaluate", lineage / "original.safetensors", "--request", "samples:indices=1,2,3",
+                        "--replicates", 0)
+    assert result.exit_code == 0, result.output

@@ -393,6 +393,7 @@ def unlearn_checkpoint(
             + (f"{finding['hint']}. Or try " if finding.get("hint") else "Try ")
             + "another method, calibrate this one (`excise calibrate`), or write the run anyway with --guard warn "
             "(Guard(action='warn')), its finding recorded in the sidecar", record)
+    _warn_if_few(views)
     note = add_information_left(record.metrics, model, views, seed)
     if note is not None:
         record.stats["information_left"] = note
@@ -463,6 +464,22 @@ def _check_provenance(head: Checkpoint, out: Path | None, ledger: str | Path | N
         if out is None:
             raise ValueError("--sign-key needs --out: the signature goes into the certificate written beside it")
         sign(_PROBE, sign_key)  # an unreadable or non-Ed25519 key fails now, not after the work
+
+
+FEW_FORGET_ROWS = 20
+"""Below this many forget rows the evaluation warns that its membership numbers and gap are noise-dominated."""
+
+
+def _warn_if_few(views: EvalViews) -> None:
+    """A handful of forget rows: one membership verdict moves an attack by 100/n points, and doing nothing already
+    scores as close to retrain as a second retrain does (a new user's 1- and 3-row requests: the original's gap 0.00,
+    a second retrain's 0.05-0.09; intervals of zero width)."""
+    n = len(views.forget_set)
+    if n < FEW_FORGET_ROWS:
+        warnings.warn(f"{n} forget row(s): one membership verdict moves an attack by {100 / n:.0f} points and the "
+                      "original model itself sits within a second retrain's gap; read these numbers as a check that "
+                      "nothing broke, not as evidence of forgetting (the certificate's row commitment is the record)",
+                      stacklevel=3)
 
 
 def _check_ledger_history(state: Any, head: Checkpoint, ledger: Path) -> None:
@@ -632,6 +649,7 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
                                    allow_mismatch=allow_reference_mismatch)
     metrics, found = judge(checkpoint.model, views, seed=seed, uncertainty=uncertainty,
                            reference_model=None if reference is None else reference.model)
+    _warn_if_few(views)
     note = add_information_left(metrics, checkpoint.model, views, seed)
     from excise.metrics.directions import metric_direction
 
