@@ -90,12 +90,14 @@ def test_a_knob_the_proxy_does_not_exercise_goes_back_to_its_default():
 
 def test_a_trial_that_fired_the_guard_is_never_chosen(digits_model, proxy):
     views, reference = proxy
-    # Gradient ascent on the digits: its larger steps forget the class and take the held-out rows down with it.
-    found = calibrate(digits_model, views, RECIPE, ["gradient_ascent"], reference=reference, n_trials=6,
-                      seed=0).methods["gradient_ascent"]
+    # Random labels on the digits: some trials cost a kept class (8: 95 -> 81 on its held-out rows) or leave the
+    # class in part, others serve it. (Gradient ascent, used here before the guard held each kept class and refused
+    # a class forgotten in part, now has no trial the guard accepts on this fixture.)
+    found = calibrate(digits_model, views, RECIPE, ["random_labels"], reference=reference, n_trials=6,
+                      seed=0).methods["random_labels"]
     fired = [t for t in found.trials if t.status == "guard"]
     assert fired, [(t.params, t.value, t.status) for t in found.trials]  # else this test shows nothing
-    assert all("held-out guard_set" in t.detail for t in fired)  # a forget-only method: held-out rows
+    assert any("held-out guard_set rows" in t.detail for t in fired)  # every method: the proxy's held-out rows
     chosen = next(t for t in found.trials if t.number == found.best_trial)
     assert chosen.status == "ok" and found.value == min(t.value for t in found.trials if t.status == "ok")
     # A guard that fires on any fall leaves no configuration to apply, rather than the least bad one.

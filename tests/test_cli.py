@@ -280,7 +280,9 @@ def test_unlearning_an_unlearned_checkpoint_continues_its_sequence(trained, refe
     # sequence, 99 after fine-tuning on the single request's retain set: gradient ascent's forgetting is
     # shallow, and fine-tuning on the other classes alone brings part of it back.)
     tuned = tmp_path / "tuned.safetensors"
-    assert invoke("unlearn", first, "--method", "finetune", "--request", "class:5", "--out", tuned).exit_code == 0
+    # At "warn": fine-tuning forgets class 5 only in part, which the default guard does not certify.
+    assert invoke("unlearn", first, "--method", "finetune", "--request", "class:5", "--out", tuned, "--guard",
+                  "warn").exit_code == 0
     step1 = api.load_checkpoint(first)
     bundle = bundle_for(step1)
     single, _ = run_method("finetune", step1.model, EvalViews.from_bundle(bundle, ForgetRequest.parse("class:5")),

@@ -511,9 +511,9 @@ def test_probabilities_and_non_finite_outputs_are_refused_by_name(digits_model, 
 
 
 def test_svc_prob_reads_membership_not_the_forgotten_class(digits_model, class_views, class_request_models):
-    """With the forgotten class's test rows among the non-members and never among the members, the unsorted
+    """With the forgotten class's test rows among the non-members and never among the members, the class-ordered
     probability vector made the SVC a detector of the class: the original, which forgot nothing, read 100 (every
-    forget row "non-member"). Sorted, it reads like the other variants."""
+    forget row "non-member"). Relative to the label it reads like the other variants."""
     from excise.metrics import evaluate
 
     original = evaluate(digits_model, class_views)

@@ -54,12 +54,14 @@ evaluation seeds):
    over both populations (every sample right) gives the attack nothing: its verdict is 0.5, a balanced guess
    (the old code called every forget sample a member there).
 
-3. **``svc_prob`` reads the probability vector sorted**, largest first, not in class order. With the forgotten
-   class's test samples among the non-members (1.) and never among the members, the unsorted vector taught the SVC
-   to detect the class, not membership: on a class request the original model, which forgot nothing, read 100
-   (every forget row "non-member") against retrain's 78-90, on excise's ``small_cnn`` and on a new user's MLP and
-   GroupNorm CNN alike (2026-12-07). Sorted, it keeps what the papers' feature measures — how peaked the output
-   is, over every class — and the original reads like the other variants.
+3. **``svc_prob`` reads the probability vector relative to the label**: the true class's probability first, then
+   the other classes' in decreasing order — not in class order. With the forgotten class's test samples among the
+   non-members (1.) and never among the members, the class-ordered vector taught the SVC to detect the class, not
+   membership: on a class request the original model, which forgot nothing, read 100 (every forget row
+   "non-member") against retrain's 78-90, on excise's ``small_cnn`` and on a new user's MLP and GroupNorm CNN alike
+   (2026-12-07). Relative to the label it keeps every value the papers' feature holds, only not which class is
+   which; a fully sorted vector would also drop which one is the label, and call a forgotten row confidently
+   predicted as another class a member.
 
 After the first two, every variant's spread over 10 evaluation seeds on the same weights was at most 4.3 points on the
 quick suite's class, sub-class, random-10% and target models (``tests/test_metrics.py`` pins it).
@@ -190,9 +192,10 @@ def _feature(kind: str, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     if kind == "m_entropy":
         return modified_entropy(probs, labels)[:, None]
     if kind == "prob":
-        # Sorted: the vector's confidence profile without which class holds which probability (departure 3 in the
-        # module docstring).
-        return -np.sort(-probs, axis=1)
+        # The true class's probability first, then the other classes' sorted: the vector without which class is which
+        # (departure 3 in the module docstring).
+        others = np.where(np.arange(probs.shape[1])[None, :] == labels[:, None], -np.inf, probs)
+        return np.concatenate([probs[rows, labels][:, None], -np.sort(-others, axis=1)[:, :-1]], axis=1)
     raise ValueError(f"unknown SVC feature {kind!r}")
 
 
