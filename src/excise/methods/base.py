@@ -571,11 +571,11 @@ class UnlearningMethod(ABC):
             stats["guard"].update(moved)
             if moved.get("hidden_in_statistics"):
                 warnings.warn(
-                    f"{self.name}: the class is forgotten only in the BatchNorm statistics: "
+                    f"{self.name}: the class comes back when the BatchNorm statistics are recomputed: "
                     f"{moved['forget_accuracy_after']:.1f}% of {moved['forget_rows']} forget rows are predicted as it, "
                     f"but {moved['forget_accuracy_bn_refit']:.1f}% once the statistics are recomputed on the held-out "
-                    "rows (no labels, no gradient: what any later training pass does) — the weights still know it, "
-                    "so no certificate is written for it (stats['guard']['hidden_in_statistics'])",
+                    "rows (no labels, no gradient: what any later training pass does) — the forgetting does not "
+                    "hold in the weights, so no certificate is written for it (stats['guard']['hidden_in_statistics'])",
                     GuardWarning, stacklevel=2)
             if moved["forgot_nothing"]:
                 warnings.warn(
@@ -642,7 +642,7 @@ def guard_objection(finding: Mapping[str, Any] | None) -> str | None:
     if finding.get("unchanged"):
         reasons.append("the run returned the model unchanged (its weights equal the input's)")
     if finding.get("hidden_in_statistics"):
-        reasons.append(f"the class is forgotten only in the BatchNorm statistics (forget accuracy "
+        reasons.append(f"the class comes back when the BatchNorm statistics are recomputed (forget accuracy "
                        f"{finding['forget_accuracy_after']:.1f}, {finding['forget_accuracy_bn_refit']:.1f} with the "
                        "statistics recomputed on held-out rows)")
     if finding.get("rolled_back"):
