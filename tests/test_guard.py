@@ -350,12 +350,15 @@ def test_the_demo_table_marks_a_rolled_back_run():
     metrics = {"FA": 99.0, "RA": 99.0, "TA": 98.0, "MIA": 1.0}
     rows = [RunRecord("original", {}, metrics, 1.0, {}, {}),
             RunRecord("gradient_ascent", {}, metrics, 0.1, {}, {"guard": {"fired": True, "rolled_back": True}}),
-            RunRecord("imu", {}, metrics, 0.1, {}, {"guard": {"fired": False, "rolled_back": False}})]
+            RunRecord("imu", {}, metrics, 0.1, {}, {"guard": {"fired": False, "rolled_back": False}}),
+            RunRecord("mu_mis", {}, metrics, 0.1, {}, {"guard": {"fired": False, "hidden_in_statistics": True}})]
     console = Console(width=200, record=True)
     console.print(results_table(rows))
     shown = console.export_text()
     assert "gradient_ascent ↺" in shown and "imu ↺" not in shown and "original ↺" not in shown
     assert "↺: the guard rolled the run back, the row is the model as it was" in " ".join(shown.split())
+    # The demo's own MU-Mis row read FA 0.0 with no mark while its class came back after a BatchNorm refit.
+    assert "mu_mis ◌" in shown and "imu ◌" not in shown and "◌: the class comes back" in " ".join(shown.split())
 
 
 def test_a_retrained_reference_is_never_rolled_back(digits_model, class_views):

@@ -80,7 +80,7 @@ def run_demo(
     records[0].avg_gap = _gap(records[0], reference)
     for name in methods:
         try:
-            # The guard's findings are marked in the table (↺, ○, ◐), not printed as warnings between the rows.
+            # The guard's findings are marked in the table (↺, ○, ◐, ◌), not printed as warnings between the rows.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", GuardWarning)
                 _, record = run_method(name, original, views, recipe, seed=seed, reference=reference,
@@ -136,7 +136,7 @@ def results_table(records: Sequence[RunRecord], title: str = "") -> Table:
         speedup = "—" if record.method == "original" or record.speedup is None else f"{record.speedup:.1f}x"
         found = record.stats.get("guard") or {}
         mark = (" ↺" if found.get("rolled_back") else " ○" if found.get("forgot_nothing") else
-                " ◐" if found.get("incomplete") else "")
+                " ◐" if found.get("incomplete") else " ◌" if found.get("hidden_in_statistics") else "")
         table.add_row(
             record.method + mark, _fmt(m.get("FA")), _fmt(m.get("RA")), _fmt(m.get("TA")),
             _fmt(m.get("MIA")),
@@ -150,7 +150,8 @@ def results_table(records: Sequence[RunRecord], title: str = "") -> Table:
         "distinguishable from doing nothing. KL: KL(retrain || model) of the predictions on the forget set, nats "
         "(0 = predicts like retrain). ↺: the guard rolled the run back, the row is the model as it was; ○: the run "
         "forgot nothing (the class's accuracy fell by less than 1 point); ◐: the class forgotten only in part (more "
-        "than 10% of its forget rows still predicted as it). Time of the "
+        "than 10% of its forget rows still predicted as it); ◌: the class comes back when the BatchNorm statistics "
+        "are recomputed (no labels, no gradient), so it was not forgotten in the weights. Time of the "
         "original row = its training time; speedup: retrain's time / this run's."
     )
     return table
