@@ -14,9 +14,9 @@ retrained twins, ``imu``, ``imu_forgotten_rows``, ``scrub``, ``neggrad_plus``, `
 ``l1_sparse`` stayed within 0-6.6 of their FA. On the zoo's ResNet-18 (MNIST, class and other-class, 3 seeds each)
 ``imu`` came back to 47-61 on 3 of 6 runs (its stop leaves the forgotten rows just under the class that absorbed
 them, and the small shift of statistics from dropping a class moves them back; ``imu_forgotten_rows``, which stops
-at 1% probability, stayed at 0.0), ``ssd`` to 20-59 on 6 of 6; ``scrub``, ``neggrad_plus`` and ``salun`` within 0-17. Recomputing the statistics needs no label and no gradient — one pass
-of unlabelled data in train mode, what any later fine-tuning also does — so forgetting that does not survive it is
-not a deletion.
+at 1% probability, stayed at 0.0), ``ssd`` to 20-59 on 6 of 6; ``scrub``, ``neggrad_plus`` and ``salun`` within
+0-17. Recomputing the statistics needs no label and no gradient — one pass of unlabelled data in train mode, what
+any later fine-tuning also does — so forgetting that does not survive it is not a deletion.
 
 ``FA_bn_refit`` is the forget accuracy after :func:`torch.optim.swa_utils.update_bn` over the retain set (a copy
 of the model; the model itself is untouched); absent for a model without BatchNorm running statistics."""
