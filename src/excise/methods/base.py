@@ -245,9 +245,9 @@ class Guard:
         (no labels, no gradient: :func:`excise.metrics.robustness.refit_batchnorm`)? A run that moved the weights
         away from their stored statistics can leave the forget rows unrecognised only through the mismatch: MU-Mis
         on the zoo's conv+BN digits CNN and ResNet-18 read FA 0.0 and, with the statistics recomputed, 89.5-99.3 on
-        held-out rows (100.0 on the retain set); retrain and the other methods stayed at 0.0-3.6. Such a run is
-        said (``hidden_in_statistics``, a warning) and not certified: any later pass in train mode brings the class
-        back."""
+        held-out rows (100.0 on the retain set); which other methods do the same, and which do not, is measured in
+        :mod:`excise.metrics.robustness`. Such a run is said (``hidden_in_statistics``, a warning) and not
+        certified: any later pass in train mode brings the class back."""
         refit = _top1(refit_batchnorm(after, held_out), forget_rows)
         return {"forget_accuracy_bn_refit": refit,
                 "hidden_in_statistics": refit - forget_accuracy > INCOMPLETE_POINTS}
