@@ -460,3 +460,50 @@ def test_a_handful_of_forget_rows_is_evaluated_with_a_warning(lineage):
         result = invoke("evaluate", lineage / "original.safetensors", "--request", "samples:indices=1,2,3",
                         "--replicates", 0)
     assert result.exit_code == 0, result.output
+
+
+def _files_of(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def test_a_ledger_that_refuses_the_entry_leaves_no_unrecorded_certified_model(lineage, tmp_path, monkeypatch):
+    """The lineage check before the run passed; another run extended the ledger while this one worked. The append
+    is refused under the ledger's lock, and the model, sidecar and certificate this run had written are removed:
+    a certified model that no ledger records is a deletion claim nobody can audit."""
+    folder = copy_of(lineage, tmp_path)
+    book = folder / "ledger.jsonl"
+    real_append = ledger.append
+
+    def raced(path, entry, **kwargs):
+        state = ledger.read_ledger(path)
+        ledger.append(path, {**entry, "model": {"path": "other.safetensors", "sha256": "e" * 64},
+                             "parent_sha256": state.head_model})
+        return real_append(path, entry, **kwargs)
+
+    monkeypatch.setattr("excise.provenance.issue.append_entry", raced)
+    before = {name: data for name, data in _files_of(folder).items() if not name.startswith("ledger.jsonl")}
+    result = invoke("unlearn", folder / "step2.safetensors", "--method", METHOD, "--request", "class:7",
+                    "--out", folder / "step3.safetensors", "--ledger", book, *UNLEARN)
+    assert result.exit_code != 0 and "current model" in text(result), result.output
+    after = {name: data for name, data in _files_of(folder).items() if not name.startswith("ledger.jsonl")}
+    assert after == before  # no step3 model, sidecar or certificate; no temporary or backup file left
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_an_overwrite_whose_ledger_entry_fails_restores_the_files_it_replaced(lineage, tmp_path, monkeypatch):
+    folder = copy_of(lineage, tmp_path)
+
+    def full_disk(path, entry, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("excise.provenance.issue.append_entry", full_disk)
+    before = _files_of(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # --overwrite of a certified model warns; that is tested elsewhere
+        result = invoke("unlearn", folder / "step1.safetensors", "--method", METHOD, "--request", "class:5",
+                        "--out", folder / "step2.safetensors", "--overwrite", "--ledger", folder / "new.jsonl",
+                        *UNLEARN)
+    assert result.exit_code != 0 and "No space left" in text(result), result.output
+    assert _files_of(folder) == before  # step2's weights, sidecar and certificate byte for byte, no new ledger
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+    assert verify(folder / "ledger.jsonl").exit_code == 0

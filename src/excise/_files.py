@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,45 @@ def atomic_write_many(
             if tmp.exists():
                 tmp.unlink()
     return targets
+
+
+@contextmanager
+def all_or_nothing(paths: Sequence[str | Path]) -> Iterator[None]:
+    """Writes to ``paths`` that stand or fall together: if the block raises (or is interrupted), each path is put
+    back as it was — a file it created is removed, a file it replaced is restored — and the error propagates.
+
+    An unlearned model, its sidecar, its certificate and the ledger entry that records them are written one after
+    another; each write is atomic, the set is not. Without this a ledger that refused the entry (another run
+    extended the lineage first) left a certified model that no ledger recorded — or, under ``--overwrite``, a
+    ledgered model replaced by one the ledger does not name. The earlier versions are kept as hard links (a copy
+    where the file system has none) beside their files until the block ends."""
+    targets = [Path(path) for path in paths]
+    kept: list[tuple[Path, Path | None]] = []
+    try:
+        for path in targets:
+            backup = None
+            if path.exists():
+                fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".was", dir=path.parent)
+                os.close(fd)
+                backup = Path(name)
+                backup.unlink()
+                try:
+                    os.link(path, backup)
+                except OSError:
+                    shutil.copy2(path, backup)
+            kept.append((path, backup))
+        yield
+    except BaseException:
+        for path, backup in kept:
+            if backup is not None:
+                os.replace(backup, path)
+            elif path.exists():
+                path.unlink()
+        raise
+    finally:
+        for _, backup in kept:
+            if backup is not None and backup.exists():
+                backup.unlink()
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:

@@ -51,7 +51,7 @@ from excise.provenance.history import (
     served_requests,
     training_seed,
 )
-from excise.provenance.issue import certify
+from excise.provenance.issue import write_certified
 from excise.provenance.ledger import check_lineage, read_ledger
 from excise.requests import ForgetRequest, resolve
 from excise.training import TrainConfig, TrainStats, seed_everything, train
@@ -437,11 +437,11 @@ def unlearn_checkpoint(
             meta["graph"] = {"path": str(graph), "sha256": sha256_file(graph)}
         path = Path(out)
         if distributed.is_main():
-            save_checkpoint(out, model, meta, overwrite=overwrite)
-            certify(path, meta, original={"path": original.path, "sha256": original.sha256,
-                                          "kind": original.meta.get("kind")},
-                    bundle=bundle, covers=[request], evidence=record.evidence, ledger=ledger, sign_key=sign_key,
-                    overwrite=overwrite)
+            write_certified(path, model, meta, overwrite=overwrite,
+                            original={"path": original.path, "sha256": original.sha256,
+                                      "kind": original.meta.get("kind")},
+                            bundle=bundle, covers=[request], evidence=record.evidence, ledger=ledger,
+                            sign_key=sign_key)
         distributed.barrier()
     return UnlearnOutcome(model, record, path, ref_metrics)
 

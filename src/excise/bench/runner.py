@@ -58,7 +58,7 @@ from excise.bench.cache import ModelCache, code_version, results_code_version
 from excise.bench.memory import PeakRSS
 from excise.bench.store import RESULTS_FILE, ResultStore, status_of
 from excise.bench.suite import MethodSpec, Scenario, Suite, SuiteError
-from excise.checkpoint import save_checkpoint, sidecar_path, versions
+from excise.checkpoint import sidecar_path, versions
 from excise.data import DatasetBundle, load_dataset
 from excise.experiment import RunRecord, build_model, judge, reference_replicate_metrics, run_method, train_original
 from excise.hashing import content_hash, model_sha256
@@ -521,7 +521,7 @@ class _Runner:
                  record: dict[str, Any], found: Evidence | None) -> dict[str, str]:
         """``bench --certify``: keep the cell's model (with a sidecar like `excise unlearn` writes, so `excise
         evaluate` and a chained `excise unlearn` work on it) and write its deletion certificate beside it."""
-        from excise.provenance.issue import certify
+        from excise.provenance.issue import write_certified
 
         assert self.certify_dir is not None
         scenario, requests = cell.scenario, list(cell.scenario.requests)
@@ -548,10 +548,11 @@ class _Runner:
             meta["reference"] = {"path": str(models.reference_paths[-1]), "sha256": models.reference_shas[-1],
                                  "metrics": reference_metrics, "avg_gap": avg_gap(metrics, reference_metrics)}
         path = self._certified_path(cell)
-        save_checkpoint(path, model, meta, overwrite=True)  # a re-run cell supersedes its earlier certificate
-        written, digest = certify(path, meta, original={"path": models.original_path, "sha256": models.original_sha,
-                                                "kind": "original"},
-                          bundle=item.bundle, covers=requests, evidence=found, ulira=ulira or None, overwrite=True)
+        # A re-run cell supersedes its earlier certificate.
+        written, digest = write_certified(path, model, meta, overwrite=True,
+                                          original={"path": models.original_path, "sha256": models.original_sha,
+                                                    "kind": "original"},
+                                          bundle=item.bundle, covers=requests, evidence=found, ulira=ulira or None)
         return {"path": str(written), "sha256": digest}
 
     def run_group(self, item: _Prepared, seed: int, pending: list[_Cell],

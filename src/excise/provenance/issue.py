@@ -7,7 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from excise.checkpoint import read_meta
+from torch import nn
+
+from excise._files import all_or_nothing
+from excise.checkpoint import read_meta, save_checkpoint, sidecar_path
 from excise.data import DatasetBundle
 from excise.metrics.directions import metric_direction
 from excise.metrics.uncertainty import Evidence
@@ -22,6 +25,18 @@ from excise.provenance.certificate import (
 from excise.provenance.history import forget_commitment, forgotten_rows
 from excise.provenance.ledger import append as append_entry
 from excise.requests import ForgetRequest
+
+
+def write_certified(path: str | Path, model: nn.Module, meta: dict[str, Any], *, overwrite: bool = False,
+                    **certificate: Any) -> tuple[Path, str]:
+    """Write the checkpoint (weights and sidecar ``meta``), its certificate and, with ``ledger``, its ledger entry
+    as one: if any step fails, the model, sidecar and certificate at ``path`` are left as they were before
+    (:func:`excise._files.all_or_nothing`), so no certified model exists that its ledger does not record and a
+    ledgered one is never replaced by one it does not. ``certificate``: the keyword arguments of :func:`certify`."""
+    path = Path(path)
+    with all_or_nothing([path, sidecar_path(path), certificate_path(path)]):
+        save_checkpoint(path, model, meta, overwrite=overwrite)
+        return certify(path, meta, overwrite=overwrite, **certificate)
 
 
 def certify(path: str | Path, meta: dict[str, Any], *, original: dict[str, Any], bundle: DatasetBundle,
