@@ -1,7 +1,7 @@
 """The robustness zoo (issue 19): every method at its defaults, on models, data and recipes excise was not tuned on.
 
     EXCISE_PROGRESS=0 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/zoo.py --out zoo_runs [--settings a,b]
-        [--seeds 0,1,2] [--methods all] [--summary-only]
+        [--seeds 0,1,2] [--methods all] [--summary-only] [--guard-false-alarms]
 
 Settings (model, data, recipe) — fixed here, six of them:
 
@@ -75,6 +75,7 @@ from excise.checkpoint import versions  # noqa: E402
 from excise.data import load_dataset  # noqa: E402
 from excise.experiment import build_model, evaluate_original, run_method  # noqa: E402
 from excise.methods import Guard, get_method, list_methods, method_class  # noqa: E402
+from excise.methods.base import _seeded_rows  # noqa: E402
 from excise.metrics import EvalViews, avg_gap  # noqa: E402
 from excise.requests import ForgetRequest, split  # noqa: E402
 from excise.training import TrainConfig, train  # noqa: E402
@@ -372,6 +373,47 @@ def print_summary(cells: dict[str, Any], console: Console, out: Path) -> None:
                                                   "code": code_version()}, indent=1, default=str))
 
 
+def guard_false_alarms(out: Path, settings: list[str], kinds: list[str], seeds: list[int],
+                       console: Console) -> dict[str, Any]:
+    """How often the default guard would refuse a perfect deletion: each cell's retrained model and its twin,
+    judged against the original exactly as a method's result is (:meth:`Guard.judge`, on the held-out rows
+    ``run_method`` gives it). Written to ``<out>/guard_false_alarms.json``; the models come from ``<out>/cache``."""
+    guard, cache, found = Guard(), ModelCache(out / "cache"), []
+    for name in settings:
+        setting = SETTINGS[name]
+        for kind in kinds:
+            for seed in seeds:
+                bundle = load_dataset(setting.dataset, seed=seed, **setting.dataset_options)
+                request = request_for(setting, kind, seed, bundle.classes)
+                views = EvalViews.from_bundle(bundle, request)
+                original, _ = trained(cache, setting, bundle, seed, None, bundle.train)
+                rows = _seeded_rows(views.test_retain, guard.rows, seed)
+                for which, twin in (("retrain", False), (TWIN, True)):
+                    model, _ = trained(cache, setting, bundle, seed, request, split(bundle.train, request)[1],
+                                       twin=twin)
+                    verdict = guard.judge(original, model, rows, "held-out guard_set", request.kind)
+                    found.append({"setting": name, "request": kind, "seed": seed, "model": which,
+                                  **{k: verdict.get(k) for k in ("rows", "accuracy_before", "accuracy_after", "fired",
+                                                                 "utility_drop", "class_drop", "worst_class",
+                                                                 "worst_class_before", "worst_class_after")}})
+    fired = [f for f in found if f["fired"]]
+    summary = {"models": len(found), "fired": len(fired),
+               "class_drop": sum(bool(f["class_drop"]) for f in found),
+               "utility_drop": sum(bool(f["utility_drop"]) for f in found),
+               "largest_kept_class_fall": max((f["worst_class_before"] - f["worst_class_after"] for f in found),
+                                              default=None),
+               "runs": found, "versions": versions()}
+    (out / "guard_false_alarms.json").write_text(json.dumps(summary, indent=1, default=str))
+    console.print(f"guard false alarms: {len(fired)} of {len(found)} retrained models ({summary['class_drop']} by the "
+                  f"per-class check, {summary['utility_drop']} by the samples utility check); largest fall of a "
+                  f"kept class {summary['largest_kept_class_fall']:.1f} points")
+    for f in fired:
+        console.print(f"  {f['setting']} {f['request']} seed {f['seed']} {f['model']}: {f['accuracy_before']:.1f} -> "
+                      f"{f['accuracy_after']:.1f}; worst class {f['worst_class']} {f['worst_class_before']:.1f} -> "
+                      f"{f['worst_class_after']:.1f}")
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("zoo_runs"))
@@ -380,6 +422,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="all", help="comma-separated, or 'all' (every multiclass method)")
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--guard-false-alarms", action="store_true",
+                        help="judge each cell's retrained model and twin with the default guard, as if a method had "
+                             "returned them: how often it would refuse a perfect deletion (no method runs)")
     parser.add_argument("--guard", choices=("rollback", "warn"), default=Guard().action,
                         help="the guard's action (default: the library's default)")
     args = parser.parse_args()
@@ -398,6 +443,9 @@ def main() -> None:
         for method in methods:
             get_method(method)  # an unknown name fails here, naming the known ones
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.guard_false_alarms:
+        guard_false_alarms(args.out, settings, kinds, [int(s) for s in args.seeds.split(",")], console)
+        return
     earlier = args.out / "config.json"
     if earlier.exists() and not args.summary_only:
         recorded = json.loads(earlier.read_text()).get("results_code")
