@@ -38,6 +38,16 @@ Choices, measured on ``small_cnn`` (width 16) trained 15 epochs at lr 0.05 (cosi
   the official behaviour.
 - cost on the digits (1 core, CPU time): 0.97 s against 1.26 s for the retrain, 1.3x: 10 retain epochs against
   15, as the paper's 10 fine-tuning epochs against its 160-epoch retrain make it a 16x method there.
+- **models without normalisation layers** (measured 2026-12-07, ``mlp``, SGD 0.05, 20 epochs, guard at warn): the
+  default pulls them apart. On a BatchNorm network a uniform shrink of the weights before a BN layer leaves its
+  function unchanged; on an MLP it shrinks every activation. MNIST-2500 (``benchmarks/zoo.py``'s
+  ``mnist-mlp-sgd``), seed 0: class 3 at ``l1_prior`` 24 FA 0.0 / RA 75.7 (the guard rolls it back, as on all 12
+  zoo runs of that setting), 12: FA 0.0 / RA 91.9, 6: FA 4.5 / RA 97.1, 3: FA 34.5; random 10% fires the guard
+  at 24 and 12 (RA 69.8, 90.6), not at 6 (96.3). Digits, seeds 0 and 1: class 3 at 24 RA 74.5-85.1 (fires), 12
+  FA 0.0 / RA 96.9-97.1, 6 FA 54-67 (forgot half); random 10% fires at 24 and 12, not at 6. The window between
+  forgetting nothing and breaking the model is narrow and moves with the data, so no second default was chosen:
+  on such a model the guard rolls the default back and says so, and ``excise calibrate`` (whose search space for
+  this method is ``l1_prior`` and ``lr_scale``) searches for it against one proxy retrain.
 - ``no_l1_epochs`` (official flag, default 0) keeps the last epochs penalty-free. Reuses
   :func:`excise.training.train` with the penalty as a ``loss_hook``.
 """
