@@ -141,6 +141,19 @@ def test_output_is_not_overwritten_and_input_is_protected(trained, tmp_path):
     assert result.exit_code == 2 and "never overwritten" in result.output
 
 
+def test_overwrite_never_replaces_the_reference_or_the_request_file_the_run_reads(trained, reference, tmp_path):
+    request_file = tmp_path / "req.json"
+    request_file.write_text('{"kind": "class", "labels": [3]}')
+    before = {path: path.read_bytes() for path in (reference, reference.with_suffix(".json"), request_file)}
+    for out, names in ((reference, "retrained.safetensors"), (tmp_path / "req.safetensors", "req.json")):
+        result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", request_file, "--reference", reference,
+                        "--out", out, "--overwrite")
+        assert result.exit_code == 2 and names in result.output and "never overwritten" in " ".join(
+            result.output.split()), result.output
+    assert {path: path.read_bytes() for path in before} == before
+    assert not (tmp_path / "req.safetensors").exists()
+
+
 def test_methods_lists_papers_and_data_needs():
     result = runner.invoke(app, ["methods"], env={"COLUMNS": "250"})
     assert result.exit_code == 0

@@ -91,6 +91,27 @@ def _check_output(out: str | Path, overwrite: bool, suffix: str = ".safetensors"
     return out
 
 
+def _refuse_overwriting_inputs(out: Path, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse, before any work, an output whose files (``out``; for a checkpoint also its sidecar and certificate)
+    would replace one of the run's inputs (``{option: path}``; a checkpoint input with its sidecar and certificate).
+    ``--overwrite`` is consent to replace an earlier output, not the reference the run reads (a retrain can take
+    hours) or the request file it was given: both were replaced without a word until 2026-12-07."""
+
+    def files(path: Path) -> list[Path]:
+        if path.suffix == ".safetensors":
+            return [path, path.with_suffix(".json"), certificate_path(path)]
+        return [path]
+
+    written = {path.resolve(): path for path in files(Path(out))}
+    for option, given in inputs.items():
+        if given is None:
+            continue
+        for path in files(Path(given)):
+            if path.resolve() in written:
+                raise ValueError(f"out={str(out)!r} would overwrite {str(path)!r}, which {option} names: the run's "
+                                 "inputs are never overwritten; write elsewhere")
+
+
 def train_model(
     dataset: str,
     model: str,
@@ -172,8 +193,7 @@ def adopt_model(
     weights = Path(weights)
     if not weights.is_file():
         raise ValueError(f"weights={str(weights)!r} does not exist")
-    if weights.resolve() in (out.resolve(), out.with_suffix(".json").resolve()):
-        raise ValueError(f"out={str(out)!r} would overwrite the weights being adopted; write elsewhere")
+    _refuse_overwriting_inputs(out, {"weights": weights})
     recipe = recipe or TrainConfig()
     dataset_options = dict(dataset_options or {})
     bundle = load_dataset(dataset, root=root, seed=seed, **dataset_options)
@@ -311,6 +331,7 @@ def unlearn_checkpoint(
     sign_key: str | Path | None = None,
     guard: Guard | None = None,
     config: str | Path | None = None,
+    inputs: dict[str, str | Path] | None = None,
 ) -> UnlearnOutcome:
     """Unlearn ``request`` from the model at ``model_path``; the input checkpoint is never modified.
 
@@ -326,7 +347,9 @@ def unlearn_checkpoint(
     written (:class:`~excise.methods.base.GuardRefused`), since its certificate would certify a deletion that did not
     happen.
     ``config``: a calibration file (``excise calibrate``, :func:`calibrate_checkpoint`) whose values for ``method``
-    are used; a value in ``hyperparameters`` overrides the calibrated one. The sidecar records which were applied."""
+    are used; a value in ``hyperparameters`` overrides the calibrated one. The sidecar records which were applied.
+    ``inputs``: other files the caller read for this run (``{option: path}``, e.g. the request file), which ``out``
+    must not overwrite either."""
     calibration = None
     if config is not None:
         hyperparameters, calibration = apply_calibration(method, hyperparameters, config)
@@ -349,6 +372,8 @@ def unlearn_checkpoint(
         out = _check_output(out, overwrite)
         if Path(out).resolve() == Path(model_path).resolve():
             raise ValueError("out must differ from the input model: the original model is never overwritten")
+        _refuse_overwriting_inputs(out, {"the model": model_path, "reference": reference_path, "graph": graph,
+                                         "config": config, "ledger": ledger, "sign_key": sign_key, **(inputs or {})})
         _check_output(certificate_path(out), overwrite, suffix=".json")
         if overwrite and certificate_path(out).is_file():
             warnings.warn(f"--overwrite replaces {str(out)!r} and its deletion certificate: a ledger that recorded "
@@ -548,12 +573,7 @@ def calibrate_checkpoint(
     for method in methods:
         get_method(method).check_request(proxy_request, bundle.task)
     out = _check_output(calibration_path(model_path) if out is None else out, overwrite, suffix=".json")
-    protected = [Path(model_path), Path(model_path).with_suffix(".json"), certificate_path(model_path)]
-    if reference_path is not None:
-        protected += [Path(reference_path), Path(reference_path).with_suffix(".json")]
-    if out.resolve() in {p.resolve() for p in protected}:
-        raise ValueError(f"out={str(out)!r} would overwrite a checkpoint file or its sidecar; write the calibration "
-                         "elsewhere (default: MODEL.calibration.json)")
+    _refuse_overwriting_inputs(out, {"the model": model_path, "reference": reference_path})
     recipe = recipe_of(head)
     original = load_checkpoint(model_path)  # checks the weights (and that a factory it names is trusted) first
     if reference_path is not None:

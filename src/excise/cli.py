@@ -334,6 +334,7 @@ def unlearn_command(
             reference_path=reference, seed=seed, overwrite=overwrite, graph=graph,
             uncertainty=uncertainty_option(replicates), allow_reference_mismatch=allow_reference_mismatch,
             ledger=ledger, sign_key=sign_key, guard=Guard(action=guard), config=config,
+            inputs={"--request": request} if request is not None and Path(request).is_file() else None,
         )
     except USER_ERRORS as err:
         fail(err)
