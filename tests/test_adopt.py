@@ -196,7 +196,7 @@ def test_bad_factories_and_weights_are_refused_by_name(user_weights, tmp_path):
 
     same = tmp_path / "same.safetensors"
     save_file(torch.load(user_weights, weights_only=True), str(same))
-    with pytest.raises(ValueError, match="would overwrite the weights being adopted"):
+    with pytest.raises(ValueError, match="which weights names: the run.s inputs are never overwritten"):
         adopt_model(same, "user_zoo:build", "user_zoo:digits", same, overwrite=True)
     with pytest.raises(ValueError, match="outputs 7 values per input but data set 'user_zoo:digits' has "
                                          "num_classes=10"):
