@@ -255,7 +255,7 @@ def test_bad_hyperparameters_are_refused_by_name():
         get_method("mu_mis", optimizer="rmsprop")
     with pytest.raises(ValueError, match="max_passes=0 must be a positive integer"):
         get_method("mu_mis", max_passes=0)
-    with pytest.raises(ValueError, match="irrelevant_weight=-1 must be a number >= 0"):
+    with pytest.raises(ValueError, match="irrelevant_weight=-1 must be a finite number >= 0"):
         get_method("mu_mis", irrelevant_weight=-1)
     with pytest.raises(ValueError, match=r"class_stop_accuracy=2 must be a number in \[0, 1\] or None"):
         get_method("mu_mis", class_stop_accuracy=2)

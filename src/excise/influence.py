@@ -30,6 +30,7 @@ are all-gathered in the input order, so every rank holds the same ``Influence`` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -289,5 +290,5 @@ def weighted_ascent_loss(losses: Tensor, weights: Tensor) -> Tensor:
 
 
 def _check_damping(damping: float) -> None:
-    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping > 0:
-        raise ValueError(f"damping={damping!r} must be a number > 0")
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping < math.inf:
+        raise ValueError(f"damping={damping!r} must be a finite number > 0")

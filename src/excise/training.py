@@ -101,8 +101,17 @@ def check_positive_int(obj: Any, *names: str) -> None:
 def check_nonnegative(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
-            raise ValueError(f"{name}={value!r} must be a number >= 0")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"{name}={value!r} must be a finite number >= 0")
+
+
+def check_positive(obj: Any, *names: str) -> None:
+    """Each of ``names`` a finite number > 0 (a learning rate, a temperature): ``True`` is not 1 here, and an
+    infinite value ran to non-finite outputs that named no field."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"{name}={value!r} must be a finite number > 0")
 
 
 def check_fraction(obj: Any, *names: str, closed: bool = False) -> None:

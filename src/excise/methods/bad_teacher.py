@@ -84,6 +84,7 @@ from excise.progress import progress_bar
 from excise.training import (
     check_fraction,
     check_optional_probability,
+    check_positive,
     check_positive_int,
     make_loader,
     make_optimizer,
@@ -108,10 +109,7 @@ class BadTeacherConfig:
         if isinstance(self.min_steps, bool) or not isinstance(self.min_steps, int) or self.min_steps < 0:
             raise ValueError(f"min_steps={self.min_steps!r} must be an integer >= 0")
         check_fraction(self, "retain_fraction", closed=True)
-        for name in ("lr", "temperature"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name}={value!r} must be a number > 0")
+        check_positive(self, "lr", "temperature")
         if self.batch_size is not None:
             check_positive_int(self, "batch_size")
         if self.bn_mode not in BN_MODES:

@@ -147,6 +147,7 @@ from excise.requests import ForgetRequest, RequestError
 from excise.training import (
     check_fraction,
     check_nonnegative,
+    check_positive,
     check_positive_int,
     make_loader,
     make_optimizer,
@@ -196,8 +197,7 @@ class IMUConfig:
         check_nonnegative(self, "lr", "alpha", "momentum", "weight_decay")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr!r} must be > 0")
-        if isinstance(self.damping, bool) or not isinstance(self.damping, (int, float)) or not self.damping > 0:
-            raise ValueError(f"damping={self.damping!r} must be a number > 0")
+        check_positive(self, "damping")
         check_fraction(self, "top_fraction", "clip_quantile", closed=True)
         check_fraction(self, "max_accuracy_drop", closed=True)
         if self.bn_mode not in BN_MODES:

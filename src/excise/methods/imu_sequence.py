@@ -110,7 +110,7 @@ from excise.methods.imu import head_module, weighted_ascent_step
 from excise.models import final_linear
 from excise.progress import progress_bar
 from excise.tasks.sequence import TASK, sequence_loss, token_losses
-from excise.training import check_fraction, check_nonnegative, check_positive_int, make_loader
+from excise.training import check_fraction, check_nonnegative, check_positive, check_positive_int, make_loader
 
 
 @dataclass
@@ -146,8 +146,7 @@ class IMUSequenceConfig:
         check_nonnegative(self, "lr", "alpha", "weight_decay")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr!r} must be > 0")
-        if isinstance(self.damping, bool) or not isinstance(self.damping, (int, float)) or not self.damping > 0:
-            raise ValueError(f"damping={self.damping!r} must be a number > 0")
+        check_positive(self, "damping")
         check_fraction(self, "top_fraction", "clip_quantile", closed=True)
         if self.head is not None and (not isinstance(self.head, str) or not self.head):
             raise ValueError(f"head={self.head!r} must be a dotted module path (e.g. 'output_layer') or None")

@@ -72,7 +72,7 @@ from excise.data.lazy import as_tensor
 from excise.methods._common import BN_MODES, set_train_mode
 from excise.methods.base import UnlearnData, UnlearningMethod, register_method
 from excise.progress import progress_bar
-from excise.training import check_positive_int, make_loader, make_optimizer
+from excise.training import check_positive, check_positive_int, make_loader, make_optimizer
 
 # Official per-task sigma (VGG), in units of the inputs' standard deviation.
 DEFAULT_SIGMA: dict[str, float] = {"class": 0.5, "subclass": 0.5, "samples": 0.01}
@@ -93,8 +93,7 @@ class JiTConfig:
             isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not self.sigma > 0
         ):
             raise ValueError(f"sigma={self.sigma!r} must be a number > 0 (in units of the input std) or None")
-        if isinstance(self.lr_scale, bool) or not isinstance(self.lr_scale, (int, float)) or not self.lr_scale > 0:
-            raise ValueError(f"lr_scale={self.lr_scale!r} must be a number > 0")
+        check_positive(self, "lr_scale")
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode={self.bn_mode!r} is not one of {BN_MODES}")
 

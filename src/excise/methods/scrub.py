@@ -88,6 +88,7 @@ from excise.progress import progress_bar
 from excise.training import (
     check_nonnegative,
     check_optional_probability,
+    check_positive,
     check_positive_int,
     make_loader,
     per_sample_loss,
@@ -122,8 +123,7 @@ class ScrubConfig:
         check_nonnegative(self, "max_epochs", "gamma", "alpha", "lr_scale")
         if not isinstance(self.max_epochs, int) or self.max_epochs > self.epochs:
             raise ValueError(f"max_epochs={self.max_epochs!r} must be an integer in [0, epochs={self.epochs}]")
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ValueError(f"temperature={self.temperature!r} must be > 0")
+        check_positive(self, "temperature")
         if self.lr_scale == 0:
             raise ValueError("lr_scale=0 must be > 0 (the learning rate is lr_scale x the original recipe's)")
         if self.batch_size is not None:
