@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -118,3 +119,52 @@ def test_a_sidecar_that_is_not_an_object_is_refused(tmp_path):
     path.with_suffix(".json").write_text("5")
     with pytest.raises(CheckpointError, match="must hold a JSON object, not int"):
         load_checkpoint(path)
+
+
+def test_a_full_disk_is_an_error_naming_the_file_and_leaves_the_earlier_checkpoint(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "m.safetensors", _model())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    class SafetensorError(Exception):  # what safetensors raises, not an OSError
+        pass
+
+    def full(state, filename):
+        open(filename, "wb").write(b"partial")
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+
+    monkeypatch.setattr("excise.checkpoint.save_file", full)
+    with pytest.raises(OSError, match=r"could not write '.*m.safetensors'.*No space left"):
+        save_checkpoint(path, _model(), overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file left either
+
+
+SLOW_WRITER = """
+import sys, time
+import excise.checkpoint as checkpoint
+from excise.cli import app
+real = checkpoint.save_file
+def slow(state, filename, *args, **kwargs):
+    real(state, filename, *args, **kwargs)
+    print("staged", flush=True)
+    time.sleep(60)  # a large model on a slow disk
+checkpoint.save_file = slow
+app(["--quiet", "train", "--out", sys.argv[1], "--width", "4", "--epochs", "1"])
+"""
+
+
+def test_sigterm_while_writing_leaves_no_temporary_file(tmp_path):
+    """`timeout`, `docker stop` and Slurm send SIGTERM; by Python's default it ended the process at once and left a
+    full-size hidden temporary file beside the output, which nothing removed."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.safetensors"
+    writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "EXCISE_PROGRESS": "0", "OMP_NUM_THREADS": "1"})
+    assert writer.stdout.readline().strip() == "staged"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # the staged weights exist now
+    writer.send_signal(signal.SIGTERM)
+    assert writer.wait(timeout=60) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []

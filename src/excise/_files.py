@@ -115,8 +115,14 @@ def atomic_write_many(
             fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             os.close(fd)
             staged.append(Path(tmp_name))
-            write(staged[-1])
+            try:
+                write(staged[-1])
+            except OSError as err:  # the file being written, named: "No space left on device" alone does not say
+                raise OSError(err.errno, f"could not write {str(path)!r}: {err.strerror or err}") from err
             staged[-1].chmod(_file_mode(path))
+            # On disk before it replaces anything: renamed unsynced data can read back empty after a power loss.
+            with open(staged[-1], "rb") as handle:
+                os.fsync(handle.fileno())
         for tmp, path in zip(staged, targets, strict=True):
             os.replace(tmp, path)
     finally:

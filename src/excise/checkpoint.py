@@ -88,7 +88,14 @@ def save_checkpoint(
     staged_sha: list[str] = []
 
     def write_weights(tmp: Path) -> None:
-        save_file(state, str(tmp))
+        try:
+            save_file(state, str(tmp))
+        except Exception as err:
+            # safetensors reports a failed write (a full disk) as its own error type, which the CLI took for a bug
+            # and printed as a traceback.
+            if isinstance(err, OSError) or "IoError" not in str(err):
+                raise
+            raise OSError(f"the weights could not be written ({err})") from err
         staged_sha.append(sha256_file(tmp))
 
     def write_sidecar(tmp: Path) -> None:

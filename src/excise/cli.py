@@ -181,6 +181,24 @@ def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress ba
         writes = distributed.is_main()
     set_progress(not quiet and writes and os.environ.get("EXCISE_PROGRESS", "1") != "0")
     console.quiet = not writes
+    _exit_cleanly_on_sigterm()
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (what `timeout`, `docker stop` and Slurm send) ends the command as an exception would: the
+    ``finally`` blocks that remove half-written temporary files and put back replaced outputs run. Python's default
+    for SIGTERM ends the process at once, and left a full-size hidden temporary file beside the output."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, stop)
 
 
 @app.command("train")
