@@ -146,6 +146,14 @@ def test_multi_hot_labels_from_a_dataset_are_refused_with_the_way_to_give_them(d
         call_factory(lambda: (data, data), "tests:hot", root=None, seed=0)
 
 
+def test_labels_that_skip_a_class_are_refused_naming_it(digits) -> None:
+    """Labels 1..10 read as eleven classes, a phantom "0" with no rows, until 2026-12-07."""
+    data = torch.utils.data.TensorDataset(digits.test.inputs[:60].clone(), digits.test.targets[:60] + 1)
+    with pytest.raises(ValueError, match=r"span 1\.\.10, so classes \['0'\] have no training rows; labels must be "
+                                         r"0\.\.K-1"):
+        call_factory(lambda: (data, data), "tests:one_based", root=None, seed=0)
+
+
 def test_bad_memory_limit_is_refused(monkeypatch, digits) -> None:
     monkeypatch.setenv("EXCISE_MEMORY_LIMIT_MB", "lots")
     data = StrictDataset(digits.test.inputs.clone(), digits.test.targets.clone())

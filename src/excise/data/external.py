@@ -78,6 +78,14 @@ def _as_bundle(value: Any, name: str) -> DatasetBundle:
             raise ValueError(f"dataset={name!r}: the {which} labels span {int(labels.min())}..{int(labels.max())}, "
                              f"outside the {len(classes)} classes {list(classes)[:10]}")
         parts[which] = LabeledData(inputs, labels.long(), classes, name=name)
+    # Classes read off the labels (no `classes` attribute) must each have training rows: labels 1..10 made an
+    # 11-class model with a phantom class "0" that `class:0` then found empty.
+    missing = [c for i, c in enumerate(classes) if not bool((parts["train"].targets == i).any())]
+    if named is None and missing:
+        raise ValueError(f"dataset={name!r}: the training labels span {int(read['train'][1].min())}.."
+                         f"{int(read['train'][1].max())}, so classes {missing[:10]} have no training rows; labels "
+                         "must be 0..K-1 (shift them), or give the training set a `classes` attribute naming every "
+                         "class")
     return DatasetBundle(name, parts["train"], parts["test"], {"source": f"user factory {name}"})
 
 
