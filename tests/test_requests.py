@@ -260,3 +260,14 @@ def test_forgetting_all_but_one_class_is_served_with_a_warning():
     with pytest.warns(UserWarning, match="leaves a single class: a model retrained without it predicts that class"):
         forget, retain = split(data, ForgetRequest(kind="class", labels=("malignant",)))
     assert len(forget) == 3 and len(retain) == 3
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("samples:indices=", "indices= is empty"),  # read as fraction='indices=' until 2026-12-07
+    ("samples:fraction=", "fraction= is empty"),
+    ("samples:seed=3", r"seed= goes after a fraction, as samples:fraction=0.1,seed=3"),
+    ("class:3,3", r"labels=\['3', '3'\] contains duplicates"),  # recorded as two requests in the certificate
+])
+def test_shorthand_mistakes_name_the_field_they_are_about(text, message):
+    with pytest.raises(RequestError, match=message):
+        ForgetRequest.parse(text)

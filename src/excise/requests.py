@@ -118,6 +118,9 @@ class ForgetRequest:
                 )
             if not self.labels:
                 raise RequestError(f"kind={self.kind!r} needs labels (the class names or indices to forget)")
+            if len(set(self.labels)) != len(self.labels):
+                # Recorded as asked (class:3,3) in the history and the certificate, which then read as two requests.
+                raise RequestError(f"labels={list(self.labels)!r} contains duplicates; name each class once")
 
     # --- constructors ------------------------------------------------------------------------
     @classmethod
@@ -177,9 +180,15 @@ class ForgetRequest:
                     raise RequestError(f"request {text!r}: seed= draws a random fraction (samples:fraction=0.1,"
                                        "seed=1); given indices are not drawn")
                 return replace(cls._samples(share, as_fraction=True), seed=seed)
-            spelled, _, rest = value.partition("=")
-            if rest and spelled in ("fraction", "indices"):
-                return cls._samples(rest, as_fraction=spelled == "fraction")
+            spelled, equals, rest = value.partition("=")
+            if equals and spelled.strip() in ("fraction", "indices"):
+                if not rest.strip():
+                    raise RequestError(f"request {text!r}: {spelled.strip()}= is empty (e.g. samples:indices=0,5,9 "
+                                       "or samples:fraction=0.1)")
+                return cls._samples(rest, as_fraction=spelled.strip() == "fraction")
+            if equals and spelled.strip() == "seed":
+                raise RequestError(f"request {text!r}: seed= goes after a fraction, as samples:fraction=0.1,"
+                                   f"seed={rest.strip() or 1}: another random draw of that size")
             if "," not in value and value.strip() in ("0", "1"):
                 # samples:1 read as "training index 1" while samples:1.0 or samples:0.0 mean a share of the set.
                 raise RequestError(
