@@ -141,6 +141,17 @@ def test_output_is_not_overwritten_and_input_is_protected(trained, tmp_path):
     assert result.exit_code == 2 and "never overwritten" in result.output
 
 
+def test_train_never_leaves_a_deletion_certificate_beside_weights_it_replaced(trained, tmp_path):
+    out = tmp_path / "u.safetensors"
+    result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:3", "--out", out)
+    assert result.exit_code == 0, result.output
+    certificate = out.with_name("u.certificate.json")
+    before = {path: path.read_bytes() for path in (out, out.with_suffix(".json"), certificate)}
+    result = invoke("train", "--out", out, "--width", 8, "--epochs", 1, "--overwrite")
+    assert result.exit_code == 2 and "deletion certificate" in " ".join(result.output.split()), result.output
+    assert {path: path.read_bytes() for path in before} == before
+
+
 def test_overwrite_never_replaces_the_reference_or_the_request_file_the_run_reads(trained, reference, tmp_path):
     request_file = tmp_path / "req.json"
     request_file.write_text('{"kind": "class", "labels": [3]}')

@@ -64,11 +64,17 @@ def _dataset_record(bundle: DatasetBundle, options: dict[str, Any], seed: int, r
     return {"name": bundle.name, "options": options, "seed": seed, "root": root, "fingerprint": bundle.fingerprint()}
 
 
-def _check_output(out: str | Path, overwrite: bool, suffix: str = ".safetensors") -> Path:
-    """Refuse, before any work, an output that could not be written at the end of the run."""
+def _check_output(out: str | Path, overwrite: bool, suffix: str = ".safetensors", *,
+                  certified_ok: bool = True) -> Path:
+    """Refuse, before any work, an output that could not be written at the end of the run. ``certified_ok=False``
+    (a command that writes no certificate): also one whose deletion certificate would be left beside new weights."""
     out = Path(out)
     if out.suffix != suffix:
         raise ValueError(f"out={str(out)!r} must end in {suffix}")
+    if not certified_ok and certificate_path(out).exists():
+        raise FileExistsError(f"{str(certificate_path(out))!r}, the deletion certificate of out={str(out)!r}, exists: "
+                              "this command writes no certificate, so it would be left certifying weights that are "
+                              "gone; move it (and its model) away, or write elsewhere")
     written = (out, out.with_suffix(".json")) if suffix == ".safetensors" else (out,)
     for path in written:
         if path.is_dir():
@@ -127,7 +133,7 @@ def train_model(
 ) -> Checkpoint:
     """Train a model on ``dataset`` (on the retain set of ``request`` if given: a retrained reference). A list
     of requests is a sequence: the reference of its last step, trained on what remains after all of them."""
-    out = _check_output(out, overwrite)
+    out = _check_output(out, overwrite, certified_ok=False)
     recipe = recipe or TrainConfig()
     dataset_options = dict(dataset_options or {})
     dataset_builder(dataset)
@@ -189,7 +195,7 @@ def adopt_model(
     user's weights file is only read; the sidecar records its path and sha256."""
     from excise.hashing import sha256_file
 
-    out = _check_output(out, overwrite)
+    out = _check_output(out, overwrite, certified_ok=False)
     weights = Path(weights)
     if not weights.is_file():
         raise ValueError(f"weights={str(weights)!r} does not exist")
