@@ -115,6 +115,25 @@ def test_bad_hyperparameters_are_refused_by_name(name, bad, message):
         get_method(name, **bad)
 
 
+def test_the_python_api_refuses_a_model_data_or_request_that_do_not_fit(digits, digits_model, class_views):
+    """Each ran into an index error deep in the run, a dtype error from torch, or (12 outputs, a forget set of
+    another class) ran silently and scored the wrong thing."""
+    method, forget, retain = get_method("gradient_ascent"), class_views.forget_set, class_views.retain_set
+    for outputs in (5, 12):
+        with pytest.raises(ValueError, match=f"outputs {outputs} values per input but forget_set has 10 classes"):
+            method.unlearn(build_model(digits, "small_cnn", seed=0, width=4, num_classes=outputs),
+                           class_views.request, forget, retain)
+    with pytest.raises(ValueError, match="cannot run on one forget_set row of shape"):
+        method.unlearn(copy.deepcopy(digits_model).double(), class_views.request, forget, retain)
+    other = "5" if class_views.request.labels[0] != "5" else "4"
+    with pytest.raises(RequestError, match=f"forget_set holds rows of classes .* that the request class:{other} does"):
+        method.unlearn(digits_model, ForgetRequest(kind="class", labels=(other,)), forget, retain)
+    with pytest.raises(TypeError, match="forget_set must be excise.data.LabeledData"):
+        method.unlearn(digits_model, class_views.request, torch.utils.data.TensorDataset(forget.inputs), retain)
+    with pytest.raises(TypeError, match="request must be a ForgetRequest"):
+        method.unlearn(digits_model, 3, forget, retain)
+
+
 def test_salun_changes_only_the_salient_weights(digits_model, class_views):
     before = {n: p.detach().clone() for n, p in digits_model.named_parameters()}
     data = UnlearnData(class_views.forget_set, class_views.request, RECIPE)

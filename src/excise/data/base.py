@@ -93,7 +93,18 @@ class LabeledData(torch.utils.data.Dataset):
         if self.task == "multiclass":
             if self.targets.dim() != 1:
                 raise ValueError(f"multiclass targets must be 1-D class indices, got shape {tuple(self.targets.shape)}")
+            # Refused, not coerced: 2.7 became class 2, and a label past the classes failed much later as an index
+            # error deep in a run.
+            if self.targets.is_floating_point() and not bool((self.targets == self.targets.round()).all()):
+                raise ValueError("multiclass targets must be integer class indices; got fractional values such as "
+                                 f"{float(self.targets[self.targets != self.targets.round()][0])}")
             self.targets = self.targets.long()
+            if self.classes and len(self.targets):
+                low, high = int(self.targets.min()), int(self.targets.max())
+                if low < 0 or high >= len(self.classes):
+                    raise ValueError(f"targets span {low}..{high} but there are {len(self.classes)} classes "
+                                     f"{list(self.classes)[:10]}: a label must index one of them (0.."
+                                     f"{len(self.classes) - 1})")
         elif self.task == "multilabel":
             if self.targets.dim() != 2 or self.targets.shape[1] != len(self.classes):
                 raise ValueError(

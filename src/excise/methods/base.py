@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from excise import distributed, runtime
-from excise.data.base import LabeledData
+from excise.data.base import LabeledData, _resolve_label
 from excise.metrics.robustness import has_running_statistics, refit_batchnorm
 from excise.requests import ForgetRequest, RequestError
 from excise.training import TrainConfig, batch_loss, config_from_dict, make_loader, predict_logits
@@ -503,9 +503,19 @@ class UnlearningMethod(ABC):
         guard = Guard() if guard is None else guard
         if not isinstance(guard, Guard):
             raise TypeError(f"guard must be a Guard, got {type(guard).__name__}")
+        if isinstance(request, str):  # the CLI's shorthand, "class:3"
+            request = ForgetRequest.parse(request)
+        if not isinstance(request, ForgetRequest):
+            raise TypeError(f"request must be a ForgetRequest or its shorthand ('class:3'), got "
+                            f"{type(request).__name__}")
+        for name, rows in (("forget_set", forget_set), ("retain_set", retain_set)):
+            if rows is not None and not isinstance(rows, LabeledData):
+                raise TypeError(f"{name} must be excise.data.LabeledData (excise.data.external.call_factory reads a "
+                                f"torch Dataset into one), got {type(rows).__name__}")
         self.check_request(request, forget_set.task)
         if len(forget_set) == 0:
             raise RequestError("the forget set is empty: there is nothing to unlearn")
+        _check_fits(model, forget_set, request)
         if self.needs_retain and retain_set is None:
             raise ValueError(f"method {self.name!r} needs the retain set (needs_retain=True) but none was given")
         data = UnlearnData(
@@ -718,6 +728,35 @@ def short_citation(paper: str) -> str:
 
 
 _WARMED: set[tuple[object, ...]] = set()
+
+
+def _check_fits(model: nn.Module, forget_set: LabeledData, request: ForgetRequest) -> None:
+    """Refuse, before any work, a multiclass model whose outputs do not match the forget set's classes (a 5-output
+    model on ten classes failed deep in a run as an index error, a 12-output one ran and scored the wrong
+    columns), one that cannot run on its rows at all (another dtype or device), and a class request handed rows
+    of classes it does not name."""
+    if forget_set.task != "multiclass":
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            width = model(forget_set.inputs[:1]).shape[-1]
+    except Exception as err:  # noqa: BLE001 - any failure of the user's forward, reported with the input shape
+        raise ValueError(f"the model cannot run on one forget_set row of shape {tuple(forget_set.inputs.shape[1:])}: "
+                         f"{err}") from err
+    finally:
+        model.train(was_training)
+    if width != len(forget_set.classes):
+        raise ValueError(f"the model outputs {width} values per input but forget_set has {len(forget_set.classes)} "
+                         f"classes {list(forget_set.classes)[:10]}: they must be the same")
+    if request.kind == "class":
+        named = {forget_set.classes[_resolve_label(label, forget_set.classes, "labels")] for label in request.labels}
+        stray = sorted({forget_set.classes[int(t)] for t in forget_set.targets.unique()} - named)
+        if stray:
+            raise RequestError(f"forget_set holds rows of classes {stray[:10]} that the request "
+                               f"{request.describe()} does not name: split the data with the request "
+                               "(excise.requests.split) so that the forget set is what it asks")
 
 
 def warm_model(model: nn.Module, data: LabeledData, batch_size: int) -> float:
