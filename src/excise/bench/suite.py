@@ -13,7 +13,7 @@ Schema (``?`` = optional)::
     model: {name: small_cnn, <kwargs>}          # e.g. width: 16
     training?: {epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule}
     on_unsupported?: skip | error      # a listed method that cannot serve a scenario (default: skip)
-    uncertainty?: {replicates?: 200, attack_refits?: 10, level?: 0.95, variants?: [svc_confidence]}
+    uncertainty?: {replicates?: 200, attack_refits?: 40, level?: 0.95, variants?: [svc_confidence]}
                                        # bootstrap intervals of every cell (excise.metrics.uncertainty);
                                        # replicates: 0 = none; variants: MIA variants given intervals
     methods:                           # the string "all" = every registered method except retrain
