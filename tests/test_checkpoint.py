@@ -168,3 +168,15 @@ def test_sigterm_while_writing_leaves_no_temporary_file(tmp_path):
     writer.send_signal(signal.SIGTERM)
     assert writer.wait(timeout=60) == 128 + signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_path_that_is_not_a_checkpoint_says_what_to_pass_instead(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", _model())
+    with pytest.raises(CheckpointError, match="looks like a checkpoint's sidecar: pass its weights .*m.safetensors"):
+        load_checkpoint(path.with_suffix(".json"))
+    foreign = tmp_path / "mine.pt"
+    torch.save(_model().state_dict(), foreign)
+    with pytest.raises(CheckpointError, match="brought in first with `excise adopt`"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file"):
+        load_checkpoint(tmp_path)

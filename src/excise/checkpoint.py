@@ -125,11 +125,20 @@ class Checkpoint:
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    sidecar = sidecar_path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"checkpoint {str(path)!r} " + ("is a directory, not a checkpoint file" if path.is_dir()
+                                                              else "does not exist"))
+    if path.suffix != ".safetensors":
+        hint = (f"; {str(path)!r} looks like a checkpoint's sidecar: pass its weights "
+                f"{str(path.with_suffix('.safetensors'))!r}" if path.suffix == ".json"
+                and path.with_suffix(".safetensors").is_file() else
+                "; a model excise did not train is brought in first with `excise adopt`")
+        raise CheckpointError(f"checkpoint {str(path)!r} is not an excise checkpoint (.safetensors with a .json "
+                              f"sidecar){hint}")
+    sidecar = sidecar_path(path)
     if not sidecar.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} has no sidecar {str(sidecar)!r} (model name, args, sha256)")
+        raise CheckpointError(f"checkpoint {str(path)!r} has no sidecar {str(sidecar)!r} (model name, args, sha256); "
+                              "a model excise did not train is brought in first with `excise adopt`")
     try:
         meta = json.loads(sidecar.read_text())
     except json.JSONDecodeError as err:
