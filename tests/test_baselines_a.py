@@ -126,7 +126,7 @@ def test_the_python_api_refuses_a_model_data_or_request_that_do_not_fit(digits, 
     with pytest.raises(ValueError, match="cannot run on one forget_set row of shape"):
         method.unlearn(copy.deepcopy(digits_model).double(), class_views.request, forget, retain)
     other = "5" if class_views.request.labels[0] != "5" else "4"
-    with pytest.raises(RequestError, match=f"forget_set holds rows of classes .* that the request class:{other} does"):
+    with pytest.raises(RequestError, match=f"forget_set holds no row of the class the request class:{other} names"):
         method.unlearn(digits_model, ForgetRequest(kind="class", labels=(other,)), forget, retain)
     with pytest.raises(TypeError, match="forget_set must be excise.data.LabeledData"):
         method.unlearn(digits_model, class_views.request, torch.utils.data.TensorDataset(forget.inputs), retain)

@@ -508,10 +508,9 @@ class UnlearningMethod(ABC):
         if not isinstance(request, ForgetRequest):
             raise TypeError(f"request must be a ForgetRequest or its shorthand ('class:3'), got "
                             f"{type(request).__name__}")
-        for name, rows in (("forget_set", forget_set), ("retain_set", retain_set)):
-            if rows is not None and not isinstance(rows, LabeledData):
-                raise TypeError(f"{name} must be excise.data.LabeledData (excise.data.external.call_factory reads a "
-                                f"torch Dataset into one), got {type(rows).__name__}")
+        if not isinstance(forget_set, LabeledData):
+            raise TypeError("forget_set must be excise.data.LabeledData (excise.data.external.call_factory reads a "
+                            f"torch Dataset into one), got {type(forget_set).__name__}")
         self.check_request(request, forget_set.task)
         if len(forget_set) == 0:
             raise RequestError("the forget set is empty: there is nothing to unlearn")
@@ -733,8 +732,9 @@ _WARMED: set[tuple[object, ...]] = set()
 def _check_fits(model: nn.Module, forget_set: LabeledData, request: ForgetRequest) -> None:
     """Refuse, before any work, a multiclass model whose outputs do not match the forget set's classes (a 5-output
     model on ten classes failed deep in a run as an index error, a 12-output one ran and scored the wrong
-    columns), one that cannot run on its rows at all (another dtype or device), and a class request handed rows
-    of classes it does not name."""
+    columns), one that cannot run on its rows at all (another dtype or device), and a class request handed no row
+    of the classes it names (a sequence's step hands the rows of every class forgotten so far, so other classes'
+    rows beside them are allowed)."""
     if forget_set.task != "multiclass":
         return
     was_training = model.training
@@ -751,12 +751,12 @@ def _check_fits(model: nn.Module, forget_set: LabeledData, request: ForgetReques
         raise ValueError(f"the model outputs {width} values per input but forget_set has {len(forget_set.classes)} "
                          f"classes {list(forget_set.classes)[:10]}: they must be the same")
     if request.kind == "class":
-        named = {forget_set.classes[_resolve_label(label, forget_set.classes, "labels")] for label in request.labels}
-        stray = sorted({forget_set.classes[int(t)] for t in forget_set.targets.unique()} - named)
-        if stray:
-            raise RequestError(f"forget_set holds rows of classes {stray[:10]} that the request "
-                               f"{request.describe()} does not name: split the data with the request "
-                               "(excise.requests.split) so that the forget set is what it asks")
+        named = {_resolve_label(label, forget_set.classes, "labels") for label in request.labels}
+        held = {int(t) for t in forget_set.targets.unique()}
+        if not named & held:
+            raise RequestError(f"forget_set holds no row of the class the request {request.describe()} names, only "
+                               f"rows of {sorted(forget_set.classes[i] for i in held)[:10]}: split the data with the "
+                               "request (excise.requests.split) so that the forget set is what it asks")
 
 
 def warm_model(model: nn.Module, data: LabeledData, batch_size: int) -> float:
