@@ -141,6 +141,19 @@ def test_output_is_not_overwritten_and_input_is_protected(trained, tmp_path):
     assert result.exit_code == 2 and "never overwritten" in result.output
 
 
+def test_the_data_split_seed_is_set_apart_from_the_training_seed(trained, tmp_path):
+    """A benchmark cell splits with its suite's dataset.seed and trains with the cell's seed; `--data-option seed=`
+    failed with a TypeError naming no option."""
+    out = tmp_path / "seed1.safetensors"
+    result = invoke("train", "--out", out, "--width", 8, "--epochs", 1, "--seed", 1, "--data-option", "seed=0")
+    assert result.exit_code == 2 and "--data-seed" in result.output, result.output
+    result = invoke("train", "--out", out, "--width", 8, "--epochs", 1, "--seed", 1, "--data-seed", 0)
+    assert result.exit_code == 0, result.output
+    mine, original = (json.loads(p.with_suffix(".json").read_text()) for p in (out, trained))
+    assert mine["dataset"]["fingerprint"] == original["dataset"]["fingerprint"] and mine["dataset"]["seed"] == 0
+    assert mine["seed"] == 1 and mine["sha256"] != original["sha256"]
+
+
 def test_train_never_leaves_a_deletion_certificate_beside_weights_it_replaced(trained, tmp_path):
     out = tmp_path / "u.safetensors"
     result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:3", "--out", out)

@@ -118,6 +118,16 @@ def _refuse_overwriting_inputs(out: Path, inputs: dict[str, str | Path | None]) 
                                  "inputs are never overwritten; write elsewhere")
 
 
+def _data_options(options: dict[str, Any] | None, seed_option: str) -> dict[str, Any]:
+    """A data set's options, without the split's seed: that has its own option (``--data-option seed=0`` failed
+    with "got multiple values for keyword argument 'seed'")."""
+    options = dict(options or {})
+    if "seed" in options:
+        raise ValueError(f"dataset option seed={options['seed']!r}: the data split's seed is not a data-set option; "
+                         f"give it as {seed_option} (--{seed_option.replace('_', '-')} on the command line)")
+    return options
+
+
 def train_model(
     dataset: str,
     model: str,
@@ -130,14 +140,18 @@ def train_model(
     request: ForgetRequest | list[ForgetRequest] | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    data_seed: int | None = None,
 ) -> Checkpoint:
     """Train a model on ``dataset`` (on the retain set of ``request`` if given: a retrained reference). A list
-    of requests is a sequence: the reference of its last step, trained on what remains after all of them."""
+    of requests is a sequence: the reference of its last step, trained on what remains after all of them.
+    ``seed`` seeds the training and, unless ``data_seed`` is given, the data split: a benchmark cell keeps the
+    split of its suite's ``dataset.seed`` and trains with the cell's seed, which ``data_seed`` reproduces."""
     out = _check_output(out, overwrite, certified_ok=False)
     recipe = recipe or TrainConfig()
-    dataset_options = dict(dataset_options or {})
+    dataset_options = _data_options(dataset_options, "data_seed")
     dataset_builder(dataset)
-    bundle = load_dataset(dataset, root=root, seed=seed, **dataset_options)
+    split_seed = seed if data_seed is None else data_seed
+    bundle = load_dataset(dataset, root=root, seed=split_seed, **dataset_options)
     requests = [] if request is None else request if isinstance(request, list) else [request]
     request = requests[-1] if requests else None
     training_set = bundle.train
@@ -148,7 +162,7 @@ def train_model(
     network, stats = _build_and_train(bundle, model, model_kwargs or {}, training_set, recipe, seed, "train")
     meta = {
         "kind": "original" if request is None else "retrained",
-        "dataset": _dataset_record(bundle, dataset_options, seed, root),
+        "dataset": _dataset_record(bundle, dataset_options, split_seed, root),
         "recipe": recipe.to_dict(),
         "seed": seed,
         "request": None if request is None else request.to_dict(),
@@ -201,7 +215,7 @@ def adopt_model(
         raise ValueError(f"weights={str(weights)!r} does not exist")
     _refuse_overwriting_inputs(out, {"weights": weights})
     recipe = recipe or TrainConfig()
-    dataset_options = dict(dataset_options or {})
+    dataset_options = _data_options(dataset_options, "seed")
     bundle = load_dataset(dataset, root=root, seed=seed, **dataset_options)
     network = build_model(bundle, model, seed=seed, **(model_kwargs or {}))
     state = _read_state_dict(weights)
@@ -808,7 +822,7 @@ def ulira_audit(
     config = config or ULiraConfig()
     if out is not None:
         out = _check_output(out, overwrite, suffix=".json")
-    dataset_options = dict(dataset_options or {})
+    dataset_options = _data_options(dataset_options, "seed")
     dataset_builder(dataset)
     bundle = load_dataset(dataset, root=root, seed=config.seed, **dataset_options)
     hyperparameters = hyperparameters or {}

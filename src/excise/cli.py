@@ -232,7 +232,10 @@ def train_command(
     request: list[str] | None = typer.Option(
         None, help="Train on the retain set of this request: the retrained reference (e.g. class:3). Repeat it "
                    "for a sequence (--request class:3 --request samples:0.1): the reference of its last step."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seeds the training and, without --data-seed, the data split."),
+    data_seed: int | None = typer.Option(
+        None, "--data-seed", help="Seed of the data split when it differs from --seed (a benchmark cell splits with "
+                                  "its suite's dataset.seed and trains with the cell's seed)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
 ) -> None:
     """Train an original model, or (with --request) the retrained reference that never saw the forget set."""
@@ -249,6 +252,7 @@ def train_command(
             dataset, model, out, recipe=recipe, model_kwargs=model_kwargs,
             dataset_options=parse_params(data_option, "--data-option"), root=root,
             request=[parse_request(r) for r in request] if request else None, seed=seed, overwrite=overwrite,
+            data_seed=data_seed,
         )
     except USER_ERRORS as err:
         fail(err)
