@@ -10,7 +10,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from excise.data.base import DatasetBundle, LabeledData
@@ -20,7 +19,7 @@ from excise.metrics.distance import prediction_distances
 from excise.metrics.evaluate import collect_outputs, evaluate_outputs
 from excise.metrics.uncertainty import Evidence, Uncertainty, evidence, replicate_metrics
 from excise.models import accepted_arguments, create_model, list_models
-from excise.training import TrainConfig, seed_everything, train
+from excise.training import TrainConfig, output_width, seed_everything, train
 
 
 def build_model(bundle: DatasetBundle, model_name: str, seed: int = 0, **kwargs: Any) -> nn.Module:
@@ -41,16 +40,8 @@ def build_model(bundle: DatasetBundle, model_name: str, seed: int = 0, **kwargs:
 def check_output_width(model: nn.Module, bundle: DatasetBundle, model_name: str) -> None:
     """A user's factory sizes its own output: refuse, naming the class count, one that does not fit the data (it
     would fail later as an index error deep in training, or silently score the wrong columns)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            width = model(bundle.train.inputs[:1]).shape[-1]
-    except Exception as err:  # noqa: BLE001 - any failure of the user's forward, reported with the input shape
-        raise ValueError(f"model={model_name!r} cannot run on one input of shape {tuple(bundle.input_shape)} of "
-                         f"data set {bundle.name!r}: {err}") from err
-    finally:
-        model.train(was_training)
+    width = output_width(model, bundle.train.inputs,
+                         f"model={model_name!r} cannot run on one input of data set {bundle.name!r}")
     if width != len(bundle.classes):
         raise ValueError(f"model={model_name!r} outputs {width} values per input but data set {bundle.name!r} has "
                          f"num_classes={len(bundle.classes)}; build it for {len(bundle.classes)} classes")

@@ -341,6 +341,20 @@ class Augmenter:
         return out.contiguous()
 
 
+def output_width(model: nn.Module, inputs: Tensor, what: str) -> int:
+    """How many values ``model`` outputs for one of ``inputs`` (one eval-mode forward, no gradient, the model's mode
+    put back); any failure of the forward is a ``ValueError`` naming ``what`` was fed and its shape."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(model(inputs[:1]).shape[-1])
+    except Exception as err:  # noqa: BLE001 - any failure of a user's forward, reported with the input shape
+        raise ValueError(f"{what} of shape {tuple(inputs.shape[1:])}: {err}") from err
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: LabeledData, batch_size: int = 512) -> Tensor:
     """Logits of ``model`` on every row of ``data``, in eval mode, without changing its mode for good."""

@@ -40,7 +40,7 @@ from excise import distributed, runtime
 from excise.data.base import LabeledData, _resolve_label
 from excise.metrics.robustness import has_running_statistics, refit_batchnorm
 from excise.requests import ForgetRequest, RequestError
-from excise.training import TrainConfig, batch_loss, config_from_dict, make_loader, predict_logits
+from excise.training import TrainConfig, batch_loss, config_from_dict, make_loader, output_width, predict_logits
 
 
 class RetainAccessError(RuntimeError):
@@ -737,16 +737,7 @@ def _check_fits(model: nn.Module, forget_set: LabeledData, request: ForgetReques
     rows beside them are allowed)."""
     if forget_set.task != "multiclass":
         return
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            width = model(forget_set.inputs[:1]).shape[-1]
-    except Exception as err:  # noqa: BLE001 - any failure of the user's forward, reported with the input shape
-        raise ValueError(f"the model cannot run on one forget_set row of shape {tuple(forget_set.inputs.shape[1:])}: "
-                         f"{err}") from err
-    finally:
-        model.train(was_training)
+    width = output_width(model, forget_set.inputs, "the model cannot run on one forget_set row")
     if width != len(forget_set.classes):
         raise ValueError(f"the model outputs {width} values per input but forget_set has {len(forget_set.classes)} "
                          f"classes {list(forget_set.classes)[:10]}: they must be the same")
