@@ -136,6 +136,10 @@ def test_key_value_options_read_exponent_floats_and_refuse_conflicting_widths(tr
 def test_output_is_not_overwritten_and_input_is_protected(trained, tmp_path):
     result = invoke("train", "--out", trained, "--epochs", 1)
     assert result.exit_code == 2 and "refusing to overwrite" in result.output
+    lone_sidecar = tmp_path / "new.json"
+    lone_sidecar.write_text("{}")
+    result = invoke("train", "--out", tmp_path / "new.safetensors", "--epochs", 1)
+    assert result.exit_code == 2 and "(the sidecar of out=" in " ".join(result.output.split()), result.output
     result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:3", "--out", trained,
                     "--overwrite")
     assert result.exit_code == 2 and "never overwritten" in result.output

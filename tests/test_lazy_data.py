@@ -233,3 +233,11 @@ def test_lazy_inputs_index_like_the_tensor_they_stand_for() -> None:
     for index in [(slice(None), 0), slice(1, 8, 3), grid, (grid, 1), -1, (-2, 0, 1), mask,
                   (slice(None), slice(None), 2, 3), 3]:
         assert torch.equal(lazy[index], images[index]), index
+
+
+def test_uint8_inputs_are_read_as_given_with_a_warning_about_scaling(digits) -> None:
+    pixels = (digits.test.inputs[:40] * 255 / digits.test.inputs[:40].max()).to(torch.uint8)
+    data = torch.utils.data.TensorDataset(pixels, digits.test.targets[:40])
+    with pytest.warns(UserWarning, match=r"inputs are uint8 \(0-255\); excise casts them to float without scaling"):
+        bundle = call_factory(lambda: (data, data), "tests:uint8", root=None, seed=0)
+    assert torch.equal(bundle.train.inputs, pixels.float())  # as the Dataset yields them: the model saw those

@@ -271,3 +271,10 @@ def test_forgetting_all_but_one_class_is_served_with_a_warning():
 def test_shorthand_mistakes_name_the_field_they_are_about(text, message):
     with pytest.raises(RequestError, match=message):
         ForgetRequest.parse(text)
+
+
+def test_a_request_file_that_is_a_directory_says_so(tmp_path):
+    folder = tmp_path / "req.json"
+    folder.mkdir()  # read like every JSON/YAML file a user hands excise (a --config directory said "does not exist")
+    with pytest.raises(RequestError, match="request file .*req.json' is a directory, not a file"):
+        ForgetRequest.parse(str(folder))

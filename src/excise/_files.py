@@ -21,7 +21,7 @@ def read_json_or_yaml(path: Path, what: str, error: type[Exception]) -> Any:
     import yaml
 
     if not path.is_file():
-        raise error(f"{what} {str(path)!r} does not exist")
+        raise error(f"{what} {str(path)!r} " + ("is a directory, not a file" if path.is_dir() else "does not exist"))
     text = path.read_text()
     try:
         if path.suffix == ".json":

@@ -80,7 +80,8 @@ def _check_output(out: str | Path, overwrite: bool, suffix: str = ".safetensors"
         if path.is_dir():
             raise ValueError(f"out={str(out)!r}: {str(path)!r} is a directory")
         if path.exists() and not overwrite:
-            raise FileExistsError(f"{str(path)!r} exists; refusing to overwrite it (pass --overwrite)")
+            role = "" if path == out else f" (the sidecar of out={str(out)!r})"
+            raise FileExistsError(f"{str(path)!r}{role} exists; refusing to overwrite it (pass --overwrite)")
     # The first existing ancestor decides whether the directories can be created and the files written.
     ancestor = out.absolute().parent
     while not ancestor.exists():

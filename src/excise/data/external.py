@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -144,7 +145,13 @@ def _read(part: Any, name: str, which: str, batch_size: int = 256) -> LabeledDat
                 raise ValueError(f"its labels are text ({y[0]!r}, ...): return integer class indices and name the "
                                  "classes in a `classes` attribute of the Dataset (class requests then take the "
                                  "names)")
-            inputs.append(torch.as_tensor(x).float())
+            x = torch.as_tensor(x)
+            if x.dtype == torch.uint8 and not inputs:
+                # Cast as given, not rescaled: the user's model was trained on what their Dataset yields.
+                warnings.warn(f"dataset={name!r}: the {which} inputs are uint8 (0-255); excise casts them to float "
+                              "without scaling, as the Dataset yields them. If the model was trained on inputs "
+                              "scaled to [0, 1] (or normalised), yield those from the Dataset instead", stacklevel=2)
+            inputs.append(x.float())
             targets.append(torch.as_tensor(y))
         features, labels = torch.cat(inputs), torch.cat(targets)
     except (TypeError, RuntimeError, ValueError) as err:
