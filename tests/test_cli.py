@@ -12,10 +12,14 @@ runner = CliRunner()
 
 def invoke(*args, intervals: bool = False):
     """Run the CLI. ``unlearn`` and ``evaluate`` skip their bootstrap intervals (``--replicates 0``) unless a test
-    asks for them: they cost seconds per call, and the tests that check them ask."""
+    asks for them: they cost seconds per call, and the tests that check them ask — with 10 attack fits, not the
+    default 40: they check that intervals are there and hold the point value, not how steady a bound is."""
     args = [str(a) for a in args]
-    if not intervals and args and args[0] in ("unlearn", "evaluate") and "--replicates" not in args:
-        args += ["--replicates", "0"]
+    if args and args[0] in ("unlearn", "evaluate"):
+        if not intervals and "--replicates" not in args:
+            args += ["--replicates", "0"]
+        elif "--attack-refits" not in args:
+            args += ["--attack-refits", "10"]
     return runner.invoke(app, ["--quiet", *args])
 
 
@@ -143,6 +147,14 @@ def test_output_is_not_overwritten_and_input_is_protected(trained, tmp_path):
     result = invoke("unlearn", trained, *GRADIENT_ASCENT, "--request", "class:3", "--out", trained,
                     "--overwrite")
     assert result.exit_code == 2 and "never overwritten" in result.output
+
+
+def test_attack_refits_reach_the_recorded_uncertainty_and_are_validated(trained, tmp_path):
+    result = invoke("evaluate", trained, "--request", "class:3", "--json", "--replicates", 20, "--attack-refits", 5)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["uncertainty"]["attack_refits"] == 5
+    result = invoke("evaluate", trained, "--request", "class:3", "--replicates", 20, "--attack-refits", 0)
+    assert result.exit_code == 2 and "--attack-refits" in result.output and "attack_refits=0" in result.output
 
 
 def test_the_data_split_seed_is_set_apart_from_the_training_seed(trained, tmp_path):

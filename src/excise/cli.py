@@ -156,13 +156,17 @@ def print_information_left(metrics: dict[str, float], reference: dict[str, float
                   "from the features the classifier reads; at the prevalence it reads nothing: " + "; ".join(parts))
 
 
-def uncertainty_option(replicates: int) -> Any:
+ATTACK_REFITS_HELP = ("Of the replicates, how many re-fit each membership attack (the others reuse those fits): "
+                      "more give an attack that rarely inverts a steadier interval (README, An interval).")
+
+
+def uncertainty_option(replicates: int, attack_refits: int = 40) -> Any:
     from excise.metrics.uncertainty import Uncertainty
 
     try:
-        return Uncertainty(replicates=replicates)
+        return Uncertainty(replicates=replicates, attack_refits=attack_refits)
     except ValueError as err:
-        raise ValueError(f"--replicates: {err}") from None
+        raise ValueError(f"--replicates / --attack-refits: {err}") from None
 
 
 def gap_text(gap: float, interval: list[float] | None) -> str:
@@ -328,6 +332,7 @@ def unlearn_command(
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     graph: Path | None = typer.Option(None, help="Essential-graph file from `excise graph` (essential_graph methods)."),
     replicates: int = typer.Option(200, help="Bootstrap replicates for the 95% intervals (0 = none)."),
+    attack_refits: int = typer.Option(40, "--attack-refits", help=ATTACK_REFITS_HELP),
     allow_reference_mismatch: bool = typer.Option(
         False, help="Compare with a --reference trained differently from the model (architecture, recipe, seed); "
                     "the differences are recorded."),
@@ -354,7 +359,8 @@ def unlearn_command(
         outcome = api.unlearn_checkpoint(
             model, method, parse_request(request), out=out, hyperparameters=parse_params(param),
             reference_path=reference, seed=seed, overwrite=overwrite, graph=graph,
-            uncertainty=uncertainty_option(replicates), allow_reference_mismatch=allow_reference_mismatch,
+            uncertainty=uncertainty_option(replicates, attack_refits),
+            allow_reference_mismatch=allow_reference_mismatch,
             ledger=ledger, sign_key=sign_key, guard=Guard(action=guard), config=config,
             inputs={"--request": request} if request is not None and Path(request).is_file() else None,
         )
@@ -454,6 +460,7 @@ def evaluate_command(
         None, help="Retrained reference model: also the avg gap to it (with its interval) and the distances of the "
                    "predictions. Checked like `excise unlearn --reference`."),
     replicates: int = typer.Option(200, help="Bootstrap replicates for the 95% intervals (0 = none)."),
+    attack_refits: int = typer.Option(40, "--attack-refits", help=ATTACK_REFITS_HELP),
     allow_reference_mismatch: bool = typer.Option(
         False, help="Compare with a --reference trained differently from the model (architecture, recipe, seed); "
                     "the differences are recorded."),
@@ -471,7 +478,8 @@ def evaluate_command(
         elif before is not None:
             raise ValueError("--before only makes sense with --plot (it is drawn, not evaluated)")
         record = api.evaluation_record(model, parse_request(request, required=False), seed=seed,
-                                       reference_path=reference, uncertainty=uncertainty_option(replicates),
+                                       reference_path=reference,
+                                       uncertainty=uncertainty_option(replicates, attack_refits),
                                        allow_reference_mismatch=allow_reference_mismatch)
     except USER_ERRORS as err:
         fail(err)
