@@ -42,7 +42,7 @@ from excise.methods import Guard, GuardRefused, get_method, guard_objection
 from excise.methods.base import refuses_unforgotten
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.metrics.uncertainty import Uncertainty
-from excise.provenance.certificate import certificate_path, sign
+from excise.provenance.certificate import certificate_path, checkpoint_files, sign
 from excise.provenance.history import (
     bundle_for,
     check_reference,
@@ -105,9 +105,7 @@ def _refuse_overwriting_inputs(out: Path, inputs: dict[str, str | Path | None]) 
     hours) or the request file it was given: both were replaced without a word until 2026-12-07."""
 
     def files(path: Path) -> list[Path]:
-        if path.suffix == ".safetensors":
-            return [path, path.with_suffix(".json"), certificate_path(path)]
-        return [path]
+        return checkpoint_files(path) if path.suffix == ".safetensors" else [path]
 
     written = {path.resolve(): path for path in files(Path(out))}
     for option, given in inputs.items():

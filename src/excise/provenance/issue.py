@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from excise._files import all_or_nothing
-from excise.checkpoint import read_meta, save_checkpoint, sidecar_path
+from excise.checkpoint import read_meta, save_checkpoint
 from excise.data import DatasetBundle
 from excise.metrics.directions import metric_direction
 from excise.metrics.uncertainty import Evidence
@@ -18,6 +18,7 @@ from excise.provenance.certificate import (
     build_certificate,
     certificate_path,
     certificate_sha256,
+    checkpoint_files,
     sign,
     stored_path,
     write_certificate,
@@ -34,7 +35,7 @@ def write_certified(path: str | Path, model: nn.Module, meta: dict[str, Any], *,
     (:func:`excise._files.all_or_nothing`), so no certified model exists that its ledger does not record and a
     ledgered one is never replaced by one it does not. ``certificate``: the keyword arguments of :func:`certify`."""
     path = Path(path)
-    with all_or_nothing([path, sidecar_path(path), certificate_path(path)]):
+    with all_or_nothing(checkpoint_files(path)):
         save_checkpoint(path, model, meta, overwrite=overwrite)
         return certify(path, meta, overwrite=overwrite, **certificate)
 
