@@ -24,6 +24,7 @@ from excise.checkpoint import (
     Checkpoint,
     CheckpointError,
     atomic_write_text,
+    checkpoint_files,
     load_checkpoint,
     read_meta,
     save_checkpoint,
@@ -42,7 +43,7 @@ from excise.methods import Guard, GuardRefused, get_method, guard_objection
 from excise.methods.base import refuses_unforgotten
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.metrics.uncertainty import Uncertainty
-from excise.provenance.certificate import certificate_path, checkpoint_files, sign
+from excise.provenance.certificate import certificate_path, sign
 from excise.provenance.history import (
     bundle_for,
     check_reference,

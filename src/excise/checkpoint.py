@@ -26,6 +26,7 @@ from excise._files import atomic_write, atomic_write_many, atomic_write_text  # 
 from excise._registry import check_trusted
 from excise.hashing import sha256_file  # noqa: F401  (its home: hashing)
 from excise.models import create_model, model_spec
+from excise.provenance.certificate import certificate_path
 
 FORMAT_VERSION = 1
 
@@ -69,6 +70,11 @@ def versions() -> dict[str, str]:
 
 def sidecar_path(weights_path: str | Path) -> Path:
     return Path(weights_path).with_suffix(".json")
+
+
+def checkpoint_files(weights_path: str | Path) -> list[Path]:
+    """Every file of a checkpoint: its weights, its sidecar and its deletion certificate."""
+    return [Path(weights_path), sidecar_path(weights_path), certificate_path(weights_path)]
 
 
 def save_checkpoint(

@@ -51,13 +51,6 @@ def certificate_path(weights_path: str | Path) -> Path:
     return weights_path.with_name(weights_path.stem + SUFFIX)
 
 
-def checkpoint_files(weights_path: str | Path) -> list[Path]:
-    """Every file of a checkpoint: its weights, its sidecar and its certificate."""
-    from excise.checkpoint import sidecar_path
-
-    return [Path(weights_path), sidecar_path(weights_path), certificate_path(weights_path)]
-
-
 def stored_path(path: str | Path, base: Path) -> str:
     """``path`` as recorded in a file kept in ``base``: relative to it when it is below it (a folder moved or
     copied whole keeps working), absolute otherwise."""

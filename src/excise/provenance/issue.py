@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from excise._files import all_or_nothing
-from excise.checkpoint import read_meta, save_checkpoint
+from excise.checkpoint import checkpoint_files, read_meta, save_checkpoint
 from excise.data import DatasetBundle
 from excise.metrics.directions import metric_direction
 from excise.metrics.uncertainty import Evidence
@@ -18,7 +18,6 @@ from excise.provenance.certificate import (
     build_certificate,
     certificate_path,
     certificate_sha256,
-    checkpoint_files,
     sign,
     stored_path,
     write_certificate,
