@@ -32,30 +32,37 @@ def _run(cmd: list[str]) -> None:
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
-@pytest.fixture(scope="module", params=["mu_mis", "imu", "ssd"])
-def runs(request, tmp_path_factory) -> tuple[dict, dict]:
-    """``(single-process, two-process)`` results; both unlearning runs start from the same weights."""
-    work = tmp_path_factory.mktemp(f"ddp_{request.param}")
+METHODS = ("mu_mis", "imu", "ssd")
+
+
+@pytest.fixture(scope="module")
+def all_runs(tmp_path_factory) -> tuple[dict, dict]:
+    """``(single-process, two-process)`` results of every method; each unlearning run starts from the same
+    weights, and one training (original and retrain) serves every method."""
+    work = tmp_path_factory.mktemp("ddp")
     start = str(work / "start.safetensors")
-    _run([sys.executable, str(WORKER), str(work / "one.json"), request.param, start])
-    _run(_torchrun(str(WORKER), str(work / "two.json"), request.param, start))
+    _run([sys.executable, str(WORKER), str(work / "one.json"), ",".join(METHODS), start])
+    _run(_torchrun(str(WORKER), str(work / "two.json"), ",".join(METHODS), start))
     return json.loads((work / "one.json").read_text()), json.loads((work / "two.json").read_text())
 
 
-def test_two_processes_train_and_retrain_like_one(runs):
-    one, two = runs
+def test_two_processes_train_and_retrain_like_one(all_runs):
+    one, two = all_runs
     assert one["world_size"] == 1 and two["world_size"] == 2
     for stage in ("original", "retrain"):
         # Same effective batch size; only per-rank BatchNorm statistics and reduction order differ.
         for metric in ("FA", "RA", "TA"):
             assert two[stage][metric] == pytest.approx(one[stage][metric], abs=1.5), (stage, one[stage], two[stage])
-        assert len({rank[stage] for rank in two["per_rank"]}) == 1, f"{stage}: the ranks' parameters differ"
-    assert len({rank["small"] for rank in two["per_rank"]}) == 1  # a set smaller than one batch trains too
+    for method in METHODS:  # each method's gather saw the same trained models on every rank
+        ranks = two["methods"][method]["per_rank"]
+        for stage in ("original", "retrain", "small"):  # a set smaller than one batch trains too
+            assert len({rank[stage] for rank in ranks}) == 1, f"{method} {stage}: the ranks' parameters differ"
     assert two["retrain"]["FA"] == 0.0
 
 
-def test_two_processes_unlearn_like_one_and_stop_together(runs):
-    one, two = runs
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_unlearn_like_one_and_stop_together(all_runs, method):
+    one, two = (run["methods"][method] for run in all_runs)
     for metric in ("FA", "RA", "TA"):
         assert two["unlearn"][metric] == pytest.approx(one["unlearn"][metric], abs=0.5), (one["unlearn"],
                                                                                            two["unlearn"])
@@ -63,7 +70,7 @@ def test_two_processes_unlearn_like_one_and_stop_together(runs):
     # Every rank took the same decision: its own loop stopped at the same step for the same reason, or SSD's
     # search chose the same alpha (its accuracies are counted per rank and summed).
     assert len({(r["steps"], r["stop_reason"], r["alpha"]) for r in ranks}) == 1, ranks
-    if one["method"] != "ssd":  # an iterative method: the step of the single process
+    if method != "ssd":  # an iterative method: the step of the single process
         assert (ranks[0]["steps"], ranks[0]["stop_reason"]) == (single["steps"], single["stop_reason"])
         assert ranks[0]["steps"] > 0
     elif single["alpha"] is None:  # on this width-16 model every alpha that forgets damages the retain rows
