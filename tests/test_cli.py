@@ -569,3 +569,32 @@ def test_discovery_commands_list_every_name_whole_and_as_json():
     for name in list_methods():
         assert f"│ {name} " in table, name  # whole, on one line
     assert "Fan, Wu, Zhou" not in table and "Fan, Wu, Zhou" in " ".join(invoke("methods", "--long").output.split())
+
+
+def test_ctrl_c_during_training_says_nothing_was_written_and_keeps_the_earlier_file(tmp_path):
+    """Ctrl-C ended a run with exit status 130 and no word; outputs are written all or nothing, so the command says
+    so — and an earlier file at --out (the run had --overwrite) is untouched."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"the earlier model")
+    env = {**os.environ, "EXCISE_PROGRESS": "1", "EXCISE_PROGRESS_INTERVAL": "0", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "excise.cli", "train", "--out", str(out), "--epochs", "500",
+                                "--width", "4", "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env,
+                               # A test worker may ignore SIGINT, and a child inherits that: as a terminal's would.
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    for line in process.stderr:  # interrupted inside the training loop, once it reports a step
+        seen.append(line)
+        if line.startswith("[excise] train:"):
+            break
+    process.send_signal(signal.SIGINT)
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130, seen + [rest]
+    assert f"interrupted: nothing was written; {out} and the files beside it are as they were" in \
+        " ".join(rest.split()), rest
+    assert out.read_bytes() == b"the earlier model" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]

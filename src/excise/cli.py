@@ -41,6 +41,14 @@ def fail(err: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def interrupted(out: Path | None) -> None:
+    """Ctrl-C in a command that writes: its outputs are written all or nothing (excise._files), so the user is told
+    that nothing was written and that what was there is as it was, instead of a bare exit status 130."""
+    where = f"; {out} and the files beside it are as they were" if out is not None else ""
+    err_console.print(f"[yellow]interrupted[/yellow]: nothing was written{where}")
+    raise typer.Exit(code=130)
+
+
 AUGMENT_HELP = ("Training augmentation: none, crop (zero-pad 4 pixels, random crop) or crop-flip (and a random "
                 "horizontal flip; not for digits or text). Recorded in the recipe: the retrained reference repeats it.")
 MOMENTUM_HELP = "SGD momentum (ignored by adam/adamw). Recorded in the recipe, like every training flag."
@@ -258,6 +266,8 @@ def train_command(
             request=[parse_request(r) for r in request] if request else None, seed=seed, overwrite=overwrite,
             data_seed=data_seed,
         )
+    except KeyboardInterrupt:
+        interrupted(out)
     except USER_ERRORS as err:
         fail(err)
     print_written(checkpoint, f"in {checkpoint.meta['train_seconds']:.1f}s")
@@ -314,6 +324,8 @@ def adopt_command(
             model_kwargs=model_options(width, model_option),
             dataset_options=parse_params(data_option, "--data-option"), root=root, seed=seed, overwrite=overwrite,
         )
+    except KeyboardInterrupt:
+        interrupted(out)
     except USER_ERRORS as err:
         fail(err)
     print_written(checkpoint, f"from {weights}")
@@ -364,6 +376,8 @@ def unlearn_command(
             ledger=ledger, sign_key=sign_key, guard=Guard(action=guard), config=config,
             inputs={"--request": request} if request is not None and Path(request).is_file() else None,
         )
+    except KeyboardInterrupt:
+        interrupted(out)
     except USER_ERRORS as err:
         fail(err)
     record = outcome.record
@@ -416,6 +430,8 @@ def calibrate_command(
             model, names, parse_request(proxy), reference_path=reference, n_trials=n_trials, out=out, seed=seed,
             overwrite=overwrite, guard=Guard(max_drop=max_drop, action="warn"),
         )
+    except KeyboardInterrupt:
+        interrupted(out)
     except USER_ERRORS as err:
         fail(err)
     result = outcome.result
