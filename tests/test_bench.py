@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from excise.bench import ResultStore, StoreError, SuiteError, load_suite, parse_suite, read_records, run_suite
+from excise.bench.cache import ModelCache
 from excise.bench.runner import plan
 from excise.cli import app
 from excise.methods import UnlearningMethod
@@ -623,3 +624,27 @@ def test_the_bench_reports_what_a_method_did_even_when_the_guard_would_roll_it_b
     assert guard["accuracy_before"] - guard["accuracy_after"] > 5
     collapsed, original = records["ga-collapse"]["metrics"], records["original"]["metrics"]
     assert collapsed["TA"]["value"] < original["TA"]["value"] - 5
+
+
+def test_a_run_at_another_thread_count_trains_its_own_models(cache):
+    """Weights differ in their last bits between thread counts: a cache filled at one count must not hand its
+    models to a run at another, which could not reproduce them. Every cached model's key holds the count."""
+    import json
+
+    import torch
+
+    from excise.bench.cache import training_key
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = training_key()
+        torch.set_num_threads(2)
+        two = training_key()
+    finally:
+        torch.set_num_threads(before)
+    assert one["code"] == two["code"] and (one["torch_threads"], two["torch_threads"]) == (1, 2)
+    assert ModelCache(cache).path("original", {"seed": 0, **one}) != ModelCache(cache).path("original",
+                                                                                            {"seed": 0, **two})
+    keys = [json.loads(p.read_text())["cache_key"] for p in cache.glob("*.json") if not p.name.startswith("ulira")]
+    assert keys and all(key["torch_threads"] >= 1 and key["code"] == one["code"] for key in keys), keys

@@ -63,6 +63,14 @@ def code_version() -> str:
     return h.hexdigest()
 
 
+def training_key() -> dict[str, Any]:
+    """What besides the data, model, recipe and seed decides a cached model's weights: the code that trains it and
+    the torch thread count (a reduction split over another number of threads rounds differently, so the weights
+    differ in their last bits and a run at 2 threads is not bit-identical to one at 1). A run at another thread
+    count trains its own models instead of reading ones it could not reproduce."""
+    return {"code": code_version(), "torch_threads": torch.get_num_threads()}
+
+
 # --- cache -------------------------------------------------------------------------------------
 class ModelCache:
     """Checkpoints keyed by a content hash; written once, sha256-checked on every load."""

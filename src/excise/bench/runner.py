@@ -3,7 +3,8 @@
 Per (scenario, seed) the original model and the retrained reference are trained once (through
 :func:`excise.experiment.train_original` and ``run_method("retrain", …)``) and cached as checkpoints under
 a content hash of everything that determines them: data-set spec and data fingerprint, model, recipe,
-seed, request(s) and a hash of the code that trains and evaluates them (:func:`code_version`). Every
+seed, request(s), a hash of the code that trains and evaluates them and the torch thread count
+(:func:`excise.bench.cache.training_key`). Every
 method then runs against the same two models through :func:`excise.experiment.run_method`.
 
 Cells, in order: for each scenario, for each seed, ``original`` (the untouched model judged against the
@@ -54,7 +55,7 @@ import torch
 from torch import nn
 
 from excise import distributed
-from excise.bench.cache import ModelCache, code_version, results_code_version
+from excise.bench.cache import ModelCache, code_version, results_code_version, training_key
 from excise.bench.memory import PeakRSS
 from excise.bench.store import RESULTS_FILE, ResultStore, status_of
 from excise.bench.suite import MethodSpec, Scenario, Suite, SuiteError
@@ -249,7 +250,7 @@ class _GroupModels:
         base = {
             "dataset": scenario.dataset.to_dict(), "data_fingerprint": item.fingerprint,
             "model": scenario.model.to_dict(), "training": scenario.training.to_dict(), "seed": seed,
-            "code": code_version(),
+            **training_key(),
         }
         info = {"scenario": scenario.name, "seed": seed}
 

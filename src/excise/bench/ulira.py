@@ -62,7 +62,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from excise import distributed
-from excise.bench.cache import ModelCache, code_version
+from excise.bench.cache import ModelCache, training_key
 from excise.checkpoint import atomic_write_text, versions
 from excise.data.base import DatasetBundle
 from excise.experiment import build_model
@@ -212,7 +212,7 @@ class ULiraShadows:
         self.pool_labels = self.pool_data.targets.long()
         self.cache_hits = 0
         self._base = {"dataset": bundle.name, "data_fingerprint": bundle.fingerprint(), "model": model_name,
-                      "model_kwargs": self.model_kwargs, "training": recipe.to_dict(), "code": code_version()}
+                      "model_kwargs": self.model_kwargs, "training": recipe.to_dict(), **training_key()}
         self._originals: dict[int, tuple[nn.Module, float]] = {}  # shadows kept in memory (see shadow())
 
     def seed_of(self, k: int) -> int:
