@@ -395,7 +395,7 @@ def _rows(count: int):
 
 def test_a_samples_request_may_not_cost_what_retraining_would_not():
     """Retraining without random rows keeps the held-out accuracy (zoo: -2.5..+1.0 points over 36 cells), so a
-    samples run that costs more than 2 points beyond the rows' noise damaged the model; a class request keeps the
+    samples run that costs more than 1 point beyond the rows' noise damaged the model; a class request keeps the
     5-point collapse check alone, and a few flips among few rows are noise, not damage."""
     rows = _rows(500)
     before = _Answers(torch.zeros(500, dtype=torch.long))
@@ -404,12 +404,12 @@ def test_a_samples_request_may_not_cost_what_retraining_would_not():
     after = _Answers(answers)
     found = Guard().judge(before, after, rows, "held-out guard_set", "samples")
     assert found["fired"] and found["utility_drop"], found
-    assert (found["turned_wrong"], found["turned_right"], found["samples_max_drop"]) == (15, 0, 2.0)
+    assert (found["turned_wrong"], found["turned_right"], found["samples_max_drop"]) == (15, 0, 1.0)
     assert found["accuracy_before"] - found["accuracy_after"] == pytest.approx(3.0)
     from excise.methods import guard_objection
 
     assert guard_objection(found) == ("accuracy on 500 held-out guard_set rows fell from 100.0 to 97.0 (a "
-                                      "random-sample request may cost 2 points: its retrained model keeps this "
+                                      "random-sample request may cost 1 point: its retrained model keeps this "
                                       "accuracy)")
     for kind in ("class", "subclass", None):
         assert Guard().judge(before, after, rows, "held-out guard_set", kind)["fired"] is False
@@ -423,6 +423,12 @@ def test_a_samples_request_may_not_cost_what_retraining_would_not():
     assert (churned["turned_wrong"], churned["turned_right"]) == (40, 28)
     assert churned["accuracy_before"] - churned["accuracy_after"] == pytest.approx(2.4)
     assert churned["fired"] is False and churned["utility_drop"] is False
+    # 1.6 points, every flip for the worse: beyond the noise and above the allowance; 1.0 point is within it.
+    for flipped, fired in ((8, True), (5, False)):
+        answers = torch.zeros(500, dtype=torch.long)
+        answers[:flipped] = 1
+        small = Guard().judge(before, _Answers(answers), rows, "held-out guard_set", "samples")
+        assert (small["fired"], small["utility_drop"]) == (fired, fired), (flipped, small)
     # Two of 50 rows is 4 points, and no evidence of damage.
     few = Guard().judge(_Answers(torch.zeros(50, dtype=torch.long)),
                         _Answers(torch.tensor([1, 1] + [0] * 48)), _rows(50), "held-out guard_set", "samples")
