@@ -394,30 +394,6 @@ def test_remaining_targets_keep_their_ranking(pruned_runs, canvases):
     assert (before["ap"][remaining] - after["ap"][remaining]).max() <= 3
 
 
-@pytest.fixture(scope="session")
-def second_canvas_model(canvases):
-    model, _ = train_original(canvases, MODEL, CANVAS_RECIPE, seed=1, **MODEL_KWARGS)
-    return model
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "measured: the remaining targets' thresholded accuracy moves more than their ranking. Worst remaining-target "
-    "accuracy drop per forgotten target 0-4 (one thread): seed-0 model 1.8 / 1.6 / 0.6 / 0.4 / 3.0 with AVX-512 "
-    "kernels and 3.6 / 3.6 / 1.0 / 0.4 / 4.2 without vectorisation; seed-1 model 3.2 / 2.4 / 6.2 / 3.2 / 4.2. "
-    "An earlier sweep: <= 3 in 16 of 20 runs (4 seeds x 5 targets, worst 9.6). So the bound holds for some "
-    "models and targets, not as a property of the method"))
-def test_remaining_targets_accuracy_stays_within_three_points_for_every_target(second_canvas_model, canvases):
-    for target in canvases.train.classes:
-        views = EvalViews.from_bundle(canvases, ForgetRequest(kind="target", labels=(target,)))
-        forgotten = canvases.train.class_index(target)
-        remaining = [c for c in range(canvases.train.num_classes) if c != forgotten]
-        result = get_method("essential_graph_paper").unlearn(second_canvas_model, views.request, views.forget_set,
-                                                       views.retain_set, recipe=CANVAS_RECIPE)
-        before = protocol(second_canvas_model, canvases.test, forgotten)["acc"][remaining]
-        after = protocol(result.model, canvases.test, forgotten)["acc"][remaining]
-        assert (before - after).max() <= 3, (target, before - after)
-
-
 def test_a_stored_graph_prunes_identically_and_only_its_model(pruned_runs, canvas_model, target_views,
                                                                target_reference, tmp_path):
     model, _, result = pruned_runs["essential_graph_paper"]
