@@ -8,6 +8,7 @@ import torch
 
 from excise.experiment import build_model
 from excise.methods import Guard, GuardWarning, get_method
+from excise.metrics import EvalViews
 from excise.requests import ForgetRequest
 from excise.training import TrainConfig
 
@@ -496,6 +497,23 @@ def test_a_subclass_run_that_forgets_nothing_says_so_but_is_not_refused(digits_s
     moved = _unlearn("imu", digits_super_model, subclass_views, guard=Guard(action="warn"))
     found = moved.stats["guard"]
     assert found["forget_accuracy_after"] > 10 and found["forgot_nothing"] is False and found["incomplete"] is False
+
+
+def test_a_subclass_request_that_takes_a_whole_superclass_is_judged_as_a_class(digits_super, digits_super_model,
+                                                                               subclass_views):
+    """subclass:3,8 on digits-super forgets every fine class of "3|8": the same rows as class:3|8, which a model
+    never trained on predicts not at all. An outside audit had the sub-class form certified at 13.8% of its rows
+    still predicted as "3|8" where the class form, same rows and model, was refused."""
+    from excise.methods import guard_objection
+    from excise.methods.base import whole_superclasses
+
+    whole = EvalViews.from_bundle(digits_super, ForgetRequest(kind="subclass", labels=("3", "8")))
+    assert whole_superclasses(whole.forget_set) and not whole_superclasses(subclass_views.forget_set)
+    with pytest.warns(GuardWarning, match="finetune: forgot nothing at these settings"):
+        idle = _unlearn("finetune", digits_super_model, whole, epochs=1, lr_scale=0.01)
+    found = idle.stats["guard"]
+    assert (found["request_kind"], found["judged_as"], found["forgot_nothing"]) == ("subclass", "class", True)
+    assert guard_objection(found).startswith("the run forgot nothing")
 
 
 def test_calibration_never_chooses_a_trial_that_forgot_nothing_of_its_proxy(digits_model, class_views, monkeypatch):

@@ -507,3 +507,21 @@ def test_an_overwrite_whose_ledger_entry_fails_restores_the_files_it_replaced(li
     assert _files_of(folder) == before  # step2's weights, sidecar and certificate byte for byte, no new ledger
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
     assert verify(folder / "ledger.jsonl").exit_code == 0
+
+
+def test_verify_repeats_a_subclass_runs_forgot_nothing_instead_of_finding_nothing_against_it(tmp_path):
+    """A sub-class run that forgot nothing is said, not refused (a retrained model may keep the fine class near the
+    original's level); `excise verify` had then printed that the guard "found nothing against it"."""
+    from tests.test_cli import invoke
+
+    original, out = tmp_path / "super.safetensors", tmp_path / "idle.safetensors"
+    assert invoke("train", "--out", original, "--dataset", "digits-super", "--width", 8, "--epochs", 4).exit_code == 0
+    ran = invoke("unlearn", original, "--method", "finetune", "--param", "epochs=1", "--param", "lr_scale=0.01",
+                 "--request", "subclass:8", "--out", out, "--replicates", 0)
+    assert ran.exit_code == 0, ran.output
+    result = invoke("verify", out.with_suffix(".certificate.json"), "--json")
+    assert result.exit_code == 0, result.output
+    checks = {check["name"]: check for check in json.loads(result.output)["checks"]}
+    said = checks["deletion"]["detail"]
+    assert checks["deletion"]["status"] == "ok" and said.startswith(
+        "the weights changed; the run's guard said it forgot nothing of the sub-class (accuracy on 131"), said

@@ -238,12 +238,18 @@ class Guard:
         first, last = _top1(before, rows), _top1(after, rows)
         # A class its model never predicted (accuracy already under the threshold) had nothing to forget.
         nothing = first >= NO_PROGRESS_POINTS and first - last < NO_PROGRESS_POINTS
+        kind = data.request.kind
         found = {"forget_rows": len(rows), "forget_accuracy_before": first, "forget_accuracy_after": last,
-                 "request_kind": data.request.kind, "forgot_nothing": nothing,
-                 "incomplete": (data.request.kind == "class" and first - last >= NO_PROGRESS_POINTS
-                                and last > INCOMPLETE_POINTS)}
+                 "request_kind": kind, "forgot_nothing": nothing}
+        if kind == "subclass" and whole_superclasses(data.forget_set):
+            # Every fine class of each super-class the request touches is forgotten: the super-class is gone
+            # whole, and a model never trained on it predicts none of its rows — judged as a class request (an
+            # outside audit: subclass:3,8 on digits-super left 13.8% of the rows predicted as "3|8" and was
+            # certified, where class:3|8, the same rows and model, was refused).
+            kind = found["judged_as"] = "class"
+        found["incomplete"] = kind == "class" and first - last >= NO_PROGRESS_POINTS and last > INCOMPLETE_POINTS
         # Asked only of a run that looks served (an incomplete one is already said): does it stay served?
-        if (data.request.kind == "class" and data.task == "multiclass" and held_out is not None and not nothing
+        if (kind == "class" and data.task == "multiclass" and held_out is not None and not nothing
                 and last <= INCOMPLETE_POINTS and has_running_statistics(after)):
             found.update(self.statistics(after, rows, held_out, last))
         return found
@@ -383,6 +389,16 @@ def _seeded_rows(rows: LabeledData, limit: int, seed: int) -> LabeledData:
         return rows
     generator = torch.Generator().manual_seed(seed)
     return rows.subset(torch.randperm(len(rows), generator=generator)[:limit].sort().values)
+
+
+def whole_superclasses(forget_set: LabeledData) -> bool:
+    """Whether a sub-class request's forget rows hold every fine class of each super-class they touch — the request
+    then forgets whole super-classes, and is a class request in all but name. ``False`` without fine labels."""
+    if forget_set.subclass_targets is None or forget_set.subclass_parent is None or len(forget_set) == 0:
+        return False
+    fine = {int(j) for j in forget_set.subclass_targets.unique()}
+    coarse = {forget_set.subclass_parent[j] for j in fine}
+    return all(j in fine for j, parent in enumerate(forget_set.subclass_parent) if parent in coarse)
 
 
 def _same_state(before: nn.Module, after: nn.Module) -> bool:
@@ -654,7 +670,7 @@ def guard_objection(finding: Mapping[str, Any] | None) -> str | None:
         reasons.append("the forget rows ended further from looking unseen than they started" + (
             f" (membership AUC {goal['auc_before']:.2f} -> {goal['auc_after']:.2f}, 0.5 = unseen)"
             if "auc_after" in goal else f" ({goal['reason']})" if goal.get("reason") else ""))
-    if finding.get("forgot_nothing") and finding.get("request_kind", "class") != "subclass":
+    if finding.get("forgot_nothing") and _judged_kind(finding) != "subclass":
         reasons.append(f"the run forgot nothing (accuracy on {finding['forget_rows']} forget rows went from "
                        f"{finding['forget_accuracy_before']:.1f} to {finding['forget_accuracy_after']:.1f})")
     if finding.get("incomplete"):
@@ -711,8 +727,14 @@ def refuses_unforgotten(finding: Mapping[str, Any]) -> bool:
     (:meth:`Guard.progress`); a class forgotten only in part — more than 10% of its forget rows still predicted (a new
     user's ViT got certificates with 28-94% of the class predicted from five methods) — or only in the BatchNorm
     statistics (:meth:`Guard.statistics`)."""
-    return (bool(finding.get("forgot_nothing")) and finding.get("request_kind", "class") != "subclass"
+    return (bool(finding.get("forgot_nothing")) and _judged_kind(finding) != "subclass"
             or bool(finding.get("incomplete")) or bool(finding.get("hidden_in_statistics")))
+
+
+def _judged_kind(finding: Mapping[str, Any]) -> str:
+    """The kind a finding was judged as: a sub-class request that forgets whole super-classes is judged as a class
+    (:func:`whole_superclasses`)."""
+    return str(finding.get("judged_as") or finding.get("request_kind", "class"))
 
 
 def _rollback_note(rolled_back: bool, can_roll_back: bool = True) -> str:

@@ -111,7 +111,7 @@ def retrain_free_evidence(metrics: dict[str, float], directions: dict[str, str])
 
 GUARD_FIELDS = ("data", "task", "rows", "accuracy_before", "accuracy_after", "max_drop", "fired", "rolled_back",
                 "utility_drop", "samples_max_drop", "turned_wrong", "turned_right", "worst_class", "worst_class_rows",
-                "worst_class_before", "worst_class_after", "class_drop", "request_kind", "forget_rows",
+                "worst_class_before", "worst_class_after", "class_drop", "request_kind", "judged_as", "forget_rows",
                 "forget_accuracy_before", "forget_accuracy_after", "forgot_nothing", "incomplete",
                 "forget_accuracy_bn_refit", "hidden_in_statistics", "further_from_goal", "goal", "unchanged", "hint",
                 "action", "reason")

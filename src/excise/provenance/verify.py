@@ -173,6 +173,12 @@ def verify_certificate(path: str | Path, *, public_key: str | Path | None = None
         if objection:
             raise ValueError(f"the run's own guard found that {objection}; it was written anyway (--guard warn), so "
                              "the certificate records no deletion to rely on")
+        if finding.get("forgot_nothing"):  # a sub-class request: said by the run, not refused (guard_objection)
+            return (f"the weights changed; the run's guard said it forgot nothing of the sub-class (accuracy on "
+                    f"{finding.get('forget_rows')} forget rows {finding.get('forget_accuracy_before', 0):.1f} -> "
+                    f"{finding.get('forget_accuracy_after', 0):.1f}), which it does not refuse: a retrained model may "
+                    "still predict the super-class for such rows, so this certifies the run, not that the sub-class "
+                    f"is forgotten ({finding.get('data')})")
         return f"the weights changed, and the run's guard found nothing against it ({finding.get('data')})"
 
     out.run(f"{prefix}deletion", deletion_check)
