@@ -136,6 +136,26 @@ def test_precomputed_references_are_used_per_step(digits, digits_model):
         run_sequence("gradient_ascent", digits_model, digits, sequence, RECIPE, reference=fake[:1])
 
 
+def test_references_of_other_requests_are_refused_before_anything_runs(digits, digits_model, class_reference,
+                                                                       class_views, samples_views):
+    """A reference record names the rows it judged as forgotten: handed to another request (a sequence's references
+    in the wrong order, a class reference for a random request), its gap would compare two different deletions —
+    an outside audit got 10.95 and 6.80 instead of 2.32 and 2.95, without a word."""
+    from excise.experiment import check_reference_record, evaluate_original, run_method
+
+    sequence = SEQUENCE[:2]
+    views = cumulative_views(digits, sequence)
+    records = [evaluate_original(digits_model, view) for view in views]
+    for record, view in zip(records, views, strict=True):
+        check_reference_record(record, view)  # the right order passes
+    with pytest.raises(ValueError, match=r"reference record \(original, request class:5\) was computed for other "
+                                         r"forgotten rows than this run's request class:3"):
+        run_sequence("gradient_ascent", digits_model, digits, sequence, RECIPE, reference=records[::-1])
+    with pytest.raises(ValueError, match="its metrics are not this request's reference"):
+        run_method("gradient_ascent", digits_model, samples_views, RECIPE, reference=class_reference)
+    assert check_reference_record(class_reference, class_views) is None
+
+
 def test_bad_sequences_are_refused(digits, digits_model):
     with pytest.raises(RequestError, match="forgets nothing that earlier requests"):
         run_sequence("gradient_ascent", digits_model, digits, [SEQUENCE[0]] * 2, RECIPE, reference=None)

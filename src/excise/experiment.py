@@ -6,10 +6,12 @@ always comes from the same code path.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from excise.data.base import DatasetBundle, LabeledData
@@ -95,6 +97,9 @@ class RunRecord:
     avg_gap: float | None = None
     speedup: float | None = None
     evidence: Evidence | None = None
+    # Which rows the numbers judged as forgotten (forget_rows_digest): a reference record is checked against it, so
+    # the gap is never taken to another request's retrained model.
+    forgotten: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -137,6 +142,9 @@ def run_method(
     (``views.test_retain``), which no method reads and which only decide whether the guard fires."""
     if isinstance(method, str):
         method = get_method(method)
+    judged = views if eval_views is None else eval_views
+    if reference is not None:  # before the run: a wrong reference costs nothing yet
+        check_reference_record(reference, judged)
     if guard_set is None:
         guard_set = held_out_guard_rows(views)
     seed_everything(seed)
@@ -145,12 +153,11 @@ def run_method(
         views.retain_set if method.needs_retain else None, recipe=recipe, seed=seed, guard=guard,
         guard_set=guard_set,
     )
-    metrics, found = judge(result.model, views if eval_views is None else eval_views, seed=seed,
-                           reference_model=reference_model, uncertainty=uncertainty,
-                           reference_replicates=reference_replicates)
+    metrics, found = judge(result.model, judged, seed=seed, reference_model=reference_model,
+                           uncertainty=uncertainty, reference_replicates=reference_replicates)
     stats = {k: v for k, v in result.stats.items() if _is_plain(v)}
     record = RunRecord(method.name, views.request.to_dict(), metrics, result.seconds, result.config, stats,
-                       evidence=found)
+                       evidence=found, forgotten=forget_rows_digest(judged))
     if reference is not None:
         record.avg_gap = avg_gap(metrics, reference.metrics)
         record.speedup = reference.seconds / max(result.seconds, 1e-9)
@@ -164,7 +171,46 @@ def evaluate_original(model: nn.Module, views: EvalViews, seed: int = 0,
     metrics, found = judge(model, views, seed=seed, reference_model=reference_model, uncertainty=uncertainty,
                            reference_replicates=reference_replicates)
     stats = {"eval_seconds": time.perf_counter() - start}
-    return RunRecord("original", views.request.to_dict(), metrics, 0.0, {}, stats, evidence=found)
+    return RunRecord("original", views.request.to_dict(), metrics, 0.0, {}, stats, evidence=found,
+                     forgotten=forget_rows_digest(views))
+
+
+def forget_rows_digest(views: EvalViews) -> str | None:
+    """A digest of what ``views`` judge as forgotten: the forget rows (their indices in the training data) and, on a
+    multi-label task, the target columns they are about. Two requests that forget the same rows agree, whatever
+    their wording (``class:3`` or ``class:three``); ``None`` when the rows carry no indices."""
+    forget = views.forget_set
+    if forget.source_indices is None:
+        return None
+    digest = hashlib.sha256(views.request.kind.encode())
+    digest.update(np.sort(forget.source_indices.numpy().astype(np.int64)).tobytes())
+    if forget.label_mask is not None:
+        digest.update(forget.label_mask.bool().any(0).numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def check_reference_record(reference: RunRecord, views: EvalViews) -> None:
+    """Refuse a reference record of another request than the one ``views`` judge: its gap would measure the
+    difference between two requests (an outside audit passed a sub-class reference to a class run and got a gap
+    of 8.93 without a word; a sequence given its references in the wrong order reported 10.95 and 6.80 against
+    2.32 and 2.95). A record without a digest (built by hand, or from an older cache) is not checked."""
+    if reference.forgotten is None:
+        return
+    ours = forget_rows_digest(views)
+    if ours is not None and ours != reference.forgotten:
+        raise ValueError(
+            f"the reference record ({reference.method}, request {_described(reference.request)}) was computed for "
+            f"other forgotten rows than this run's request {views.request.describe()} "
+            f"({len(views.forget_set)} rows): its metrics are not this request's reference")
+
+
+def _described(request: dict[str, Any]) -> str:
+    from excise.requests import ForgetRequest
+
+    try:
+        return ForgetRequest.from_dict(request).describe()
+    except (TypeError, ValueError, KeyError):
+        return repr(request)
 
 
 def _is_plain(value: Any) -> bool:

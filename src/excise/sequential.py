@@ -32,7 +32,7 @@ from typing import Any
 from torch import nn
 
 from excise.data.base import DatasetBundle
-from excise.experiment import RunRecord, _is_plain, held_out_guard_rows, run_method
+from excise.experiment import RunRecord, _is_plain, check_reference_record, held_out_guard_rows, run_method
 from excise.methods import Guard, UnlearningMethod, get_method
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.progress import progress_bar
@@ -96,6 +96,8 @@ def run_sequence(
                 f"reference has {len(reference)} records but the sequence has {len(requests)} requests; "
                 "give one reference record per step, a method name such as 'retrain', or None"
             )
+        for record, view in zip(reference, views, strict=True):  # before any step runs
+            check_reference_record(record, view)
     records: list[SequentialRecord] = []
     current = model
     with progress_bar(f"sequential {method.name}", len(requests)) as bar:
