@@ -156,6 +156,20 @@ def test_references_of_other_requests_are_refused_before_anything_runs(digits, d
     assert check_reference_record(class_reference, class_views) is None
 
 
+def test_a_step_the_guard_found_unserved_is_not_listed_as_forgotten(digits, digits_model):
+    """An outside audit's sequence had step 1 rolled back (a sibling fine class lost 70 points) and step 2's
+    record still listed it as forgotten, while the final model predicted its rows as before."""
+    from excise.methods import GuardWarning
+
+    idle = get_method("finetune", epochs=1, lr_scale=0.001)  # moves nothing: each step forgets nothing
+    with pytest.warns(GuardWarning, match=r"step 1 of the sequence \(class:3\) was not served — the run forgot "
+                                          "nothing"):
+        _, records = run_sequence(idle, digits_model, digits, SEQUENCE[:2], RECIPE, reference=None)
+    assert [r.forgotten for r in records] == [[], []]
+    assert [r.unserved for r in records] == [["class:3"], ["class:3", "class:5"]]
+    assert records[-1].metrics["FA"] > 90  # and the numbers show it
+
+
 def test_bad_sequences_are_refused(digits, digits_model):
     with pytest.raises(RequestError, match="forgets nothing that earlier requests"):
         run_sequence("gradient_ascent", digits_model, digits, [SEQUENCE[0]] * 2, RECIPE, reference=None)

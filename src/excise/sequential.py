@@ -25,6 +25,7 @@ trained with ``seed``, the seed policy of the original model.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ from torch import nn
 
 from excise.data.base import DatasetBundle
 from excise.experiment import RunRecord, _is_plain, check_reference_record, held_out_guard_rows, run_method
-from excise.methods import Guard, UnlearningMethod, get_method
+from excise.methods import Guard, GuardWarning, UnlearningMethod, get_method, guard_objection
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.progress import progress_bar
 from excise.provenance.history import cumulative_views, step_forget_sets
@@ -56,6 +57,9 @@ class SequentialRecord:
     reference_seconds: float | None = None
     avg_gap: float | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    # The requests so far whose step the guard found not served (rolled back, forgot nothing, only in part...): not
+    # in ``forgotten``, and not asked again by later steps — their rows stay in the model (the metrics show them).
+    unserved: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +103,7 @@ def run_sequence(
         for record, view in zip(reference, views, strict=True):  # before any step runs
             check_reference_record(record, view)
     records: list[SequentialRecord] = []
+    unserved: list[str] = []
     current = model
     with progress_bar(f"sequential {method.name}", len(requests)) as bar:
         for k, (request, view, step_set) in enumerate(zip(requests, views, step_sets, strict=True)):
@@ -109,11 +114,18 @@ def run_sequence(
                 recipe=recipe, seed=seed + k, guard=guard, guard_set=held_out_guard_rows(view),
             )
             current = result.model
+            objection = guard_objection(result.stats.get("guard")) if method.rolls_back else None
+            if objection:
+                unserved.append(request.describe())
+                warnings.warn(f"{method.name}: step {k + 1} of the sequence ({request.describe()}) was not served — "
+                              f"{objection}; later steps do not forget it again, so its rows stay in the model "
+                              "(record.unserved)", GuardWarning, stacklevel=2)
             metrics = evaluate(current, view, seed=seed)
             record = SequentialRecord(
                 step=k + 1,
                 request=request.to_dict(),
-                forgotten=[r.describe() for r in requests[: k + 1]],
+                forgotten=[r.describe() for r in requests[: k + 1] if r.describe() not in unserved],
+                unserved=list(unserved),
                 forget_size=len(view.forget_set),
                 new_samples=len(step_set),
                 metrics=metrics,
