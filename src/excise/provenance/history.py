@@ -179,14 +179,9 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
     same = ((requests[0].kind == "target") == (retrained_for[0].kind == "target")
             and _forgotten(data, requests) == _forgotten(data, retrained_for))
     if not same:
-        hint = ""
-        if len(requests) > 1 and len({r.kind for r in requests}) == 1 and requests[0].kind != "samples":
-            labels = ",".join(dict.fromkeys(str(label) for r in requests for label in r.labels))
-            hint = f"; retrain one with `excise train --request {requests[0].kind}:{labels}`"
-        if len(requests) > 1 and not hint:
-            hint = "; retrain one with `excise train " + " ".join(f"--request {r.describe()}" for r in requests) + "`"
         raise ValueError(f"{where} was retrained without {_describe(retrained_for)}, but this run forgets "
-                         f"{_describe(requests)}: its metrics are not this request's reference{hint}")
+                         f"{_describe(requests)}: its metrics are not this request's reference; retrain one with "
+                         f"`{retrain_command(original, requests)}`")
     differences = reference_differences(reference, original)
     if differences and not allow_mismatch:
         # Measured: a width-8, 2-epoch reference for a width-32, 20-epoch original gave "avg gap to retrain 22.81";
@@ -195,6 +190,50 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
                          "to it would measure the difference in training, not in forgetting. Retrain it with the "
                          "original's settings, or pass --allow-reference-mismatch to compare anyway (recorded)")
     return differences
+
+
+_RECIPE_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "optimizer": "--optimizer",
+                 "momentum": "--momentum", "weight_decay": "--weight-decay", "schedule": "--schedule",
+                 "augment": "--augment", "crop_padding": "--crop-padding"}
+_DERIVED_MODEL_ARGUMENTS = ("in_channels", "num_classes")  # set from the data set by `excise train`
+
+
+def retrain_command(original: Checkpoint, requests: Sequence[ForgetRequest],
+                    out: str = "reference.safetensors") -> str:
+    """The `excise train` command that retrains ``original`` without ``requests`` (a sequence: without all of them)
+    as its sidecar says it was trained — data set and options, model and arguments, recipe, training and split
+    seeds — quoted for a POSIX shell (a super-class's name holds a ``|``). An outside audit ran the bare hint
+    `excise train --request subclass:8,3` and got a model of another data set, then one refused as "not trained
+    like" the original."""
+    import json
+    import shlex
+
+    meta = original.meta
+    parts = ["excise", "train", "--out", out]
+    data = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    if data.get("name"):
+        parts += ["--dataset", str(data["name"])]
+    for key, value in (data.get("options") or {}).items():
+        parts += ["--data-option", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    if data.get("root"):
+        parts += ["--root", str(data["root"])]
+    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    if model.get("name"):
+        parts += ["--model", str(model["name"])]
+    for key, value in (model.get("kwargs") or {}).items():
+        if key not in _DERIVED_MODEL_ARGUMENTS:
+            parts += ["--model-option", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    for key, value in (meta.get("recipe") or {}).items():
+        if key in _RECIPE_FLAGS:
+            parts += [_RECIPE_FLAGS[key], str(value)]
+    seed = training_seed(original)
+    if seed is not None:
+        parts += ["--seed", str(seed)]
+        if data.get("seed") is not None and data["seed"] != seed:
+            parts += ["--data-seed", str(data["seed"])]
+    for request in requests:
+        parts += ["--request", request.describe()]
+    return " ".join(shlex.quote(part) for part in parts)
 
 
 def training_seed(checkpoint: Checkpoint) -> int | None:
