@@ -205,6 +205,14 @@ def test_label_errors_say_what_the_labels_are(digits_super):
 
     with pytest.raises(ValueError, match="labels='eleven' is not a known fine class"):
         resolve(digits_super.train, ForgetRequest(kind="subclass", labels=("eleven",)))
+    # "3" names no class of digits-super but a fine class: read as an index it was super-class 3, "3|8", and the
+    # user asking to forget digit 3 lost the 8s too (outside audit); "8" was refused without the way out.
+    for fine in ("3", "8"):
+        with pytest.raises(RequestError, match=rf"labels='{fine}' names a fine class of this data set \(inside the "
+                                               rf"super-class '3\|8'\), not a class: forget it with subclass:{fine}"):
+            resolve(digits_super.train, ForgetRequest.parse(f"class:{fine}"))
+    assert resolve(digits_super.train, ForgetRequest(kind="class", labels=(3,))).label_indices == (3,)  # an int: an index
+    assert resolve(digits_super.train, ForgetRequest.parse("class:3|8")).label_indices == (3,)
     canvases = load_dataset("multidigits", seed=0, num_train=20, num_test=10)
     with pytest.raises(ValueError, match="labels='9' is not a known target"):
         resolve(canvases.train, ForgetRequest(kind="target", labels=("9",)))

@@ -291,7 +291,7 @@ def resolve(data: LabeledData, request: ForgetRequest) -> ResolvedRequest:
             forget = np.sort(rng.choice(n, size=count, replace=False))
         return ResolvedRequest(request, forget)
     if request.kind == "class":
-        labels = tuple(_resolve_label(lbl, data.classes, "labels") for lbl in request.labels)
+        labels = tuple(_class_label(lbl, data) for lbl in request.labels)
         owners = data.extras[CLASS_TARGETS] if by_class_targets else data.targets
         forget = np.flatnonzero(np.isin(owners.numpy(), labels))
     elif request.kind == "subclass":
@@ -324,12 +324,26 @@ def resolve(data: LabeledData, request: ForgetRequest) -> ResolvedRequest:
     return ResolvedRequest(request, forget, labels)
 
 
+def _class_label(label: str | int, data: LabeledData) -> int:
+    """A ``class`` request's label as a class index — refused when, on a data set with super-classes, the text names
+    no class but a fine class: read as an index it would be another super-class's (an outside audit's `class:3` on
+    digits-super forgot super-class 3, "3|8", all 8s included, under the record `class:3`)."""
+    text = str(label)
+    if (not isinstance(label, (int, np.integer)) and data.subclasses and text not in data.classes
+            and text in data.subclasses):
+        parent = data.classes[data.subclass_parent[list(data.subclasses).index(text)]]
+        raise RequestError(f"labels={text!r} names a fine class of this data set (inside the super-class {parent!r}), "
+                           f"not a class: forget it with subclass:{text}; to forget the whole super-class, name it "
+                           f"(class:{parent})")
+    return _resolve_label(label, data.classes, "labels")
+
+
 def named_classes(data: LabeledData, request: ForgetRequest) -> tuple[int, ...]:
     """The classes a ``class`` request names on ``data`` (for a ``subclass`` request, its fine classes; for any
     other, none), as indices — read from the request, not from the rows it selects, which after a sequence hold
     rows of other classes too."""
     if request.kind == "class":
-        return tuple(_resolve_label(label, data.classes, "labels") for label in request.labels)
+        return tuple(_class_label(label, data) for label in request.labels)
     if request.kind == "subclass" and data.subclasses:
         return tuple(_resolve_label(label, data.subclasses, "labels", "fine class") for label in request.labels)
     return ()
