@@ -609,3 +609,11 @@ def test_ctrl_c_during_training_says_nothing_was_written_and_keeps_the_earlier_f
     assert f"interrupted: nothing was written; {out} and the files beside it are as they were" in \
         " ".join(rest.split()), rest
     assert out.read_bytes() == b"the earlier model" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_the_guard_help_states_the_guards_own_allowances():
+    """The help text is written out (the CLI starts without importing torch); it had kept a former allowance."""
+    from excise.methods.base import SAMPLES_MAX_DROP, Guard
+
+    said = " ".join(invoke("unlearn", "--help").output.replace("│", " ").split())
+    assert f"more than {Guard().max_drop:g} points (a samples request: {SAMPLES_MAX_DROP:g}, when" in said, said

@@ -354,7 +354,7 @@ def unlearn_command(
         None, help="Sign the certificate with this Ed25519 private key (PEM, from `excise keygen`)."),
     guard: str = typer.Option(
         "rollback", help="If the run drops the held-out test rows' accuracy by more than 5 points (a samples "
-                         "request: 2, when also beyond the rows' noise), or leaves a samples request's forget rows "
+                         "request: 1, when also beyond the rows' noise), or leaves a samples request's forget rows "
                          "further from looking unseen than it found them: rollback "
                          "(write nothing and exit with an error: the input model is unchanged; so too for a class "
                          "request that forgot nothing and a run that returned the model unchanged), warn (write the "
