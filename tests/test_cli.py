@@ -343,6 +343,17 @@ def test_unlearning_an_unlearned_checkpoint_continues_its_sequence(trained, refe
     three = EvalViews.from_bundle(bundle, ForgetRequest.parse("class:3"))
     chained_fa = json.loads(invoke("evaluate", tuned, "--request", "class:3", "--json").output)["metrics"]["FA"]
     assert chained_fa < evaluate(single, three)["FA"] - 15
+    # Judged on class:3,5 — the same rows as its history, class:3 then class:5 — it is not warned about as if it
+    # were judged on a part of it (as class:3 alone is).
+    import warnings
+
+    from excise.metrics.uncertainty import Uncertainty
+
+    for spelled, warned in (("class:3,5", False), ("class:3", True)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            api.evaluation_record(tuned, ForgetRequest.parse(spelled), uncertainty=Uncertainty(replicates=0))
+        assert any("judges it as if nothing else" in str(w.message) for w in seen) is warned, spelled
 
     # A reference must be retrained without both: one without class:3,5 is accepted, one without 5 refused.
     ref_35, ref_5 = tmp_path / "ref35.safetensors", tmp_path / "ref5.safetensors"

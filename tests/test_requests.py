@@ -211,7 +211,8 @@ def test_label_errors_say_what_the_labels_are(digits_super):
         with pytest.raises(RequestError, match=rf"labels='{fine}' names a fine class of this data set \(inside the "
                                                rf"super-class '3\|8'\), not a class: forget it with subclass:{fine}"):
             resolve(digits_super.train, ForgetRequest.parse(f"class:{fine}"))
-    assert resolve(digits_super.train, ForgetRequest(kind="class", labels=(3,))).label_indices == (3,)  # an int: an index
+    # An int is an index.
+    assert resolve(digits_super.train, ForgetRequest(kind="class", labels=(3,))).label_indices == (3,)
     assert resolve(digits_super.train, ForgetRequest.parse("class:3|8")).label_indices == (3,)
     canvases = load_dataset("multidigits", seed=0, num_train=20, num_test=10)
     with pytest.raises(ValueError, match="labels='9' is not a known target"):

@@ -49,6 +49,7 @@ from excise.provenance.history import (
     check_reference,
     history_views,
     history_warning,
+    same_forgotten,
     served_requests,
     training_seed,
 )
@@ -669,7 +670,8 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
     if request is not None:
         requests = [request]
         served, _ = served_requests(checkpoint)
-        if served and served != [request]:  # equality ignores a request's name
+        # Equality ignores a request's name; class:3,5 after class:3 then class:5 is the model's history too.
+        if served and served != [request] and not same_forgotten(bundle.train, served, [request]):
             warnings.warn(f"{str(model_path)!r} has served {' then '.join(r.describe() for r in served)}; "
                           f"--request {request.describe()} judges it as if nothing else had been forgotten (rows "
                           "forgotten earlier count as retained). Omit the request to judge it on its history.",

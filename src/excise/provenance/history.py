@@ -141,6 +141,13 @@ def _forgotten(data: LabeledData, requests: list[ForgetRequest]) -> tuple[list[i
     return sorted(rows), sorted(labels)
 
 
+def same_forgotten(data: LabeledData, first: list[ForgetRequest], second: list[ForgetRequest]) -> bool:
+    """Whether two lists of requests forget the same on ``data`` together (rows, and a target request's labels):
+    ``class:3,5`` and ``class:3`` then ``class:5`` do."""
+    return ((first[0].kind == "target") == (second[0].kind == "target")
+            and _forgotten(data, first) == _forgotten(data, second))
+
+
 def check_reference(reference: Checkpoint, original: Checkpoint, request: ForgetRequest | list[ForgetRequest],
                     data: LabeledData, *, allow_mismatch: bool = False) -> list[str]:
     """A retrained reference must be one: trained by excise on the same data without exactly what ``request``
@@ -176,9 +183,7 @@ def check_reference(reference: Checkpoint, original: Checkpoint, request: Forget
     if fingerprints[0] != fingerprints[1]:
         raise ValueError(f"{where} was trained on other data than {str(original.path)!r} (data set fingerprint "
                          f"{str(fingerprints[0])[:12]} vs {str(fingerprints[1])[:12]})")
-    same = ((requests[0].kind == "target") == (retrained_for[0].kind == "target")
-            and _forgotten(data, requests) == _forgotten(data, retrained_for))
-    if not same:
+    if not same_forgotten(data, requests, retrained_for):
         raise ValueError(f"{where} was retrained without {_describe(retrained_for)}, but this run forgets "
                          f"{_describe(requests)}: its metrics are not this request's reference; retrain one with "
                          f"`{retrain_command(original, requests)}`")
