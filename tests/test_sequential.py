@@ -171,7 +171,11 @@ def test_a_step_the_guard_found_unserved_is_not_listed_as_forgotten(digits, digi
 
 
 def test_bad_sequences_are_refused(digits, digits_model):
-    with pytest.raises(RequestError, match="forgets nothing that earlier requests"):
+    twice = [ForgetRequest(kind="samples", fraction=0.05, seed=0)] * 2
+    with pytest.raises(RequestError, match=r"step 2 \('samples:fraction=0.05'\) forgets nothing .* seeded by the "
+                                           r"request's own seed.*samples:fraction=0.05,seed=1"):
+        run_sequence("gradient_ascent", digits_model, digits, twice, RECIPE, reference=None)
+    with pytest.raises(RequestError, match="step 2 .* forgets nothing that earlier steps"):
         run_sequence("gradient_ascent", digits_model, digits, [SEQUENCE[0]] * 2, RECIPE, reference=None)
     with pytest.raises(RequestError, match="at least one request"):
         run_sequence("gradient_ascent", digits_model, digits, [], RECIPE, reference=None)

@@ -324,9 +324,14 @@ def step_forget_sets(train: LabeledData, requests: Sequence[ForgetRequest]) -> l
         rows = resolve(train, request).forget_indices
         new = rows[~forgotten[rows]]
         if len(new) == 0:
+            # Numbered from 1, as certificates and ledgers number steps. A random draw is seeded by the request's
+            # own seed, not the run's --seed: the same fraction twice draws the same rows (an outside audit).
+            again = (f"; a random draw is seeded by the request's own seed, so the same fraction draws the same rows "
+                     f"again: give another, e.g. samples:fraction={request.fraction},seed={request.seed + 1}"
+                     if request.kind == "samples" and request.fraction is not None else "")
             raise RequestError(
-                f"request {k} ({request.describe()!r}) forgets nothing that earlier requests of the sequence "
-                "did not already forget"
+                f"step {k + 1} ({request.describe()!r}) forgets nothing that earlier steps of the sequence did not "
+                f"already forget{again}"
             )
         forgotten[rows] = True
         out.append(train.subset(new))
