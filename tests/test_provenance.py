@@ -442,6 +442,13 @@ def test_verify_fails_a_certificate_that_certifies_no_deletion(lineage, tmp_path
     assert result.exit_code == 0, result.output
     result = verify(certificate_path(idle))
     assert result.exit_code == 1 and "deletion: the run's own guard found that the run forgot nothing" in text(result)
+    # Chaining from it says that its step was not served: its history lists class:3, which is not forgotten again.
+    from excise.methods import GuardWarning
+
+    with pytest.warns(GuardWarning, match=r"was written \(--guard warn\) although its own run's guard found that "
+                                          "the run forgot nothing .* its history lists class:3 as served"):
+        result = invoke("unlearn", idle, "--method", "finetune", "--request", "class:5", "--replicates", 0)
+    assert result.exit_code == 0, result.output
     same = folder / "same.safetensors"
     result = invoke("unlearn", original, "--method", "ssd", "--request", "class:3", "--param",
                     "selection_weighting=1e9", "--out", same, "--guard", "warn")

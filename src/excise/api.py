@@ -39,7 +39,7 @@ from excise.experiment import (
     reference_replicate_metrics,
     run_method,
 )
-from excise.methods import Guard, GuardRefused, get_method, guard_objection
+from excise.methods import Guard, GuardRefused, GuardWarning, get_method, guard_objection
 from excise.methods.base import refuses_unforgotten
 from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.metrics.uncertainty import Uncertainty
@@ -402,6 +402,17 @@ def unlearn_checkpoint(
     _check_provenance(head, out, ledger, sign_key)
     if not complete:
         warnings.warn(history_warning(head, earlier), stacklevel=2)
+    parent_finding = (head.meta.get("method_stats") or {}).get("guard") if head.meta.get("kind") == "unlearned" \
+        else None
+    objection = guard_objection(parent_finding) if isinstance(parent_finding, dict) else None
+    if objection:
+        # Written under --guard warn: its history lists the request as served, but its own guard said otherwise
+        # and no deletion of it was certified (an outside audit chained from such a model without a word).
+        served = (ForgetRequest.from_dict(head.meta["request"]).describe() if head.meta.get("request")
+                  else "its request")
+        warnings.warn(f"{str(model_path)!r} was written (--guard warn) although its own run's guard found that "
+                      f"{objection}: its history lists {served} as served, but that deletion was not certified, and "
+                      "this run does not forget its rows again", GuardWarning, stacklevel=2)
     requests = [*earlier, request]
     if earlier:
         views, step_forget = history_views(bundle, head, requests, len(earlier))
