@@ -462,6 +462,24 @@ def test_verify_fails_a_certificate_that_certifies_no_deletion(lineage, tmp_path
     assert result.exit_code == 0, result.output
 
 
+def test_the_cli_prints_a_warning_as_its_message_without_the_source_line(lineage):
+    """Every GuardWarning reached a CLI user as `experiment.py:143: GuardWarning: ...` followed by the source line
+    `result = method.unlearn(` (an outside audit)."""
+    import sys
+    import warnings
+
+    with warnings.catch_warnings():  # not recorded (pytest records them): shown, as Python shows them in a terminal
+        warnings.simplefilter("always")
+        warnings._showwarnmsg_impl = lambda msg: sys.stderr.write(warnings._formatwarnmsg(msg))
+        result = invoke("evaluate", lineage / "original.safetensors", "--request", "samples:indices=1,2,3",
+                        "--replicates", 0)
+        assert warnings.formatwarning is warnings._formatwarning_orig  # put back when the command ended
+    assert result.exit_code == 0, result.output
+    shown = result.stderr
+    assert "UserWarning: 3 forget row(s): one membership verdict" in shown, shown
+    assert ".py:" not in shown and "warnings.warn(" not in shown, shown
+
+
 def test_a_handful_of_forget_rows_is_evaluated_with_a_warning(lineage):
     with pytest.warns(UserWarning, match=r"3 forget row\(s\): one membership verdict moves an attack by 33 points"):
         result = invoke("evaluate", lineage / "original.safetensors", "--request", "samples:indices=1,2,3",

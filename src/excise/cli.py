@@ -182,7 +182,8 @@ def gap_text(gap: float, interval: list[float] | None) -> str:
 
 
 @app.callback()
-def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.")) -> None:
+def main(ctx: typer.Context,
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.")) -> None:
     # Under torchrun every rank runs the same command; only rank 0 draws progress and writes files. torchrun's
     # environment says whether that is the case, so a single-process command does not import torch here.
     writes = True
@@ -194,6 +195,24 @@ def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress ba
     set_progress(not quiet and writes and os.environ.get("EXCISE_PROGRESS", "1") != "0")
     console.quiet = not writes
     _exit_cleanly_on_sigterm()
+    _warnings_as_messages(ctx)
+
+
+def _warnings_as_messages(ctx: typer.Context) -> None:
+    """A warning reaches a CLI user as ``GuardWarning: message``, without Python's ``file.py:143`` and the source
+    line that raised it (``result = method.unlearn(``), which say nothing to someone who typed a command (an
+    outside audit). Only the formatting changes — what is warned, and ``-W`` filters, are Python's — and the
+    former format is put back when the command ends."""
+    import warnings
+
+    former = warnings.formatwarning
+
+    def message_only(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     line: str | None = None) -> str:
+        return f"{category.__name__}: {message}\n"
+
+    warnings.formatwarning = message_only
+    ctx.call_on_close(lambda: setattr(warnings, "formatwarning", former))
 
 
 def _exit_cleanly_on_sigterm() -> None:
