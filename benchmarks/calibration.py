@@ -89,6 +89,15 @@ the issue's 80%: a random draw of 137-160 rows is a noisy proxy for another (the
 already sit at the proxy's floor (the class rows of IMU, SalUn and SCRUB on the digits) calibration can only tie.
 (The 2026-12-06 table above ran older code: 7/24 and 3/12 there.)
 
+Re-measured 2026-12-08 under the guard of that day (each kept class held to 5 points beyond its rows' noise,
+BatchNorm statistics recomputed, a samples request held to 1 point), same settings and seed (1,187 s and 1,530 s
+wall, run side by side): class proxy 3/24 cells (12%) and 3/12 pairs (25%); random proxy 10/24 cells (42%) and
+7/12 pairs (58%). No trial passed the guard — trial 0, the defaults, included — for MU-Mis and gradient ascent on
+the class proxy (digits and MNIST) and for random labels on MNIST (both proxies); their calibrated configuration is
+the defaults. A retrained reference itself tripped the per-class check once, in the random-proxy run on MNIST
+(kept class "4" 85.0 -> 72.5 on its 40 guard rows, the mean 87.7 -> 86.3; recorded, never acted on for retrain):
+the check's false-alarm rate measured on the zoo (0 of 144 retrained models) does not hold on every setting.
+
 Not measured here: several proxies or seeds.
 """
 
