@@ -99,7 +99,7 @@ class RunRecord:
     evidence: Evidence | None = None
     # Which rows the numbers judged as forgotten (forget_rows_digest): a reference record is checked against it, so
     # the gap is never taken to another request's retrained model.
-    forgotten: str | None = None
+    forget_digest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -157,7 +157,7 @@ def run_method(
                            uncertainty=uncertainty, reference_replicates=reference_replicates)
     stats = {k: v for k, v in result.stats.items() if _is_plain(v)}
     record = RunRecord(method.name, views.request.to_dict(), metrics, result.seconds, result.config, stats,
-                       evidence=found, forgotten=forget_rows_digest(judged))
+                       evidence=found, forget_digest=forget_rows_digest(judged))
     if reference is not None:
         record.avg_gap = avg_gap(metrics, reference.metrics)
         record.speedup = reference.seconds / max(result.seconds, 1e-9)
@@ -172,7 +172,7 @@ def evaluate_original(model: nn.Module, views: EvalViews, seed: int = 0,
                            reference_replicates=reference_replicates)
     stats = {"eval_seconds": time.perf_counter() - start}
     return RunRecord("original", views.request.to_dict(), metrics, 0.0, {}, stats, evidence=found,
-                     forgotten=forget_rows_digest(views))
+                     forget_digest=forget_rows_digest(views))
 
 
 def forget_rows_digest(views: EvalViews) -> str | None:
@@ -194,10 +194,10 @@ def check_reference_record(reference: RunRecord, views: EvalViews) -> None:
     difference between two requests (an outside audit passed a sub-class reference to a class run and got a gap
     of 8.93 without a word; a sequence given its references in the wrong order reported 10.95 and 6.80 against
     2.32 and 2.95). A record without a digest (built by hand, or from an older cache) is not checked."""
-    if reference.forgotten is None:
+    if reference.forget_digest is None:
         return
     ours = forget_rows_digest(views)
-    if ours is not None and ours != reference.forgotten:
+    if ours is not None and ours != reference.forget_digest:
         raise ValueError(
             f"the reference record ({reference.method}, request {_described(reference.request)}) was computed for "
             f"other forgotten rows than this run's request {views.request.describe()} "
