@@ -163,6 +163,9 @@ def test_the_data_split_seed_is_set_apart_from_the_training_seed(trained, tmp_pa
     out = tmp_path / "seed1.safetensors"
     result = invoke("train", "--out", out, "--width", 8, "--epochs", 1, "--seed", 1, "--data-option", "seed=0")
     assert result.exit_code == 2 and "--data-seed" in result.output, result.output
+    result = invoke("train", "--out", out, "--width", 8, "--epochs", 1, "--data-option", "root=/x")
+    assert result.exit_code == 2 and "give it as root (--root on the command line)" in " ".join(
+        result.output.split()), result.output
     result = invoke("train", "--out", out, "--width", 8, "--epochs", 1, "--seed", 1, "--data-seed", 0)
     assert result.exit_code == 0, result.output
     mine, original = (json.loads(p.with_suffix(".json").read_text()) for p in (out, trained))
@@ -628,3 +631,23 @@ def test_the_guard_help_states_the_guards_own_allowances():
 
     said = " ".join(invoke("unlearn", "--help").output.replace("│", " ").split())
     assert f"more than {Guard().max_drop:g} points (a samples request: {SAMPLES_MAX_DROP:g}, when" in said, said
+
+
+def test_a_relative_root_is_recorded_so_the_model_is_judged_from_any_directory(tmp_path, monkeypatch):
+    """The sidecar kept --root as typed: `evaluate` and a chained `unlearn` from another directory found no data,
+    and nothing could point them at it (an outside audit with local data sets)."""
+    pytest.importorskip("animal_mnist")
+    from excise.data.animal_mnist import DATA_FILE, LABEL_FILE, data_dir
+
+    files = tmp_path / "work" / "animals"
+    files.mkdir(parents=True)
+    for name in (DATA_FILE, LABEL_FILE):
+        (files / name).symlink_to(data_dir(None) / name)
+    monkeypatch.chdir(tmp_path / "work")
+    result = invoke("train", "--out", "m.safetensors", "--dataset", "animal-mnist", "--root", "animals",
+                    "--data-option", "size=300", "--width", 4, "--epochs", 1)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "work" / "m.json").read_text())["dataset"]["root"] == str(files)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("evaluate", tmp_path / "work" / "m.safetensors", "--request", "class:cow")
+    assert result.exit_code == 0, result.output

@@ -160,8 +160,29 @@ class _Evil:
 
 def test_cifar_refuses_pickles_that_are_not_plain_data(cifar10_root) -> None:
     _dump(cifar10_root / "cifar-10-batches-py" / "test_batch", {b"data": _Evil(), b"labels": []})
-    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+    with pytest.raises(ValueError, match=r"test_batch: refusing to load"):  # named by file (an outside audit)
         load_dataset("cifar10", root=cifar10_root)
+
+
+def test_local_data_problems_a_user_meets_are_named(cifar10_root, monkeypatch) -> None:
+    """From an outside audit with fake copies of the real files."""
+    folder = cifar10_root / "cifar-10-batches-py"
+    # An HTML page saved under a batch's name read as pickle opcodes and ended in `KeyError: 60`, no file named.
+    (folder / "data_batch_4").write_bytes(b"<html><body>Not Found</body></html>\n")
+    with pytest.raises(ValueError, match=r"data_batch_4 is not a readable CIFAR batch file"):
+        load_dataset("cifar10", root=cifar10_root)
+    _dump(folder / "data_batch_4", {b"data": np.zeros((20, 3072), np.uint8), b"labels": [0] * 20})
+    # An empty test part trained, then printed "test nan%" (CIFAR) or crashed after training (CelebA).
+    _dump(folder / "test_batch", {b"data": np.zeros((0, 3072), np.uint8), b"labels": []})
+    with pytest.raises(ValueError, match=r"dataset 'cifar10': the test part is empty \(read from root="):
+        load_dataset("cifar10", root=cifar10_root)
+    # A root given to a data set that ships with a package was silently ignored; `~` is the user's home.
+    with pytest.warns(UserWarning, match=r"root='/nowhere' is not read by the bundled \(scikit-learn\) data set "
+                                         "'digits'"):
+        load_dataset("digits", root="/nowhere")
+    monkeypatch.setenv("HOME", str(cifar10_root))
+    _dump(folder / "test_batch", {b"data": np.zeros((30, 3072), np.uint8), b"labels": [1] * 30})
+    assert len(load_dataset("cifar10", root="~").test) == 30
 
 
 FINE_PARENT = [j % 20 for j in range(100)]

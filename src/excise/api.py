@@ -63,7 +63,10 @@ if TYPE_CHECKING:  # the essential graph is imported by the commands that use it
 
 
 def _dataset_record(bundle: DatasetBundle, options: dict[str, Any], seed: int, root: str | None) -> dict[str, Any]:
-    return {"name": bundle.name, "options": options, "seed": seed, "root": root, "fingerprint": bundle.fingerprint()}
+    # The root as an absolute path: `evaluate` and a chained `unlearn` rebuild the data from the sidecar, from any
+    # directory (a relative --root was recorded as typed, and found nothing from elsewhere: an outside audit).
+    where = None if root is None else str(Path(root).expanduser().resolve())
+    return {"name": bundle.name, "options": options, "seed": seed, "root": where, "fingerprint": bundle.fingerprint()}
 
 
 def _check_output(out: str | Path, overwrite: bool, suffix: str = ".safetensors", *,
@@ -126,6 +129,9 @@ def _data_options(options: dict[str, Any] | None, seed_option: str) -> dict[str,
     if "seed" in options:
         raise ValueError(f"dataset option seed={options['seed']!r}: the data split's seed is not a data-set option; "
                          f"give it as {seed_option} (--{seed_option.replace('_', '-')} on the command line)")
+    if "root" in options:  # it reached the loader twice: "got multiple values for keyword argument 'root'"
+        raise ValueError(f"dataset option root={options['root']!r}: the data directory is not a data-set option; "
+                         "give it as root (--root on the command line)")
     return options
 
 

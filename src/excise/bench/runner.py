@@ -60,7 +60,7 @@ from excise.bench.memory import PeakRSS
 from excise.bench.store import RESULTS_FILE, ResultStore, status_of
 from excise.bench.suite import MethodSpec, Scenario, Suite, SuiteError
 from excise.checkpoint import sidecar_path, versions
-from excise.data import DatasetBundle, load_dataset
+from excise.data import DatasetBundle, load_dataset, reads_root
 from excise.experiment import RunRecord, build_model, judge, reference_replicate_metrics, run_method, train_original
 from excise.hashing import content_hash, model_sha256
 from excise.methods import COMPARE_GUARD, UnlearningMethod, get_method, guard_objection
@@ -179,7 +179,9 @@ def plan(suite: Suite, *, root: str | None = None) -> dict[str, _Prepared]:
         key = content_hash(spec.to_dict())
         try:
             if key not in bundles:
-                bundles[key] = load_dataset(spec.name, root=root, seed=spec.seed, **spec.options)
+                # A suite's --root is for its local data sets; the bundled ones in the same suite never read it.
+                bundles[key] = load_dataset(spec.name, root=root if reads_root(spec.name) else None, seed=spec.seed,
+                                            **spec.options)
                 fingerprints[key] = bundles[key].fingerprint()
             bundle = bundles[key]
         except (ValueError, TypeError, FileNotFoundError, ImportError) as err:

@@ -9,7 +9,7 @@ from excise.data import markov as _markov  # noqa: F401  (registers)
 from excise.data import mnist as _mnist  # noqa: F401  (registers)
 from excise.data import multidigits as _multidigits  # noqa: F401  (registers)
 from excise.data.base import DatasetBundle, LabeledData
-from excise.data.registry import DatasetInfo, dataset_info, list_datasets, load_dataset, register_dataset
+from excise.data.registry import DatasetInfo, dataset_info, list_datasets, load_dataset, reads_root, register_dataset
 
-__all__ = ["DatasetBundle", "DatasetInfo", "LabeledData", "dataset_info", "list_datasets", "load_dataset",
+__all__ = ["DatasetBundle", "DatasetInfo", "LabeledData", "dataset_info", "list_datasets", "load_dataset", "reads_root",
            "register_dataset"]

@@ -105,7 +105,7 @@ def _bundle(name: str, root: str | Path | None, seed: int, test_fraction: float,
 
 @register_dataset("animal-mnist", DatasetInfo(
     "multiclass", "10,000 images, 28x28 grey (8,000 train / 2,000 test)", "10 animals",
-    "bundled (pip install --no-deps animal-mnist)", "Animal-MNIST, MIT"))
+    "bundled (pip install --no-deps animal-mnist)", "Animal-MNIST, MIT", reads_root=True))
 def animal_mnist(*, root: str | Path | None = None, seed: int = 0, test_fraction: float = 0.2,
                  size: int | None = None) -> DatasetBundle:
     """Animal silhouettes (multiclass, 10 classes, ``1 x 28 x 28`` in [0, 1]).
@@ -122,7 +122,7 @@ def animal_mnist(*, root: str | Path | None = None, seed: int = 0, test_fraction
 @register_dataset("animal-mnist-super", DatasetInfo(
     "multiclass", "10,000 images, 28x28 grey (8,000 train / 2,000 test)", "3 super-classes",
     "bundled (pip install --no-deps animal-mnist)", "Animal-MNIST, MIT",
-    superclasses="wild {bear,elephant,giraffe,zebra} farm {cow,horse,sheep} pets {bird,cat,dog}"))
+    superclasses="wild {bear,elephant,giraffe,zebra} farm {cow,horse,sheep} pets {bird,cat,dog}", reads_root=True))
 def animal_mnist_super(*, root: str | Path | None = None, seed: int = 0, test_fraction: float = 0.2,
                        size: int | None = None) -> DatasetBundle:
     """Animal-MNIST grouped into :data:`ANIMAL_GROUPS`, the animal kept as the sub-class label. Same split as

@@ -41,9 +41,12 @@ def _load_pickle(path: Path) -> dict[Any, Any]:
         with open(path, "rb") as f:
             # encoding="bytes" is what the CIFAR page prescribes for its Python 2 pickles: keys come back as bytes.
             obj = load_plain_pickle(f.read(), "a CIFAR batch file", encoding="bytes")
-    except RefusedGlobal:
-        raise
-    except (EOFError, pickle.UnpicklingError, OSError, ValueError) as err:
+    except RefusedGlobal as err:
+        # Named by file: an official batch never names code, so this file is not one (or was tampered with).
+        raise ValueError(f"{path}: {err}") from err
+    except (EOFError, pickle.UnpicklingError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        # KeyError/IndexError/TypeError: bytes that are no pickle at all (an HTML "Not Found" page saved under the
+        # batch's name) read as opcodes a pickle never holds in that order.
         # An empty or truncated file is what an interrupted download or extraction leaves behind.
         raise ValueError(f"{path} is not a readable CIFAR batch file ({type(err).__name__}: {err}); it looks "
                          "truncated or corrupt: extract the official archive again") from err

@@ -45,6 +45,9 @@ def call_factory(factory: Callable[..., Any], name: str, *, root: Any, seed: int
     for key, value in (("root", root), ("seed", seed)):
         if takes_any or key in parameters:
             given[key] = value
+    if root is not None and "root" not in given:
+        warnings.warn(f"root={str(root)!r} is not read: the data factory {name!r} takes no root argument",
+                      UserWarning, stacklevel=3)
     bundle = _as_bundle(factory(**given), name)
     if bundle.task == "multiclass":  # a sequence task's parts may pad to different lengths
         _check_sample_shapes(name, bundle.train.inputs, bundle.test.inputs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ class DatasetInfo:
     source: str  # "bundled" (ships with a package), "synthetic" (made here) or "local (--root)"
     licence: str
     superclasses: str = ""  # e.g. "5 pairs {k, k+5}": sub-class requests need them
+    # Whether ``root`` is read: by default a set whose source is local; a bundled one that can also be read from a
+    # folder of its files (Animal-MNIST) says so.
+    reads_root: bool | None = None
 
     def to_dict(self, name: str) -> dict[str, str]:
         kinds = REQUEST_KINDS.get(self.task, "")
@@ -70,6 +74,15 @@ def dataset_builder(name: str) -> DatasetBuilder:
     return DATASETS.get(name)
 
 
+def reads_root(name: str) -> bool:
+    """Whether the data set ``name`` is read from a local directory (``root``): a registered set whose source is
+    local, or a user's factory (which may take one); a bundled or synthetic set never reads it."""
+    info = _INFO.get(name)
+    if info is None:
+        return True
+    return info.source.startswith("local") if info.reads_root is None else info.reads_root
+
+
 def load_dataset(name: str, *, root: str | Path | None = None, seed: int = 0, **options: Any) -> DatasetBundle:
     """Build a registered data set, or a user's own from ``"package.module:factory"``
     (:mod:`excise.data.external`). ``root`` is the local directory for sets that are not bundled."""
@@ -78,12 +91,23 @@ def load_dataset(name: str, *, root: str | Path | None = None, seed: int = 0, **
     if unknown:
         allowed = [p for p in accepted if p not in ("root", "seed")]
         raise ValueError(f"dataset {name!r} got unknown option(s) {unknown}; it accepts {allowed}")
+    if root is not None:
+        root = Path(root).expanduser()  # '~/data' given quoted, or from a file, is the user's home, as in a shell
+        info = _INFO.get(name)
+        if not reads_root(name):
+            warnings.warn(f"root={str(root)!r} is not read by the {info.source} data set {name!r} (it is not loaded "
+                          "from a local directory); to train on your own files, bring them in as a data set of your "
+                          "own (package.module:factory)", UserWarning, stacklevel=2)
     if name in DATASETS.builders:
         bundle = builder(root=root, seed=seed, **options)
     else:
         from excise.data.external import call_factory
 
         bundle = call_factory(builder, name, root=root, seed=seed, **options)
+    for which, part in (("train", bundle.train), ("test", bundle.test)):
+        if len(part) == 0:  # a user's factory is refused the same way (excise.data.external)
+            raise ValueError(f"dataset {name!r}: the {which} part is empty" + (
+                f" (read from root={str(root)!r}: are its {which} files complete?)" if root is not None else ""))
     bundle.meta.setdefault("options", dict(options))
     bundle.meta.setdefault("seed", seed)
     return bundle

@@ -56,7 +56,14 @@ def recorded_dataset(record: Any, where: str, error: type[Exception] = ValueErro
                 f"{where}: dataset.{key}={record.get(key)!r} must be a {kind.__name__} (fields: {sorted(expected)})"
             )
     check_trusted(record["name"], "dataset", where)
-    bundle = load_dataset(record["name"], root=record.get("root"), seed=record["seed"], **record["options"])
+    try:
+        bundle = load_dataset(record["name"], root=record.get("root"), seed=record["seed"], **record["options"])
+    except (FileNotFoundError, ValueError) as err:
+        if record.get("root") is None:
+            raise
+        # Say where the directory came from: the user typed no --root for this command.
+        kind = FileNotFoundError if isinstance(err, FileNotFoundError) else ValueError
+        raise kind(f"{err} (the root {where} records, where the data was when the model was trained)") from err
     if record.get("fingerprint") and bundle.fingerprint() != record["fingerprint"]:
         raise ValueError(
             f"the data set {record['name']!r} now differs from the one {where} records (fingerprint mismatch): "
