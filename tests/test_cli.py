@@ -651,3 +651,19 @@ def test_a_relative_root_is_recorded_so_the_model_is_judged_from_any_directory(t
     monkeypatch.chdir(tmp_path)
     result = invoke("evaluate", tmp_path / "work" / "m.safetensors", "--request", "class:cow")
     assert result.exit_code == 0, result.output
+    # Moved since: the error says where the root came from and how to give the new one, which is then used (and
+    # recorded by the next model), the data's fingerprint still checked.
+    moved = files.rename(tmp_path / "moved")
+    from excise.data.animal_mnist import animal_arrays
+
+    animal_arrays.cache_clear()  # this process read the files before they moved; a new CLI process reads afresh
+    result = invoke("evaluate", tmp_path / "work" / "m.safetensors", "--request", "class:cow")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "the root the sidecar of" in said and "pass --root with its new directory" in said
+    result = invoke("unlearn", tmp_path / "work" / "m.safetensors", "--method", "finetune", "--request", "class:cow",
+                    "--root", "moved", "--out", tmp_path / "u.safetensors", "--guard", "warn")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "u.json").read_text())["dataset"]["root"] == str(moved)
+    assert invoke("evaluate", tmp_path / "u.safetensors").exit_code == 0
+    result = invoke("evaluate", tmp_path / "work" / "m.safetensors", "--root", tmp_path / "work")
+    assert result.exit_code == 2  # another directory: its files are not there, and the message says so

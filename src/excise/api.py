@@ -49,6 +49,7 @@ from excise.provenance.history import (
     check_reference,
     history_views,
     history_warning,
+    moved_record,
     same_forgotten,
     served_requests,
     training_seed,
@@ -359,6 +360,7 @@ def unlearn_checkpoint(
     guard: Guard | None = None,
     config: str | Path | None = None,
     inputs: dict[str, str | Path] | None = None,
+    root: str | Path | None = None,
 ) -> UnlearnOutcome:
     """Unlearn ``request`` from the model at ``model_path``; the input checkpoint is never modified.
 
@@ -389,7 +391,7 @@ def unlearn_checkpoint(
     head = Checkpoint(None, read_meta(model_path), Path(model_path))
     if calibration is not None:
         calibration["same_model"] = _calibrated_for(config, head)
-    bundle = bundle_for(head)
+    bundle = bundle_for(head, root)
     # A checkpoint that already served requests continues its sequence: this step unlearns only what is new
     # and is judged against everything forgotten so far, as excise.sequential.run_sequence does.
     earlier, complete = served_requests(head)
@@ -471,7 +473,7 @@ def unlearn_checkpoint(
     if out is not None:
         meta = {
             "kind": "unlearned",
-            "dataset": original.meta["dataset"],
+            "dataset": moved_record(original.meta["dataset"], root),  # where the data is now
             "recipe": original.meta.get("recipe"),
             "seed": seed,
             "train_seed": training_seed(original),  # what a retrained reference must be trained with
@@ -671,7 +673,7 @@ def evaluate_checkpoint(model_path: str | Path, request: ForgetRequest | None = 
 
 def evaluation_record(model_path: str | Path, request: ForgetRequest | None = None, seed: int = 0, *,
                       reference_path: str | Path | None = None, uncertainty: Uncertainty | None = None,
-                      allow_reference_mismatch: bool = False) -> dict[str, Any]:
+                      allow_reference_mismatch: bool = False, root: str | Path | None = None) -> dict[str, Any]:
     """The metrics with what produced them: the model's path and sha256, the request(s), the seed, the data's
     fingerprint and the versions — so a number read back later can be traced and reproduced — and each metric's
     bootstrap interval (``uncertainty``, default :class:`~excise.metrics.uncertainty.Uncertainty`).
@@ -682,7 +684,7 @@ def evaluation_record(model_path: str | Path, request: ForgetRequest | None = No
     and the distances of the predictions."""
     uncertainty = Uncertainty() if uncertainty is None else uncertainty
     checkpoint = load_checkpoint(model_path)
-    bundle = bundle_for(checkpoint)  # checks the data against the fingerprint the sidecar records
+    bundle = bundle_for(checkpoint, root)  # checks the data against the fingerprint the sidecar records
     complete = True
     if request is not None:
         requests = [request]

@@ -51,6 +51,8 @@ def interrupted(out: Path | None) -> None:
 
 AUGMENT_HELP = ("Training augmentation: none, crop (zero-pad 4 pixels, random crop) or crop-flip (and a random "
                 "horizontal flip; not for digits or text). Recorded in the recipe: the retrained reference repeats it.")
+MOVED_ROOT_HELP = ("Where the model's data set is now, if its files moved since it was trained (default: the directory "
+                   "its sidecar records); the data must be the same (its fingerprint is checked).")
 MOMENTUM_HELP = "SGD momentum (ignored by adam/adamw). Recorded in the recipe, like every training flag."
 WEIGHT_DECAY_HELP = "Weight decay (0: none). The retrained reference and the fine-tuning methods follow it."
 SCHEDULE_HELP = "Learning-rate schedule: cosine (annealed to 0 over the epochs) or constant."
@@ -380,6 +382,7 @@ def unlearn_command(
                          "damaged model, with the finding in its sidecar) or off."),
     config: Path | None = typer.Option(
         None, help="A calibration file from `excise calibrate`: use its values for --method (a --param wins)."),
+    root: Path | None = typer.Option(None, help=MOVED_ROOT_HELP),
 ) -> None:
     """Make a model forget what --request names, then print the evidence. With --out, a deletion certificate is
     written beside the model (OUT.certificate.json)."""
@@ -394,6 +397,7 @@ def unlearn_command(
             allow_reference_mismatch=allow_reference_mismatch,
             ledger=ledger, sign_key=sign_key, guard=Guard(action=guard), config=config,
             inputs={"--request": request} if request is not None and Path(request).is_file() else None,
+            root=root,
         )
     except KeyboardInterrupt:
         interrupted(out)
@@ -499,6 +503,7 @@ def evaluate_command(
     allow_reference_mismatch: bool = typer.Option(
         False, help="Compare with a --reference trained differently from the model (architecture, recipe, seed); "
                     "the differences are recorded."),
+    root: Path | None = typer.Option(None, help=MOVED_ROOT_HELP),
 ) -> None:
     """FA/RA/TA and every MIA variant of a model for a request, with bootstrap intervals."""
     from excise import api
@@ -515,7 +520,7 @@ def evaluate_command(
         record = api.evaluation_record(model, parse_request(request, required=False), seed=seed,
                                        reference_path=reference,
                                        uncertainty=uncertainty_option(replicates, attack_refits),
-                                       allow_reference_mismatch=allow_reference_mismatch)
+                                       allow_reference_mismatch=allow_reference_mismatch, root=root)
     except USER_ERRORS as err:
         fail(err)
     if as_json:  # metrics with their provenance (model sha256, request, seed, data, versions)

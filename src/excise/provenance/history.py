@@ -15,6 +15,7 @@ one request naming every target forgotten so far.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,15 +36,25 @@ from excise.requests import (
 from excise.training import TrainConfig
 
 
-def bundle_for(checkpoint: Checkpoint) -> DatasetBundle:
-    """Rebuild the data set a checkpoint was trained on, and check it is the same data."""
+def bundle_for(checkpoint: Checkpoint, root: str | Path | None = None) -> DatasetBundle:
+    """Rebuild the data set a checkpoint was trained on, and check it is the same data. ``root``: where its files
+    are now, when they moved since (default: the root its sidecar records); the fingerprint still has to match."""
     record = checkpoint.meta.get("dataset")
     if not record:
         raise ValueError(f"checkpoint {str(checkpoint.path)!r} records no data set; it was not trained by excise")
-    return recorded_dataset(record, f"the sidecar of {str(checkpoint.path)!r}", CheckpointError)
+    return recorded_dataset(moved_record(record, root), f"the sidecar of {str(checkpoint.path)!r}", CheckpointError,
+                            root_given=root is not None)
 
 
-def recorded_dataset(record: Any, where: str, error: type[Exception] = ValueError) -> DatasetBundle:
+def moved_record(record: Any, root: str | Path | None) -> Any:
+    """A sidecar's data-set record with the data's new ``root`` (absolute), or as it was when ``root`` is None."""
+    if root is None or not isinstance(record, dict):
+        return record
+    return {**record, "root": str(Path(root).expanduser().resolve())}
+
+
+def recorded_dataset(record: Any, where: str, error: type[Exception] = ValueError, *,
+                     root_given: bool = False) -> DatasetBundle:
     """Rebuild the data set a record describes (``name``, ``seed``, ``options``, ``root``, ``fingerprint``: what a
     sidecar's ``dataset`` and a certificate's ``models.data`` hold) and check it is the same data. ``where`` names
     the file in errors; a malformed record raises ``error``."""
@@ -59,11 +70,12 @@ def recorded_dataset(record: Any, where: str, error: type[Exception] = ValueErro
     try:
         bundle = load_dataset(record["name"], root=record.get("root"), seed=record["seed"], **record["options"])
     except (FileNotFoundError, ValueError) as err:
-        if record.get("root") is None:
+        if record.get("root") is None or root_given:
             raise
-        # Say where the directory came from: the user typed no --root for this command.
+        # Say where the directory came from, and how to point at the data where it is now.
         kind = FileNotFoundError if isinstance(err, FileNotFoundError) else ValueError
-        raise kind(f"{err} (the root {where} records, where the data was when the model was trained)") from err
+        raise kind(f"{err} (the root {where} records, where the data was when the model was trained; if it has "
+                   "moved, pass --root with its new directory)") from err
     if record.get("fingerprint") and bundle.fingerprint() != record["fingerprint"]:
         raise ValueError(
             f"the data set {record['name']!r} now differs from the one {where} records (fingerprint mismatch): "
