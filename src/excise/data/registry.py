@@ -92,7 +92,9 @@ def load_dataset(name: str, *, root: str | Path | None = None, seed: int = 0, **
         allowed = [p for p in accepted if p not in ("root", "seed")]
         raise ValueError(f"dataset {name!r} got unknown option(s) {unknown}; it accepts {allowed}")
     if root is not None:
-        root = Path(root).expanduser()  # '~/data' given quoted, or from a file, is the user's home, as in a shell
+        # '~/data' given quoted, or from a file, is the user's home, as in a shell; a str stays a str (a user's
+        # factory may join it as text).
+        root = str(Path(root).expanduser()) if isinstance(root, str) else Path(root).expanduser()
         info = _INFO.get(name)
         if not reads_root(name):
             warnings.warn(f"root={str(root)!r} is not read by the {info.source} data set {name!r} (it is not loaded "
