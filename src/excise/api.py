@@ -45,6 +45,7 @@ from excise.metrics import EvalViews, avg_gap, evaluate
 from excise.metrics.uncertainty import Uncertainty
 from excise.provenance.certificate import certificate_path, sign
 from excise.provenance.history import (
+    absolute_root,
     bundle_for,
     check_reference,
     history_views,
@@ -66,8 +67,8 @@ if TYPE_CHECKING:  # the essential graph is imported by the commands that use it
 def _dataset_record(bundle: DatasetBundle, options: dict[str, Any], seed: int, root: str | None) -> dict[str, Any]:
     # The root as an absolute path: `evaluate` and a chained `unlearn` rebuild the data from the sidecar, from any
     # directory (a relative --root was recorded as typed, and found nothing from elsewhere: an outside audit).
-    where = None if root is None else str(Path(root).expanduser().resolve())
-    return {"name": bundle.name, "options": options, "seed": seed, "root": where, "fingerprint": bundle.fingerprint()}
+    return {"name": bundle.name, "options": options, "seed": seed, "root": absolute_root(root),
+            "fingerprint": bundle.fingerprint()}
 
 
 def _check_output(out: str | Path, overwrite: bool, suffix: str = ".safetensors", *,

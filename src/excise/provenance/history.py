@@ -46,11 +46,16 @@ def bundle_for(checkpoint: Checkpoint, root: str | Path | None = None) -> Datase
                             root_given=root is not None)
 
 
+def absolute_root(root: str | Path | None) -> str | None:
+    """A data directory as a sidecar records it: absolute, ``~`` expanded, so the data is found from anywhere."""
+    return None if root is None else str(Path(root).expanduser().resolve())
+
+
 def moved_record(record: Any, root: str | Path | None) -> Any:
     """A sidecar's data-set record with the data's new ``root`` (absolute), or as it was when ``root`` is None."""
     if root is None or not isinstance(record, dict):
         return record
-    return {**record, "root": str(Path(root).expanduser().resolve())}
+    return {**record, "root": absolute_root(root)}
 
 
 def recorded_dataset(record: Any, where: str, error: type[Exception] = ValueError, *,
@@ -70,7 +75,7 @@ def recorded_dataset(record: Any, where: str, error: type[Exception] = ValueErro
     try:
         bundle = load_dataset(record["name"], root=record.get("root"), seed=record["seed"], **record["options"])
     except (FileNotFoundError, ValueError) as err:
-        if record.get("root") is None or root_given:
+        if record.get("root") is None or root_given or not (isinstance(err, FileNotFoundError) or "root" in str(err)):
             raise
         # Say where the directory came from, and how to point at the data where it is now.
         kind = FileNotFoundError if isinstance(err, FileNotFoundError) else ValueError
