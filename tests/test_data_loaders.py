@@ -171,6 +171,14 @@ def test_local_data_problems_a_user_meets_are_named(cifar10_root, monkeypatch) -
     (folder / "data_batch_4").write_bytes(b"<html><body>Not Found</body></html>\n")
     with pytest.raises(ValueError, match=r"data_batch_4 is not a readable CIFAR batch file"):
         load_dataset("cifar10", root=cifar10_root)
+    # Values a cast would have kept silently: float pixels in [0, 1] (black), 256 (wrapped to 0), a label 3.7 (3).
+    for data, labels, said in ((np.full((20, 3072), 0.5, np.float32), [0] * 20, "'data' must hold whole numbers"),
+                               (np.full((20, 3072), 256, np.int64), [0] * 20, r"'data' values span \[256, 256\]"),
+                               (np.zeros((20, 3072), np.uint8), [3.7] * 20, "'labels' must hold whole numbers"),
+                               (np.zeros((20, 3072), np.uint8), ["cat"] * 20, "'labels' must hold whole numbers")):
+        _dump(folder / "data_batch_4", {b"data": data, b"labels": labels})
+        with pytest.raises(ValueError, match=rf"data_batch_4: {said}"):
+            load_dataset("cifar10", root=cifar10_root)
     _dump(folder / "data_batch_4", {b"data": np.zeros((20, 3072), np.uint8), b"labels": [0] * 20})
     # An empty test part trained, then printed "test nan%" (CIFAR) or crashed after training (CelebA).
     _dump(folder / "test_batch", {b"data": np.zeros((0, 3072), np.uint8), b"labels": []})

@@ -68,8 +68,28 @@ def _names(values: Sequence[Any]) -> tuple[str, ...]:
     return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in values)
 
 
+def _integers(values: Any, key: str, path: Path, low: int, high: int | None = None) -> np.ndarray:
+    """A field's values as int64, refused — naming the file — unless they are whole numbers in [low, high]: a cast
+    would keep a wrong file's values silently (float pixels in [0, 1] became black, 256 wrapped to 0, a label 3.7
+    became 3, text failed with "invalid literal for int()": an outside audit)."""
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as err:  # ragged lists
+        raise ValueError(f"{path}: {key!r} is not an array of numbers ({err})") from err
+    whole = array.dtype.kind in "iub" or (array.dtype.kind == "f" and bool(np.all(np.isfinite(array)))
+                                          and np.array_equal(array, np.round(array)))
+    if not whole:
+        raise ValueError(f"{path}: {key!r} must hold whole numbers (the official files hold integers), got "
+                         f"{array.dtype}")
+    array = array.astype(np.int64)
+    if array.size and (array.min() < low or (high is not None and array.max() > high)):
+        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{path}: {key!r} values span [{array.min()}, {array.max()}], expected {bounds}")
+    return array
+
+
 def _images(batch: dict[Any, Any], path: Path) -> np.ndarray:
-    data = np.asarray(_field(batch, "data", path), dtype=np.uint8)
+    data = _integers(_field(batch, "data", path), "data", path, 0, 255).astype(np.uint8)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(f"{path}: 'data' must be N x 3072 uint8 (32x32 RGB, channel-major), got {data.shape}")
     # Each row is 1024 red, then 1024 green, then 1024 blue values, each plane row-major: already C x H x W.
@@ -164,7 +184,7 @@ def cifar10(
         for f in files:
             batch = _load_pickle(folder / f)
             xs.append(_images(batch, folder / f))
-            ys.append(np.asarray(_field(batch, "labels", folder / f), dtype=np.int64))
+            ys.append(_integers(_field(batch, "labels", folder / f), "labels", folder / f, 0))
             if len(ys[-1]) != len(xs[-1]):
                 raise ValueError(f"{folder / f}: {len(xs[-1])} images but {len(ys[-1])} labels")
         return np.concatenate(xs), np.concatenate(ys)
@@ -190,7 +210,7 @@ def _read_cifar100(root: str | Path | None, name: str) -> dict[str, Any]:
         batch = _load_pickle(folder / split)
         out[f"x_{split}"] = _images(batch, folder / split)
         for key in ("fine_labels", "coarse_labels"):
-            labels = np.asarray(_field(batch, key, folder / split), dtype=np.int64)
+            labels = _integers(_field(batch, key, folder / split), key, folder / split, 0)
             if len(labels) != len(out[f"x_{split}"]):
                 raise ValueError(f"{folder / split}: {len(out[f'x_{split}'])} images but {len(labels)} {key}")
             out[f"{key}_{split}"] = labels
