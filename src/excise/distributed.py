@@ -23,6 +23,7 @@ Choices:
 
 from __future__ import annotations
 
+import atexit
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -50,7 +51,16 @@ def init_from_env() -> bool:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
+    # Torn down before the interpreter exits: a gloo group left to the exit handlers can abort a rank at exit
+    # ("terminate called without an active exception", SIGABRT) after all its work is done — seen once in a CI run
+    # of tests/test_distributed.py, which then failed a job that had written every result. PyTorch asks for this.
+    atexit.register(_destroy)
     return True
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 _independent = False
