@@ -68,7 +68,8 @@ def _names(values: Sequence[Any]) -> tuple[str, ...]:
     return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in values)
 
 
-def _integers(values: Any, key: str, path: Path, low: int, high: int | None = None) -> np.ndarray:
+def _integers(values: Any, key: str, path: Path, low: int, high: int | None = None,
+              dtype: type = np.int64) -> np.ndarray:
     """A field's values as int64, refused — naming the file — unless they are whole numbers in [low, high]: a cast
     would keep a wrong file's values silently (float pixels in [0, 1] became black, 256 wrapped to 0, a label 3.7
     became 3, text failed with "invalid literal for int()": an outside audit)."""
@@ -81,15 +82,15 @@ def _integers(values: Any, key: str, path: Path, low: int, high: int | None = No
     if not whole:
         raise ValueError(f"{path}: {key!r} must hold whole numbers (the official files hold integers), got "
                          f"{array.dtype}")
-    array = array.astype(np.int64)
+    # Checked on the values as stored: an official batch's uint8 pixels are not copied into int64 first.
     if array.size and (array.min() < low or (high is not None and array.max() > high)):
         bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{path}: {key!r} values span [{array.min()}, {array.max()}], expected {bounds}")
-    return array
+    return array.astype(dtype, copy=False)
 
 
 def _images(batch: dict[Any, Any], path: Path) -> np.ndarray:
-    data = _integers(_field(batch, "data", path), "data", path, 0, 255).astype(np.uint8)
+    data = _integers(_field(batch, "data", path), "data", path, 0, 255, dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(f"{path}: 'data' must be N x 3072 uint8 (32x32 RGB, channel-major), got {data.shape}")
     # Each row is 1024 red, then 1024 green, then 1024 blue values, each plane row-major: already C x H x W.
